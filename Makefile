@@ -1,0 +1,62 @@
+# The few commands a newcomer needs. README names two: `make demo`, `make test`.
+#
+# Build caches live outside the clone, so a fresh clone on a warm machine
+# reuses them (and a new machine simply starts with them empty).
+CACHE_DIR ?= $(HOME)/.cache/hpd-encode
+export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
+export PIP_CACHE_DIR ?= $(CACHE_DIR)/pip
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-installed
+# Release speed, no fat LTO: the test/demo build. Wheels use the release profile.
+PROFILE ?= fastbuild
+
+.PHONY: all venv build demo test test-rust test-python bench lint wheel clean
+
+all: build
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Pinned dependencies, reinstalled only when requirements.lock changes.
+$(DEPS_STAMP): requirements.lock | $(PY)
+	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip install -q -r requirements.lock
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+# Builds the extension into the virtualenv (quick when nothing changed).
+build: $(DEPS_STAMP)
+	$(VENV)/bin/maturin develop --profile $(PROFILE) -q
+
+demo: build
+	$(VENV)/bin/hpd-encode demo
+
+test-rust:
+	cargo test --quiet
+
+# pytest exits 5 when it collects no tests: that is a broken suite, say so.
+test-python: build
+	@$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; \
+	exit $$rc
+
+test: test-rust test-python
+
+bench: build
+	$(PY) benches/bench_images.py
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --features python -- -D warnings
+
+# Release wheel (abi3, fat LTO) into dist/.
+wheel: $(DEPS_STAMP)
+	$(VENV)/bin/maturin build --release --out dist
+
+clean:
+	rm -rf $(VENV) dist

@@ -1,0 +1,5 @@
+import sys
+
+from hpd_encode.cli import main
+
+sys.exit(main())

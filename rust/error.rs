@@ -1,0 +1,72 @@
+//! The crate's one error type. Per-item image failures carry the file they
+//! concern; the Python layer maps each kind to an exception class.
+
+use std::fmt;
+
+/// Why one image could not be probed or loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFailure {
+    /// The file has no bytes at all.
+    Empty,
+    /// The bytes are not an image format we recognise.
+    NotAnImage(String),
+    /// A recognised format that this build does not decode.
+    Unsupported(String),
+    /// The stream ends before the image does.
+    Truncated(String),
+    /// Any other decoder complaint.
+    Corrupt(String),
+    /// The header announces more pixels than the configured limit.
+    TooLarge { width: u64, height: u64, limit: u64 },
+    /// The decoder panicked; caught and turned into this item's error.
+    Panic(String),
+}
+
+impl fmt::Display for ImageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "file is empty (0 bytes)"),
+            Self::NotAnImage(what) => write!(f, "not an image ({what})"),
+            Self::Unsupported(what) => write!(f, "unsupported image format: {what}"),
+            Self::Truncated(what) => write!(
+                f,
+                "truncated image data ({what}); the file is incomplete, re-download or re-extract it"
+            ),
+            Self::Corrupt(what) => write!(f, "corrupt image data ({what})"),
+            Self::TooLarge { width, height, limit } => write!(
+                f,
+                "image is {width}x{height} = {} pixels, over the limit of {limit} pixels \
+                 (refused from the header; raise max_pixels to load it)",
+                width * height
+            ),
+            Self::Panic(msg) => write!(f, "the decoder crashed on this file (caught panic: {msg})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read '{path}': {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load '{path}': {failure}")]
+    Image { path: String, failure: ImageFailure },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("parquet writer: {0}")]
+    Writer(String),
+}
+
+impl Error {
+    pub fn image(path: impl Into<String>, failure: ImageFailure) -> Self {
+        Error::Image { path: path.into(), failure }
+    }
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

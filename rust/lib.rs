@@ -1,0 +1,42 @@
+//! hpd-encode's Rust core.
+//!
+//! The pure-Rust layer (`decode`, `resize`, `load`, `buckets`, `npy`,
+//! `writer`) knows nothing of Python and is tested with `cargo test`. The
+//! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
+//! (maturin turns it on).
+
+pub mod buckets;
+pub mod decode;
+pub mod error;
+pub mod load;
+pub mod pool;
+pub mod resize;
+
+#[cfg(feature = "python")]
+mod py_buckets;
+#[cfg(feature = "python")]
+mod py_errors;
+#[cfg(feature = "python")]
+mod py_images;
+
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    use pyo3::prelude::*;
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_MAX_PIXELS", decode::DEFAULT_MAX_PIXELS)?;
+    m.add("HpdError", py.get_type::<py_errors::HpdError>())?;
+    m.add("ImageDecodeError", py.get_type::<py_errors::ImageDecodeError>())?;
+    m.add("ImageTooLargeError", py.get_type::<py_errors::ImageTooLargeError>())?;
+    m.add("WriterError", py.get_type::<py_errors::WriterError>())?;
+    m.add_function(wrap_pyfunction!(py_images::probe_images, m)?)?;
+    m.add_function(wrap_pyfunction!(py_images::load_images, m)?)?;
+    m.add_function(wrap_pyfunction!(py_images::load_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(py_images::load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(py_images::probe_image, m)?)?;
+    m.add_function(wrap_pyfunction!(py_buckets::_rebuild_bucket_set, m)?)?;
+    m.add_class::<py_buckets::PyBucketSet>()?;
+    m.add("default_num_threads", pool::default_threads())?;
+    Ok(())
+}

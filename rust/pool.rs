@@ -1,0 +1,50 @@
+//! The shared rayon pools. Built lazily on first use, one per requested
+//! thread count (never one per call), and rebuilt in a forked child, where the
+//! parent's worker threads do not exist (rayon would deadlock there).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::ThreadPool;
+
+struct Pools {
+    pid: u32,
+    by_threads: HashMap<usize, Arc<ThreadPool>>,
+}
+
+static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
+
+/// Number of threads used when the caller does not say: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The pool for `num_threads` workers (`None` = all cores).
+pub fn pool(num_threads: Option<usize>) -> Arc<ThreadPool> {
+    let n = num_threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
+    let pools = POOLS.get_or_init(|| {
+        Mutex::new(Pools { pid: std::process::id(), by_threads: HashMap::new() })
+    });
+    let mut guard = pools.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if guard.pid != pid {
+        // A fork copied the map but not the worker threads: forget the old
+        // pools without running their destructors (they would wait forever).
+        let old = std::mem::take(&mut guard.by_threads);
+        std::mem::forget(old);
+        guard.pid = pid;
+    }
+    guard
+        .by_threads
+        .entry(n)
+        .or_insert_with(|| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("hpd-encode-{i}"))
+                    .build()
+                    .expect("cannot start the rayon thread pool"),
+            )
+        })
+        .clone()
+}
