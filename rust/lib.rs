@@ -9,8 +9,10 @@ pub mod buckets;
 pub mod decode;
 pub mod error;
 pub mod load;
+pub mod npy;
 pub mod pool;
 pub mod resize;
+pub mod writer;
 
 #[cfg(feature = "python")]
 mod py_buckets;
@@ -18,6 +20,8 @@ mod py_buckets;
 mod py_errors;
 #[cfg(feature = "python")]
 mod py_images;
+#[cfg(feature = "python")]
+mod py_writer;
 
 #[cfg(feature = "python")]
 #[pyo3::pymodule]
@@ -37,6 +41,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_images::probe_image, m)?)?;
     m.add_function(wrap_pyfunction!(py_buckets::_rebuild_bucket_set, m)?)?;
     m.add_class::<py_buckets::PyBucketSet>()?;
+    m.add_class::<py_writer::PyParquetWriter>()?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }
