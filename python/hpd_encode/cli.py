@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +43,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         limit=args.limit, overwrite=args.overwrite, workers=args.workers, share=not args.no_share,
         rows_per_file=args.rows_per_file, alpha=args.alpha, progress=not args.quiet,
     )
-    if summary:
+    if summary and os.environ.get("RANK", "0") == "0":
         print_summary(summary)
     return 0
 
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes")
     p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     p.set_defaults(func=_cmd_probe)
+
+    from hpd_encode import fetch, index
+
+    index.add_subcommands(sub, common)
+    fetch.add_subcommands(sub, common)
     return parser
 
 

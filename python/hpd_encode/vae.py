@@ -163,9 +163,13 @@ def encode_pixels(vae: Vae, pixels_u8, *, mode: str = "sample", seeds: list[int]
     x = pixels_u8.to(vae.device, non_blocking=True).permute(0, 3, 1, 2)
     x = x.to(vae.dtype).div_(127.5).sub_(1.0)
     if vae.frame_axis:
-        x = x.unsqueeze(2)
+        x = x.unsqueeze(2).contiguous()
     elif vae.device.startswith("cuda"):
         x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        # Plain NCHW on CPU: the layout the reference feeds, so kernels (and
+        # their last-bit rounding) match a direct diffusers call.
+        x = x.contiguous()
     with torch.inference_mode():
         dist = vae.model.encode(x).latent_dist
         mean = dist.mean.float()
