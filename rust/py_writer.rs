@@ -79,7 +79,7 @@ fn row_from(d: &Bound<'_, PyDict>) -> PyResult<Row> {
 #[pymethods]
 impl PyParquetWriter {
     #[new]
-    #[pyo3(signature = (path, *, row_group_size=100, queue_size=64, zstd_level=3))]
+    #[pyo3(signature = (path, *, row_group_size=100, queue_size=64, zstd_level=1))]
     fn new(path: std::path::PathBuf, row_group_size: usize, queue_size: usize, zstd_level: i32) -> PyResult<Self> {
         let inner = PartWriter::create(path, WriterOptions { row_group_size, queue_size, zstd_level })?;
         Ok(Self { inner, stats: None })

@@ -84,7 +84,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { row_group_size: 100, queue_size: 64, zstd_level: 3 }
+        Self { row_group_size: 100, queue_size: 64, zstd_level: 1 }
     }
 }
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import hpd_encode
-from hpd_encode.encode import encode, list_part_files
+from hpd_encode.pipeline import encode, list_part_files
 from hpd_encode.schema import PART_SCHEMA
 from hpd_encode.vae import load_vae, make_tiny_vae
 

@@ -34,7 +34,7 @@ def _batch_size(value: str) -> int | str:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from hpd_encode.encode import encode
+    from hpd_encode.pipeline import encode
 
     summary = encode(
         args.data_root, args.metadata, args.output_dir, args.vae,

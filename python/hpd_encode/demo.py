@@ -90,7 +90,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
 
 def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, workers: int | None = None) -> int:
     from hpd_encode.cli import print_summary
-    from hpd_encode.encode import encode
+    from hpd_encode.pipeline import encode
     from hpd_encode.vae import make_tiny_vae
 
     out = Path(output_dir)

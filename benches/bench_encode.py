@@ -1,0 +1,267 @@
+"""End-to-end encode benchmark: hpd-encode vs the reference loop, same data, same run.
+
+1. Pairs/s on an HPDv3-shaped dataset (prompts with 3-4 images, all pairwise
+   comparisons, JPEG/PNG/WebP at HPDv3 sizes) with a tiny random VAE:
+   - reference: PIL open + convert + LANCZOS + float tensor, one image at a
+     time, VAE batch 1 fp32 per image of every comparison, np.save, str(dict),
+     pyarrow ParquetWriter (zstd, row groups of 100);
+   - hpd-encode with sharing (each image encoded once per target size) and
+     with ``share=False``.
+   Also VAE calls per row (issue 7).
+2. Writer: rows/s of hpd_encode.ParquetWriter vs pyarrow driven from a Python
+   thread, and the longest GIL hold each causes (the largest gap seen by a
+   Python thread that ticks every 0.5 ms).
+
+Run: ``.venv/bin/python benches/bench_encode.py [--prompts 10] [--device cpu|cuda]``.
+On a GPU machine pass ``--full-vae`` to use an SD3.5-shaped VAE (random
+weights, real architecture) and compare bf16 bucket-batched vs fp32 batch-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+import hpd_encode
+from hpd_encode.pipeline import encode
+from hpd_encode.metadata import read_metadata
+from hpd_encode.vae import make_tiny_vae
+
+SIZES = [(1024, 1024), (768, 1024), (1248, 832), (512, 512), (832, 1152)]
+
+
+def photos() -> list[np.ndarray]:
+    from skimage import data
+
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(), data.retina()]
+
+
+def make_dataset(root: Path, prompts: int) -> Path:
+    ph = photos()
+    fmts = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
+    records = []
+    for p in range(prompts):
+        h, w = SIZES[p % len(SIZES)]
+        names = []
+        for k in range(3 + p % 2):
+            ext, opts = fmts[(p + k) % 3]
+            rel = f"img/{p}/{k}.{ext}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ph[(p + k) % len(ph)]).resize((w, h), Image.BICUBIC).save(root / rel, **opts)
+            names.append(rel)
+        for a, b in itertools.combinations(names, 2):
+            records.append({"prompt": f"p{p}", "path1": a, "path2": b, "model1": "x", "model2": "y",
+                            "choice_dist": [3, 1], "confidence": 0.7})
+    meta = root / "train.json"
+    meta.write_text(json.dumps(records))
+    return meta
+
+
+def make_sd35_vae(path: Path) -> Path:
+    """An AutoencoderKL with the SD3.5 VAE's architecture and random weights (for GPU runs)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=1024,
+        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    model.save_pretrained(path / "vae")
+    return path
+
+
+def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str) -> int:
+    """The reference's way: everything per comparison, per image, fp32 batch 1."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, subfolder="vae", low_cpu_mem_usage=False).to(device).eval()
+    shift = vae.config.shift_factor or 0.0
+    scale = vae.config.scaling_factor
+    buckets = hpd_encode.BucketSet.hpdv3()
+    records, _ = read_metadata(meta)
+    rows = []
+    schema = pa.schema([("prompt", pa.string()), ("model1", pa.string()), ("model2", pa.string()),
+                        ("detailed_results", pa.string()), ("image1_path", pa.string()), ("image2_path", pa.string()),
+                        ("latent1", pa.binary()), ("latent2", pa.binary()),
+                        ("latent1_shape", pa.list_(pa.int64())), ("latent2_shape", pa.list_(pa.int64()))])
+    writer = pq.ParquetWriter(out, schema, compression="zstd")
+    for r in records:
+        imgs = [Image.open(root / p).convert("RGB") for p in (r.path1, r.path2)]
+        (w1, h1), (w2, h2) = imgs[0].size, imgs[1].size
+        b = buckets.assign_pair(h1, w1, h2, w2)
+        if b is None:
+            continue
+        th, tw = buckets.buckets[b]
+        lat = []
+        for img in imgs:
+            arr = np.asarray(img.resize((tw, th), Image.LANCZOS))
+            x = (torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1).contiguous()[None].to(device)
+            with torch.no_grad():
+                z = (vae.encode(x).latent_dist.sample() - shift) * scale
+            buf = io.BytesIO()
+            np.save(buf, z[0].float().cpu().numpy())
+            lat.append((buf.getvalue(), list(z.shape[1:])))
+        details = {"votes_chosen": r.votes_chosen, "votes_rejected": r.votes_rejected, "confidence": r.confidence,
+                   "orig_chosen_hw": [h1, w1], "orig_rejected_hw": [h2, w2], "final_chosen_hw": [th, tw],
+                   "final_rejected_hw": [th, tw]}
+        rows.append({"prompt": r.prompt, "model1": r.model1, "model2": r.model2, "detailed_results": str(details),
+                     "image1_path": r.path1, "image2_path": r.path2, "latent1": lat[0][0], "latent2": lat[1][0],
+                     "latent1_shape": lat[0][1], "latent2_shape": lat[1][1]})
+        if len(rows) == 100:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            rows = []
+    if rows:
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    writer.close()
+    return pq.ParquetFile(out).metadata.num_rows
+
+
+class GilProbe:
+    """A Python thread ticking every 0.5 ms; the longest gap between ticks is
+    (an upper bound of) the longest time something else held the GIL."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(0.0005)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last)
+            last = now
+
+    def __enter__(self) -> GilProbe:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def writer_bench(tmp: Path, n_rows: int, shape: tuple[int, int, int]) -> dict:
+    rng = np.random.default_rng(0)
+    lat = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
+    rows = [{"prompt": f"p{i}", "image1_path": "a", "image2_path": "b", "latent1": lat[i % 8],
+             "latent2": lat[(i + 1) % 8], "record_index": i} for i in range(n_rows)]
+    out = {}
+    with GilProbe() as probe:
+        t = time.perf_counter()
+        with hpd_encode.ParquetWriter(tmp / "ours.parquet") as w:
+            for i in range(0, n_rows, 4):
+                w.submit(rows[i : i + 4])
+        out["ours_s"] = time.perf_counter() - t
+    out["ours_gil_ms"] = probe.max_gap * 1e3
+
+    def py_writer() -> None:
+        schema = pa.schema([("prompt", pa.string()), ("detailed_results", pa.string()), ("latent1", pa.binary()),
+                            ("latent2", pa.binary())])
+        wr = pq.ParquetWriter(tmp / "py.parquet", schema, compression="zstd")
+        batch = []
+        for r in rows:
+            b1, b2 = io.BytesIO(), io.BytesIO()
+            np.save(b1, r["latent1"])
+            np.save(b2, r["latent2"])
+            batch.append({"prompt": r["prompt"], "detailed_results": str({"votes_chosen": 0}),
+                          "latent1": b1.getvalue(), "latent2": b2.getvalue()})
+            if len(batch) == 100:
+                wr.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            wr.write_table(pa.Table.from_pylist(batch, schema=schema))
+        wr.close()
+
+    with GilProbe() as probe:
+        t = time.perf_counter()
+        th = threading.Thread(target=py_writer)
+        th.start()
+        th.join()
+        out["py_s"] = time.perf_counter() - t
+    out["py_gil_ms"] = probe.max_gap * 1e3
+    return out
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--writer-rows", type=int, default=400)
+    ap.add_argument("--keep", default=None, help="keep the work folder here")
+    ap.add_argument("--full-vae", action="store_true", help="SD3.5-shaped VAE (random weights); for a GPU")
+    args = ap.parse_args()
+    tmp = Path(args.keep or tempfile.mkdtemp(prefix="hpd-bench-encode-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    root = tmp / "data"
+    meta = make_dataset(root, args.prompts)
+    vae_dir = make_sd35_vae(tmp / "vae") if args.full_vae else make_tiny_vae(tmp / "vae")
+    n_records = len(json.loads(meta.read_text()))
+    print(f"machine: {machine()}")
+    print(f"dataset: {args.prompts} prompts, {n_records} comparisons at HPDv3 sizes; "
+          f"{'SD3.5-shaped' if args.full_vae else 'tiny'} random AutoencoderKL; "
+          f"device {args.device}\n")
+
+    t = time.perf_counter()
+    ref_rows = reference_loop(root, meta, vae_dir, tmp / "ref.parquet", args.device)
+    ref_s = time.perf_counter() - t
+    results = {}
+    for share in (True, False):
+        out = tmp / f"ours-{share}"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        s = encode(root, meta, out, vae_dir, device=args.device, share=share, progress=False)
+        results[share] = (time.perf_counter() - t, s)
+    print("| pipeline | rows | wall s | rows/s | VAE images | VAE images/row | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| reference loop (PIL, batch 1 fp32, per comparison) | {ref_rows} | {ref_s:.1f} | {ref_rows / ref_s:.2f} "
+          f"| {2 * ref_rows} | 2.00 | 1.0x |")
+    for share, label in ((False, "hpd-encode --no-share"), (True, "hpd-encode (shared images)")):
+        wall, s = results[share]
+        rows = s["rows_written"]
+        print(f"| {label} | {rows} | {wall:.1f} | {rows / wall:.2f} | {s['images_encoded']} | "
+              f"{s['images_encoded'] / max(rows, 1):.2f} | {ref_s / wall:.1f}x |")
+
+    w = writer_bench(tmp, args.writer_rows, (16, 128, 128))
+    mb = args.writer_rows * 2 * 16 * 128 * 128 * 4 / 1e6
+    print(f"\nwriter: {args.writer_rows} rows of two 16x128x128 float32 latents ({mb:.0f} MB)")
+    print("| writer | rows/s | MB/s | longest GIL hold seen by another thread |")
+    print("|---|---|---|---|")
+    print(f"| pyarrow from a Python thread (np.save + from_pylist) | {args.writer_rows / w['py_s']:.0f} | "
+          f"{mb / w['py_s']:.0f} | {w['py_gil_ms']:.1f} ms |")
+    print(f"| hpd_encode.ParquetWriter (Rust thread) | {args.writer_rows / w['ours_s']:.0f} | {mb / w['ours_s']:.0f} | "
+          f"{w['ours_gil_ms']:.1f} ms |")
+    print(f"writer speed-up {w['py_s'] / w['ours_s']:.1f}x, GIL hold ratio {w['py_gil_ms'] / max(w['ours_gil_ms'], 1e-3):.1f}x")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
