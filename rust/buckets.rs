@@ -121,7 +121,9 @@ impl BucketSet {
             return None;
         }
         let ar_image = (h as f64 / w as f64).ln();
-        let area_image = ((h * w) as f64).ln();
+        // The exact product (no overflow for any u64 sides), rounded once to
+        // f64 as Python's `math.log(h * w)` does.
+        let area_image = ((h as u128 * w as u128) as f64).ln();
         let mut best: Option<(usize, f64)> = None;
         for (i, &(bh, bw)) in self.buckets.iter().enumerate() {
             let ar_bucket = (bh as f64 / bw as f64).ln();
@@ -129,7 +131,8 @@ impl BucketSet {
                 continue;
             }
             let d = (((bh as u64 * bw as u64) as f64).ln() - area_image).abs();
-            if best.is_none_or(|(_, bd)| d < bd) {
+            // `map_or`, not `is_none_or`: the crate's MSRV is 1.80.
+            if best.map_or(true, |(_, bd)| d < bd) {
                 best = Some((i, d));
             }
         }
@@ -138,7 +141,8 @@ impl BucketSet {
 
     /// The pair rule: the shared target bucket of two images, or why none.
     pub fn assign_pair(&self, h1: u64, w1: u64, h2: u64, w2: u64) -> std::result::Result<usize, PairDrop> {
-        if h1 * w1 < self.min_pixels || h2 * w2 < self.min_pixels {
+        let small = |h: u64, w: u64| (h as u128 * w as u128) < self.min_pixels as u128;
+        if small(h1, w1) || small(h2, w2) {
             return Err(PairDrop::TooSmall);
         }
         let (b1, b2) = match (self.assign(h1, w1), self.assign(h2, w2)) {
@@ -206,6 +210,17 @@ mod tests {
         assert_eq!(s.assign_pair(1024, 768, 768, 1024), Err(PairDrop::AspectMismatch));
         // 512x512 and 1024x1024: same aspect, scale up to 1024 -> 1024x1024.
         assert_eq!(s.assign_pair(512, 512, 1024, 1024), Ok(8));
+    }
+
+    #[test]
+    fn huge_sides_do_not_overflow() {
+        let s = BucketSet::hpdv3();
+        // 2^33 x 2^33 overflows u64; the area must still be computed exactly.
+        let big = 1u64 << 33;
+        assert_eq!(s.assign(big, big), Some(8));
+        assert_eq!(s.assign_pair(big, big, big, big), Ok(8));
+        assert_eq!(s.assign(u64::MAX, u64::MAX), Some(8));
+        assert_eq!(s.assign_pair(1, u64::MAX, 1, u64::MAX), Err(PairDrop::NoBucket));
     }
 
     #[test]

@@ -43,9 +43,7 @@ impl std::str::FromStr for AlphaMode {
             "drop" => Ok(Self::Drop),
             "white" => Ok(Self::White),
             "black" => Ok(Self::Black),
-            other => Err(Error::InvalidArgument(format!(
-                "alpha must be 'drop', 'white' or 'black', not '{other}'"
-            ))),
+            other => Err(Error::InvalidArgument(format!("alpha must be 'drop', 'white' or 'black', not '{other}'"))),
         }
     }
 }
@@ -77,16 +75,13 @@ fn sniff(bytes: &[u8]) -> Failure<ImageFormat> {
         return Err(ImageFailure::Empty);
     }
     match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)) => Ok(f),
-        Ok(other) => Err(ImageFailure::Unsupported(format!(
-            "{other:?} (supported: JPEG, PNG, WebP, GIF, BMP)"
-        ))),
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)) => {
+            Ok(f)
+        }
+        Ok(other) => Err(ImageFailure::Unsupported(format!("{other:?} (supported: JPEG, PNG, WebP, GIF, BMP)"))),
         Err(_) => {
             let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            Err(ImageFailure::NotAnImage(format!(
-                "unrecognised signature, first bytes {}",
-                head.join(" ")
-            )))
+            Err(ImageFailure::NotAnImage(format!("unrecognised signature, first bytes {}", head.join(" "))))
         }
     }
 }
@@ -111,28 +106,110 @@ fn swaps_axes(o: Orientation) -> bool {
 fn jpeg_failure(e: zune_jpeg::errors::DecodeErrors) -> ImageFailure {
     let msg = e.to_string();
     let lower = msg.to_lowercase();
-    if lower.contains("premature") || lower.contains("end of") || lower.contains("eof") || lower.contains("no more bytes") || lower.contains("exhausted") {
+    if lower.contains("premature")
+        || lower.contains("end of")
+        || lower.contains("eof")
+        || lower.contains("no more bytes")
+        || lower.contains("exhausted")
+    {
         ImageFailure::Truncated(format!("JPEG: {msg}"))
     } else {
         ImageFailure::Corrupt(format!("JPEG: {msg}"))
     }
 }
 
-fn image_failure(e: image::ImageError) -> ImageFailure {
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::Bmp => "BMP",
+        _ => "image",
+    }
+}
+
+fn image_failure(format: ImageFormat, e: image::ImageError) -> ImageFailure {
     use image::ImageError as E;
+    let name = format_name(format);
     match e {
         E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageFailure::Truncated(format!("unexpected end of file: {io}"))
+            ImageFailure::Truncated(format!("{name}: the stream ends early"))
         }
-        E::Unsupported(u) => ImageFailure::Unsupported(u.to_string()),
-        E::Limits(l) => ImageFailure::Corrupt(format!("decoder limit: {l}")),
+        E::Unsupported(u) => ImageFailure::Unsupported(format!("{name}: {u}")),
+        E::Limits(l) => ImageFailure::Corrupt(format!("{name}: decoder limit: {l}")),
         other => {
             let msg = other.to_string();
             let lower = msg.to_lowercase();
-            if lower.contains("eof") || lower.contains("end of") || lower.contains("truncated") || lower.contains("incomplete") {
+            if lower.contains("eof")
+                || lower.contains("end of")
+                || lower.contains("truncated")
+                || lower.contains("incomplete")
+            {
                 ImageFailure::Truncated(msg)
             } else {
                 ImageFailure::Corrupt(msg)
+            }
+        }
+    }
+}
+
+/// A WebP file states its own length in the RIFF header; a shorter file was
+/// cut off (image-webp reports that only as a corrupt bitstream).
+fn check_riff_length(bytes: &[u8]) -> Failure<()> {
+    if bytes.len() >= 8 {
+        let declared = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64 + 8;
+        if (bytes.len() as u64) < declared {
+            return Err(ImageFailure::Truncated(format!(
+                "WebP: the RIFF header announces {declared} bytes, the file has {}",
+                bytes.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the JPEG stream reaches its end-of-image marker (`FF D9`).
+///
+/// zune-jpeg, even in strict mode, pads a scan that stops a few bytes early
+/// with zero bits and returns an image whose last blocks are wrong; Pillow
+/// (the reference) refuses any JPEG without its EOI. So walk the markers:
+/// skip each header segment by its length (an EXIF thumbnail's own markers
+/// sit inside APP1 and are skipped with it), step through entropy-coded data
+/// (where `FF` is only ever followed by `00`, a restart marker or a fill
+/// byte), and stop at the first EOI. Bytes after it (appended MPF pictures,
+/// padding) do not matter.
+fn jpeg_has_eoi(bytes: &[u8]) -> bool {
+    let n = bytes.len();
+    let mut pos = 2; // after SOI
+    loop {
+        // Find the next marker: an FF (any number of fill FFs) then a code.
+        while pos < n && bytes[pos] != 0xFF {
+            pos += 1;
+        }
+        while pos < n && bytes[pos] == 0xFF {
+            pos += 1;
+        }
+        if pos >= n {
+            return false;
+        }
+        let code = bytes[pos];
+        pos += 1;
+        match code {
+            0xD9 => return true,
+            // Stuffed zero, TEM, restart markers: no length field.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                if pos + 2 > n {
+                    return false;
+                }
+                let len = u16::from_be_bytes([bytes[pos], bytes[pos + 1]]) as usize;
+                if len < 2 {
+                    return false;
+                }
+                pos += len;
+                // After SOS (0xDA) comes entropy-coded data: the scan above
+                // walks through it to the next real marker.
             }
         }
     }
@@ -147,13 +224,36 @@ fn jpeg_decoder(bytes: &[u8], strict: bool) -> zune_jpeg::JpegDecoder<ZCursor<&[
     zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options)
 }
 
-/// (width, height, orientation) of a JPEG from its headers.
-fn jpeg_header(bytes: &[u8]) -> Failure<(u64, u64, Orientation)> {
+/// A JPEG header as read: size, EXIF orientation, and whether the headers
+/// needed the lenient parser (stray bytes between segments).
+struct JpegHeader {
+    width: u64,
+    height: u64,
+    orientation: Orientation,
+    lenient: bool,
+}
+
+/// Stray bytes between header segments: libjpeg (so Pillow) warns and goes on;
+/// zune-jpeg's strict mode refuses the file. Files from some cameras and
+/// editors have them, so they must not cost the image.
+fn is_stray_header_bytes(e: &zune_jpeg::errors::DecodeErrors) -> bool {
+    e.to_string().contains("Extra bytes between headers")
+}
+
+fn jpeg_header(bytes: &[u8]) -> Failure<JpegHeader> {
+    let mut lenient = false;
     let mut dec = jpeg_decoder(bytes, true);
-    dec.decode_headers().map_err(jpeg_failure)?;
+    if let Err(e) = dec.decode_headers() {
+        if !is_stray_header_bytes(&e) {
+            return Err(jpeg_failure(e));
+        }
+        lenient = true;
+        dec = jpeg_decoder(bytes, false);
+        dec.decode_headers().map_err(jpeg_failure)?;
+    }
     let (w, h) = dec.dimensions().ok_or_else(|| ImageFailure::Corrupt("JPEG without a frame header".into()))?;
     let orientation = dec.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
-    Ok((w as u64, h as u64, orientation))
+    Ok(JpegHeader { width: w as u64, height: h as u64, orientation, lenient })
 }
 
 fn reader_limits(max_pixels: u64) -> Limits {
@@ -181,11 +281,12 @@ pub fn probe_path(path: &Path) -> Result<(u32, u32)> {
                 }
                 Err(e) => Err(e),
             }
+            .map(|h| (h.width, h.height, h.orientation))
         } else {
             let reader = BufReader::new(File::open(path).map_err(|e| ImageFailure::Corrupt(e.to_string()))?);
             let mut reader = ImageReader::with_format(reader, format);
             reader.limits(reader_limits(u64::MAX / 16));
-            let mut dec = reader.into_decoder().map_err(image_failure)?;
+            let mut dec = reader.into_decoder().map_err(|e| image_failure(format, e))?;
             let (w, h) = dec.dimensions();
             let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
             Ok((w as u64, h as u64, orientation))
@@ -200,7 +301,7 @@ pub fn probe_path(path: &Path) -> Result<(u32, u32)> {
 }
 
 /// Run `f`, turning a panic into this item's error.
-fn guarded<T>(f: impl FnOnce() -> Failure<T>) -> Failure<T> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Failure<T>) -> Failure<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
@@ -279,9 +380,16 @@ fn orient(width: usize, height: usize, data: Vec<u8>, o: Orientation) -> RgbImag
 }
 
 fn decode_jpeg(bytes: &[u8], opts: &LoadOptions) -> Failure<RgbImage> {
-    let (w, h, orientation) = jpeg_header(bytes)?;
+    let JpegHeader { width: w, height: h, orientation, lenient } = jpeg_header(bytes)?;
     check_pixels(w, h, opts.max_pixels)?;
-    let mut dec = jpeg_decoder(bytes, true);
+    if !jpeg_has_eoi(bytes) {
+        return Err(ImageFailure::Truncated(format!(
+            "JPEG: the stream ends without its end-of-image marker (file is {} bytes)",
+            bytes.len()
+        )));
+    }
+    // Strict (corrupt scan data is an error) unless the headers already needed leniency.
+    let mut dec = jpeg_decoder(bytes, !lenient);
     let data = dec.decode().map_err(jpeg_failure)?;
     let (w, h) = (w as usize, h as usize);
     let data = match data.len() {
@@ -295,13 +403,57 @@ fn decode_jpeg(bytes: &[u8], opts: &LoadOptions) -> Failure<RgbImage> {
 fn decode_other(bytes: &[u8], format: ImageFormat, opts: &LoadOptions) -> Failure<RgbImage> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(reader_limits(opts.max_pixels));
-    let mut dec = reader.into_decoder().map_err(image_failure)?;
+    let mut dec = reader.into_decoder().map_err(|e| image_failure(format, e))?;
     let (w, h) = dec.dimensions();
     check_pixels(w as u64, h as u64, opts.max_pixels)?;
+    if format == ImageFormat::WebP {
+        check_riff_length(bytes)?;
+    }
     let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
-    let img = DynamicImage::from_decoder(dec).map_err(image_failure)?;
+    if format == ImageFormat::WebP {
+        if let Some(data) = decode_webp_libwebp(bytes, w as usize, h as usize, opts.alpha)? {
+            return Ok(orient(w as usize, h as usize, data, orientation));
+        }
+    }
+    let img = DynamicImage::from_decoder(dec).map_err(|e| image_failure(format, e))?;
     let (w, h, data) = dynamic_to_rgb(img, opts.alpha);
     Ok(orient(w, h, data, orientation))
+}
+
+/// Still WebP pictures through libwebp (what Pillow uses; about 3x faster
+/// than image-webp on lossy files). `None` for animations: image-webp
+/// decodes their first frame.
+fn decode_webp_libwebp(bytes: &[u8], w: usize, h: usize, alpha: AlphaMode) -> Failure<Option<Vec<u8>>> {
+    use libwebp_sys as webp;
+    let mut features = std::mem::MaybeUninit::<webp::WebPBitstreamFeatures>::zeroed();
+    // SAFETY: `bytes` is a valid slice; `features` is written by the call.
+    let status = unsafe { webp::WebPGetFeatures(bytes.as_ptr(), bytes.len(), features.as_mut_ptr()) };
+    if status != webp::VP8StatusCode::VP8_STATUS_OK {
+        return Err(ImageFailure::Corrupt(format!("WebP: libwebp cannot read the header ({status:?})")));
+    }
+    // SAFETY: initialised by WebPGetFeatures on success.
+    let features = unsafe { features.assume_init() };
+    if features.has_animation != 0 {
+        return Ok(None);
+    }
+    if (features.width as usize, features.height as usize) != (w, h) {
+        return Err(ImageFailure::Corrupt("WebP: inconsistent picture size".into()));
+    }
+    let channels = if features.has_alpha != 0 && alpha != AlphaMode::Drop { 4 } else { 3 };
+    let mut out = vec![0u8; w * h * channels];
+    let stride = (w * channels) as std::ffi::c_int;
+    // SAFETY: `out` holds exactly `stride * h` bytes, libwebp writes within it.
+    let written = unsafe {
+        if channels == 4 {
+            webp::WebPDecodeRGBAInto(bytes.as_ptr(), bytes.len(), out.as_mut_ptr(), out.len(), stride)
+        } else {
+            webp::WebPDecodeRGBInto(bytes.as_ptr(), bytes.len(), out.as_mut_ptr(), out.len(), stride)
+        }
+    };
+    if written.is_null() {
+        return Err(ImageFailure::Corrupt("WebP: libwebp could not decode the bitstream".into()));
+    }
+    Ok(Some(if channels == 4 { samples_to_rgb(out, 4, alpha) } else { out }))
 }
 
 /// Decode an in-memory image file to RGB8 with EXIF orientation applied.
@@ -321,4 +473,135 @@ pub fn decode_path(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(&name, e))?;
     decode_bytes(&bytes, opts).map_err(|f| Error::image(name, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::codecs::jpeg::JpegEncoder;
+    use image::codecs::png::PngEncoder;
+    use image::ImageEncoder;
+
+    fn gradient(w: u32, h: u32) -> Vec<u8> {
+        (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| [(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 256) as u8]))
+            .collect()
+    }
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(&gradient(w, h), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        PngEncoder::new(&mut out).write_image(&gradient(w, h), w, h, image::ExtendedColorType::Rgb8).unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_decodes_and_finds_its_eoi() {
+        let bytes = jpeg(96, 64);
+        assert!(jpeg_has_eoi(&bytes));
+        let img = decode_bytes(&bytes, &LoadOptions::default()).unwrap();
+        assert_eq!((img.width, img.height, img.data.len()), (96, 64, 96 * 64 * 3));
+        // Trailing bytes after the EOI are allowed (appended pictures, padding).
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0u8; 100]);
+        assert_eq!(decode_bytes(&padded, &LoadOptions::default()).unwrap(), img);
+    }
+
+    #[test]
+    fn every_cut_jpeg_is_an_error() {
+        // Cutting even one byte (the EOI) must fail, as it does in Pillow; a
+        // few bytes short used to decode "successfully" with wrong last blocks.
+        let bytes = jpeg(64, 48);
+        for cut in (1..40).chain((40..bytes.len() - 4).step_by(97)) {
+            let short = &bytes[..bytes.len() - cut];
+            match decode_bytes(short, &LoadOptions::default()) {
+                Err(ImageFailure::Truncated(_)) | Err(ImageFailure::Corrupt(_)) => {}
+                Ok(img) => panic!("cut {cut} bytes: expected an error, got a {}x{} image", img.width, img.height),
+                Err(other) => panic!("cut {cut} bytes: expected truncated/corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn eoi_inside_an_app_segment_does_not_count() {
+        // An APP1 segment whose payload holds FF D9 (as an EXIF thumbnail
+        // does) must be skipped by its length, not read as the EOI.
+        let bytes = jpeg(32, 32);
+        let mut with_app = bytes[..2].to_vec();
+        let payload = [0x45, 0x78, 0xFF, 0xD9, 0xFF, 0xD9, 0x00];
+        with_app.extend_from_slice(&[0xFF, 0xE1, 0x00, (payload.len() + 2) as u8]);
+        with_app.extend_from_slice(&payload);
+        with_app.extend_from_slice(&bytes[2..]);
+        assert!(jpeg_has_eoi(&with_app));
+        let cut = &with_app[..with_app.len() - 2];
+        assert!(!jpeg_has_eoi(cut));
+    }
+
+    #[test]
+    fn stray_bytes_between_header_segments_are_tolerated() {
+        // Pillow (libjpeg) loads such files with a warning; so must we.
+        let bytes = jpeg(48, 40);
+        let first_len = u16::from_be_bytes([bytes[4], bytes[5]]) as usize;
+        let at = 4 + first_len; // after SOI and the first segment
+        let mut stray = bytes[..at].to_vec();
+        stray.extend_from_slice(&[0, 0, 0, 0]);
+        stray.extend_from_slice(&bytes[at..]);
+        assert!(jpeg_decoder(&stray, true).decode_headers().is_err(), "strict mode refuses it");
+        let clean = decode_bytes(&bytes, &LoadOptions::default()).unwrap();
+        assert_eq!(decode_bytes(&stray, &LoadOptions::default()).unwrap(), clean);
+        // Truncation is still caught on such a file.
+        let cut = &stray[..stray.len() - 3];
+        assert!(matches!(decode_bytes(cut, &LoadOptions::default()), Err(ImageFailure::Truncated(_))));
+    }
+
+    #[test]
+    fn png_cut_is_truncated_and_names_the_format() {
+        let bytes = png(64, 64);
+        let err = decode_bytes(&bytes[..bytes.len() / 2], &LoadOptions::default()).unwrap_err();
+        assert!(matches!(err, ImageFailure::Truncated(_)), "{err:?}");
+        assert!(err.to_string().contains("PNG"), "{err}");
+    }
+
+    #[test]
+    fn webp_shorter_than_its_riff_size_is_truncated() {
+        let mut fake = b"RIFF".to_vec();
+        fake.extend_from_slice(&1000u32.to_le_bytes());
+        fake.extend_from_slice(b"WEBP");
+        assert!(matches!(check_riff_length(&fake), Err(ImageFailure::Truncated(_))));
+        fake.resize(1008, 0);
+        assert!(check_riff_length(&fake).is_ok());
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        let opts = LoadOptions { max_pixels: 100, ..LoadOptions::default() };
+        let err = decode_bytes(&jpeg(16, 16), &opts).unwrap_err();
+        assert_eq!(err, ImageFailure::TooLarge { width: 16, height: 16, limit: 100 });
+        let err = decode_bytes(&png(16, 16), &opts).unwrap_err();
+        assert_eq!(err, ImageFailure::TooLarge { width: 16, height: 16, limit: 100 });
+    }
+
+    #[test]
+    fn bad_inputs_are_classified() {
+        let opts = LoadOptions::default();
+        assert_eq!(decode_bytes(b"", &opts).unwrap_err(), ImageFailure::Empty);
+        assert!(matches!(decode_bytes(b"hello world", &opts), Err(ImageFailure::NotAnImage(_))));
+        assert!(matches!(decode_bytes(b"II*\0\x08\0\0\0", &opts), Err(ImageFailure::Unsupported(_))));
+    }
+
+    #[test]
+    fn alpha_compositing() {
+        assert_eq!(composite(200, 255, AlphaMode::White), 200);
+        assert_eq!(composite(200, 0, AlphaMode::White), 255);
+        assert_eq!(composite(200, 0, AlphaMode::Black), 0);
+        assert_eq!(composite(200, 0, AlphaMode::Drop), 200);
+        assert_eq!(composite(100, 128, AlphaMode::Black), 50);
+    }
 }

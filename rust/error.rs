@@ -28,10 +28,9 @@ impl fmt::Display for ImageFailure {
             Self::Empty => write!(f, "file is empty (0 bytes)"),
             Self::NotAnImage(what) => write!(f, "not an image ({what})"),
             Self::Unsupported(what) => write!(f, "unsupported image format: {what}"),
-            Self::Truncated(what) => write!(
-                f,
-                "truncated image data ({what}); the file is incomplete, re-download or re-extract it"
-            ),
+            Self::Truncated(what) => {
+                write!(f, "truncated image data ({what}); the file is incomplete, re-download or re-extract it")
+            }
             Self::Corrupt(what) => write!(f, "corrupt image data ({what})"),
             Self::TooLarge { width, height, limit } => write!(
                 f,

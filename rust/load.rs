@@ -1,11 +1,11 @@
 //! Batch loading: decode + orient + resize many files in parallel on the
 //! shared pool. Every item succeeds or fails on its own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::decode::{decode_path, probe_path, LoadOptions, RgbImage};
+use crate::decode::{decode_path, guarded, probe_path, LoadOptions, RgbImage};
 use crate::error::{Error, Result};
 use crate::pool::pool;
 use crate::resize::{resize, resize_into};
@@ -16,10 +16,12 @@ pub fn probe_many(paths: &[PathBuf], num_threads: Option<usize>) -> Vec<Result<(
 }
 
 /// Decode one file, resized to `size = (h, w)` when given.
-pub fn load_one(path: &PathBuf, size: Option<(usize, usize)>, opts: &LoadOptions) -> Result<RgbImage> {
+pub fn load_one(path: &Path, size: Option<(usize, usize)>, opts: &LoadOptions) -> Result<RgbImage> {
     let img = decode_path(path, opts)?;
     match size {
-        Some((h, w)) => resize(&img, h, w).map_err(|f| Error::image(path.display().to_string(), f)),
+        // The decoder is guarded inside decode_path; guard the resize too, so
+        // that no panic can unwind through the pool into Python.
+        Some((h, w)) => guarded(|| resize(&img, h, w)).map_err(|f| Error::image(path.display().to_string(), f)),
         None => Ok(img),
     }
 }
@@ -31,13 +33,8 @@ pub fn load_many(
     num_threads: Option<usize>,
     opts: &LoadOptions,
 ) -> Vec<Result<RgbImage>> {
-    pool(num_threads).install(|| {
-        paths
-            .par_iter()
-            .enumerate()
-            .map(|(i, p)| load_one(p, sizes.map(|s| s[i]), opts))
-            .collect()
-    })
+    pool(num_threads)
+        .install(|| paths.par_iter().enumerate().map(|(i, p)| load_one(p, sizes.map(|s| s[i]), opts)).collect())
 }
 
 /// Decode and resize every file to `(height, width)` straight into `out`, a
@@ -61,7 +58,8 @@ pub fn load_batch_into(
             .zip(paths.par_iter())
             .map(|(slot, path)| {
                 let result = decode_path(path, opts).and_then(|img| {
-                    resize_into(&img, h, w, slot).map_err(|f| Error::image(path.display().to_string(), f))
+                    guarded(|| resize_into(&img, h, w, &mut *slot))
+                        .map_err(|f| Error::image(path.display().to_string(), f))
                 });
                 match result {
                     Ok(()) => None,

@@ -12,6 +12,9 @@ struct Pools {
     by_threads: HashMap<usize, Arc<ThreadPool>>,
 }
 
+/// Upper bound on a pool's size.
+pub const MAX_THREADS: usize = 256;
+
 static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
 
 /// Number of threads used when the caller does not say: the machine's cores.
@@ -21,10 +24,10 @@ pub fn default_threads() -> usize {
 
 /// The pool for `num_threads` workers (`None` = all cores).
 pub fn pool(num_threads: Option<usize>) -> Arc<ThreadPool> {
-    let n = num_threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
-    let pools = POOLS.get_or_init(|| {
-        Mutex::new(Pools { pid: std::process::id(), by_threads: HashMap::new() })
-    });
+    // More threads than a few per core only adds contention (and a typo like
+    // 1000 would start 1000 threads): cap it.
+    let n = num_threads.filter(|&n| n > 0).unwrap_or_else(default_threads).min(MAX_THREADS);
+    let pools = POOLS.get_or_init(|| Mutex::new(Pools { pid: std::process::id(), by_threads: HashMap::new() }));
     let mut guard = pools.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     if guard.pid != pid {

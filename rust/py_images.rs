@@ -13,9 +13,25 @@ use crate::load::{load_batch_into, load_many, probe_many};
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
+type Arrays<'py> = Vec<Option<Bound<'py, PyArray3<u8>>>>;
 
 fn options(alpha: &str, max_pixels: u64) -> PyResult<LoadOptions> {
     Ok(LoadOptions { alpha: alpha.parse::<AlphaMode>()?, max_pixels })
+}
+
+/// A target size must have two positive sides and stay within the pixel
+/// limit: an absurd size would otherwise abort the process on allocation.
+fn check_target((h, w): (i64, i64), max_pixels: u64) -> PyResult<(usize, usize)> {
+    if h <= 0 || w <= 0 {
+        return Err(Error::InvalidArgument(format!("target size {h}x{w} must have two positive sides")).into());
+    }
+    if (h as u128) * (w as u128) > max_pixels as u128 {
+        return Err(Error::InvalidArgument(format!(
+            "target size {h}x{w} is over the limit of {max_pixels} pixels (raise max_pixels to allow it)"
+        ))
+        .into());
+    }
+    Ok((h as usize, w as usize))
 }
 
 fn split<T>(results: Vec<Result<T, Error>>) -> (Vec<Option<T>>, Errors) {
@@ -42,26 +58,22 @@ pub fn probe_images(py: Python<'_>, paths: Vec<PathBuf>, num_threads: Option<usi
 pub fn load_images<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
-    sizes: Option<Vec<(usize, usize)>>,
+    sizes: Option<Vec<(i64, i64)>>,
     num_threads: Option<usize>,
     alpha: &str,
     max_pixels: u64,
-) -> PyResult<(Vec<Option<Bound<'py, PyArray3<u8>>>>, Errors)> {
+) -> PyResult<(Arrays<'py>, Errors)> {
     let opts = options(alpha, max_pixels)?;
     if let Some(s) = &sizes {
         if s.len() != paths.len() {
             return Err(Error::InvalidArgument(format!("{} paths but {} sizes", paths.len(), s.len())).into());
         }
-        if let Some((h, w)) = s.iter().find(|(h, w)| *h == 0 || *w == 0) {
-            return Err(Error::InvalidArgument(format!("target size {h}x{w} has a zero side")).into());
-        }
     }
+    let sizes: Option<Vec<(usize, usize)>> =
+        sizes.map(|s| s.into_iter().map(|hw| check_target(hw, max_pixels)).collect()).transpose()?;
     let results = py.detach(|| load_many(&paths, sizes.as_deref(), num_threads, &opts));
     let (images, errors) = split(results);
-    let arrays = images
-        .into_iter()
-        .map(|img| img.map(|img| to_array(py, img)))
-        .collect();
+    let arrays = images.into_iter().map(|img| img.map(|img| to_array(py, img))).collect();
     Ok((arrays, errors))
 }
 
@@ -71,17 +83,17 @@ pub fn load_images<'py>(
 pub fn load_batch<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
-    size: (usize, usize),
+    size: (i64, i64),
     num_threads: Option<usize>,
     alpha: &str,
     max_pixels: u64,
 ) -> PyResult<(Bound<'py, PyArray4<u8>>, Errors)> {
     let opts = options(alpha, max_pixels)?;
-    let (h, w) = size;
-    if h == 0 || w == 0 {
-        return Err(Error::InvalidArgument(format!("target size {h}x{w} has a zero side")).into());
-    }
+    let (h, w) = check_target(size, max_pixels)?;
     let n = paths.len();
+    if (n as u128) * (h as u128) * (w as u128) * 3 > isize::MAX as u128 {
+        return Err(Error::InvalidArgument(format!("a batch of {n} images of {h}x{w} does not fit in memory")).into());
+    }
     let (buffer, errors) = py.detach(|| {
         let mut buffer = vec![0u8; n * h * w * 3];
         let errors = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
@@ -92,7 +104,9 @@ pub fn load_batch<'py>(
 }
 
 fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<u8>> {
-    Array3::from_shape_vec((img.height, img.width, 3), img.data).expect("decoded buffer matches its shape").into_pyarray(py)
+    Array3::from_shape_vec((img.height, img.width, 3), img.data)
+        .expect("decoded buffer matches its shape")
+        .into_pyarray(py)
 }
 
 /// Decode one file; raises `ImageDecodeError` / `ImageTooLargeError` / `OSError`.
@@ -101,14 +115,12 @@ fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<
 pub fn load_image<'py>(
     py: Python<'py>,
     path: PathBuf,
-    size: Option<(usize, usize)>,
+    size: Option<(i64, i64)>,
     alpha: &str,
     max_pixels: u64,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
     let opts = options(alpha, max_pixels)?;
-    if let Some((h, w)) = size.filter(|(h, w)| *h == 0 || *w == 0) {
-        return Err(Error::InvalidArgument(format!("target size {h}x{w} has a zero side")).into());
-    }
+    let size = size.map(|hw| check_target(hw, max_pixels)).transpose()?;
     let img = py.detach(|| crate::load::load_one(&path, size, &opts))?;
     Ok(to_array(py, img))
 }

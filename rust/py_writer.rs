@@ -16,9 +16,8 @@ pub struct PyParquetWriter {
 }
 
 fn latent_from(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Latent> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| Error::InvalidArgument(format!("'{key}' must be a numpy array")))?;
+    let arr =
+        obj.cast::<PyUntypedArray>().map_err(|_| Error::InvalidArgument(format!("'{key}' must be a numpy array")))?;
     let shape: Vec<usize> = arr.shape().to_vec();
     let dtype: String = obj.getattr("dtype")?.getattr("str")?.extract()?;
     let contiguous = obj.py().import("numpy")?.call_method1("ascontiguousarray", (obj,))?;
@@ -35,7 +34,11 @@ fn latent_from(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Latent> {
 }
 
 fn row_from(d: &Bound<'_, PyDict>) -> PyResult<Row> {
-    fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str, default: Option<T>) -> PyResult<T> {
+    fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(
+        d: &Bound<'py, PyDict>,
+        key: &str,
+        default: Option<T>,
+    ) -> PyResult<T> {
         match d.get_item(key)? {
             Some(v) if !v.is_none() => v.extract::<T>().map_err(|e| {
                 let e: PyErr = e.into();
@@ -114,7 +117,11 @@ impl PyParquetWriter {
             })
             .collect::<PyResult<_>>()?;
         let inner = &mut self.inner;
-        py.detach(|| inner.submit(rows, || Python::attach(|py| py.check_signals()).map_err(|e| Error::Writer(format!("interrupted: {e}")))))?;
+        py.detach(|| {
+            inner.submit(rows, || {
+                Python::attach(|py| py.check_signals()).map_err(|e| Error::Writer(format!("interrupted: {e}")))
+            })
+        })?;
         Ok(())
     }
 

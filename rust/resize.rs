@@ -23,7 +23,8 @@ pub fn resize_into(src: &RgbImage, height: usize, width: usize, out: &mut [u8]) 
         return Ok(());
     }
     let fail = |e: &dyn std::fmt::Display| ImageFailure::Corrupt(format!("resize failed: {e}"));
-    let src_view = ImageRef::new(src.width as u32, src.height as u32, &src.data, PixelType::U8x3).map_err(|e| fail(&e))?;
+    let src_view =
+        ImageRef::new(src.width as u32, src.height as u32, &src.data, PixelType::U8x3).map_err(|e| fail(&e))?;
     let mut dst = Image::from_slice_u8(width as u32, height as u32, out, PixelType::U8x3).map_err(|e| fail(&e))?;
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
     RESIZER.with(|r| r.borrow_mut().resize(&src_view, &mut dst, &options)).map_err(|e| fail(&e))

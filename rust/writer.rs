@@ -262,11 +262,16 @@ impl PartWriter {
         let tmp = temp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
         let schema = part_schema();
-        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(&opts)?))
-            .map_err(|e| Error::Writer(format!("opening '{}': {e}", tmp.display())))?;
+        let writer =
+            ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(&opts)?))
+                .map_err(|e| Error::Writer(format!("opening '{}': {e}", tmp.display())))?;
         let sink = Sink { schema, writer, pending: Vec::new(), row_group_size: opts.row_group_size, rows: 0 };
         let (tx, rx) = bounded::<Vec<Row>>(opts.queue_size);
-        let shared = Arc::new(Shared { failed: AtomicBool::new(false), error: Mutex::new(None), queued_rows: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            queued_rows: AtomicU64::new(0),
+        });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("hpd-encode-writer".into())
@@ -315,7 +320,9 @@ impl PartWriter {
                     interrupted()?;
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
-                    return Err(self.deferred_error().unwrap_or_else(|| Error::Writer("the writer thread stopped".into())));
+                    return Err(self
+                        .deferred_error()
+                        .unwrap_or_else(|| Error::Writer("the writer thread stopped".into())));
                 }
             }
         }
@@ -408,7 +415,11 @@ mod tests {
     use super::*;
 
     fn row(i: i64) -> Row {
-        let lat = |v: f32| Latent { descr: "<f4", shape: vec![4, 2, 2], data: vec![v; 16].iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let lat = |v: f32| Latent {
+            descr: "<f4",
+            shape: vec![4, 2, 2],
+            data: [v; 16].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
         Row {
             prompt: format!("p{i}"),
             model1: "a".into(),
@@ -434,7 +445,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hpd-writer-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("part.parquet");
-        let mut w = PartWriter::create(&path, WriterOptions { row_group_size: 10, queue_size: 2, zstd_level: 3 }).unwrap();
+        let mut w =
+            PartWriter::create(&path, WriterOptions { row_group_size: 10, queue_size: 2, zstd_level: 3 }).unwrap();
         for chunk in 0..5 {
             w.submit((chunk * 7..chunk * 7 + 7).map(row).collect(), || Ok(())).unwrap();
         }

@@ -1,0 +1,215 @@
+"""Pixel path: the reference's PIL loop vs hpd-encode's Rust core, same files, same run.
+
+Makes ~60 real photographs (scikit-image's bundled samples) at the sizes the
+HPDv3 generators produce (1024x1024, 1216x832, 1344x768, ... as height x
+width), saved as JPEG (q90), PNG and WebP (q90) in a temporary directory. Each
+image's target is its bucket (``BucketSet.hpdv3().assign``), so most images
+are resized a little (e.g. 1216x832 -> 1248x832) and some not at all, as in a
+real run. Then times:
+
+* ``reference``: one image at a time, one thread: ``Image.open`` +
+  ``convert("RGB")`` + ``resize((w, h), Image.LANCZOS)`` +
+  ``torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 127.5 - 1``.
+* ``load_batch``: the images grouped by target bucket, one ``load_batch`` call
+  per group, then the same normalisation on the batch
+  (``permute(0, 3, 1, 2)``), with ``num_threads=1`` and with all cores.
+* ``load_images``: one call for all images with per-image target sizes, then
+  the same normalisation per image.
+* ``load_batch`` without the normalisation: the uint8 batch that the encode
+  step hands to the GPU, which normalises there.
+
+Normalising a whole batch on the CPU is slower per image than normalising one
+image at a time: a batch's float tensors are hundreds of MB, above glibc's
+mmap threshold, so every operation gets fresh pages from the kernel.
+
+Each is run ``--repeats`` times after a warm-up pass; the best time counts.
+Prints a Markdown table: images/s (wall clock), the ratio to the reference,
+images per CPU-second (all threads of the process counted: the per-core
+throughput, which a busy machine disturbs far less than wall time) and that
+ratio. Build the extension in release mode first (``make build``). Usage::
+
+    python benches/bench_images.py              # ~1 minute on 2 cores
+    python benches/bench_images.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL
+import skimage.data
+import torch
+from PIL import Image
+
+import hpd_encode
+from hpd_encode import BucketSet, load_batch, load_images
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
+#: (height, width) as HPDv3's generators write them; each fits an hpdv3 bucket.
+SIZES = [
+    (1024, 1024), (1216, 832), (832, 1216), (1344, 768), (768, 1344), (1216, 896), (896, 1216),
+    (1024, 768), (768, 1024), (1248, 832), (1456, 816), (816, 1456), (1472, 832), (1344, 896),
+    (1024, 1024), (832, 1248), (1152, 832), (832, 1152), (1536, 1024), (896, 1344),
+]  # fmt: skip
+FORMATS = {"jpeg": ("jpg", {"quality": 90}), "png": ("png", {}), "webp": ("webp", {"quality": 90})}
+
+
+def make_images(root: Path) -> list[tuple[Path, str, tuple[int, int]]]:
+    """(path, format, target bucket size) for every image written."""
+    buckets = BucketSet.hpdv3()
+    out = []
+    for i, (h, w) in enumerate(SIZES):
+        name = PHOTOS[i % len(PHOTOS)]
+        img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.LANCZOS)
+        bucket = buckets.assign(h, w)
+        assert bucket is not None, (h, w)
+        target = buckets.buckets[bucket]
+        for fmt, (ext, kw) in FORMATS.items():
+            path = root / f"{i:02d}_{name}_{h}x{w}.{ext}"
+            img.save(path, **kw)
+            out.append((path, fmt, target))
+    return out
+
+
+def reference(items: list[tuple[Path, str, tuple[int, int]]]) -> int:
+    n = 0
+    for path, _, (h, w) in items:
+        img = Image.open(path).convert("RGB").resize((w, h), Image.LANCZOS)
+        t = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 127.5 - 1
+        n += t.shape[0] > 0
+    return n
+
+
+def by_batch(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
+    groups: dict[tuple[int, int], list[Path]] = defaultdict(list)
+    for path, _, size in items:
+        groups[size].append(path)
+    n = 0
+    for size, paths in groups.items():
+        batch, errors = load_batch(paths, size, num_threads=threads)
+        assert not any(errors), errors
+        t = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
+        n += t.shape[0]
+    return n
+
+
+def by_images(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
+    arrays, errors = load_images([p for p, _, _ in items], [s for _, _, s in items], num_threads=threads)
+    assert not any(errors), errors
+    n = 0
+    for a in arrays:
+        t = torch.from_numpy(a).permute(2, 0, 1).float() / 127.5 - 1
+        n += t.shape[0] > 0
+    return n
+
+
+def pixels_only(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
+    """``load_batch`` without the float conversion: the uint8 batch that the
+    encode step sends to the GPU (it normalises there, 4x less to copy)."""
+    groups: dict[tuple[int, int], list[Path]] = defaultdict(list)
+    for path, _, size in items:
+        groups[size].append(path)
+    n = 0
+    for size, paths in groups.items():
+        batch, errors = load_batch(paths, size, num_threads=threads)
+        assert not any(errors), errors
+        n += len(batch)
+    return n
+
+
+def rates(run: Callable[[], int], repeats: int) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU-second of this process,
+    all its threads counted), each from the best of ``repeats`` runs. The
+    second is the per-core throughput, and it holds up on a busy machine."""
+    run()  # warm-up: page cache, thread pool
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        n = run()
+        wall = min(wall, time.perf_counter() - w0)
+        cpu = min(cpu, time.process_time() - c0)
+    return n / wall, n / cpu
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    # torch.from_numpy(np.asarray(pil_image)) warns that the array is read-only: it is, harmlessly.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    cores = hpd_encode._core.default_num_threads
+
+    with tempfile.TemporaryDirectory(prefix="hpd-bench-images-") as tmp:
+        items = make_images(Path(tmp))
+        resized = sum(Image.open(p).size[::-1] != s for p, _, s in items)
+        mp = sum(np.prod(Image.open(p).size) for p, _, _ in items) / len(items) / 1e6
+        print(
+            f"{len(items)} images ({', '.join(FORMATS)}; {mp:.2f} MP on average), "
+            f"{resized} resized to their bucket, {len(items) - resized} already at it\n"
+        )
+
+        rows = []  # (method, threads, images/s, images per CPU-second)
+        configs = [
+            ("reference: PIL open + convert + LANCZOS + float tensor", [1], lambda t: reference(items)),
+            ("hpd_encode.load_images + same normalisation per image", [1, cores], lambda t: by_images(items, t)),
+            ("hpd_encode.load_batch + same normalisation on the batch", [1, cores], lambda t: by_batch(items, t)),
+            ("hpd_encode.load_batch, uint8 only (normalised on the GPU)", [1, cores], lambda t: pixels_only(items, t)),
+        ]
+        # torch stays on one thread throughout: the threads column is the
+        # decode pool's size, and OpenMP workers spinning beside rayon's would
+        # only steal its cores.
+        torch.set_num_threads(1)
+        for method, thread_counts, run in configs:
+            for threads in dict.fromkeys(thread_counts):
+                rows.append((method, threads, *rates(lambda: run(threads), args.repeats)))
+
+        # Per format, one thread each: where the gain comes from.
+        per_format = []
+        for fmt in FORMATS:
+            subset = [it for it in items if it[1] == fmt]
+            ref = rates(lambda: reference(subset), args.repeats)
+            ours = rates(lambda: by_images(subset, 1), args.repeats)
+            raw = rates(lambda: pixels_only(subset, 1), args.repeats)
+            per_format.append((fmt, len(subset), ref, ours, raw))
+
+    ref_wall, ref_cpu = rows[0][2], rows[0][3]
+    print("| method | threads | images/s | × reference | images per CPU-second | × reference per core |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method, threads, wall, cpu in rows:
+        print(f"| {method} | {threads} | {wall:.1f} | {wall / ref_wall:.2f} | {cpu:.1f} | {cpu / ref_cpu:.2f} |")
+    print()
+    print("| format (1 thread) | images | reference images/s | load_images + normalisation | × reference | load_batch uint8 | × reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for fmt, n, ref, ours, raw in per_format:
+        print(f"| {fmt} | {n} | {ref[0]:.1f} | {ours[0]:.1f} | {ours[0] / ref[0]:.2f} | {raw[0]:.1f} | {raw[0] / ref[0]:.2f} |")
+    print()
+    print(
+        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs ({cores} used for 'all'), "
+        f"load average {os.getloadavg()[0]:.1f} at the end; Python {platform.python_version()}, "
+        f"Pillow {PIL.__version__}, torch {torch.__version__}, hpd-encode {hpd_encode.__version__}"
+    )
+
+
+if __name__ == "__main__":
+    main()

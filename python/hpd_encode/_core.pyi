@@ -1,0 +1,205 @@
+"""Typed stubs of the Rust extension ``hpd_encode._core``.
+
+Defaults written ``...`` are: ``max_pixels = DEFAULT_MAX_PIXELS`` (128 000 000)
+for the image functions; ``aspect_tolerance = 0.03``, ``pair_aspect_tolerance =
+0.05``, ``min_pixels = 65536`` for ``BucketSet``; ``max_pixels = 1024 * 1024``
+for ``BucketSet.generate``.
+
+Kept in step with the module by ``tests/test_stubs.py`` (names, parameters,
+defaults) and, where mypy is installed, ``python -m mypy.stubtest hpd_encode._core``.
+"""
+
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, final
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Self, TypeAlias
+
+_Path: TypeAlias = str | PathLike[str]
+_Alpha: TypeAlias = Literal["drop", "white", "black"]
+_Size: TypeAlias = tuple[int, int]
+_Ints: TypeAlias = npt.ArrayLike
+
+__all__ = [
+    "__version__",
+    "DEFAULT_MAX_PIXELS",
+    "HpdError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "WriterError",
+    "probe_images",
+    "load_images",
+    "load_batch",
+    "load_image",
+    "probe_image",
+    "_rebuild_bucket_set",
+    "BucketSet",
+    "ParquetWriter",
+    "default_num_threads",
+]
+
+__version__: str
+#: Default pixel limit of a decoded image (about 128 megapixels).
+DEFAULT_MAX_PIXELS: int
+#: Threads used when ``num_threads`` is not given: the machine's cores.
+default_num_threads: int
+
+class HpdError(Exception):
+    """Base class of hpd-encode's errors."""
+
+class ImageDecodeError(HpdError):
+    """An image could not be decoded."""
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image is over the pixel limit."""
+
+class WriterError(HpdError):
+    """The Parquet writer failed."""
+
+def probe_images(
+    paths: Sequence[_Path], *, num_threads: int | None = None
+) -> tuple[list[_Size | None], list[str | None]]:
+    """Header-only ``(height, width)`` of each file as displayed (EXIF
+    orientation applied); ``None`` and a reason where it cannot be read."""
+
+def probe_image(path: _Path) -> _Size:
+    """Header-only ``(height, width)`` of one file; raises on failure."""
+
+def load_images(
+    paths: Sequence[_Path],
+    sizes: Sequence[_Size] | None = None,
+    *,
+    num_threads: int | None = None,
+    alpha: _Alpha = "drop",
+    max_pixels: int = ...,
+) -> tuple[list[npt.NDArray[np.uint8] | None], list[str | None]]:
+    """Decode each file to RGB ``(h, w, 3)`` uint8, EXIF orientation applied,
+    resized (Lanczos-3, stretching) to ``sizes[i] = (h, w)`` when given.
+    A failed item is ``None`` with its reason in the second list."""
+
+def load_batch(
+    paths: Sequence[_Path],
+    size: _Size,
+    *,
+    num_threads: int | None = None,
+    alpha: _Alpha = "drop",
+    max_pixels: int = ...,
+) -> tuple[npt.NDArray[np.uint8], list[str | None]]:
+    """Decode and resize every file into one C-contiguous ``(n, h, w, 3)``
+    uint8 array; failed slots are zero-filled and named in the error list."""
+
+def load_image(
+    path: _Path,
+    size: _Size | None = None,
+    *,
+    alpha: _Alpha = "drop",
+    max_pixels: int = ...,
+) -> npt.NDArray[np.uint8]:
+    """Decode one file; raises ``ImageDecodeError`` / ``ImageTooLargeError`` / ``OSError``."""
+
+def _rebuild_bucket_set(
+    buckets: Sequence[_Size], aspect_tolerance: float, pair_aspect_tolerance: float, min_pixels: int
+) -> BucketSet: ...
+@final
+class BucketSet:
+    """Aspect-ratio buckets ``(height, width)`` and the reference's pair rule."""
+
+    #: Names of the reason codes ``assign_pairs`` returns (0 = kept).
+    DROP_REASONS: ClassVar[list[str]]
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __new__(
+        cls,
+        buckets: Sequence[_Size],
+        *,
+        aspect_tolerance: float = ...,
+        pair_aspect_tolerance: float = ...,
+        min_pixels: int = ...,
+    ) -> Self: ...
+    @staticmethod
+    def hpdv3(
+        *, aspect_tolerance: float = ..., pair_aspect_tolerance: float = ..., min_pixels: int = ...
+    ) -> BucketSet:
+        """The 13 buckets of the reference, same ids."""
+
+    @staticmethod
+    def generate(
+        max_pixels: int = ...,
+        step: int = 64,
+        min_side: int = 256,
+        max_side: int = 2048,
+        *,
+        aspect_tolerance: float = ...,
+        pair_aspect_tolerance: float = ...,
+        min_pixels: int = ...,
+    ) -> BucketSet:
+        """A generated (kohya-style) set within a pixel budget."""
+
+    @property
+    def buckets(self) -> list[_Size]:
+        """The buckets as ``(height, width)``, in id order."""
+
+    @property
+    def aspect_tolerance(self) -> float: ...
+    @property
+    def pair_aspect_tolerance(self) -> float: ...
+    @property
+    def min_pixels(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, tuple[list[_Size], float, float, int]]: ...
+    def index(self, height: int, width: int) -> int | None:
+        """Id of the bucket that is exactly ``height x width``, or None."""
+
+    def assign(self, height: int, width: int) -> int | None:
+        """Bucket id of one image, or None."""
+
+    def assign_many(self, heights: _Ints, widths: _Ints) -> npt.NDArray[np.int32]:
+        """Bucket ids of many images (int32, -1 = no bucket)."""
+
+    def assign_pair(self, h1: int, w1: int, h2: int, w2: int) -> int | None:
+        """Target bucket id of a pair, or None when the pair rules drop it."""
+
+    def assign_pairs(
+        self, h1: _Ints, w1: _Ints, h2: _Ints, w2: _Ints
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int8]]:
+        """Target ids (int32, -1 = dropped) and reason codes (int8, indexes into ``DROP_REASONS``)."""
+
+@final
+class ParquetWriter:
+    """A part file written by a background thread; a context manager."""
+
+    def __new__(
+        cls, path: _Path, *, row_group_size: int = 100, queue_size: int = 64, zstd_level: int = 1
+    ) -> Self: ...
+    @property
+    def path(self) -> Path:
+        """Final path of the file (it exists only after ``close()``)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def queued_rows(self) -> int:
+        """Rows submitted but not yet written by the background thread."""
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        """Queue rows (dicts with the part-file columns; ``latent1``/``latent2``
+        are float32/float16 numpy arrays). Blocks while the queue is full."""
+
+    def close(self) -> dict[str, Any]:
+        """Flush, write the footer, fsync and rename; returns statistics."""
+
+    def abort(self) -> None:
+        """Discard everything: no file appears."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        _exc_value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> bool: ...
