@@ -327,3 +327,36 @@ def test_torchrun_two_ranks_same_rows_as_one(dataset, tiny_vae, mean_run, tmp_pa
     assert not imgs[0] & imgs[1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["rows_written"] == len(reference)
+
+
+@pytest.mark.slow
+def test_torchrun_rank_killed_others_stop_then_resume(dataset, tiny_vae, mean_run, tmp_path):
+    root, meta = dataset
+    out = tmp_path / "tr-kill"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "hpd_encode", *_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "2")[3:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    workers: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+        if len(workers) == 2 and list_part_files(out):
+            break
+        time.sleep(0.05)
+    assert len(workers) == 2 and proc.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the surviving rank hung after the other was killed")
+    assert proc.returncode != 0
+    assert "SIGKILL" in stderr or "Signal 9" in stderr or "exitcode" in stderr
+    # Rerunning the same command finishes the job: every kept pair exactly once.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-8000:]
+    rows = read_rows(out)  # asserts no duplicates
+    assert rows.keys() == read_rows(mean_run[0]).keys()
+    assert json.loads((out / "summary.json").read_text())["records_already_done"] > 0
