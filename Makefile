@@ -47,8 +47,11 @@ test-python: build
 
 test: test-rust test-python
 
+# Side-by-side comparisons with the reference way (see README's tables).
 bench: build
 	$(PY) benches/bench_images.py
+	$(PY) benches/bench_encode.py
+	$(PY) benches/bench_index.py
 
 lint:
 	cargo fmt --check
