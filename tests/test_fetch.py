@@ -152,6 +152,21 @@ def test_find_archive_parts_groups_and_ignores_sidecars(tmp_path: Path) -> None:
     assert [[p.name for p in g] for g in groups] == [numbered(11), ["videos.tgz.partaa", "videos.tgz.partab"]]
 
 
+def test_split_part_named_like_a_sidecar_is_kept(tmp_path: Path) -> None:
+    # `split -a 2` names its 316th part "md" (and 3-letter runs hit "asc", "log"...).
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    suffixes = [a + b for a in letters for b in letters][:339]
+    for prefix in ("images.tar.gz.part-", "videos.tar.gz."):
+        for sfx in suffixes:
+            (tmp_path / f"{prefix}{sfx}").write_bytes(b"x")
+    (tmp_path / "other.tar.gz.part-aa").write_bytes(b"x")
+    (tmp_path / "other.tar.gz.md").write_bytes(b"x")  # a real sidecar: its suffix differs from the parts'
+    groups = {g[0].name.split(".")[0]: [p.name for p in g] for g in find_archive_parts(tmp_path)}
+    assert len(groups["images"]) == len(groups["videos"]) == 339
+    assert "images.tar.gz.part-md" in groups["images"] and "videos.tar.gz.md" in groups["videos"]
+    assert groups["other"] == ["other.tar.gz.part-aa"]
+
+
 def test_find_archive_parts_refuses_whole_archive_beside_its_parts(tmp_path: Path) -> None:
     for name in ["images.tar.gz", "images.tar.gz.000", "images.tar.gz.001"]:
         (tmp_path / name).write_bytes(b"x")

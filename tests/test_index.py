@@ -10,6 +10,7 @@ taking ``row_index``.
 from __future__ import annotations
 
 import argparse
+import os
 import io
 import json
 import logging
@@ -517,6 +518,9 @@ def test_write_and_read_index(tmp_path: Path, reference_parts: Path, small_bucke
     )
     assert read_index(out).equals(df)
     assert list(out.parent.iterdir()) == [out]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, like any new file
     with pytest.raises(ValueError, match="lacks the column"):
         write_index(df.drop("bucket_id"), out)
 

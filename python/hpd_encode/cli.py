@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hpd_encode import __version__
+from hpd_encode import HpdError, __version__
 
 log = logging.getLogger("hpd_encode")
 
@@ -30,6 +30,13 @@ def _batch_size(value: str) -> int | str:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError("batch size must be >= 1 or 'auto'")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
     return n
 
 
@@ -130,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="posterior sample (seeded per image and size, the reference's choice) or mean")
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16"], help="dtype of stored latents")
     p.add_argument("--seed", type=int, default=0, help="base seed for --latent sample (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N metadata records")
+    p.add_argument("--limit", type=_non_negative, default=None, help="only the first N metadata records")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --output-dir (default: resume)")
     p.add_argument("--workers", type=int, default=None, help="decode threads per process (default: cores / local ranks)")
     p.add_argument("--no-share", action="store_true",
@@ -165,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError, HpdError) as e:
         print(f"hpd-encode {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -436,12 +436,20 @@ def find_archive_parts(directory: str | PathLike[str]) -> list[list[Path]]:
         if entry.name.startswith(".") or not entry.is_file():
             continue
         m = _PART_RE.fullmatch(entry.name)
-        if not m or (m.group("idx") or "").lower() in _NOT_PARTS:
+        if not m:
             continue
         groups.setdefault(m.group("stem"), []).append((m.group("suffix"), Path(entry.path)))
     result = []
     for stem in sorted(groups, key=natural_key):
-        members = groups[stem]
+        # `foo.tar.gz.md` is a sidecar, unless it is one of a run of same-length
+        # parts (`split -a 2` names its 316th part `md`): only then keep it.
+        def sidecar(suffix: str) -> bool:
+            idx = suffix.lstrip("._-")
+            return "part" not in suffix.lower() and idx.lower() in _NOT_PARTS
+        regular_lengths = {len(sfx) for sfx, _ in groups[stem] if sfx and not sidecar(sfx)}
+        members = [(sfx, p) for sfx, p in groups[stem] if not sidecar(sfx) or len(sfx) in regular_lengths]
+        if not members:
+            continue
         suffixes = [s for s, _ in members]
         if "" in suffixes and len(suffixes) > 1:
             raise ValueError(

@@ -768,6 +768,11 @@ def write_index(df: pl.DataFrame, path: str | PathLike[str]) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             df.select(INDEX_COLUMNS).write_csv(fh)
+        # mkstemp creates the file 0600; give it the usual umask-based mode so
+        # trainers running as another user can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

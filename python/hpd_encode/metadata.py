@@ -63,8 +63,9 @@ def _parse(index: int, raw: object) -> Record:
     conf = raw.get("confidence")
     if conf is None:
         conf = 0.0
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)):
-        raise ValueError(f"confidence {conf!r} is not a number")
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not math.isfinite(conf):
+        # NaN/inf would make detailed_results unreadable by ast.literal_eval.
+        raise ValueError(f"confidence {conf!r} is not a finite number")
     models = []
     for key in ("model1", "model2"):
         m = raw.get(key)
@@ -84,17 +85,17 @@ def _parse(index: int, raw: object) -> Record:
 
 def _raw_records(path: Path) -> list[object]:
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"["):
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise ValueError(f"cannot parse metadata '{path}' as JSON: {e}") from e
         if not isinstance(data, list):
             raise ValueError(f"metadata '{path}' must be a JSON list of records")
         return data
     out: list[object] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -118,6 +119,8 @@ def read_metadata(path: str | PathLike[str], limit: int | None = None) -> tuple[
     ``limit`` keeps only the first ``limit`` entries of the file.
     """
     path = Path(path)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
     if not path.is_file():
         raise FileNotFoundError(f"metadata file '{path}' does not exist")
     raw = _raw_records(path)
