@@ -70,6 +70,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
                             "path2": rejected[0], "model1": chosen[1], "model2": rejected[1],
                             "choice_dist": sorted(votes, reverse=True), "confidence": round(float(rng.random()), 4)})
         p += 1
+    del records[pairs:]
     # A few bad records, as real data has them.
     (images / "broken").mkdir(exist_ok=True)
     good = records[0]["path1"]
