@@ -134,13 +134,16 @@ class _PartRotator:
         self.files: list[dict] = []
         self.blocked_s = 0.0
 
+    def open(self) -> None:
+        path = self.output_dir / part_file_name(self.rank, self.next_k)
+        self.next_k += 1
+        self.writer = _core.ParquetWriter(path, row_group_size=ROW_GROUP_SIZE, queue_size=self.queue_size)
+        self.in_file = 0
+
     def submit(self, rows: list[dict]) -> None:
         while rows:
             if self.writer is None:
-                path = self.output_dir / part_file_name(self.rank, self.next_k)
-                self.next_k += 1
-                self.writer = _core.ParquetWriter(path, row_group_size=ROW_GROUP_SIZE, queue_size=self.queue_size)
-                self.in_file = 0
+                self.open()
             room = len(rows) if self.rows_per_file is None else self.rows_per_file - self.in_file
             chunk, rows = rows[:room], rows[room:]
             self.writer.submit(chunk)
@@ -389,6 +392,11 @@ def _run(dist: Dist, data_root: Path, metadata: Path, output_dir: Path, vae_sour
             raise
         finally:
             bar.close()
+    elif rotator.next_k == 0:
+        # Nothing for this rank in a fresh run: still write its (empty) part
+        # file, so a world of N ranks gives part_rank00 .. N-1 as the reference.
+        rotator.open()
+        rotator.commit()
     elapsed_encode = time.monotonic() - t_encode
     stats["rows_written"] = sum(f["rows"] for f in rotator.files)
     rank_report = {"rank": dist.rank, "stats": dict(stats), "files": rotator.files, "encode_seconds": elapsed_encode,
@@ -418,6 +426,20 @@ def _encode_rows(vae, rows: list[PlannedRow], jobs: list[Job], batches: list[Bat
 
     stop = threading.Event()
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    # On the CPU the decode threads also normalise (float32 NCHW in [-1, 1],
+    # bit-identical to torch's `/ 127.5 - 1`), in parallel, per image; an
+    # accelerator gets uint8 (4x less to copy) and normalises it itself.
+    normalize = torch.device(vae.device).type == "cpu"
+
+    def hand_over(item: object) -> bool:
+        """Queue ``item`` unless the consumer has stopped (then never block)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def producer() -> None:
         try:
@@ -425,17 +447,14 @@ def _encode_rows(vae, rows: list[PlannedRow], jobs: list[Job], batches: list[Bat
                 if stop.is_set():
                     return
                 arr, errs = _core.load_batch([full[jobs[j].path] for j in b.jobs], (b.height, b.width),
-                                             num_threads=workers, alpha=alpha, max_pixels=max_pixels)
-                while not stop.is_set():
-                    try:
-                        q.put((b, arr, errs), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                                             num_threads=workers, alpha=alpha, max_pixels=max_pixels,
+                                             normalize=normalize)
+                if not hand_over((b, arr, errs)):
+                    return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
+            hand_over(e)
             return
-        q.put(None)
+        hand_over(None)
 
     thread = threading.Thread(target=producer, name="hpd-encode-decode", daemon=True)
     thread.start()
