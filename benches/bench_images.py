@@ -15,12 +15,21 @@ real run. Then times:
   (``permute(0, 3, 1, 2)``), with ``num_threads=1`` and with all cores.
 * ``load_images``: one call for all images with per-image target sizes, then
   the same normalisation per image.
+* ``load_batch(..., normalize=True)``: the same float [-1, 1] tensor
+  (``(n, 3, h, w)`` float32, bit-identical to the normalisation above), made
+  in Rust inside each image's parallel work: what the encode step feeds a CPU
+  VAE.
+* both of those again in batches of at most 2 MP, the encode step's default
+  on the CPU (one bucket's images split into several ``load_batch`` calls).
 * ``load_batch`` without the normalisation: the uint8 batch that the encode
   step hands to the GPU, which normalises there.
 
 Normalising a whole batch on the CPU is slower per image than normalising one
-image at a time: a batch's float tensors are hundreds of MB, above glibc's
-mmap threshold, so every operation gets fresh pages from the kernel.
+image at a time: a batch's float tensors are tens to hundreds of MB, above
+glibc's largest mmap threshold (32 MB), so every one is fresh pages from the
+kernel, and faulting them in (~2 µs a 4 KiB page on a VM) costs more than
+writing them. Batches of a few MP stay under it and reuse freed memory; that
+is why the ≤ 2 MP rows are faster, for the Rust conversion most of all.
 
 Each is run ``--repeats`` times after a warm-up pass; the best time counts.
 Prints a Markdown table: images/s (wall clock), the ratio to the reference,
@@ -28,7 +37,7 @@ images per CPU-second (all threads of the process counted: the per-core
 throughput, which a busy machine disturbs far less than wall time) and that
 ratio. Build the extension in release mode first (``make build``). Usage::
 
-    python benches/bench_images.py              # ~1 minute on 2 cores
+    python benches/bench_images.py              # ~2-3 minutes on 2 cores
     python benches/bench_images.py --repeats 5
 """
 
@@ -90,12 +99,30 @@ def reference(items: list[tuple[Path, str, tuple[int, int]]]) -> int:
     return n
 
 
-def by_batch(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
+#: The encode step's pixel budget per batch on the CPU (``pipeline._auto_batch_size``).
+CPU_BATCH_PIXELS = 2 * 1024 * 1024
+
+
+Items = list[tuple[Path, str, tuple[int, int]]]
+
+
+def batches(items: Items, max_pixels: int | None) -> list[tuple[tuple[int, int], list[Path]]]:
+    """The images grouped by target bucket: one batch per bucket, or with
+    ``max_pixels`` as many batches of at most that many pixels (at least one
+    image) as the encode step makes."""
     groups: dict[tuple[int, int], list[Path]] = defaultdict(list)
     for path, _, size in items:
         groups[size].append(path)
+    out = []
+    for (h, w), paths in groups.items():
+        per = len(paths) if max_pixels is None else max(1, max_pixels // (h * w))
+        out += [((h, w), paths[i : i + per]) for i in range(0, len(paths), per)]
+    return out
+
+
+def by_batch(items: Items, threads: int | None, max_pixels: int | None = None) -> int:
     n = 0
-    for size, paths in groups.items():
+    for size, paths in batches(items, max_pixels):
         batch, errors = load_batch(paths, size, num_threads=threads)
         assert not any(errors), errors
         t = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -113,14 +140,23 @@ def by_images(items: list[tuple[Path, str, tuple[int, int]]], threads: int | Non
     return n
 
 
+def normalized_in_rust(items: Items, threads: int | None, max_pixels: int | None = None) -> int:
+    """``load_batch(normalize=True)``: the float [-1, 1] NCHW tensor straight
+    from Rust, ready for ``torch.from_numpy`` (no copy)."""
+    n = 0
+    for size, paths in batches(items, max_pixels):
+        batch, errors = load_batch(paths, size, num_threads=threads, normalize=True)
+        assert not any(errors), errors
+        t = torch.from_numpy(batch)
+        n += t.shape[0]
+    return n
+
+
 def pixels_only(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
     """``load_batch`` without the float conversion: the uint8 batch that the
     encode step sends to the GPU (it normalises there, 4x less to copy)."""
-    groups: dict[tuple[int, int], list[Path]] = defaultdict(list)
-    for path, _, size in items:
-        groups[size].append(path)
     n = 0
-    for size, paths in groups.items():
+    for size, paths in batches(items, None):
         batch, errors = load_batch(paths, size, num_threads=threads)
         assert not any(errors), errors
         n += len(batch)
@@ -174,6 +210,12 @@ def main() -> None:
             ("reference: PIL open + convert + LANCZOS + float tensor", [1], lambda t: reference(items)),
             ("hpd_encode.load_images + same normalisation per image", [1, cores], lambda t: by_images(items, t)),
             ("hpd_encode.load_batch + same normalisation on the batch", [1, cores], lambda t: by_batch(items, t)),
+            ("hpd_encode.load_batch(normalize=True): float tensor made in Rust", [1, cores],
+             lambda t: normalized_in_rust(items, t)),
+            ("hpd_encode.load_batch + same normalisation, batches of ≤ 2 MP", [1, cores],
+             lambda t: by_batch(items, t, CPU_BATCH_PIXELS)),
+            ("hpd_encode.load_batch(normalize=True), batches of ≤ 2 MP (encode on CPU)", [1, cores],
+             lambda t: normalized_in_rust(items, t, CPU_BATCH_PIXELS)),
             ("hpd_encode.load_batch, uint8 only (normalised on the GPU)", [1, cores], lambda t: pixels_only(items, t)),
         ]
         # torch stays on one thread throughout: the threads column is the
@@ -190,8 +232,9 @@ def main() -> None:
             subset = [it for it in items if it[1] == fmt]
             ref = rates(lambda: reference(subset), args.repeats)
             ours = rates(lambda: by_images(subset, 1), args.repeats)
+            rust_norm = rates(lambda: normalized_in_rust(subset, 1), args.repeats)
             raw = rates(lambda: pixels_only(subset, 1), args.repeats)
-            per_format.append((fmt, len(subset), ref, ours, raw))
+            per_format.append((fmt, len(subset), ref, ours, rust_norm, raw))
 
     ref_wall, ref_cpu = rows[0][2], rows[0][3]
     print("| method | threads | images/s | × reference | images per CPU-second | × reference per core |")
@@ -199,10 +242,16 @@ def main() -> None:
     for method, threads, wall, cpu in rows:
         print(f"| {method} | {threads} | {wall:.1f} | {wall / ref_wall:.2f} | {cpu:.1f} | {cpu / ref_cpu:.2f} |")
     print()
-    print("| format (1 thread) | images | reference images/s | load_images + normalisation | × reference | load_batch uint8 | × reference |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for fmt, n, ref, ours, raw in per_format:
-        print(f"| {fmt} | {n} | {ref[0]:.1f} | {ours[0]:.1f} | {ours[0] / ref[0]:.2f} | {raw[0]:.1f} | {raw[0] / ref[0]:.2f} |")
+    print(
+        "| format (1 thread) | images | reference images/s | load_images + normalisation | × reference "
+        "| load_batch(normalize=True) | × reference | load_batch uint8 | × reference |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for fmt, n, ref, ours, rust_norm, raw in per_format:
+        print(
+            f"| {fmt} | {n} | {ref[0]:.1f} | {ours[0]:.1f} | {ours[0] / ref[0]:.2f} "
+            f"| {rust_norm[0]:.1f} | {rust_norm[0] / ref[0]:.2f} | {raw[0]:.1f} | {raw[0] / ref[0]:.2f} |"
+        )
     print()
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs ({cores} used for 'all'), "

@@ -1,6 +1,7 @@
 //! Batch loading: decode + orient + resize many files in parallel on the
 //! shared pool. Every item succeeds or fails on its own.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -48,27 +49,196 @@ pub fn load_batch_into(
     out: &mut [u8],
 ) -> Vec<Option<Error>> {
     let (h, w) = size;
-    let item = h * w * 3;
-    assert_eq!(out.len(), item * paths.len(), "batch buffer does not match n * h * w * 3");
+    fill_slots(paths, h * w * 3, num_threads, out, |path, slot| {
+        let img = decode_path(path, opts)?;
+        guarded(|| resize_into(&img, h, w, slot)).map_err(|f| Error::image(path.display().to_string(), f))
+    })
+}
+
+/// The normalisation of one 8-bit value, `v / 127.5 - 1` in f32 arithmetic:
+/// each step rounds as `np.float32(v) / np.float32(127.5) - np.float32(1)`
+/// (and torch's `x.float() / 127.5 - 1` on the CPU) does, so the values are
+/// bit-identical to that normalisation. 0 -> -1.0, 255 -> 1.0. (Rust never
+/// fuses the two steps into an FMA, nor turns the division into a
+/// multiplication by an inexact reciprocal.)
+#[inline(always)]
+fn normalise(v: u8) -> f32 {
+    f32::from(v) / 127.5 - 1.0
+}
+
+thread_local! {
+    // The resized u8 image of the item a worker thread is converting; kept
+    // between items so that no item allocates (and page-faults) a new one.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Decode and resize every file to `(height, width)` and write it into `out`,
+/// a contiguous `(n, 3, height, width)` f32 buffer, normalised to [-1, 1]
+/// (see [`normalise`]): the tensor a VAE encoder takes. Each item is resized
+/// into a per-thread u8 scratch and converted from there, so the batch never
+/// exists as u8. Failed slots are zero-filled (0.0, i.e. mid-grey, not
+/// black: drop them using the errors); the returned vector holds each item's
+/// error, if any.
+pub fn load_batch_normalised_into(
+    paths: &[PathBuf],
+    size: (usize, usize),
+    num_threads: Option<usize>,
+    opts: &LoadOptions,
+    out: &mut [f32],
+) -> Vec<Option<Error>> {
+    let (h, w) = size;
+    fill_slots(paths, 3 * h * w, num_threads, out, |path, slot| {
+        let img = decode_path(path, opts)?;
+        guarded(|| {
+            if img.height == h && img.width == w {
+                write_normalised_chw(&img.data, slot);
+                return Ok(());
+            }
+            // Taken out of the cell, not borrowed: a nested use on this thread
+            // (none today) would get an empty vector instead of a borrow panic.
+            let mut scratch = SCRATCH.take();
+            scratch.resize(h * w * 3, 0);
+            let resized = resize_into(&img, h, w, &mut scratch);
+            if resized.is_ok() {
+                write_normalised_chw(&scratch, slot);
+            }
+            SCRATCH.set(scratch);
+            resized
+        })
+        .map_err(|f| Error::image(path.display().to_string(), f))
+    })
+}
+
+/// Interleaved RGB `pixels` (`h * w * 3` bytes) to planar, normalised
+/// `(3, h, w)` floats in `out`.
+fn write_normalised_chw(pixels: &[u8], out: &mut [f32]) {
+    assert_eq!(out.len(), pixels.len(), "output slot does not match the image");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2 (checked just above).
+        return unsafe { write_normalised_chw_avx2(pixels, out) };
+    }
+    normalised_chw(pixels, out)
+}
+
+/// The same loop compiled for AVX2, which LLVM vectorises about 3x faster
+/// than the baseline x86-64 build's SSE2 (0.4 vs 1.4 ms per megapixel).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn write_normalised_chw_avx2(pixels: &[u8], out: &mut [f32]) {
+    normalised_chw(pixels, out)
+}
+
+#[inline(always)]
+fn normalised_chw(pixels: &[u8], out: &mut [f32]) {
+    let plane = pixels.len() / 3;
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (((px, r), g), b) in pixels.chunks_exact(3).zip(red).zip(green).zip(blue) {
+        *r = normalise(px[0]);
+        *g = normalise(px[1]);
+        *b = normalise(px[2]);
+    }
+}
+
+/// Run `load(path, slot)` for every path on the pool, each into its own
+/// `item`-long slot of `out`. A failed item's slot is zero-filled and its
+/// error returned at its position.
+fn fill_slots<T: Copy + Default + Send>(
+    paths: &[PathBuf],
+    item: usize,
+    num_threads: Option<usize>,
+    out: &mut [T],
+    load: impl Fn(&Path, &mut [T]) -> Result<()> + Sync,
+) -> Vec<Option<Error>> {
+    assert_eq!(out.len(), item * paths.len(), "batch buffer does not match n * item");
     if item == 0 {
         return paths.iter().map(|_| None).collect();
     }
     pool(num_threads).install(|| {
         out.par_chunks_mut(item)
             .zip(paths.par_iter())
-            .map(|(slot, path)| {
-                let result = decode_path(path, opts).and_then(|img| {
-                    guarded(|| resize_into(&img, h, w, &mut *slot))
-                        .map_err(|f| Error::image(path.display().to_string(), f))
-                });
-                match result {
-                    Ok(()) => None,
-                    Err(e) => {
-                        slot.fill(0);
-                        Some(e)
-                    }
+            .map(|(slot, path)| match load(path, slot) {
+                Ok(()) => None,
+                Err(e) => {
+                    slot.fill(T::default());
+                    Some(e)
                 }
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte value in every channel and lane position, through the
+    /// conversion this CPU uses (AVX2 or not) and the portable loop:
+    /// bit-identical to the f32 formula.
+    #[test]
+    fn normalisation_is_the_float32_formula() {
+        let expected = |v: u8| f32::from(v) / 127.5f32 - 1.0f32;
+        type Convert = fn(&[u8], &mut [f32]);
+        let convert: [Convert; 2] = [write_normalised_chw, normalised_chw];
+        for (shift, f) in (0..3).flat_map(|s| convert.map(|f| (s, f))) {
+            let pixels: Vec<u8> = (0..=255u8).cycle().skip(shift).take(3 * 256 + 3 * 37).collect();
+            let mut out = vec![9.0f32; pixels.len()];
+            f(&pixels, &mut out);
+            let plane = pixels.len() / 3;
+            for (i, &v) in pixels.iter().enumerate() {
+                let got = out[(i % 3) * plane + i / 3];
+                assert_eq!(got.to_bits(), expected(v).to_bits(), "value {v} at {i}");
+            }
+        }
+        assert_eq!((normalise(0), normalise(255)), (-1.0, 1.0));
+    }
+
+    #[test]
+    fn chw_planes_come_from_the_right_channels() {
+        let pixels = [0u8, 128, 255, 10, 20, 30];
+        let mut out = [9.0f32; 6];
+        write_normalised_chw(&pixels, &mut out);
+        let n = normalise;
+        assert_eq!(out, [n(0), n(10), n(128), n(20), n(255), n(30)]);
+    }
+
+    fn write_png(path: &Path, w: u32, h: u32) -> Vec<u8> {
+        let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        image::save_buffer(path, &data, w, h, image::ExtendedColorType::Rgb8).unwrap();
+        data
+    }
+
+    #[test]
+    fn normalised_batch_matches_the_u8_batch() {
+        let dir = std::env::temp_dir().join(format!("hpd-load-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let same = dir.join("same.png");
+        let other = dir.join("other.png");
+        let bad = dir.join("bad.png");
+        write_png(&same, 24, 16);
+        write_png(&other, 40, 30);
+        std::fs::write(&bad, b"not an image").unwrap();
+        let paths = vec![same, bad, other];
+        let (h, w) = (16, 24);
+        let opts = LoadOptions::default();
+        let mut u8s = vec![0u8; paths.len() * h * w * 3];
+        let e1 = load_batch_into(&paths, (h, w), Some(2), &opts, &mut u8s);
+        let mut floats = vec![7.0f32; paths.len() * 3 * h * w];
+        let e2 = load_batch_normalised_into(&paths, (h, w), Some(2), &opts, &mut floats);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let errors = |e: &[Option<Error>]| e.iter().map(|e| e.as_ref().map(|e| e.to_string())).collect::<Vec<_>>();
+        assert_eq!(errors(&e1), errors(&e2));
+        assert!(e2[0].is_none() && e2[1].is_some() && e2[2].is_none());
+        let plane = h * w;
+        for i in [0, 2] {
+            for c in 0..3 {
+                for p in 0..plane {
+                    let v = u8s[(i * plane + p) * 3 + c];
+                    assert_eq!(floats[(i * 3 + c) * plane + p].to_bits(), normalise(v).to_bits());
+                }
+            }
+        }
+        assert!(floats[3 * plane..6 * plane].iter().all(|&x| x == 0.0), "a failed slot is zero-filled");
+    }
 }

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, Array4};
-use numpy::{IntoPyArray, PyArray3, PyArray4};
+use numpy::{IntoPyArray, PyArray3};
 use pyo3::prelude::*;
 
 use crate::decode::{AlphaMode, LoadOptions};
 use crate::error::Error;
-use crate::load::{load_batch_into, load_many, probe_many};
+use crate::load::{load_batch_into, load_batch_normalised_into, load_many, probe_many};
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
@@ -77,9 +77,10 @@ pub fn load_images<'py>(
     Ok((arrays, errors))
 }
 
-/// Decode and resize every file into one contiguous `(n, h, w, 3)` uint8 batch.
+/// Decode and resize every file into one contiguous batch: `(n, h, w, 3)`
+/// uint8, or with `normalize` `(n, 3, h, w)` float32 in [-1, 1].
 #[pyfunction]
-#[pyo3(signature = (paths, size, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS))]
+#[pyo3(signature = (paths, size, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS, normalize=false))]
 pub fn load_batch<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
@@ -87,20 +88,33 @@ pub fn load_batch<'py>(
     num_threads: Option<usize>,
     alpha: &str,
     max_pixels: u64,
-) -> PyResult<(Bound<'py, PyArray4<u8>>, Errors)> {
+    normalize: bool,
+) -> PyResult<(Bound<'py, PyAny>, Errors)> {
     let opts = options(alpha, max_pixels)?;
     let (h, w) = check_target(size, max_pixels)?;
     let n = paths.len();
-    if (n as u128) * (h as u128) * (w as u128) * 3 > isize::MAX as u128 {
+    let item_bytes = if normalize { 3 * std::mem::size_of::<f32>() } else { 3 };
+    if (n as u128) * (h as u128) * (w as u128) * (item_bytes as u128) > isize::MAX as u128 {
         return Err(Error::InvalidArgument(format!("a batch of {n} images of {h}x{w} does not fit in memory")).into());
     }
-    let (buffer, errors) = py.detach(|| {
-        let mut buffer = vec![0u8; n * h * w * 3];
-        let errors = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
-        (buffer, errors)
-    });
-    let batch = Array4::from_shape_vec((n, h, w, 3), buffer).expect("batch buffer matches its shape");
-    Ok((batch.into_pyarray(py), errors.into_iter().map(|e| e.map(|e| e.to_string())).collect()))
+    let (batch, errors) = if normalize {
+        let (buffer, errors) = py.detach(|| {
+            let mut buffer = vec![0f32; n * 3 * h * w];
+            let errors = load_batch_normalised_into(&paths, (h, w), num_threads, &opts, &mut buffer);
+            (buffer, errors)
+        });
+        let batch = Array4::from_shape_vec((n, 3, h, w), buffer).expect("batch buffer matches its shape");
+        (batch.into_pyarray(py).into_any(), errors)
+    } else {
+        let (buffer, errors) = py.detach(|| {
+            let mut buffer = vec![0u8; n * h * w * 3];
+            let errors = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
+            (buffer, errors)
+        });
+        let batch = Array4::from_shape_vec((n, h, w, 3), buffer).expect("batch buffer matches its shape");
+        (batch.into_pyarray(py).into_any(), errors)
+    };
+    Ok((batch, errors.into_iter().map(|e| e.map(|e| e.to_string())).collect()))
 }
 
 fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<u8>> {

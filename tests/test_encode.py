@@ -195,6 +195,25 @@ def test_mean_latents_equal_direct_diffusers_encode(dataset, mean_run, tiny_vae)
         np.testing.assert_allclose(np.load(io.BytesIO(row["latent1"])), z[0].numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["kl", "qwen"])
+def test_encode_pixels_takes_uint8_or_normalized_float(dataset, tiny_vae, qwen_vae, kind):
+    """The CPU encode feeds ``load_batch(normalize=True)``'s float NCHW batch, a
+    GPU the uint8 NHWC batch; on the CPU both give the same latents, bit for bit."""
+    from hpd_encode.vae import encode_pixels
+
+    root, _ = dataset
+    vae = load_vae(str(tiny_vae if kind == "kl" else qwen_vae), device="cpu")
+    paths = sorted(root.glob("img/p1/*"))[:3]
+    u8, errors = hpd_encode.load_batch(paths, (256, 256))
+    x, x_errors = hpd_encode.load_batch(paths, (256, 256), normalize=True)
+    assert errors == x_errors == [None] * len(paths)
+    z_u8 = encode_pixels(vae, torch.from_numpy(u8), mode="mean")
+    z_x = encode_pixels(vae, torch.from_numpy(x), mode="mean")
+    assert torch.equal(z_u8, z_x)
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        encode_pixels(vae, torch.from_numpy(x).permute(0, 2, 3, 1), mode="mean")
+
+
 def test_share_matches_no_share_byte_for_byte(dataset, mean_run, tiny_vae, tmp_path):
     root, meta = dataset
     out, shared = mean_run

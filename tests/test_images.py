@@ -582,6 +582,8 @@ def test_fuzzed_files_never_raise(tmp_path: Path, photo) -> None:  # noqa: ANN00
     sizes, probe_errors = probe_images(paths)
     arrays, errors = load_images(paths, [(64, 64)] * len(paths))
     batch, batch_errors = load_batch(paths, (64, 64))
+    _, normalized_errors = load_batch(paths, (64, 64), normalize=True)
+    assert normalized_errors == batch_errors
     assert len(arrays) == len(errors) == len(batch_errors) == len(paths)
     for path, arr, err, berr in zip(paths, arrays, errors, batch_errors):
         assert (arr is None) != (err is None)
@@ -641,6 +643,53 @@ def test_load_batch_is_ready_for_torch(good: dict[str, tuple[Path, bool]]) -> No
     assert np.shares_memory(torch.from_numpy(batch).numpy(), batch)
 
 
+def normalized(batch: np.ndarray) -> np.ndarray:
+    """The reference's normalisation of a uint8 ``(n, h, w, 3)`` batch, in float32 throughout."""
+    return np.float32(batch.transpose(0, 3, 1, 2)) / np.float32(127.5) - np.float32(1)
+
+
+def test_normalized_batch_is_the_float_normalisation_of_the_uint8_batch(
+    good: dict[str, tuple[Path, bool]], bad: dict[str, tuple[Path, str]]
+) -> None:
+    torch = pytest.importorskip("torch")
+    # rgb.png is 1024x1024 already (converted without resampling); the rest are resized.
+    paths = [p for p, _ in good.values()] + [p for p, _ in bad.values()]
+    random.Random(5).shuffle(paths)
+    size = (1024, 1024)
+    batch, errors = load_batch(paths, size)
+    x, x_errors = load_batch(paths, size, normalize=True)
+    assert x_errors == errors and any(e is None for e in errors) and any(e is not None for e in errors)
+    assert x.dtype == np.float32 and x.shape == (len(paths), 3, *size)
+    assert x.flags.c_contiguous and x.flags.writeable and x.flags.owndata is False  # NumPy views Rust's buffer
+    ok = [i for i, e in enumerate(errors) if e is None]
+    failed = [i for i, e in enumerate(errors) if e is not None]
+    # Bit-identical to NumPy's float32 formula and to torch's on the CPU.
+    np.testing.assert_array_equal(x[ok].view(np.uint32), normalized(batch[ok]).view(np.uint32))
+    t = torch.from_numpy(batch[ok]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    np.testing.assert_array_equal(x[ok].view(np.uint32), t.contiguous().numpy().view(np.uint32))
+    assert x[ok].min() >= -1 and x[ok].max() <= 1
+    assert not x[failed].any(), "a failed slot must be zero-filled (0.0)"
+    # Every byte value maps exactly, ends included.
+    levels = np.arange(256, dtype=np.uint8)
+    grey = Image.fromarray(np.repeat(levels[None, :, None], 3, axis=2))  # a 1x256 ramp, already at its size
+    ramp = paths[ok[0]].parent / "ramp.png"
+    grey.save(ramp)
+    r, _ = load_batch([ramp], (1, 256), normalize=True)
+    expected = normalized(levels[None, None, :, None].repeat(3, axis=3))
+    np.testing.assert_array_equal(r.view(np.uint32), expected.view(np.uint32))
+    assert r[0, 0, 0, 0] == -1.0 and r[0, 0, 0, 255] == 1.0
+
+
+def test_normalized_batch_is_the_same_at_any_thread_count(good: dict[str, tuple[Path, bool]]) -> None:
+    paths = [p for p, _ in good.values()] * 2
+    x1, e1 = load_batch(paths, (512, 768), num_threads=1, normalize=True)
+    x3, e3 = load_batch(paths, (512, 768), num_threads=3, normalize=True)
+    xn, en = load_batch(paths, (512, 768), normalize=True)
+    assert e1 == e3 == en == [None] * len(paths)
+    np.testing.assert_array_equal(x1, x3)
+    np.testing.assert_array_equal(x1, xn)
+
+
 def test_load_image_and_probe_image(good: dict[str, tuple[Path, bool]]) -> None:
     path = good["progressive.jpg"][0]
     np.testing.assert_array_equal(load_image(path), load_one(path))
@@ -653,6 +702,8 @@ def test_empty_inputs() -> None:
     assert load_images([]) == ([], [])
     batch, errors = load_batch([], (64, 32))
     assert batch.shape == (0, 64, 32, 3) and errors == []
+    x, errors = load_batch([], (64, 32), normalize=True)
+    assert x.shape == (0, 3, 64, 32) and x.dtype == np.float32 and errors == []
 
 
 @pytest.mark.parametrize(
@@ -667,6 +718,8 @@ def test_empty_inputs() -> None:
         lambda p: load_batch([p], (10, -1)),
         lambda p: load_batch([p], (100_000, 100_000)),
         lambda p: load_batch([p], (64, 64), alpha="grey"),
+        lambda p: load_batch([p], (0, 64), normalize=True),
+        lambda p: load_batch([p], (100_000, 100_000), normalize=True),
         lambda p: load_image(p, (0, 5)),
     ],
 )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal, final
+from typing import Any, ClassVar, Literal, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +81,7 @@ def load_images(
     resized (Lanczos-3, stretching) to ``sizes[i] = (h, w)`` when given.
     A failed item is ``None`` with its reason in the second list."""
 
+@overload
 def load_batch(
     paths: Sequence[_Path],
     size: _Size,
@@ -88,9 +89,38 @@ def load_batch(
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
-) -> tuple[npt.NDArray[np.uint8], list[str | None]]:
-    """Decode and resize every file into one C-contiguous ``(n, h, w, 3)``
-    uint8 array; failed slots are zero-filled and named in the error list."""
+    normalize: Literal[False] = False,
+) -> tuple[npt.NDArray[np.uint8], list[str | None]]: ...
+@overload
+def load_batch(
+    paths: Sequence[_Path],
+    size: _Size,
+    *,
+    num_threads: int | None = None,
+    alpha: _Alpha = "drop",
+    max_pixels: int = ...,
+    normalize: Literal[True],
+) -> tuple[npt.NDArray[np.float32], list[str | None]]: ...
+@overload
+def load_batch(
+    paths: Sequence[_Path],
+    size: _Size,
+    *,
+    num_threads: int | None = None,
+    alpha: _Alpha = "drop",
+    max_pixels: int = ...,
+    normalize: bool = False,
+) -> tuple[npt.NDArray[np.uint8] | npt.NDArray[np.float32], list[str | None]]:
+    """Decode and resize every file into one C-contiguous batch.
+
+    By default a ``(n, h, w, 3)`` uint8 array; failed slots are zero-filled
+    and named in the error list. With ``normalize=True`` a ``(n, 3, h, w)``
+    float32 array in [-1, 1] (the tensor a VAE encoder takes), each value
+    bit-identical to ``np.float32(v) / np.float32(127.5) - np.float32(1)`` on
+    the uint8 pixel ``v`` (torch's ``x.float() / 127.5 - 1`` on the CPU); the
+    conversion runs in the same parallel per-image work, with no uint8 batch
+    in between. Failed slots are then 0.0 (mid-grey, not black): drop them
+    using the error list."""
 
 def load_image(
     path: _Path,

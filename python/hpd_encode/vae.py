@@ -1,4 +1,4 @@
-"""Loading a diffusers VAE and encoding uint8 pixel batches to normalised latents.
+"""Loading a diffusers VAE and encoding pixel batches to normalised latents.
 
 Two families are supported:
 
@@ -152,16 +152,24 @@ def load_vae(source: str, *, subfolder: str | None = None, device: str | None = 
                dtype=torch_dtype, config=dict(model.config))
 
 
-def encode_pixels(vae: Vae, pixels_u8, *, mode: str = "sample", seeds: list[int] | None = None):
-    """Encode a ``(B, H, W, 3)`` uint8 tensor (any device) to normalised
-    float32 latents ``(B, C, H/8, W/8)`` on the VAE's device.
+def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | None = None):
+    """Encode pixels (a tensor on any device) to normalised float32 latents
+    ``(B, C, H/8, W/8)`` on the VAE's device.
 
-    Pixels are moved as uint8 and scaled to [-1, 1] on the device.
+    ``pixels`` is either a ``(B, H, W, 3)`` uint8 tensor, moved as uint8 and
+    scaled to [-1, 1] on the device, or a floating ``(B, 3, H, W)`` tensor
+    already in [-1, 1] (``load_batch(..., normalize=True)``), only cast to
+    the VAE's dtype.
     """
     import torch
 
-    x = pixels_u8.to(vae.device, non_blocking=True).permute(0, 3, 1, 2)
-    x = x.to(vae.dtype).div_(127.5).sub_(1.0)
+    if pixels.is_floating_point():
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"float pixels must be (B, 3, H, W) in [-1, 1], not {tuple(pixels.shape)}")
+        x = pixels.to(vae.device, vae.dtype, non_blocking=True)
+    else:
+        x = pixels.to(vae.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = x.to(vae.dtype).div_(127.5).sub_(1.0)
     if vae.frame_axis:
         x = x.unsqueeze(2).contiguous()
     elif vae.device.startswith("cuda"):
