@@ -47,12 +47,19 @@ class Dist:
 
             td.barrier()
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Leave the group. ``clean``: every rank got here normally, so wait
+        for the others first (a rank that tears its connections down while
+        another still finishes a collective makes gloo abort there)."""
         if self.enabled and self.owns_group:
             import torch.distributed as td
 
             if td.is_initialized():
-                td.destroy_process_group()
+                try:
+                    if clean:
+                        td.barrier()
+                finally:
+                    td.destroy_process_group()
 
 
 def init_dist(timeout_s: float = 7200.0) -> Dist:

@@ -302,11 +302,14 @@ def encode(
         if isinstance(status, Exception):
             raise status
         dist.barrier()
-        return _run(dist, data_root, metadata, output_dir, vae, vae_subfolder, dev, dtype, bucket_set, batch_size,
-                    latent, store_dtype, seed, limit, workers, share, rows_per_file, prefetch, alpha, max_pixels,
-                    progress, settings, t0, load_vae)
-    finally:
-        dist.close()
+        summary = _run(dist, data_root, metadata, output_dir, vae, vae_subfolder, dev, dtype, bucket_set, batch_size,
+                       latent, store_dtype, seed, limit, workers, share, rows_per_file, prefetch, alpha, max_pixels,
+                       progress, settings, t0, load_vae)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return summary
 
 
 def _run(dist: Dist, data_root: Path, metadata: Path, output_dir: Path, vae_source, vae_subfolder, dev: str,
