@@ -3,7 +3,6 @@ archives split into parts, hostile members, truncated parts, real PNG images."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
@@ -18,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from hpd_encode.cli import build_parser
 from hpd_encode.fetch import (
     ArchiveError,
     ExtractLimitError,
-    add_subcommands,
     check_dataset,
     download,
     extract,
@@ -102,15 +101,9 @@ def temp_leftovers(root: Path) -> list[Path]:
 
 
 def run_cli(argv: list[str]) -> int:
-    """Parse with add_subcommands on a bare parser, as cli.py wires it."""
-    parser = argparse.ArgumentParser(prog="hpd-encode")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0)
-    common.add_argument("-q", "--quiet", action="store_true")
-    add_subcommands(parser.add_subparsers(dest="command"), common)
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    """Run a subcommand through the real ``hpd-encode`` parser (exceptions propagate)."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 # --------------------------------------------------------------------------- naming

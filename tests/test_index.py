@@ -9,7 +9,6 @@ taking ``row_index``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import io
 import json
@@ -31,11 +30,11 @@ from conftest import (
     make_part_records,
     write_reference_part,
 )
+from hpd_encode.cli import build_parser
 from hpd_encode.index import (
     EXAMPLE_WHERE,
     FILTER_FIELDS,
     INDEX_COLUMNS,
-    add_subcommands,
     build_index,
     build_index_with_stats,
     read_index,
@@ -526,13 +525,9 @@ def test_write_and_read_index(tmp_path: Path, reference_parts: Path, small_bucke
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hpd-encode")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0)
-    common.add_argument("-q", "--quiet", action="store_true")
-    add_subcommands(parser.add_subparsers(dest="command"), common)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Run a subcommand through the real ``hpd-encode`` parser (exceptions propagate)."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 def test_cli_end_to_end(
