@@ -40,6 +40,7 @@ from PIL import Image
 import hpd_encode
 from hpd_encode.pipeline import encode
 from hpd_encode.metadata import read_metadata
+from hpd_encode.schema import PART_SCHEMA, REFERENCE_COLUMNS
 from hpd_encode.vae import make_tiny_vae
 
 SIZES = [(1024, 1024), (768, 1024), (1248, 832), (512, 512), (832, 1152)]
@@ -87,6 +88,13 @@ def make_sd35_vae(path: Path) -> Path:
     return path
 
 
+def _flush(writer: pq.ParquetWriter, rows: list[dict], schema: pa.Schema) -> None:
+    """Write buffered rows as one row group (the reference's pyarrow way) and empty the buffer."""
+    if rows:
+        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        rows.clear()
+
+
 def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str) -> int:
     """The reference's way: everything per comparison, per image, fp32 batch 1."""
     from diffusers import AutoencoderKL
@@ -97,10 +105,7 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
     buckets = hpd_encode.BucketSet.hpdv3()
     records, _ = read_metadata(meta)
     rows = []
-    schema = pa.schema([("prompt", pa.string()), ("model1", pa.string()), ("model2", pa.string()),
-                        ("detailed_results", pa.string()), ("image1_path", pa.string()), ("image2_path", pa.string()),
-                        ("latent1", pa.binary()), ("latent2", pa.binary()),
-                        ("latent1_shape", pa.list_(pa.int64())), ("latent2_shape", pa.list_(pa.int64()))])
+    schema = pa.schema([PART_SCHEMA.field(c) for c in REFERENCE_COLUMNS])
     writer = pq.ParquetWriter(out, schema, compression="zstd")
     for r in records:
         imgs = [Image.open(root / p).convert("RGB") for p in (r.path1, r.path2)]
@@ -125,10 +130,8 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
                      "image1_path": r.path1, "image2_path": r.path2, "latent1": lat[0][0], "latent2": lat[1][0],
                      "latent1_shape": lat[0][1], "latent2_shape": lat[1][1]})
         if len(rows) == 100:
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-            rows = []
-    if rows:
-        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            _flush(writer, rows, schema)
+    _flush(writer, rows, schema)
     writer.close()
     return pq.ParquetFile(out).metadata.num_rows
 
@@ -187,10 +190,8 @@ def writer_bench(tmp: Path, n_rows: int, shape: tuple[int, int, int]) -> dict:
             batch.append({"prompt": r["prompt"], "detailed_results": str({"votes_chosen": 0}),
                           "latent1": b1.getvalue(), "latent2": b2.getvalue()})
             if len(batch) == 100:
-                wr.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            wr.write_table(pa.Table.from_pylist(batch, schema=schema))
+                _flush(wr, batch, schema)
+        _flush(wr, batch, schema)
         wr.close()
 
     with GilProbe() as probe:

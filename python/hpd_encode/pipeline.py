@@ -298,7 +298,7 @@ def encode(
                 status = "ok"
             except Exception as e:  # noqa: BLE001 - re-raised on every rank below
                 status = e
-        status = dist.broadcast(status if dist.enabled else status)
+        status = dist.broadcast(status)
         if isinstance(status, Exception):
             raise status
         dist.barrier()

@@ -79,6 +79,11 @@ def attach_jobs(rows: list[PlannedRow], share: bool) -> list[Job]:
     return jobs
 
 
+def _fresh(rows: list[PlannedRow]) -> list[PlannedRow]:
+    """Copies of ``rows`` without job links (planning sets them anew)."""
+    return [PlannedRow(r.record, r.bucket_id, r.height, r.width, r.orig_chosen, r.orig_rejected) for r in rows]
+
+
 def _components(rows: list[PlannedRow], n_jobs: int) -> list[int]:
     parent = list(range(n_jobs))
 
@@ -100,7 +105,7 @@ def partition(rows: list[PlannedRow], world_size: int, share: bool) -> list[list
     Deterministic: every rank computes the same split."""
     if world_size <= 1:
         return [list(rows)]
-    rows = [PlannedRow(r.record, r.bucket_id, r.height, r.width, r.orig_chosen, r.orig_rejected) for r in rows]
+    rows = _fresh(rows)
     jobs = attach_jobs(rows, share)
     comp_of_job = _components(rows, len(jobs))
     cost: dict[int, int] = {}
@@ -127,7 +132,7 @@ def order_and_batch(
 ) -> tuple[list[PlannedRow], list[Job], list[Batch]]:
     """Order one rank's rows (by size, then component), create their jobs and
     cut the jobs into same-size batches."""
-    rows = [PlannedRow(r.record, r.bucket_id, r.height, r.width, r.orig_chosen, r.orig_rejected) for r in rows]
+    rows = _fresh(rows)
     jobs = attach_jobs(rows, share)
     comp = _components(rows, len(jobs))
     first_of_comp: dict[int, int] = {}
