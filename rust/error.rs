@@ -57,6 +57,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("parquet writer: {0}")]
     Writer(String),
+    #[error("cannot read the Parquet footer of '{path}': {message}")]
+    Parquet { path: String, message: String },
 }
 
 impl Error {

@@ -1,13 +1,15 @@
 //! hpd-encode's Rust core.
 //!
 //! The pure-Rust layer (`decode`, `resize`, `load`, `buckets`, `npy`,
-//! `writer`) knows nothing of Python and is tested with `cargo test`. The
+//! `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
 //! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
 //! (maturin turns it on).
 
 pub mod buckets;
 pub mod decode;
 pub mod error;
+pub mod footer;
+pub mod groups;
 pub mod load;
 pub mod npy;
 pub mod pool;
@@ -20,6 +22,8 @@ mod py_buckets;
 mod py_errors;
 #[cfg(feature = "python")]
 mod py_images;
+#[cfg(feature = "python")]
+mod py_index;
 #[cfg(feature = "python")]
 mod py_writer;
 
@@ -42,6 +46,8 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_buckets::_rebuild_bucket_set, m)?)?;
     m.add_class::<py_buckets::PyBucketSet>()?;
     m.add_class::<py_writer::PyParquetWriter>()?;
+    m.add_function(wrap_pyfunction!(py_index::parquet_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(py_index::rank_in_group, m)?)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }

@@ -25,6 +25,7 @@ impl From<Error> for PyErr {
             Error::Image { .. } => ImageDecodeError::new_err(msg),
             Error::InvalidArgument(_) => PyValueError::new_err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
+            Error::Parquet { .. } => PyValueError::new_err(msg),
         }
     }
 }

@@ -411,10 +411,11 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(i: i64) -> Row {
+    /// A small row with distinct latents (also used by other modules' tests).
+    pub(crate) fn row(i: i64) -> Row {
         let lat = |v: f32| Latent {
             descr: "<f4",
             shape: vec![4, 2, 2],

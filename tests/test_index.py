@@ -340,6 +340,11 @@ def test_malformed_rows_are_counted_and_variants_parsed(
             "{'votes_chosen': 1, 'votes_rejected': 5, 'confidence': 1e-05, 'orig_chosen_hw': (640, 480)}",
             (1, 5, 1e-05, 640),
         ),
+        # The keys in another order: the fast pass reads the reference's order only.
+        25: (
+            "{'votes_rejected': 2, 'orig_chosen_hw': [10, 20], 'confidence': 0.25, 'votes_chosen': 6}",
+            (6, 2, 0.25, 10),
+        ),
         # A bad value in a key the run does not need is not an error (see the next test).
         24: (
             "{'votes_chosen': 5, 'votes_rejected': 5, 'confidence': 'high', 'orig_chosen_hw': [1, 2]}",
@@ -421,7 +426,7 @@ def test_source_forms(reference_parts: Path, small_buckets_json: Path) -> None:
     assert build_index([*files, files[0]], buckets=small_buckets_json).equals(by_dir)  # duplicates once
 
 
-def test_missing_sources_name_the_path(tmp_path: Path) -> None:
+def test_missing_sources_name_the_path(tmp_path: Path, reference_parts: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"no \\*.parquet files in directory '{tmp_path}'"):
         build_index(tmp_path)
     with pytest.raises(FileNotFoundError, match="no files match the pattern"):
@@ -431,6 +436,13 @@ def test_missing_sources_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ValueError, match=r"cannot read the Parquet footer of '.*bad.parquet'"):
         build_index(tmp_path)
+    # A real part file cut short (an interrupted copy): its footer is gone.
+    whole = sorted(reference_parts.glob("*.parquet"))[0].read_bytes()
+    cut = tmp_path / "cut" / "part_rank00.parquet"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(ValueError, match=r"cannot read the Parquet footer of '.*cut/part_rank00.parquet'"):
+        build_index(cut.parent)
 
 
 def test_latent_columns_are_never_read(

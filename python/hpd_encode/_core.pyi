@@ -39,6 +39,8 @@ __all__ = [
     "_rebuild_bucket_set",
     "BucketSet",
     "ParquetWriter",
+    "parquet_layout",
+    "rank_in_group",
     "default_num_threads",
 ]
 
@@ -233,3 +235,14 @@ class ParquetWriter:
         _exc_value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> bool: ...
+
+def parquet_layout(path: _Path) -> tuple[list[int], list[str], int]:
+    """``(rows per row group, top-level column names, rows)`` of a Parquet file,
+    from its footer alone. Raises ``OSError`` when the file cannot be opened and
+    ``ValueError`` naming the file when it is not Parquet or its footer is damaged."""
+
+def rank_in_group(groups: npt.NDArray[np.int64], order: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each row's rank (0-based) among the rows of its group (``groups[i]``, any
+    int64 code), rows counted in the order ``order`` (a permutation of the row
+    numbers) visits them. One pass, no sort; ``ValueError`` if ``order`` is not
+    a permutation."""

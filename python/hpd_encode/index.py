@@ -13,12 +13,13 @@ How it differs from the reference, and why it is fast and small:
   latent columns are never read. Text is kept as ``Categorical`` after the
   filter.
 * ``row_group`` / ``row_index`` come from the Parquet footers (rows per row
-  group), not from reading row groups one by one.
+  group, parsed in Rust), not from reading row groups one by one.
 * Files written by the reference carry only the ``detailed_results`` string (a
-  Python-literal dict). It is parsed inside Polars with one literal-prefixed
-  regular expression per key, not with ``ast.literal_eval`` per row; strings
-  not spelled exactly as the reference writes them (double quotes, other
-  spacing, float votes...) go through a tolerant second pass. Only the keys
+  Python-literal dict). It is parsed inside Polars with one anchored regular
+  expression over the string's head, not with ``ast.literal_eval`` per row;
+  strings not spelled exactly as the reference writes them (another key
+  order, double quotes, other spacing, float votes...) go through a tolerant
+  second pass. Only the keys
   the run needs are parsed: the votes always, the others when the filter uses
   their fields. A string that cannot be parsed (null, not a ``{...}`` literal,
   no votes, a value that is not a number / ``None`` / ``[h, w]``) is counted,
@@ -57,10 +58,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from hpd_encode._core import BucketSet
+from hpd_encode._core import BucketSet, parquet_layout, rank_in_group
 from hpd_encode.buckets import load_bucket_set
 
 log = logging.getLogger(__name__)
@@ -168,20 +167,15 @@ def find_part_files(source: Source) -> list[str]:
 
 
 def _inspect(path: str) -> _Part:
-    """Row-group sizes and column names, from the footer only."""
+    """Row-group sizes and column names, from the footer only (parsed in Rust:
+    pyarrow hands out one Python object per row group, thousands per file)."""
     try:
-        md = pq.read_metadata(path)
-        sizes = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
-        total = md.num_rows
-        del md
-        # Column names via Polars: pyarrow's metadata.schema forms a reference cycle that
-        # keeps the whole footer (tens of MB for thousands of row groups) until a gc run.
-        names = pl.scan_parquet(path, glob=False).collect_schema().names()
-    except (pa.ArrowException, OSError, pl.exceptions.PolarsError) as e:
+        sizes, names, total = parquet_layout(path)  # ValueError naming the file when damaged
+    except OSError as e:
         raise ValueError(f"cannot read the Parquet footer of '{path}': {e}") from e
     if sum(sizes) != total:
         raise ValueError(f"'{path}': row groups hold {sum(sizes)} rows but the footer says {total}")
-    return _Part(path=path, row_group_rows=sizes, columns=frozenset(names))
+    return _Part(path=path, row_group_rows=tuple(sizes), columns=frozenset(names))
 
 
 class _RowLocator:
@@ -210,10 +204,11 @@ class _RowLocator:
 # ---------------------------------------------------------------------------
 # Parsing detailed_results inside Polars
 #
-# Two passes. The fast pass runs on every row: one literal-prefixed regex per
-# key, matching exactly what the reference writes (``str()`` of a dict: single
-# quotes, ": " and ", ", lists or tuples, ``None``). A row it cannot read (other
-# spacing or quotes, float votes, a missing key, garbage) is marked
+# Two passes. The fast pass runs on every row: one anchored regex over the
+# string's head, matching exactly what the reference writes (``str()`` of its
+# dict: its key order, single quotes, ": " and ", ", lists or tuples,
+# ``None``). A row it cannot read (other key order, spacing or quotes, float
+# votes, a missing key, garbage) is marked
 # ``_fallback`` and keeps its string in ``_raw``; the general pass then parses
 # only those rows, tolerating any spacing and either quote, and flags the
 # ones that are malformed. Reference-written files never reach the second pass.
@@ -240,10 +235,11 @@ _KEYS = (
 #: Fields that come from ``detailed_results`` (or typed columns of the same names).
 _DR_FIELDS = tuple(f for k in _KEYS for f in k.fields)
 
+# Fast pass: values as the reference writes them, in named groups.
 _FAST = {
-    "int": r"(-?\d+|None)[,}]",
-    "float": r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|None)[,}]",
-    "hw": r"(?:[\[(](\d+), (\d+)[\])]|(None))[,}]",
+    "int": r"(?P<{name}>-?\d+|None)",
+    "float": r"(?P<{name}>-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|None)",
+    "hw": r"(?:[\[(](?P<{name}_0>\d+), (?P<{name}_1>\d+)[\])]|None)",
 }
 _Q = r"""['"]"""
 _GENERAL = {
@@ -269,25 +265,33 @@ def _unparsed(keys: Sequence[_Key]) -> list[pl.Expr]:
 
 
 def _fast_parse(dr: pl.Expr, keys: Sequence[_Key]) -> tuple[list[pl.Expr], list[pl.Expr], pl.Expr]:
-    """(stage-1 columns, field expressions on them, "row fully read" flag)."""
-    stage1 = [(dr.str.starts_with("{") & dr.str.ends_with("}")).alias("_f_braces")]
+    """(stage-1 columns, field expressions on them, "row fully read" flag).
+
+    One anchored regular expression reads the string's head exactly as the
+    reference writes it: ``{'votes_chosen': 3, 'votes_rejected': 1, ...``, the
+    keys in the reference's order up to the last one needed. Anchored, it
+    stops at the first character that differs, and one pass reads every key
+    (a search per key costs twice as much).
+    """
+    last = max(_KEYS.index(k) for k in keys)
+    head = ", ".join(f"'{k.name}': " + _FAST[k.kind].format(name=k.name) for k in _KEYS[: last + 1])
+    stage1 = [
+        dr.str.extract_groups(rf"^\{{{head}[,}}]").alias("_f_head"),
+        dr.str.ends_with("}").alias("_f_end"),
+    ]
+    g = pl.col("_f_head").struct
     fields = _unparsed(keys)
-    ok = pl.col("_f_braces")
     for key in keys:
-        col = f"_f_{key.name}"
         if key.kind == "hw":
-            stage1.append(dr.str.extract_groups(f"'{key.name}': {_FAST['hw']}").alias(col))
-            g = pl.col(col).struct
             fields += [
-                g.field(str(i + 1)).cast(pl.Int64, strict=False).alias(f) for i, f in enumerate(key.fields)
+                g.field(f"{key.name}_{i}").cast(pl.Int64, strict=False).alias(f) for i, f in enumerate(key.fields)
             ]
-            ok = ok & (g.field("1").is_not_null() | g.field("3").is_not_null())
         else:
-            stage1.append(dr.str.extract(f"'{key.name}': {_FAST[key.kind]}").alias(col))
             fields.append(
-                _not_none(pl.col(col)).cast(FILTER_FIELDS[key.fields[0]], strict=False).alias(key.fields[0])
+                _not_none(g.field(key.name)).cast(FILTER_FIELDS[key.fields[0]], strict=False).alias(key.fields[0])
             )
-            ok = ok & pl.col(col).is_not_null()
+    # The first key is always in the pattern and always captured when it matches.
+    ok = g.field(_KEYS[0].name).is_not_null() & pl.col("_f_end")
     return stage1, fields, ok.fill_null(False)
 
 
@@ -588,7 +592,9 @@ def build_index_with_stats(
     bucket_set = load_bucket_set(buckets)
     expr, row_fn, desc = _resolve_filter(filter)
     paths = find_part_files(source)
-    parts = [_inspect(p) for p in paths]
+    # Footers are parsed in Rust without the GIL: a few at once.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        parts = list(pool.map(_inspect, paths))
     locator = _RowLocator(parts)
     rows_in = sum(p.num_rows for p in parts)
 
@@ -641,9 +647,13 @@ def build_index_with_stats(
 
     df = df.select("_file", "_row", "prompt", "model1", "model2", "height", "width").sort("_file", "_row")
     if max_per_prompt is not None:
-        key = np.random.default_rng(seed).permutation(df.height) if shuffle else np.arange(df.height)
+        # Row r's place in the shuffled order is key[r]; visit rows in that order.
+        n = df.height
+        key = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        order = np.empty(n, dtype=np.int64)
+        order[key] = np.arange(n, dtype=np.int64)
         codes = df["prompt"].to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
-        df = df.filter(pl.Series(_rank_in_group(codes, key) < max_per_prompt))
+        df = df.filter(pl.Series(rank_in_group(codes, order) < max_per_prompt))
     after_cap = df.height
 
     bucket_frame = pl.DataFrame(
@@ -703,19 +713,6 @@ def build_index_with_stats(
         out.height,
     )
     return out, stats
-
-
-def _rank_in_group(groups: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Each row's rank (0-based) by ``key`` among the rows of its group."""
-    order = np.lexsort((key, groups))
-    sorted_groups = groups[order]
-    pos = np.arange(len(order))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = sorted_groups[1:] != sorted_groups[:-1]
-    group_start = np.maximum.accumulate(np.where(first, pos, 0))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = pos - group_start
-    return rank
 
 
 def _report_malformed(bad: pl.DataFrame, locator: _RowLocator, paths: Sequence[str]) -> list[dict[str, Any]]:

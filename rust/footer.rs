@@ -1,0 +1,102 @@
+//! The layout of a Parquet file (rows per row group, top-level column names),
+//! read from its footer alone: no page is touched.
+//!
+//! The index needs one row-group size per row group to turn a row number into
+//! `(row_group, row_index)`; files written with row groups of 100 rows have
+//! thousands, which pyarrow hands out one Python object at a time.
+
+use std::fs::File;
+use std::path::Path;
+
+use parquet::file::metadata::{ParquetMetaDataOptions, ParquetMetaDataReader, ParquetStatisticsPolicy};
+
+use crate::error::{Error, Result};
+
+/// What the index needs from a footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Rows in each row group, in file order.
+    pub row_group_rows: Vec<i64>,
+    /// Top-level column names, in schema order.
+    pub columns: Vec<String>,
+    /// Rows in the file, as the footer states it.
+    pub num_rows: i64,
+}
+
+/// Read the footer of the Parquet file at `path`.
+///
+/// A missing or unreadable file is an I/O error; a file that is not Parquet,
+/// or whose footer is damaged or incomplete (a writer killed before `close`),
+/// is an [`Error::Parquet`] naming the file.
+pub fn read_layout(path: &Path) -> Result<Layout> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|e| Error::io(&shown, e))?;
+    // Statistics are not needed: skipping them halves the decoding of a footer
+    // with thousands of row groups.
+    let options = ParquetMetaDataOptions::new()
+        .with_column_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
+    let metadata = ParquetMetaDataReader::new()
+        .with_metadata_options(Some(options))
+        .parse_and_finish(&file)
+        .map_err(|e| Error::Parquet { path: shown.clone(), message: e.to_string() })?;
+    let row_group_rows: Vec<i64> = metadata.row_groups().iter().map(|rg| rg.num_rows()).collect();
+    let num_rows = metadata.file_metadata().num_rows();
+    let columns = metadata
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect();
+    Ok(Layout { row_group_rows, columns, num_rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::tests::row;
+    use crate::writer::{PartWriter, WriterOptions};
+
+    #[test]
+    fn layout_of_a_written_part_file() {
+        let dir = std::env::temp_dir().join(format!("hpd-footer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("part.parquet");
+        let opts = WriterOptions { row_group_size: 7, ..WriterOptions::default() };
+        let mut writer = PartWriter::create(&path, opts).unwrap();
+        writer.submit((0..17).map(row).collect(), || Ok(())).unwrap();
+        writer.close().unwrap();
+        let layout = read_layout(&path).unwrap();
+        assert_eq!(layout.row_group_rows, vec![7, 7, 3]);
+        assert_eq!(layout.num_rows, 17);
+        assert!(layout.columns.iter().any(|c| c == "detailed_results"));
+        assert_eq!(layout.columns[0], "prompt");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn not_parquet_and_truncated_are_named_errors() {
+        let dir = std::env::temp_dir().join(format!("hpd-footer-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.parquet");
+        std::fs::write(&junk, b"this is not a parquet file at all").unwrap();
+        let err = read_layout(&junk).unwrap_err().to_string();
+        assert!(err.contains("junk.parquet"), "{err}");
+        // A part file cut short (as by a killed copy): its footer is gone.
+        let cut = dir.join("cut.parquet");
+        let mut writer = PartWriter::create(&cut, WriterOptions::default()).unwrap();
+        writer.submit((0..5).map(row).collect(), || Ok(())).unwrap();
+        writer.close().unwrap();
+        let bytes = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_layout(&cut).unwrap_err();
+        assert!(matches!(err, Error::Parquet { .. }), "{err:?}");
+        assert!(err.to_string().contains("cut.parquet"), "{err}");
+        let missing = read_layout(&dir.join("missing.parquet")).unwrap_err();
+        assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,29 @@
+//! Helpers of the bucket index (`hpd_encode.index`): footer layout and the
+//! per-prompt rank, both without the GIL.
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+use crate::footer::read_layout;
+use crate::groups;
+
+/// `parquet_layout(path) -> (row_group_rows, columns, num_rows)`: a Parquet
+/// file's rows per row group and top-level column names, from its footer.
+#[pyfunction]
+pub fn parquet_layout(py: Python<'_>, path: std::path::PathBuf) -> PyResult<(Vec<i64>, Vec<String>, i64)> {
+    let layout = py.detach(|| read_layout(&path))?;
+    Ok((layout.row_group_rows, layout.columns, layout.num_rows))
+}
+
+/// `rank_in_group(groups, order) -> int64 array`: each row's rank among the
+/// rows of its group, rows counted in the order `order` visits them.
+#[pyfunction]
+pub fn rank_in_group<'py>(
+    py: Python<'py>,
+    groups: PyReadonlyArray1<'py, i64>,
+    order: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (g, o) = (groups.as_slice()?, order.as_slice()?);
+    let ranks = py.detach(|| groups::rank_in_group(g, o))?;
+    Ok(ranks.into_pyarray(py))
+}
