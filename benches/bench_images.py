@@ -19,19 +19,26 @@ real run. Then times:
   (``(n, 3, h, w)`` float32, bit-identical to the normalisation above), made
   in Rust inside each image's parallel work: what the encode step feeds a CPU
   VAE.
-* both of those again in batches of at most 2 MP, the encode step's default
-  on the CPU (one bucket's images split into several ``load_batch`` calls).
+* the same, written with ``out=`` into one buffer reused by every call.
+* the torch-normalised batch and ``normalize=True`` again in batches of at
+  most 2 MP, the encode step's default on the CPU (one bucket's images split
+  into several ``load_batch`` calls).
 * ``load_batch`` without the normalisation: the uint8 batch that the encode
   step hands to the GPU, which normalises there.
 
 Normalising a whole batch on the CPU is slower per image than normalising one
 image at a time: a batch's float tensors are tens to hundreds of MB, above
-glibc's largest mmap threshold (32 MB), so every one is fresh pages from the
-kernel, and faulting them in (~2 µs a 4 KiB page on a VM) costs more than
-writing them. Batches of a few MP stay under it and reuse freed memory; that
-is why the ≤ 2 MP rows are faster, for the Rust conversion most of all.
+glibc's largest mmap threshold (32 MB), so every one is fresh memory that the
+kernel faults in and zeroes page by page (0.3-0.6 s of system time per pass
+over the 60 images here, whether or not transparent huge pages are used),
+about as much as the work of writing it. Batches of a few MP stay under it and reuse freed memory, and
+``out=`` reuses one buffer outright; that is why those rows are faster, for
+the Rust conversion most of all.
 
-Each is run ``--repeats`` times after a warm-up pass; the best time counts.
+Each is run ``--repeats`` times after a warm-up pass, in turns with the
+reference (reference, ours, reference, ours, ...), and the best time of each
+counts: the ratio of a row is to the reference measured beside it, so a
+machine that speeds up or slows down over the minutes of the run shifts both.
 Prints a Markdown table: images/s (wall clock), the ratio to the reference,
 images per CPU-second (all threads of the process counted: the per-core
 throughput, which a busy machine disturbs far less than wall time) and that
@@ -140,16 +147,27 @@ def by_images(items: list[tuple[Path, str, tuple[int, int]]], threads: int | Non
     return n
 
 
-def normalized_in_rust(items: Items, threads: int | None, max_pixels: int | None = None) -> int:
+def normalized_in_rust(
+    items: Items, threads: int | None, max_pixels: int | None = None, out: np.ndarray | None = None
+) -> int:
     """``load_batch(normalize=True)``: the float [-1, 1] NCHW tensor straight
-    from Rust, ready for ``torch.from_numpy`` (no copy)."""
+    from Rust, ready for ``torch.from_numpy`` (no copy). With ``out`` (a flat
+    float32 buffer large enough for any batch) every batch is written into a
+    view of it instead of fresh memory."""
     n = 0
-    for size, paths in batches(items, max_pixels):
-        batch, errors = load_batch(paths, size, num_threads=threads, normalize=True)
+    for (h, w), paths in batches(items, max_pixels):
+        shape = (len(paths), 3, h, w)
+        view = None if out is None else out[: len(paths) * 3 * h * w].reshape(shape)
+        batch, errors = load_batch(paths, (h, w), num_threads=threads, normalize=True, out=view)
         assert not any(errors), errors
         t = torch.from_numpy(batch)
         n += t.shape[0]
     return n
+
+
+def batch_buffer(items: Items) -> np.ndarray:
+    """A flat float32 buffer that holds the largest whole-bucket batch."""
+    return np.empty(max(len(paths) * 3 * h * w for (h, w), paths in batches(items, None)), np.float32)
 
 
 def pixels_only(items: list[tuple[Path, str, tuple[int, int]]], threads: int | None) -> int:
@@ -163,18 +181,27 @@ def pixels_only(items: list[tuple[Path, str, tuple[int, int]]], threads: int | N
     return n
 
 
-def rates(run: Callable[[], int], repeats: int) -> tuple[float, float]:
+Rates = tuple[float, float]
+
+
+def paired_rates(run: Callable[[], int], ref: Callable[[], int], repeats: int) -> tuple[Rates, Rates]:
     """(images per wall-clock second, images per CPU-second of this process,
-    all its threads counted), each from the best of ``repeats`` runs. The
-    second is the per-core throughput, and it holds up on a busy machine."""
-    run()  # warm-up: page cache, thread pool
-    wall = cpu = float("inf")
+    all its threads counted: the per-core throughput) of ``run`` and of the
+    reference ``ref``, each the best of ``repeats`` runs, measured in turns
+    (ref, run, ref, run, ...) so that both see the same machine: on a shared
+    VM the reference alone drifts by ±10 % over a minute."""
+    ref()
+    run()
+    best = [[float("inf")] * 2 for _ in range(2)]  # [ours, ref] x [wall, cpu]
+    counts = [0, 0]
     for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        n = run()
-        wall = min(wall, time.perf_counter() - w0)
-        cpu = min(cpu, time.process_time() - c0)
-    return n / wall, n / cpu
+        for k, f in ((1, ref), (0, run)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            counts[k] = f()
+            best[k][0] = min(best[k][0], time.perf_counter() - w0)
+            best[k][1] = min(best[k][1], time.process_time() - c0)
+    (ow, oc), (rw, rc) = best
+    return (counts[0] / ow, counts[0] / oc), (counts[1] / rw, counts[1] / rc)
 
 
 def cpu_name() -> str:
@@ -205,53 +232,62 @@ def main() -> None:
             f"{resized} resized to their bucket, {len(items) - resized} already at it\n"
         )
 
-        rows = []  # (method, threads, images/s, images per CPU-second)
+        reused = batch_buffer(items)
+        rows = []  # (method, threads, (images/s, per CPU-second), the reference's beside it)
         configs = [
-            ("reference: PIL open + convert + LANCZOS + float tensor", [1], lambda t: reference(items)),
-            ("hpd_encode.load_images + same normalisation per image", [1, cores], lambda t: by_images(items, t)),
-            ("hpd_encode.load_batch + same normalisation on the batch", [1, cores], lambda t: by_batch(items, t)),
-            ("hpd_encode.load_batch(normalize=True): float tensor made in Rust", [1, cores],
-             lambda t: normalized_in_rust(items, t)),
-            ("hpd_encode.load_batch + same normalisation, batches of ≤ 2 MP", [1, cores],
+            ("hpd_encode.load_images + same normalisation per image", lambda t: by_images(items, t)),
+            ("hpd_encode.load_batch + same normalisation on the batch", lambda t: by_batch(items, t)),
+            ("hpd_encode.load_batch(normalize=True): float tensor made in Rust", lambda t: normalized_in_rust(items, t)),
+            ("hpd_encode.load_batch(normalize=True, out=one reused buffer), whole bucket per call",
+             lambda t: normalized_in_rust(items, t, out=reused)),
+            ("hpd_encode.load_batch + same normalisation, batches of ≤ 2 MP",
              lambda t: by_batch(items, t, CPU_BATCH_PIXELS)),
-            ("hpd_encode.load_batch(normalize=True), batches of ≤ 2 MP (encode on CPU)", [1, cores],
+            ("hpd_encode.load_batch(normalize=True), batches of ≤ 2 MP (encode on CPU)",
              lambda t: normalized_in_rust(items, t, CPU_BATCH_PIXELS)),
-            ("hpd_encode.load_batch, uint8 only (normalised on the GPU)", [1, cores], lambda t: pixels_only(items, t)),
-        ]
+            ("hpd_encode.load_batch, uint8 only (normalised on the GPU)", lambda t: pixels_only(items, t)),
+        ]  # fmt: skip
         # torch stays on one thread throughout: the threads column is the
         # decode pool's size, and OpenMP workers spinning beside rayon's would
         # only steal its cores.
         torch.set_num_threads(1)
-        for method, thread_counts, run in configs:
-            for threads in dict.fromkeys(thread_counts):
-                rows.append((method, threads, *rates(lambda: run(threads), args.repeats)))
+        for method, run in configs:
+            for threads in dict.fromkeys([1, cores]):
+                ours, ref = paired_rates(lambda t=threads: run(t), lambda: reference(items), args.repeats)
+                rows.append((method, threads, ours, ref))
 
         # Per format, one thread each: where the gain comes from.
         per_format = []
         for fmt in FORMATS:
             subset = [it for it in items if it[1] == fmt]
-            ref = rates(lambda: reference(subset), args.repeats)
-            ours = rates(lambda: by_images(subset, 1), args.repeats)
-            rust_norm = rates(lambda: normalized_in_rust(subset, 1), args.repeats)
-            raw = rates(lambda: pixels_only(subset, 1), args.repeats)
-            per_format.append((fmt, len(subset), ref, ours, rust_norm, raw))
+            runs = (by_images, normalized_in_rust, pixels_only)
+            pairs = [
+                paired_rates(lambda f=f, s=subset: f(s, 1), lambda s=subset: reference(s), args.repeats)
+                for f in runs
+            ]
+            per_format.append((fmt, len(subset), pairs))
 
-    ref_wall, ref_cpu = rows[0][2], rows[0][3]
+    ref_walls = [r[3][0] for r in rows]
+    print(
+        "Each row is measured in turns with the reference (best of "
+        f"{args.repeats} each); its ratios are to the reference run beside it.\n"
+    )
     print("| method | threads | images/s | × reference | images per CPU-second | × reference per core |")
     print("|---|---:|---:|---:|---:|---:|")
-    for method, threads, wall, cpu in rows:
+    print(
+        f"| reference: PIL open + convert + LANCZOS + float tensor | 1 "
+        f"| {min(ref_walls):.1f}–{max(ref_walls):.1f} | 1.00 | | 1.00 |"
+    )
+    for method, threads, (wall, cpu), (ref_wall, ref_cpu) in rows:
         print(f"| {method} | {threads} | {wall:.1f} | {wall / ref_wall:.2f} | {cpu:.1f} | {cpu / ref_cpu:.2f} |")
     print()
     print(
-        "| format (1 thread) | images | reference images/s | load_images + normalisation | × reference "
-        "| load_batch(normalize=True) | × reference | load_batch uint8 | × reference |"
+        "| format (1 thread) | images | reference images/s | load_images + normalisation | × reference per core "
+        "| load_batch(normalize=True) | × reference per core | load_batch uint8 | × reference per core |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for fmt, n, ref, ours, rust_norm, raw in per_format:
-        print(
-            f"| {fmt} | {n} | {ref[0]:.1f} | {ours[0]:.1f} | {ours[0] / ref[0]:.2f} "
-            f"| {rust_norm[0]:.1f} | {rust_norm[0] / ref[0]:.2f} | {raw[0]:.1f} | {raw[0] / ref[0]:.2f} |"
-        )
+    for fmt, n, pairs in per_format:
+        cells = " | ".join(f"{ours[1]:.1f} | {ours[1] / ref[1]:.2f}" for ours, ref in pairs)
+        print(f"| {fmt} | {n} | {pairs[0][1][1]:.1f} | {cells} |")
     print()
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs ({cores} used for 'all'), "

@@ -2,6 +2,7 @@
 //! shared pool. Every item succeeds or fails on its own.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -49,7 +50,7 @@ pub fn load_batch_into(
     out: &mut [u8],
 ) -> Vec<Option<Error>> {
     let (h, w) = size;
-    fill_slots(paths, h * w * 3, num_threads, out, |path, slot| {
+    fill_slots(paths, h * w * 3, num_threads, out, 0, |path, slot| {
         let img = decode_path(path, opts)?;
         guarded(|| resize_into(&img, h, w, slot)).map_err(|f| Error::image(path.display().to_string(), f))
     })
@@ -72,22 +73,43 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Decode and resize every file to `(height, width)` and write it into `out`,
-/// a contiguous `(n, 3, height, width)` f32 buffer, normalised to [-1, 1]
-/// (see [`normalise`]): the tensor a VAE encoder takes. Each item is resized
-/// into a per-thread u8 scratch and converted from there, so the batch never
-/// exists as u8. Failed slots are zero-filled (0.0, i.e. mid-grey, not
-/// black: drop them using the errors); the returned vector holds each item's
-/// error, if any.
+/// Decode and resize every file to `(height, width)` into a new contiguous
+/// `(n, 3, height, width)` f32 buffer, normalised to [-1, 1] (see
+/// [`normalise`]): the tensor a VAE encoder takes. Each item is resized into
+/// a per-thread u8 scratch and converted from there, so the batch never
+/// exists as u8. Failed slots are zero-filled (0.0, i.e. mid-grey, not black:
+/// drop them using the errors); the returned vector holds each item's error,
+/// if any.
+///
+/// The buffer is not zeroed first: every element is written exactly once
+/// (memset-ing tens of MB only to overwrite them cost ~6 % of the work).
+pub fn load_batch_normalised(
+    paths: &[PathBuf],
+    size: (usize, usize),
+    num_threads: Option<usize>,
+    opts: &LoadOptions,
+) -> (Vec<f32>, Vec<Option<Error>>) {
+    let len = paths.len() * 3 * size.0 * size.1;
+    let mut buffer: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut buffer.spare_capacity_mut()[..len];
+    let errors = load_batch_normalised_into(paths, size, num_threads, opts, spare);
+    // SAFETY: load_batch_normalised_into returned, so fill_slots has written
+    // every slot of `spare` (the item or zeros), i.e. all `len` elements.
+    unsafe { buffer.set_len(len) };
+    (buffer, errors)
+}
+
+/// [`load_batch_normalised`] into a caller's buffer of `n * 3 * height *
+/// width` elements, initialised or not: every element is written.
 pub fn load_batch_normalised_into(
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
     opts: &LoadOptions,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) -> Vec<Option<Error>> {
     let (h, w) = size;
-    fill_slots(paths, 3 * h * w, num_threads, out, |path, slot| {
+    fill_slots(paths, 3 * h * w, num_threads, out, MaybeUninit::new(0.0), |path, slot| {
         let img = decode_path(path, opts)?;
         guarded(|| {
             if img.height == h && img.width == w {
@@ -110,8 +132,8 @@ pub fn load_batch_normalised_into(
 }
 
 /// Interleaved RGB `pixels` (`h * w * 3` bytes) to planar, normalised
-/// `(3, h, w)` floats in `out`.
-fn write_normalised_chw(pixels: &[u8], out: &mut [f32]) {
+/// `(3, h, w)` floats in `out`, every element of which is written.
+fn write_normalised_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
     assert_eq!(out.len(), pixels.len(), "output slot does not match the image");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -125,30 +147,33 @@ fn write_normalised_chw(pixels: &[u8], out: &mut [f32]) {
 /// than the baseline x86-64 build's SSE2 (0.4 vs 1.4 ms per megapixel).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn write_normalised_chw_avx2(pixels: &[u8], out: &mut [f32]) {
+unsafe fn write_normalised_chw_avx2(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
     normalised_chw(pixels, out)
 }
 
 #[inline(always)]
-fn normalised_chw(pixels: &[u8], out: &mut [f32]) {
+fn normalised_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
     let plane = pixels.len() / 3;
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
+    // Every index of the three planes is reached: 3 * plane == out.len() (asserted by the caller).
     for (((px, r), g), b) in pixels.chunks_exact(3).zip(red).zip(green).zip(blue) {
-        *r = normalise(px[0]);
-        *g = normalise(px[1]);
-        *b = normalise(px[2]);
+        r.write(normalise(px[0]));
+        g.write(normalise(px[1]));
+        b.write(normalise(px[2]));
     }
 }
 
 /// Run `load(path, slot)` for every path on the pool, each into its own
-/// `item`-long slot of `out`. A failed item's slot is zero-filled and its
-/// error returned at its position.
-fn fill_slots<T: Copy + Default + Send>(
+/// `item`-long slot of `out`. A failed item's slot is filled with `zero` and
+/// its error returned at its position. (`load` must write its whole slot when
+/// it succeeds: `out` may start uninitialised.)
+fn fill_slots<T: Copy + Send + Sync>(
     paths: &[PathBuf],
     item: usize,
     num_threads: Option<usize>,
     out: &mut [T],
+    zero: T,
     load: impl Fn(&Path, &mut [T]) -> Result<()> + Sync,
 ) -> Vec<Option<Error>> {
     assert_eq!(out.len(), item * paths.len(), "batch buffer does not match n * item");
@@ -161,7 +186,7 @@ fn fill_slots<T: Copy + Default + Send>(
             .map(|(slot, path)| match load(path, slot) {
                 Ok(()) => None,
                 Err(e) => {
-                    slot.fill(T::default());
+                    slot.fill(zero);
                     Some(e)
                 }
             })
@@ -179,12 +204,11 @@ mod tests {
     #[test]
     fn normalisation_is_the_float32_formula() {
         let expected = |v: u8| f32::from(v) / 127.5f32 - 1.0f32;
-        type Convert = fn(&[u8], &mut [f32]);
+        type Convert = fn(&[u8], &mut [MaybeUninit<f32>]);
         let convert: [Convert; 2] = [write_normalised_chw, normalised_chw];
         for (shift, f) in (0..3).flat_map(|s| convert.map(|f| (s, f))) {
             let pixels: Vec<u8> = (0..=255u8).cycle().skip(shift).take(3 * 256 + 3 * 37).collect();
-            let mut out = vec![9.0f32; pixels.len()];
-            f(&pixels, &mut out);
+            let out = converted(f, &pixels);
             let plane = pixels.len() / 3;
             for (i, &v) in pixels.iter().enumerate() {
                 let got = out[(i % 3) * plane + i / 3];
@@ -194,11 +218,18 @@ mod tests {
         assert_eq!((normalise(0), normalise(255)), (-1.0, 1.0));
     }
 
+    /// `convert` run on an output prefilled with 9.0 (seen if an element were skipped).
+    fn converted(convert: fn(&[u8], &mut [MaybeUninit<f32>]), pixels: &[u8]) -> Vec<f32> {
+        let mut out = vec![MaybeUninit::new(9.0f32); pixels.len()];
+        convert(pixels, &mut out);
+        // SAFETY: every element was initialised by `vec!`, and possibly overwritten.
+        out.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
     #[test]
     fn chw_planes_come_from_the_right_channels() {
         let pixels = [0u8, 128, 255, 10, 20, 30];
-        let mut out = [9.0f32; 6];
-        write_normalised_chw(&pixels, &mut out);
+        let out = converted(write_normalised_chw, &pixels);
         let n = normalise;
         assert_eq!(out, [n(0), n(10), n(128), n(20), n(255), n(30)]);
     }
@@ -224,8 +255,8 @@ mod tests {
         let opts = LoadOptions::default();
         let mut u8s = vec![0u8; paths.len() * h * w * 3];
         let e1 = load_batch_into(&paths, (h, w), Some(2), &opts, &mut u8s);
-        let mut floats = vec![7.0f32; paths.len() * 3 * h * w];
-        let e2 = load_batch_normalised_into(&paths, (h, w), Some(2), &opts, &mut floats);
+        let (floats, e2) = load_batch_normalised(&paths, (h, w), Some(2), &opts);
+        assert_eq!(floats.len(), paths.len() * 3 * h * w);
         std::fs::remove_dir_all(&dir).unwrap();
         let errors = |e: &[Option<Error>]| e.iter().map(|e| e.as_ref().map(|e| e.to_string())).collect::<Vec<_>>();
         assert_eq!(errors(&e1), errors(&e2));

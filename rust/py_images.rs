@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 
+use std::mem::MaybeUninit;
+
 use numpy::ndarray::{Array3, Array4};
-use numpy::{IntoPyArray, PyArray3};
+use numpy::{Element, IntoPyArray, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::decode::{AlphaMode, LoadOptions};
 use crate::error::Error;
-use crate::load::{load_batch_into, load_batch_normalised_into, load_many, probe_many};
+use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_into, load_many, probe_many};
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
@@ -78,9 +81,11 @@ pub fn load_images<'py>(
 }
 
 /// Decode and resize every file into one contiguous batch: `(n, h, w, 3)`
-/// uint8, or with `normalize` `(n, 3, h, w)` float32 in [-1, 1].
+/// uint8, or with `normalize` `(n, 3, h, w)` float32 in [-1, 1]; into `out`
+/// when given (a reused buffer: no fresh memory for the kernel to zero).
 #[pyfunction]
-#[pyo3(signature = (paths, size, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS, normalize=false))]
+#[pyo3(signature = (paths, size, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS, normalize=false, out=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn load_batch<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
@@ -89,6 +94,7 @@ pub fn load_batch<'py>(
     alpha: &str,
     max_pixels: u64,
     normalize: bool,
+    out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyAny>, Errors)> {
     let opts = options(alpha, max_pixels)?;
     let (h, w) = check_target(size, max_pixels)?;
@@ -97,24 +103,68 @@ pub fn load_batch<'py>(
     if (n as u128) * (h as u128) * (w as u128) * (item_bytes as u128) > isize::MAX as u128 {
         return Err(Error::InvalidArgument(format!("a batch of {n} images of {h}x{w} does not fit in memory")).into());
     }
-    let (batch, errors) = if normalize {
-        let (buffer, errors) = py.detach(|| {
-            let mut buffer = vec![0f32; n * 3 * h * w];
-            let errors = load_batch_normalised_into(&paths, (h, w), num_threads, &opts, &mut buffer);
-            (buffer, errors)
-        });
+    let errors = |e: Vec<Option<Error>>| -> Errors { e.into_iter().map(|e| e.map(|e| e.to_string())).collect() };
+    if let Some(out) = out {
+        let errs = if normalize {
+            let array = out_array::<f32>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)")?;
+            let mut view = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
+            let slice = view.as_slice_mut().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
+            // SAFETY: f32 and MaybeUninit<f32> have the same layout; only valid
+            // floats are written through the cast slice.
+            let slots = unsafe { &mut *(slice as *mut [f32] as *mut [MaybeUninit<f32>]) };
+            py.detach(|| load_batch_normalised_into(&paths, (h, w), num_threads, &opts, slots))
+        } else {
+            let array = out_array::<u8>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)")?;
+            let mut view = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
+            let slice = view.as_slice_mut().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
+            py.detach(|| load_batch_into(&paths, (h, w), num_threads, &opts, slice))
+        };
+        return Ok((out, errors(errs)));
+    }
+    let (batch, errs) = if normalize {
+        let (buffer, errs) = py.detach(|| load_batch_normalised(&paths, (h, w), num_threads, &opts));
         let batch = Array4::from_shape_vec((n, 3, h, w), buffer).expect("batch buffer matches its shape");
-        (batch.into_pyarray(py).into_any(), errors)
+        (batch.into_pyarray(py).into_any(), errs)
     } else {
-        let (buffer, errors) = py.detach(|| {
+        let (buffer, errs) = py.detach(|| {
             let mut buffer = vec![0u8; n * h * w * 3];
-            let errors = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
-            (buffer, errors)
+            let errs = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
+            (buffer, errs)
         });
         let batch = Array4::from_shape_vec((n, h, w, 3), buffer).expect("batch buffer matches its shape");
-        (batch.into_pyarray(py).into_any(), errors)
+        (batch.into_pyarray(py).into_any(), errs)
     };
-    Ok((batch, errors.into_iter().map(|e| e.map(|e| e.to_string())).collect()))
+    Ok((batch, errors(errs)))
+}
+
+/// `out` as a writeable C-contiguous 4-D array of `T` with exactly `shape`.
+fn out_array<'a, 'py, T: Element>(
+    out: &'a Bound<'py, PyAny>,
+    shape: [usize; 4],
+    dtype: &str,
+    layout: &str,
+) -> PyResult<&'a Bound<'py, PyArray4<T>>> {
+    let array = out.cast::<PyArray4<T>>().map_err(|_| {
+        PyTypeError::new_err(format!("out must be a 4-D numpy {dtype} array {layout}, not {}", describe(out)))
+    })?;
+    if array.shape() != shape {
+        return Err(PyValueError::new_err(format!(
+            "out has shape {:?}, this batch needs {shape:?} {layout}",
+            array.shape()
+        )));
+    }
+    if !array.is_c_contiguous() {
+        return Err(PyValueError::new_err("out must be C-contiguous"));
+    }
+    Ok(array)
+}
+
+/// A short description of a Python object for an error message.
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    match obj.getattr("dtype").and_then(|d| d.str()) {
+        Ok(dtype) => format!("{} of {dtype}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
+        Err(_) => obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "an unknown object".into()),
+    }
 }
 
 fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<u8>> {

@@ -690,6 +690,46 @@ def test_normalized_batch_is_the_same_at_any_thread_count(good: dict[str, tuple[
     np.testing.assert_array_equal(x1, xn)
 
 
+def test_load_batch_into_a_reused_buffer(
+    good: dict[str, tuple[Path, bool]], bad: dict[str, tuple[Path, str]]
+) -> None:
+    """``out=``: the same values as a fresh batch, written into the caller's
+    array (returned as is), failed slots overwritten with zeros too."""
+    paths = [p for p, _ in good.values()][:4] + [next(iter(bad.values()))[0]]
+    size = (96, 64)
+    for normalize, dtype, shape in (
+        (False, np.uint8, (len(paths), *size, 3)),
+        (True, np.float32, (len(paths), 3, *size)),
+    ):
+        fresh, errors = load_batch(paths, size, normalize=normalize)
+        buf = np.full(shape, 7, dtype)  # stale contents from an earlier batch
+        for _ in range(2):
+            got, got_errors = load_batch(paths, size, normalize=normalize, out=buf)
+            assert got is buf and got_errors == errors and errors[-1] is not None
+            np.testing.assert_array_equal(got, fresh)
+        assert not buf[-1].any(), "the failed slot is zero-filled, not left stale"
+        # A view of a larger flat buffer works when it is C-contiguous.
+        flat = np.zeros(int(np.prod(shape)) + 10, dtype)
+        view = flat[: np.prod(shape)].reshape(shape)
+        load_batch(paths, size, normalize=normalize, out=view)
+        np.testing.assert_array_equal(view, fresh)
+
+    u8 = np.zeros((len(paths), *size, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"out must be a 4-D numpy float32 array \(n, 3, h, w\), not ndarray of uint8"):
+        load_batch(paths, size, normalize=True, out=u8)
+    with pytest.raises(TypeError, match="not list"):
+        load_batch(paths, size, out=[0, 1])
+    with pytest.raises(ValueError, match=r"out has shape \[4, 96, 64, 3\], this batch needs \[5, 96, 64, 3\]"):
+        load_batch(paths, size, out=u8[:4])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        load_batch(paths, size, out=np.zeros((len(paths), size[0], size[1] * 2, 3), np.uint8)[:, :, ::2])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        load_batch(paths, size, out=np.asfortranarray(u8))
+    u8.flags.writeable = False
+    with pytest.raises(ValueError, match="not writeable"):
+        load_batch(paths, size, out=u8)
+
+
 def test_load_image_and_probe_image(good: dict[str, tuple[Path, bool]]) -> None:
     path = good["progressive.jpg"][0]
     np.testing.assert_array_equal(load_image(path), load_one(path))
