@@ -258,6 +258,10 @@ def test_resume_refuses_changed_settings(dataset, tiny_vae, tmp_path):
     assert s["records_already_done"] == 0 and s["rows_written"] == 3
     again = encode(root, meta, out, tiny_vae, latent="sample", progress=False, limit=3)
     assert again["rows_written"] == 0 and again["records_already_done"] == 3 and again["rows_total"] == 3
+    # The same VAE folder named another way (relative, trailing slash) is the same run.
+    relative = os.path.relpath(tiny_vae) + os.sep
+    same = encode(root, meta, out, relative, latent="sample", progress=False, limit=3)
+    assert same["records_already_done"] == 3 and same["rows_written"] == 0
 
 
 def test_qwen_vae_end_to_end(dataset, qwen_vae, tmp_path):

@@ -165,6 +165,14 @@ class _PartRotator:
             self.writer = None
 
 
+def _vae_identity(vae: str | PathLike[str]) -> str:
+    """The VAE as the fingerprint records it: a local folder or file by its
+    resolved path (``./vae``, ``vae/`` and ``/abs/vae`` are the same run), a
+    hub id as given."""
+    path = Path(os.fspath(vae)).expanduser()
+    return str(path.resolve()) if path.exists() else os.fspath(vae)
+
+
 def _fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -286,7 +294,7 @@ def encode(
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
         settings = {
-            "vae": str(vae), "vae_subfolder": vae_subfolder, "dtype": str(resolve_dtype(dtype, dev)).replace("torch.", ""),
+            "vae": _vae_identity(vae), "vae_subfolder": vae_subfolder, "dtype": str(resolve_dtype(dtype, dev)).replace("torch.", ""),
             "latent": latent, "seed": seed, "store_dtype": store_dtype, "buckets": bucket_set_spec(bucket_set),
             "alpha": alpha, "metadata_sha256": _file_sha256(metadata), "limit": limit,
         }
