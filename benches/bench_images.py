@@ -31,9 +31,9 @@ image at a time: a batch's float tensors are tens to hundreds of MB, above
 glibc's largest mmap threshold (32 MB), so every one is fresh memory that the
 kernel faults in and zeroes page by page (0.3-0.6 s of system time per pass
 over the 60 images here, whether or not transparent huge pages are used),
-about as much as the work of writing it. Batches of a few MP stay under it and reuse freed memory, and
-``out=`` reuses one buffer outright; that is why those rows are faster, for
-the Rust conversion most of all.
+about as much as the work of writing it. Batches of a few MP stay under it
+and reuse freed memory, and ``out=`` reuses one buffer outright; that is why
+those rows are faster, for the Rust conversion most of all.
 
 Each is run ``--repeats`` times after a warm-up pass, in turns with the
 reference (reference, ours, reference, ours, ...), and the best time of each
@@ -190,18 +190,23 @@ def paired_rates(run: Callable[[], int], ref: Callable[[], int], repeats: int) -
     reference ``ref``, each the best of ``repeats`` runs, measured in turns
     (ref, run, ref, run, ...) so that both see the same machine: on a shared
     VM the reference alone drifts by ±10 % over a minute."""
-    ref()
+
+    def timed(f: Callable[[], int]) -> tuple[int, float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        n = f()
+        return n, time.perf_counter() - w0, time.process_time() - c0
+
+    def best(samples: list[tuple[int, float, float]]) -> Rates:
+        n = samples[0][0]
+        return n / min(s[1] for s in samples), n / min(s[2] for s in samples)
+
+    ref()  # warm-up: page cache, thread pools
     run()
-    best = [[float("inf")] * 2 for _ in range(2)]  # [ours, ref] x [wall, cpu]
-    counts = [0, 0]
+    ours, theirs = [], []
     for _ in range(repeats):
-        for k, f in ((1, ref), (0, run)):
-            w0, c0 = time.perf_counter(), time.process_time()
-            counts[k] = f()
-            best[k][0] = min(best[k][0], time.perf_counter() - w0)
-            best[k][1] = min(best[k][1], time.process_time() - c0)
-    (ow, oc), (rw, rc) = best
-    return (counts[0] / ow, counts[0] / oc), (counts[1] / rw, counts[1] / rc)
+        theirs.append(timed(ref))
+        ours.append(timed(run))
+    return best(ours), best(theirs)
 
 
 def cpu_name() -> str:

@@ -31,8 +31,8 @@ pub struct Layout {
 pub fn read_layout(path: &Path) -> Result<Layout> {
     let shown = path.display().to_string();
     let file = File::open(path).map_err(|e| Error::io(&shown, e))?;
-    // Statistics are not needed: skipping them halves the decoding of a footer
-    // with thousands of row groups.
+    // Statistics are not needed, so they are not decoded (measured: no
+    // noticeable change in time; ~7 ms for a 2.3 MB footer of 1,500 row groups).
     let options = ParquetMetaDataOptions::new()
         .with_column_stats_policy(ParquetStatisticsPolicy::SkipAll)
         .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)

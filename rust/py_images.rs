@@ -1,9 +1,8 @@
 //! Python wrappers of the image core: convert arguments, release the GIL
 //! around the heavy call, hand pixel buffers to NumPy without copying.
 
-use std::path::PathBuf;
-
 use std::mem::MaybeUninit;
+use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, Array4};
 use numpy::{Element, IntoPyArray, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
@@ -106,18 +105,16 @@ pub fn load_batch<'py>(
     let errors = |e: Vec<Option<Error>>| -> Errors { e.into_iter().map(|e| e.map(|e| e.to_string())).collect() };
     if let Some(out) = out {
         let errs = if normalize {
-            let array = out_array::<f32>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)")?;
-            let mut view = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
-            let slice = view.as_slice_mut().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
-            // SAFETY: f32 and MaybeUninit<f32> have the same layout; only valid
-            // floats are written through the cast slice.
-            let slots = unsafe { &mut *(slice as *mut [f32] as *mut [MaybeUninit<f32>]) };
-            py.detach(|| load_batch_normalised_into(&paths, (h, w), num_threads, &opts, slots))
+            with_out_slice::<f32, _>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)", |slice| {
+                // SAFETY: f32 and MaybeUninit<f32> have the same layout; only valid
+                // floats are written through the cast slice.
+                let slots = unsafe { &mut *(slice as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                py.detach(|| load_batch_normalised_into(&paths, (h, w), num_threads, &opts, slots))
+            })?
         } else {
-            let array = out_array::<u8>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)")?;
-            let mut view = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
-            let slice = view.as_slice_mut().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
-            py.detach(|| load_batch_into(&paths, (h, w), num_threads, &opts, slice))
+            with_out_slice::<u8, _>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)", |slice| {
+                py.detach(|| load_batch_into(&paths, (h, w), num_threads, &opts, slice))
+            })?
         };
         return Ok((out, errors(errs)));
     }
@@ -137,13 +134,15 @@ pub fn load_batch<'py>(
     Ok((batch, errors(errs)))
 }
 
-/// `out` as a writeable C-contiguous 4-D array of `T` with exactly `shape`.
-fn out_array<'a, 'py, T: Element>(
-    out: &'a Bound<'py, PyAny>,
+/// Run `f` on the elements of `out`, which must be a writeable C-contiguous
+/// 4-D array of `T` with exactly `shape` (`TypeError` / `ValueError` otherwise).
+fn with_out_slice<T: Element, R>(
+    out: &Bound<'_, PyAny>,
     shape: [usize; 4],
     dtype: &str,
     layout: &str,
-) -> PyResult<&'a Bound<'py, PyArray4<T>>> {
+    f: impl FnOnce(&mut [T]) -> R,
+) -> PyResult<R> {
     let array = out.cast::<PyArray4<T>>().map_err(|_| {
         PyTypeError::new_err(format!("out must be a 4-D numpy {dtype} array {layout}, not {}", describe(out)))
     })?;
@@ -156,7 +155,9 @@ fn out_array<'a, 'py, T: Element>(
     if !array.is_c_contiguous() {
         return Err(PyValueError::new_err("out must be C-contiguous"));
     }
-    Ok(array)
+    let out_err = |e: &dyn std::fmt::Display| PyValueError::new_err(format!("out: {e}"));
+    let mut view = array.try_readwrite().map_err(|e| out_err(&e))?;
+    Ok(f(view.as_slice_mut().map_err(|e| out_err(&e))?))
 }
 
 /// A short description of a Python object for an error message.
