@@ -26,14 +26,14 @@ real run. Then times:
 * ``load_batch`` without the normalisation: the uint8 batch that the encode
   step hands to the GPU, which normalises there.
 
-Normalising a whole batch on the CPU is slower per image than normalising one
-image at a time: a batch's float tensors are tens to hundreds of MB, above
-glibc's largest mmap threshold (32 MB), so every one is fresh memory that the
-kernel faults in and zeroes page by page (0.3-0.6 s of system time per pass
-over the 60 images here, whether or not transparent huge pages are used),
-about as much as the work of writing it. Batches of a few MP stay under it
-and reuse freed memory, and ``out=`` reuses one buffer outright; that is why
-those rows are faster, for the Rust conversion most of all.
+A batch's buffer is tens to hundreds of MB, above glibc's largest mmap
+threshold (32 MB): fresh memory of that size is new pages that the kernel
+faults in and zeroes, about as much work as writing the batch. ``load_batch``
+recycles its buffers (a dead batch's memory serves the next one), so its
+fresh-array rows run as fast as ``out=``; torch's normalisation of a whole
+uint8 batch allocates new float tensors every time and pays that price (the
+``load_batch + same normalisation on the batch`` row), which batches of a few
+MB avoid.
 
 Each is run ``--repeats`` times after a warm-up pass, in turns with the
 reference (reference, ours, reference, ours, ...), and the best time of each

@@ -1,6 +1,6 @@
 //! hpd-encode's Rust core.
 //!
-//! The pure-Rust layer (`decode`, `resize`, `load`, `buckets`, `npy`,
+//! The pure-Rust layer (`decode`, `resize`, `load`, `recycle`, `buckets`, `npy`,
 //! `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
 //! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
 //! (maturin turns it on).
@@ -13,6 +13,7 @@ pub mod groups;
 pub mod load;
 pub mod npy;
 pub mod pool;
+pub mod recycle;
 pub mod resize;
 pub mod writer;
 
@@ -43,6 +44,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_images::load_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_images::load_image, m)?)?;
     m.add_function(wrap_pyfunction!(py_images::probe_image, m)?)?;
+    m.add_function(wrap_pyfunction!(py_images::free_batch_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(py_buckets::_rebuild_bucket_set, m)?)?;
     m.add_class::<py_buckets::PyBucketSet>()?;
     m.add_class::<py_writer::PyParquetWriter>()?;

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::decode::{decode_path, guarded, probe_path, LoadOptions, RgbImage};
 use crate::error::{Error, Result};
 use crate::pool::pool;
+use crate::recycle::{F32_BATCHES, U8_BATCHES};
 use crate::resize::{resize, resize_into};
 
 /// Header-only sizes `(height, width)` of many files.
@@ -37,6 +38,23 @@ pub fn load_many(
 ) -> Vec<Result<RgbImage>> {
     pool(num_threads)
         .install(|| paths.par_iter().enumerate().map(|(i, p)| load_one(p, sizes.map(|s| s[i]), opts)).collect())
+}
+
+/// Decode and resize every file to `(height, width)` into a contiguous
+/// `(n, height, width, 3)` batch: the first `n * height * width * 3` bytes of
+/// the returned buffer, a kept one ([`U8_BATCHES`], possibly longer) when
+/// one is large enough, else a new one. Failed slots are zero-filled; the
+/// returned vector holds each item's error, if any.
+pub fn load_batch(
+    paths: &[PathBuf],
+    size: (usize, usize),
+    num_threads: Option<usize>,
+    opts: &LoadOptions,
+) -> (Vec<u8>, Vec<Option<Error>>) {
+    let len = paths.len() * size.0 * size.1 * 3;
+    let mut buffer = U8_BATCHES.take(len).unwrap_or_else(|| vec![0u8; len]);
+    let errors = load_batch_into(paths, size, num_threads, opts, &mut buffer[..len]);
+    (buffer, errors)
 }
 
 /// Decode and resize every file to `(height, width)` straight into `out`, a
@@ -73,8 +91,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Decode and resize every file to `(height, width)` into a new contiguous
-/// `(n, 3, height, width)` f32 buffer, normalised to [-1, 1] (see
+/// Decode and resize every file to `(height, width)` into a contiguous
+/// `(n, 3, height, width)` f32 batch (the first `n * 3 * height * width`
+/// elements of the returned buffer: a kept one, [`F32_BATCHES`], possibly
+/// longer, when one is large enough, else a new one), normalised to [-1, 1] (see
 /// [`normalise`]): the tensor a VAE encoder takes. Each item is resized into
 /// a per-thread u8 scratch and converted from there, so the batch never
 /// exists as u8. Failed slots are zero-filled (0.0, i.e. mid-grey, not black:
@@ -90,6 +110,13 @@ pub fn load_batch_normalised(
     opts: &LoadOptions,
 ) -> (Vec<f32>, Vec<Option<Error>>) {
     let len = paths.len() * 3 * size.0 * size.1;
+    if let Some(mut buffer) = F32_BATCHES.take(len) {
+        // SAFETY: f32 and MaybeUninit<f32> have the same layout, and only
+        // valid floats are written through the cast slice.
+        let slots = unsafe { &mut *(&mut buffer[..len] as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        let errors = load_batch_normalised_into(paths, size, num_threads, opts, slots);
+        return (buffer, errors);
+    }
     let mut buffer: Vec<f32> = Vec::with_capacity(len);
     let spare = &mut buffer.spare_capacity_mut()[..len];
     let errors = load_batch_normalised_into(paths, size, num_threads, opts, spare);
@@ -256,10 +283,17 @@ mod tests {
         let mut u8s = vec![0u8; paths.len() * h * w * 3];
         let e1 = load_batch_into(&paths, (h, w), Some(2), &opts, &mut u8s);
         let (floats, e2) = load_batch_normalised(&paths, (h, w), Some(2), &opts);
-        assert_eq!(floats.len(), paths.len() * 3 * h * w);
+        assert!(floats.len() >= paths.len() * 3 * h * w);
+        let (u8s_again, e3) = load_batch(&paths, (h, w), Some(2), &opts);
+        assert_eq!(&u8s_again[..u8s.len()], &u8s[..]);
+        U8_BATCHES.give(u8s_again);
+        let (u8s_reused, e4) = load_batch(&paths, (h, w), Some(2), &opts);
+        assert_eq!(&u8s_reused[..u8s.len()], &u8s[..], "the same batch in a reused buffer");
         std::fs::remove_dir_all(&dir).unwrap();
         let errors = |e: &[Option<Error>]| e.iter().map(|e| e.as_ref().map(|e| e.to_string())).collect::<Vec<_>>();
         assert_eq!(errors(&e1), errors(&e2));
+        assert_eq!(errors(&e1), errors(&e3));
+        assert_eq!(errors(&e1), errors(&e4));
         assert!(e2[0].is_none() && e2[1].is_some() && e2[2].is_none());
         let plane = h * w;
         for i in [0, 2] {

@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
-use numpy::ndarray::{Array3, Array4};
+use numpy::ndarray::{Array3, ArrayView4};
 use numpy::{Element, IntoPyArray, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use crate::decode::{AlphaMode, LoadOptions};
 use crate::error::Error;
 use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_into, load_many, probe_many};
+use crate::recycle::{F32_BATCHES, U8_BATCHES};
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
@@ -120,18 +121,64 @@ pub fn load_batch<'py>(
     }
     let (batch, errs) = if normalize {
         let (buffer, errs) = py.detach(|| load_batch_normalised(&paths, (h, w), num_threads, &opts));
-        let batch = Array4::from_shape_vec((n, 3, h, w), buffer).expect("batch buffer matches its shape");
-        (batch.into_pyarray(py).into_any(), errs)
+        (kept_array(py, buffer, [n, 3, h, w], Kept::F32)?, errs)
     } else {
-        let (buffer, errs) = py.detach(|| {
-            let mut buffer = vec![0u8; n * h * w * 3];
-            let errs = load_batch_into(&paths, (h, w), num_threads, &opts, &mut buffer);
-            (buffer, errs)
-        });
-        let batch = Array4::from_shape_vec((n, h, w, 3), buffer).expect("batch buffer matches its shape");
-        (batch.into_pyarray(py).into_any(), errs)
+        let (buffer, errs) = py.detach(|| crate::load::load_batch(&paths, (h, w), num_threads, &opts));
+        (kept_array(py, buffer, [n, h, w, 3], Kept::U8)?, errs)
     };
     Ok((batch, errors(errs)))
+}
+
+/// A batch buffer owned by the NumPy array made from it (its `base`): when
+/// the array and every view of it are gone, the buffer goes back to its
+/// pool for the next batch (see `recycle.rs`).
+enum Kept {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+#[pyclass(frozen, name = "_BatchMemory", module = "hpd_encode._core")]
+struct BatchMemory {
+    buffer: Kept,
+}
+
+impl Drop for BatchMemory {
+    fn drop(&mut self) {
+        match &mut self.buffer {
+            Kept::U8(v) => U8_BATCHES.give(std::mem::take(v)),
+            Kept::F32(v) => F32_BATCHES.give(std::mem::take(v)),
+        }
+    }
+}
+
+/// The first elements of `buffer` as a writeable C-contiguous NumPy array
+/// of `shape`, without a copy, the whole buffer returned to its pool when
+/// the array dies.
+fn kept_array<'py, T: Element>(
+    py: Python<'py>,
+    buffer: Vec<T>,
+    shape: [usize; 4],
+    kept: fn(Vec<T>) -> Kept,
+) -> PyResult<Bound<'py, PyAny>> {
+    assert!(buffer.len() >= shape.iter().product::<usize>(), "batch buffer holds its shape");
+    // Moving the vector into the owner does not move its heap allocation.
+    let data = buffer.as_ptr();
+    let owner = Bound::new(py, BatchMemory { buffer: kept(buffer) })?;
+    // SAFETY: `data` points at (at least) `shape`'s product of initialised elements,
+    // owned by `owner`, which never reallocates or frees them while alive;
+    // NumPy keeps `owner` alive as the array's base for as long as the
+    // array (or any view of it) exists.
+    let array = unsafe {
+        let view = ArrayView4::from_shape_ptr(shape, data);
+        PyArray4::borrow_from_array(&view, owner.into_any())
+    };
+    Ok(array.into_any())
+}
+
+/// Drop the batch buffers kept for reuse (see `load_batch`); the bytes released.
+#[pyfunction]
+pub fn free_batch_buffers() -> usize {
+    U8_BATCHES.clear() + F32_BATCHES.clear()
 }
 
 /// Run `f` on the elements of `out`, which must be a writeable C-contiguous

@@ -730,6 +730,49 @@ def test_load_batch_into_a_reused_buffer(
         load_batch(paths, size, out=u8)
 
 
+def test_fresh_batches_recycle_their_memory(
+    good: dict[str, tuple[Path, bool]], bad: dict[str, tuple[Path, str]]
+) -> None:
+    """A batch's buffer goes back to a pool when the array and all its views
+    are gone, and the next batch that fits reuses it: same values as ever,
+    failed slots zero-filled, never the memory of an array still alive."""
+    import torch
+
+    paths = [p for p, _ in good.values()][:4]
+    broken = next(iter(bad.values()))[0]
+    size = (96, 64)
+    addr = lambda a: a.__array_interface__["data"][0]  # noqa: E731
+    for normalize in (False, True):
+        hpd_encode.free_batch_buffers()
+        first, _ = load_batch(paths, size, normalize=normalize)
+        expected = first.copy()
+        where = addr(first)
+        assert first.flags.writeable and first.flags.c_contiguous
+        del first
+        # The same call again: the same memory, the same values.
+        again, _ = load_batch(paths, size, normalize=normalize)
+        assert addr(again) == where
+        np.testing.assert_array_equal(again, expected)
+        # A smaller batch with a failed slot reuses it: the bad slot is zeros,
+        # not the pixels the buffer held before.
+        del again
+        mixed, errors = load_batch([broken, *paths[:2]], size, normalize=normalize)
+        assert addr(mixed) == where and errors[0] is not None and errors[1:] == [None, None]
+        assert not mixed[0].any()
+        np.testing.assert_array_equal(mixed[1:], expected[:2])
+        # Memory still referenced (a view, a tensor) is never handed out again.
+        view = mixed[1:]
+        tensor = torch.from_numpy(mixed)
+        del mixed
+        others = [load_batch(paths[::-1], size, normalize=normalize)[0] for _ in range(3)]
+        assert where not in {addr(o) for o in others}
+        np.testing.assert_array_equal(view, expected[:2])
+        np.testing.assert_array_equal(tensor[1:].numpy(), expected[:2])
+        del view, tensor, others
+        assert hpd_encode.free_batch_buffers() > 0
+        assert hpd_encode.free_batch_buffers() == 0
+
+
 def test_load_image_and_probe_image(good: dict[str, tuple[Path, bool]]) -> None:
     path = good["progressive.jpg"][0]
     np.testing.assert_array_equal(load_image(path), load_one(path))

@@ -34,6 +34,7 @@ __all__ = [
     "probe_images",
     "load_images",
     "load_batch",
+    "free_batch_buffers",
     "load_image",
     "probe_image",
     "_rebuild_bucket_set",
@@ -127,12 +128,20 @@ def load_batch(
     in between. Failed slots are then 0.0 (mid-grey, not black): drop them
     using the error list.
 
+    A new batch's memory is recycled: once a batch array and every view of
+    it are gone, its buffer is kept (at most two per dtype, 1 GiB in all) and
+    the next batch that fits reuses it, so a loop does not pay for the kernel
+    zeroing fresh pages on every call (as much as a third of the work for
+    large float batches). ``free_batch_buffers()`` releases what is kept.
+
     ``out``: write into this array instead of a new one and return it (a
-    writeable C-contiguous array of exactly that dtype and shape; ``TypeError``
-    / ``ValueError`` otherwise). Reusing one buffer across calls spares the
-    kernel zeroing fresh memory for every batch over glibc's 32 MB mmap
-    threshold, which costs as much as a third of the work for large float
-    batches. Every element is overwritten."""
+    writeable C-contiguous array of exactly that dtype and shape, e.g. a view
+    of pinned memory for a GPU copy; ``TypeError`` / ``ValueError``
+    otherwise). Every element is overwritten."""
+
+def free_batch_buffers() -> int:
+    """Release the batch buffers ``load_batch`` keeps for reuse; returns the
+    number of bytes released."""
 
 def load_image(
     path: _Path,
