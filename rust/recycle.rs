@@ -15,7 +15,7 @@
 //! batch). A pool keeps at most [`KEEP_BUFFERS`] buffers and [`KEEP_BYTES`]
 //! bytes, the largest first; `free_batch_buffers()` empties it.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 /// Free buffers kept per element type: a loop with a prefetch queue hands
 /// back one batch while the next is being filled.
@@ -33,9 +33,17 @@ impl<T: Copy> Pool<T> {
         Self { free: Mutex::new(Vec::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<T>>> {
-        // A panic while holding the lock leaves only a list of buffers behind: still usable.
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    /// The list, unless another thread holds it right now: then the caller
+    /// does without the pool (allocates, or frees its buffer) rather than
+    /// wait. That also keeps a forked child from blocking forever on a lock
+    /// held, at the fork, by a thread of the parent that the child lacks.
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Vec<Vec<T>>>> {
+        match self.free.try_lock() {
+            Ok(guard) => Some(guard),
+            // A panic while holding the lock leaves only a list of buffers behind: still usable.
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The smallest kept buffer of at least `len` elements, whole (its old
@@ -45,7 +53,7 @@ impl<T: Copy> Pool<T> {
         if len == 0 {
             return None;
         }
-        let mut free = self.lock();
+        let mut free = self.lock()?;
         let best = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len())?.0;
         Some(free.swap_remove(best))
     }
@@ -57,7 +65,7 @@ impl<T: Copy> Pool<T> {
         if buf.is_empty() || bytes(&buf) > KEEP_BYTES {
             return;
         }
-        let mut free = self.lock();
+        let Some(mut free) = self.lock() else { return };
         free.push(buf);
         while free.len() > KEEP_BUFFERS || free.iter().map(bytes).sum::<usize>() > KEEP_BYTES {
             let smallest = free.iter().enumerate().min_by_key(|(_, v)| v.len()).map(|(i, _)| i).expect("not empty");
@@ -67,7 +75,7 @@ impl<T: Copy> Pool<T> {
 
     /// Drop every kept buffer; the bytes released.
     pub fn clear(&self) -> usize {
-        let mut free = self.lock();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let n = free.iter().map(|v| v.len() * std::mem::size_of::<T>()).sum();
         free.clear();
         n
@@ -113,6 +121,18 @@ mod tests {
         assert_eq!(pool.take(140).map(|v| v[0]), Some(3), "smallest that fits");
         assert_eq!(pool.take(140).map(|v| v[0]), Some(1));
         assert!(pool.take(1).is_none());
+    }
+
+    #[test]
+    fn a_busy_pool_is_skipped_not_waited_for() {
+        let pool = Pool::<u8>::new();
+        pool.give(vec![1u8; 10]);
+        let held = pool.free.lock().unwrap();
+        assert!(pool.take(5).is_none(), "held elsewhere: allocate instead");
+        pool.give(vec![2u8; 10]); // dropped, not waited on
+        drop(held);
+        assert_eq!(pool.take(5).map(|v| v[0]), Some(1));
+        assert!(pool.take(5).is_none());
     }
 
     #[test]

@@ -10,10 +10,13 @@ and the reference does not).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -771,6 +774,33 @@ def test_fresh_batches_recycle_their_memory(
         del view, tensor, others
         assert hpd_encode.free_batch_buffers() > 0
         assert hpd_encode.free_batch_buffers() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_loads_batches(good: dict[str, tuple[Path, bool]]) -> None:
+    """After a fork (DataLoader workers, multiprocessing's default on Linux)
+    the child has none of the parent's worker threads: it must build its own
+    pool and may use the recycled buffers it inherited, without hanging."""
+    paths = [p for p, _ in good.values()][:4]
+    size = (96, 64)
+    expected, _ = load_batch(paths, size, num_threads=2, normalize=True)  # pools exist now
+    expected = expected.copy()  # ...and the batch's buffer is back in the recycling pool
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when the batch is right
+        code = 1
+        try:
+            got, errors = load_batch(paths, size, num_threads=2, normalize=True)
+            code = 0 if errors == [None] * 4 and np.array_equal(got, expected) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung loading a batch")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_load_image_and_probe_image(good: dict[str, tuple[Path, bool]]) -> None:
