@@ -6,13 +6,13 @@
 //! pages every time and paid for the kernel zeroing them, about as much as
 //! the work of writing the batch (a whole-bucket float batch ran at ~1.8x
 //! the reference per core instead of ~3x). The Python wrapper therefore
-//! gives a dead batch's buffer back to a [`Pool`], and the next batch of a
-//! similar size reuses it: memory that is already mapped and that the
-//! loader overwrites element by element.
+//! gives a dead batch's buffer back to a [`Pool`], and the next batch that
+//! fits in it reuses it: memory that is already mapped and that the loader
+//! overwrites element by element.
 //!
-//! A batch may get a larger buffer than it needs: it is the buffer's first
-//! `n * item` elements, and the rest stays unused (and whole, for the next
-//! batch). A pool keeps at most [`KEEP_BUFFERS`] buffers and [`KEEP_BYTES`]
+//! A batch may get a larger buffer than it needs (up to [`MAX_WASTE`] times):
+//! it is the buffer's first `n * item` elements, and the rest stays unused
+//! (and whole, for the next batch). A pool keeps at most [`KEEP_BUFFERS`] buffers and [`KEEP_BYTES`]
 //! bytes, the largest first; `free_batch_buffers()` empties it.
 
 use std::sync::{Mutex, TryLockError};
@@ -22,6 +22,9 @@ use std::sync::{Mutex, TryLockError};
 pub const KEEP_BUFFERS: usize = 2;
 /// Bytes kept per element type.
 pub const KEEP_BYTES: usize = 1 << 30;
+/// A batch takes a kept buffer at most this many times its size: a small
+/// array kept alive (a cache of batches, say) must not pin a huge buffer.
+pub const MAX_WASTE: usize = 4;
 
 /// Free buffers of one element type, all of whose elements are initialised.
 pub struct Pool<T> {
@@ -46,15 +49,16 @@ impl<T: Copy> Pool<T> {
         }
     }
 
-    /// The smallest kept buffer of at least `len` elements, whole (its old
-    /// contents: the caller overwrites the first `len` and leaves the rest),
-    /// or `None` when none is large enough.
+    /// The smallest kept buffer of `len` to `MAX_WASTE * len` elements,
+    /// whole (its old contents: the caller overwrites the first `len` and
+    /// leaves the rest), or `None` when none fits.
     pub fn take(&self, len: usize) -> Option<Vec<T>> {
         if len == 0 {
             return None;
         }
+        let fits = |v: &Vec<T>| v.len() >= len && v.len() / MAX_WASTE <= len;
         let mut free = self.lock()?;
-        let best = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len())?.0;
+        let best = free.iter().enumerate().filter(|(_, v)| fits(v)).min_by_key(|(_, v)| v.len())?.0;
         Some(free.swap_remove(best))
     }
 
@@ -105,6 +109,7 @@ mod tests {
         let ptr = buf.as_ptr();
         pool.give(buf);
         assert!(pool.take(101).is_none(), "too small");
+        assert!(pool.take(24).is_none(), "more than MAX_WASTE times the request");
         let again = pool.take(80).expect("80 fits in 100");
         assert_eq!((again.len(), again.as_ptr()), (100, ptr), "the same allocation, whole");
         assert!(again.iter().all(|&v| v == 7), "old contents, initialised");
