@@ -81,7 +81,7 @@ SIZES = [
 FORMATS = {"jpeg": ("jpg", {"quality": 90}), "png": ("png", {}), "webp": ("webp", {"quality": 90})}
 
 
-def make_images(root: Path, formats: list[str] = list(FORMATS)) -> list[tuple[Path, str, tuple[int, int]]]:
+def make_images(root: Path, formats: tuple[str, ...] = tuple(FORMATS)) -> list[tuple[Path, str, tuple[int, int]]]:
     """(path, format, target bucket size) for every image written, each
     photo in each of ``formats``."""
     buckets = BucketSet.hpdv3()
@@ -232,7 +232,7 @@ def main() -> None:
         "JPEG-only dataset: the ratio over a mix depends on it, as WebP gains least",
     )  # fmt: skip
     args = ap.parse_args()
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if not formats or any(f not in FORMATS for f in formats):
         ap.error(f"--formats takes some of {', '.join(FORMATS)}, not {args.formats!r}")
     # torch.from_numpy(np.asarray(pil_image)) warns that the array is read-only: it is, harmlessly.

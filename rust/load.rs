@@ -111,10 +111,7 @@ pub fn load_batch_normalised(
 ) -> (Vec<f32>, Vec<Option<Error>>) {
     let len = paths.len() * 3 * size.0 * size.1;
     if let Some(mut buffer) = F32_BATCHES.take(len) {
-        // SAFETY: f32 and MaybeUninit<f32> have the same layout, and only
-        // valid floats are written through the cast slice.
-        let slots = unsafe { &mut *(&mut buffer[..len] as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        let errors = load_batch_normalised_into(paths, size, num_threads, opts, slots);
+        let errors = load_batch_normalised_over(paths, size, num_threads, opts, &mut buffer[..len]);
         return (buffer, errors);
     }
     let mut buffer: Vec<f32> = Vec::with_capacity(len);
@@ -124,6 +121,21 @@ pub fn load_batch_normalised(
     // every slot of `spare` (the item or zeros), i.e. all `len` elements.
     unsafe { buffer.set_len(len) };
     (buffer, errors)
+}
+
+/// [`load_batch_normalised_into`] over an initialised buffer (a reused
+/// batch, a caller's array).
+pub fn load_batch_normalised_over(
+    paths: &[PathBuf],
+    size: (usize, usize),
+    num_threads: Option<usize>,
+    opts: &LoadOptions,
+    out: &mut [f32],
+) -> Vec<Option<Error>> {
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the loader
+    // writes only valid floats through the cast slice: `out` stays initialised.
+    let slots = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    load_batch_normalised_into(paths, size, num_threads, opts, slots)
 }
 
 /// [`load_batch_normalised`] into a caller's buffer of `n * 3 * height *

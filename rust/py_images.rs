@@ -1,7 +1,6 @@
 //! Python wrappers of the image core: convert arguments, release the GIL
 //! around the heavy call, hand pixel buffers to NumPy without copying.
 
-use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, ArrayView4};
@@ -11,7 +10,7 @@ use pyo3::prelude::*;
 
 use crate::decode::{AlphaMode, LoadOptions};
 use crate::error::Error;
-use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_into, load_many, probe_many};
+use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_over, load_many, probe_many};
 use crate::recycle::{F32_BATCHES, U8_BATCHES};
 
 type Sizes = Vec<Option<(u32, u32)>>;
@@ -107,10 +106,7 @@ pub fn load_batch<'py>(
     if let Some(out) = out {
         let errs = if normalize {
             with_out_slice::<f32, _>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)", |slice| {
-                // SAFETY: f32 and MaybeUninit<f32> have the same layout; only valid
-                // floats are written through the cast slice.
-                let slots = unsafe { &mut *(slice as *mut [f32] as *mut [MaybeUninit<f32>]) };
-                py.detach(|| load_batch_normalised_into(&paths, (h, w), num_threads, &opts, slots))
+                py.detach(|| load_batch_normalised_over(&paths, (h, w), num_threads, &opts, slice))
             })?
         } else {
             with_out_slice::<u8, _>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)", |slice| {

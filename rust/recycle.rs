@@ -12,9 +12,11 @@
 //!
 //! A batch may get a larger buffer than it needs (up to [`MAX_WASTE`] times):
 //! it is the buffer's first `n * item` elements, and the rest stays unused
-//! (and whole, for the next batch). A pool keeps at most [`KEEP_BUFFERS`] buffers and [`KEEP_BYTES`]
-//! bytes, the largest first; `free_batch_buffers()` empties it.
+//! (and whole, for the next batch). A pool keeps at most [`KEEP_BUFFERS`]
+//! buffers and [`KEEP_BYTES`] bytes, the largest first;
+//! `free_batch_buffers()` empties it.
 
+use std::mem::size_of_val;
 use std::sync::{Mutex, TryLockError};
 
 /// Free buffers kept per element type: a loop with a prefetch queue hands
@@ -65,13 +67,12 @@ impl<T: Copy> Pool<T> {
     /// Keep `buf` for a later [`take`](Self::take). Over the limits the
     /// smallest kept buffers go first: the larger ones serve more batches.
     pub fn give(&self, buf: Vec<T>) {
-        let bytes = |v: &Vec<T>| v.len() * std::mem::size_of::<T>();
-        if buf.is_empty() || bytes(&buf) > KEEP_BYTES {
+        if buf.is_empty() || size_of_val(buf.as_slice()) > KEEP_BYTES {
             return;
         }
         let Some(mut free) = self.lock() else { return };
         free.push(buf);
-        while free.len() > KEEP_BUFFERS || free.iter().map(bytes).sum::<usize>() > KEEP_BYTES {
+        while free.len() > KEEP_BUFFERS || free.iter().map(|v| size_of_val(v.as_slice())).sum::<usize>() > KEEP_BYTES {
             let smallest = free.iter().enumerate().min_by_key(|(_, v)| v.len()).map(|(i, _)| i).expect("not empty");
             free.swap_remove(smallest);
         }
@@ -80,7 +81,7 @@ impl<T: Copy> Pool<T> {
     /// Drop every kept buffer; the bytes released.
     pub fn clear(&self) -> usize {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let n = free.iter().map(|v| v.len() * std::mem::size_of::<T>()).sum();
+        let n = free.iter().map(|v| size_of_val(v.as_slice())).sum();
         free.clear();
         n
     }
