@@ -1,11 +1,22 @@
 """Pixel path: the reference's PIL loop vs hpd-encode's Rust core, same files, same run.
 
-Makes ~60 real photographs (scikit-image's bundled samples) at the sizes the
-HPDv3 generators produce (1024x1024, 1216x832, 1344x768, ... as height x
-width), saved as JPEG (q90), PNG and WebP (q90) in a temporary directory. Each
-image's target is its bucket (``BucketSet.hpdv3().assign``), so most images
-are resized a little (e.g. 1216x832 -> 1248x832) and some not at all, as in a
-real run. Then times:
+Makes 60 real photographs (scikit-image's bundled samples, 20 sizes x JPEG
+q90 / PNG / WebP q90) in a temporary directory; each image's target is its
+bucket (``BucketSet.hpdv3().assign``). Two sets of sizes (``--sizes``):
+
+* ``photos`` (default): sizes off the bucket grid, as cameras and the web
+  make them (1080x1080, 1200x800, 1280x720, 1224x918, ..., 1.04 MP on
+  average), so every image is resized, as in the reference's own measurement
+  (``REFERENCE.md`` section 6: 29 images/s end to end, PIL decode alone
+  87/s, i.e. resize + float conversion are ~2/3 of its time).
+* ``generators``: the sizes diffusion models write (1024x1024, 1216x832,
+  1344x768, ..., 1.08 MP on average): 11 of the 20 are exactly a bucket and
+  are not resized at all, so the reference spends only about half of its
+  time outside decoding there, and a decoder-bound speed-up is smaller.
+
+The script first prints the reference's own profile on the chosen set (end
+to end vs ``Image.open`` + ``convert("RGB")`` alone), to compare with
+``REFERENCE.md``. Then times:
 
 * ``reference``: one image at a time, one thread: ``Image.open`` +
   ``convert("RGB")`` + ``resize((w, h), Image.LANCZOS)`` +
@@ -47,6 +58,7 @@ ratio. Build the extension in release mode first (``make build``). Usage::
     python benches/bench_images.py              # ~2-3 minutes on 2 cores
     python benches/bench_images.py --repeats 5
     python benches/bench_images.py --formats jpeg   # a JPEG-only dataset
+    python benches/bench_images.py --sizes generators   # images mostly at bucket sizes
 """
 
 from __future__ import annotations
@@ -72,21 +84,33 @@ import hpd_encode
 from hpd_encode import BucketSet, load_batch, load_images
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina")
-#: (height, width) as HPDv3's generators write them; each fits an hpdv3 bucket.
-SIZES = [
-    (1024, 1024), (1216, 832), (832, 1216), (1344, 768), (768, 1344), (1216, 896), (896, 1216),
-    (1024, 768), (768, 1024), (1248, 832), (1456, 816), (816, 1456), (1472, 832), (1344, 896),
-    (1024, 1024), (832, 1248), (1152, 832), (832, 1152), (1536, 1024), (896, 1344),
-]  # fmt: skip
+#: (height, width) of the images written, per ``--sizes``; each fits an hpdv3 bucket.
+SIZE_SETS = {
+    # Off the bucket grid (camera and web sizes): every image is resized to its bucket.
+    "photos": [
+        (1080, 1080), (960, 960), (1152, 864), (864, 1152), (1200, 800), (800, 1200), (1280, 720),
+        (720, 1280), (1000, 1000), (1200, 866), (866, 1200), (1260, 840), (840, 1260), (1344, 756),
+        (756, 1344), (1224, 918), (918, 1224), (1100, 1100), (1320, 880), (880, 1320),
+    ],
+    # As HPDv3's generators write them: 11 of the 20 are exactly a bucket.
+    "generators": [
+        (1024, 1024), (1216, 832), (832, 1216), (1344, 768), (768, 1344), (1216, 896), (896, 1216),
+        (1024, 768), (768, 1024), (1248, 832), (1456, 816), (816, 1456), (1472, 832), (1344, 896),
+        (1024, 1024), (832, 1248), (1152, 832), (832, 1152), (1536, 1024), (896, 1344),
+    ],
+}  # fmt: skip
 FORMATS = {"jpeg": ("jpg", {"quality": 90}), "png": ("png", {}), "webp": ("webp", {"quality": 90})}
 
 
-def make_images(root: Path, formats: tuple[str, ...] = tuple(FORMATS)) -> list[tuple[Path, str, tuple[int, int]]]:
-    """(path, format, target bucket size) for every image written, each
-    photo in each of ``formats``."""
+def make_images(
+    root: Path, formats: tuple[str, ...] = tuple(FORMATS), sizes: str = "photos"
+) -> list[tuple[Path, str, tuple[int, int]]]:
+    """(path, format, target bucket size) for every image written: each size
+    of ``SIZE_SETS[sizes]`` (a photo cycled through ``PHOTOS``) in each of
+    ``formats``."""
     buckets = BucketSet.hpdv3()
     out = []
-    for i, (h, w) in enumerate(SIZES):
+    for i, (h, w) in enumerate(SIZE_SETS[sizes]):
         name = PHOTOS[i % len(PHOTOS)]
         img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.LANCZOS)
         bucket = buckets.assign(h, w)
@@ -107,6 +131,13 @@ def reference(items: list[tuple[Path, str, tuple[int, int]]]) -> int:
         t = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 127.5 - 1
         n += t.shape[0] > 0
     return n
+
+
+def decode_only(items: list[tuple[Path, str, tuple[int, int]]]) -> int:
+    """The reference's decode alone (``REFERENCE.md`` section 6 quotes it)."""
+    for path, _, _ in items:
+        Image.open(path).convert("RGB")
+    return len(items)
 
 
 #: The encode step's pixel budget per batch on the CPU (``pipeline._auto_batch_size``).
@@ -231,6 +262,11 @@ def main() -> None:
         help="comma-separated formats to write each photo in (default: %(default)s); e.g. 'jpeg' for a "
         "JPEG-only dataset: the ratio over a mix depends on it, as WebP gains least",
     )  # fmt: skip
+    ap.add_argument(
+        "--sizes", choices=sorted(SIZE_SETS), default="photos",
+        help="image sizes (default: %(default)s): 'photos' are off the bucket grid, every image is resized "
+        "(the reference's documented profile); 'generators' are mostly exact bucket sizes, not resized",
+    )  # fmt: skip
     args = ap.parse_args()
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if not formats or any(f not in FORMATS for f in formats):
@@ -240,12 +276,19 @@ def main() -> None:
     cores = hpd_encode._core.default_num_threads
 
     with tempfile.TemporaryDirectory(prefix="hpd-bench-images-") as tmp:
-        items = make_images(Path(tmp), formats)
+        items = make_images(Path(tmp), formats, args.sizes)
         resized = sum(Image.open(p).size[::-1] != s for p, _, s in items)
         mp = sum(np.prod(Image.open(p).size) for p, _, _ in items) / len(items) / 1e6
         print(
-            f"{len(items)} images ({', '.join(formats)}; {mp:.2f} MP on average), "
-            f"{resized} resized to their bucket, {len(items) - resized} already at it\n"
+            f"{len(items)} images ({', '.join(formats)}; sizes '{args.sizes}', {mp:.2f} MP on average), "
+            f"{resized} resized to their bucket, {len(items) - resized} already at it"
+        )
+        torch.set_num_threads(1)
+        (_, decode_rate), (_, ref_rate) = paired_rates(lambda: decode_only(items), lambda: reference(items), args.repeats)
+        print(
+            f"Reference profile here: {ref_rate:.1f} images per CPU-second end to end, PIL decode (open + convert) "
+            f"alone {decode_rate:.1f}/s: {1 - ref_rate / decode_rate:.0%} of its time is resize + float conversion "
+            "(REFERENCE.md section 6: 29/s and 87/s, ~2/3)\n"
         )
 
         reused = batch_buffer(items)
@@ -262,10 +305,9 @@ def main() -> None:
              lambda t: normalized_in_rust(items, t, CPU_BATCH_PIXELS)),
             ("hpd_encode.load_batch, uint8 only (normalised on the GPU)", lambda t: pixels_only(items, t)),
         ]  # fmt: skip
-        # torch stays on one thread throughout: the threads column is the
-        # decode pool's size, and OpenMP workers spinning beside rayon's would
-        # only steal its cores.
-        torch.set_num_threads(1)
+        # torch stays on one thread throughout (set above): the threads column
+        # is the decode pool's size, and OpenMP workers spinning beside
+        # rayon's would only steal its cores.
         for method, run in configs:
             for threads in dict.fromkeys([1, cores]):
                 ours, ref = paired_rates(lambda t=threads: run(t), lambda: reference(items), args.repeats)
