@@ -11,8 +11,8 @@ bucket (``BucketSet.hpdv3().assign``). Two sets of sizes (``--sizes``):
   87/s, i.e. resize + float conversion are ~2/3 of its time).
 * ``generators``: the sizes diffusion models write (1024x1024, 1216x832,
   1344x768, ..., 1.08 MP on average): 11 of the 20 are exactly a bucket and
-  are not resized at all, so the reference spends only about half of its
-  time outside decoding there, and a decoder-bound speed-up is smaller.
+  are not resized at all, so the reference spends less of its time outside
+  decoding there (59 % measured), and a decoder-bound speed-up is smaller.
 
 The script first prints the reference's own profile on the chosen set (end
 to end vs ``Image.open`` + ``convert("RGB")`` alone), to compare with
@@ -55,7 +55,7 @@ images per CPU-second (all threads of the process counted: the per-core
 throughput, which a busy machine disturbs far less than wall time) and that
 ratio. Build the extension in release mode first (``make build``). Usage::
 
-    python benches/bench_images.py              # ~2-3 minutes on 2 cores
+    python benches/bench_images.py              # ~3 minutes on 2 cores
     python benches/bench_images.py --repeats 5
     python benches/bench_images.py --formats jpeg   # a JPEG-only dataset
     python benches/bench_images.py --sizes generators   # images mostly at bucket sizes
