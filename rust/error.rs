@@ -75,8 +75,11 @@ pub enum Error {
     #[error("cannot read '{path}': not a regular file ({what}); only regular files are read as images")]
     NotRegular { path: String, what: &'static str },
     /// An allocation that cannot succeed (or failed): raised, never an abort.
-    #[error("not enough memory: {what} needs {bytes} bytes")]
-    OutOfMemory { what: String, bytes: u128 },
+    #[error(
+        "not enough memory: {what} needs {bytes} bytes, and this machine has {available} bytes of RAM and swap \
+         (refused before allocating)"
+    )]
+    OutOfMemory { what: String, bytes: u128, available: u64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("parquet writer: {0}")]

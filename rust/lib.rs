@@ -18,6 +18,9 @@ pub mod resize;
 pub mod safe_open;
 pub mod writer;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 #[cfg(feature = "python")]
 mod py_buckets;
 #[cfg(feature = "python")]

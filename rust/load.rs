@@ -139,10 +139,7 @@ pub fn batch_len(n: usize, (h, w): (usize, usize), elem_bytes: usize, dtype: &st
     let bytes = elems * elem_bytes as u128;
     let memory = machine_memory();
     if bytes > isize::MAX as u128 || bytes > u128::from(memory) {
-        return Err(Error::OutOfMemory {
-            what: format!("{} (this machine has {memory} bytes of RAM and swap)", batch_name(n, (h, w), dtype)()),
-            bytes,
-        });
+        return Err(Error::OutOfMemory { what: batch_name(n, (h, w), dtype)(), bytes, available: memory });
     }
     Ok(elems as usize)
 }
@@ -158,12 +155,12 @@ fn try_zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     let Ok(layout) = std::alloc::Layout::array::<u8>(len) else {
-        return Err(Error::OutOfMemory { what: what(), bytes: len as u128 });
+        return Err(Error::OutOfMemory { what: what(), bytes: len as u128, available: machine_memory() });
     };
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        return Err(Error::OutOfMemory { what: what(), bytes: len as u128 });
+        return Err(Error::OutOfMemory { what: what(), bytes: len as u128, available: machine_memory() });
     }
     // SAFETY: `ptr` was allocated by the global allocator with the layout of
     // `len` u8s, and all `len` bytes are initialised (zero).
@@ -257,9 +254,11 @@ pub fn load_batch_normalised(
         return Ok((buffer, errors));
     }
     let mut buffer: Vec<f32> = Vec::new();
-    buffer
-        .try_reserve_exact(len)
-        .map_err(|_| Error::OutOfMemory { what: batch_name(n, size, "float32")(), bytes: len as u128 * 4 })?;
+    buffer.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        what: batch_name(n, size, "float32")(),
+        bytes: len as u128 * 4,
+        available: machine_memory(),
+    })?;
     let spare = &mut buffer.spare_capacity_mut()[..len];
     let errors = load_batch_normalised_into(root, paths, size, num_threads, opts, spare);
     // SAFETY: load_batch_normalised_into returned, so fill_slots has written

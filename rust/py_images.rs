@@ -30,7 +30,7 @@ fn open_root(root: Option<&PathBuf>) -> Result<Option<Root>, Error> {
     root.map(|r| Root::open(r)).transpose()
 }
 
-/// Add the probe kind codes: `PROBE_OK` ... and `PROBE_KINDS` (names by code).
+/// Add the probe kind codes: `PROBE_OK`, `PROBE_UNSAFE_PATH`, ...
 pub fn add_probe_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for kind in
         [ProbeKind::Ok, ProbeKind::UnsafePath, ProbeKind::Unreadable, ProbeKind::NotRegular, ProbeKind::BadImage]
@@ -38,7 +38,6 @@ pub fn add_probe_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let name = ProbeKind::NAMES[kind as usize];
         m.add(format!("PROBE_{}", name.to_uppercase()), kind as u8)?;
     }
-    m.add("PROBE_KINDS", ProbeKind::NAMES.to_vec())?;
     Ok(())
 }
 

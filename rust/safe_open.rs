@@ -408,9 +408,11 @@ impl Opened {
         self.file.rewind().map_err(|e| Error::io(&self.shown, e))?;
         let cap = self.size.saturating_add(1);
         let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(cap as usize)
-            .map_err(|_| Error::OutOfMemory { what: format!("reading '{}'", self.shown), bytes: cap as u128 })?;
+        bytes.try_reserve_exact(cap as usize).map_err(|_| Error::OutOfMemory {
+            what: format!("reading '{}'", self.shown),
+            bytes: cap as u128,
+            available: crate::decode::machine_memory(),
+        })?;
         (&mut self.file).take(cap).read_to_end(&mut bytes).map_err(|e| Error::io(&self.shown, e))?;
         if bytes.len() as u64 > self.size {
             return Err(Error::io(
