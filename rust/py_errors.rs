@@ -2,7 +2,9 @@
 //! one conversion from the crate's error type.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyFileNotFoundError, PyMemoryError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{
+    PyException, PyFileNotFoundError, PyMemoryError, PyNotADirectoryError, PyOSError, PyPermissionError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -81,6 +83,7 @@ impl From<Error> for PyErr {
             Error::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
                 std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+                _ if source.raw_os_error() == Some(libc::ENOTDIR) => PyNotADirectoryError::new_err(msg),
                 _ => PyOSError::new_err(msg),
             },
             Error::Image { failure: ImageFailure::TooLarge { .. } | ImageFailure::FileTooLarge { .. }, .. } => {
