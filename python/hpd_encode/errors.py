@@ -38,6 +38,22 @@ class ExtractLimitError(ArchiveError):
     """The total size limit of one extraction run was reached."""
 
 
+class IndexInputError(HpdError, ValueError):
+    """A part file, filter or option the index cannot use (the message names it)."""
+
+
+class PartFilesNotFoundError(HpdError, FileNotFoundError):
+    """A source names no Parquet file: a missing path, an empty directory, a glob matching nothing."""
+
+
+class OutputOverwritesInputError(IndexInputError):
+    """An output path (``--output``, ``--stats``, ``--plot``) that is a part file read or another Parquet file."""
+
+
+class MissingExtraError(HpdError, ImportError):
+    """An optional dependency is not installed; the message says which extra to install."""
+
+
 class OutputBusyError(HpdError, RuntimeError):
     """Another process holds the output directory's lock."""
 
@@ -52,7 +68,11 @@ __all__ = [
     "HpdError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "IndexInputError",
+    "MissingExtraError",
     "OutputBusyError",
+    "OutputOverwritesInputError",
+    "PartFilesNotFoundError",
     "PartialOutputError",
     "ResumeMismatchError",
     "UnsafePathError",
