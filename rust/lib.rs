@@ -58,6 +58,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_class::<py_writer::PyParquetWriter>()?;
     m.add_function(wrap_pyfunction!(py_index::parquet_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::rank_in_group, m)?)?;
+    m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }
