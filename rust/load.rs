@@ -34,21 +34,37 @@ pub enum ProbeKind {
     Ok = 0,
     /// Refused by the containment rule (absolute, `..`, out of the root).
     UnsafePath = 1,
-    /// Missing or unreadable (an I/O error).
+    /// Unreadable (an I/O error other than a missing file).
     Unreadable = 2,
     /// A FIFO, socket, device or directory.
     NotRegular = 3,
     /// Not an image, truncated, too large, corrupt, or a caught panic.
     BadImage = 4,
+    /// No such file (or a path component is not a directory).
+    Missing = 5,
 }
 
 impl ProbeKind {
     /// Names in code order (index = code).
-    pub const NAMES: [&'static str; 5] = ["ok", "unsafe_path", "unreadable", "not_regular", "bad_image"];
+    pub const NAMES: [&'static str; 6] = ["ok", "unsafe_path", "unreadable", "not_regular", "bad_image", "missing"];
+    /// Every kind, in code order.
+    pub const ALL: [ProbeKind; 6] = [
+        ProbeKind::Ok,
+        ProbeKind::UnsafePath,
+        ProbeKind::Unreadable,
+        ProbeKind::NotRegular,
+        ProbeKind::BadImage,
+        ProbeKind::Missing,
+    ];
 
     pub fn of(e: &Error) -> ProbeKind {
         match e {
             Error::UnsafePath { .. } => ProbeKind::UnsafePath,
+            Error::Io { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+            {
+                ProbeKind::Missing
+            }
             Error::Io { .. } => ProbeKind::Unreadable,
             Error::NotRegular { .. } => ProbeKind::NotRegular,
             _ => ProbeKind::BadImage,

@@ -32,9 +32,7 @@ fn open_root(root: Option<&PathBuf>) -> Result<Option<Root>, Error> {
 
 /// Add the probe kind codes: `PROBE_OK`, `PROBE_UNSAFE_PATH`, ...
 pub fn add_probe_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for kind in
-        [ProbeKind::Ok, ProbeKind::UnsafePath, ProbeKind::Unreadable, ProbeKind::NotRegular, ProbeKind::BadImage]
-    {
+    for kind in ProbeKind::ALL {
         let name = ProbeKind::NAMES[kind as usize];
         m.add(format!("PROBE_{}", name.to_uppercase()), kind as u8)?;
     }

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from hpd_encode import _core
-from hpd_encode.metadata import UnsafePathError as PyUnsafePathError
-from hpd_encode.metadata import resolve_image_path
+from hpd_encode.errors import UnsafePathError as PyUnsafePathError
+from reference_paths import resolve_image_path
 
 SIZE = (48, 64)  # (h, w) of the test pictures
 
@@ -108,13 +108,13 @@ def test_probe_paths_matches_probe_images(tree: Path) -> None:
     assert kinds.tolist() == [
         _core.PROBE_OK,
         _core.PROBE_OK,
-        _core.PROBE_UNREADABLE,
+        _core.PROBE_MISSING,
         _core.PROBE_NOT_REGULAR,
         _core.PROBE_UNSAFE_PATH,
     ]
     assert errors[:4] == probe_errors
     codes = [_core.PROBE_OK, _core.PROBE_UNSAFE_PATH, _core.PROBE_UNREADABLE, _core.PROBE_NOT_REGULAR]
-    assert codes + [_core.PROBE_BAD_IMAGE] == [0, 1, 2, 3, 4]
+    assert codes + [_core.PROBE_BAD_IMAGE, _core.PROBE_MISSING] == [0, 1, 2, 3, 4, 5]
 
 
 def test_probe_paths_applies_the_pixel_limit(tree: Path) -> None:

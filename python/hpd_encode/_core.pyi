@@ -41,6 +41,7 @@ __all__ = [
     "PROBE_UNREADABLE",
     "PROBE_NOT_REGULAR",
     "PROBE_BAD_IMAGE",
+    "PROBE_MISSING",
     "probe_paths",
     "probe_images",
     "load_images",
@@ -68,12 +69,14 @@ DEFAULT_MAX_FILE_BYTES: int
 PROBE_OK: int
 #: Refused by the containment rule (absolute, ``..``, a symlink out of the root).
 PROBE_UNSAFE_PATH: int
-#: Missing or unreadable (an I/O error).
+#: Unreadable (an I/O error other than a missing file).
 PROBE_UNREADABLE: int
 #: A FIFO, socket, device or directory.
 PROBE_NOT_REGULAR: int
 #: Not an image, truncated, over a limit, corrupt, or a caught decoder crash.
 PROBE_BAD_IMAGE: int
+#: No such file (or a path component is not a directory).
+PROBE_MISSING: int
 
 class HpdError(Exception):
     """Base class of hpd-encode's errors."""
