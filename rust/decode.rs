@@ -56,9 +56,11 @@ pub(crate) fn check_memory(bytes: u64) -> Failure<()> {
     Ok(())
 }
 
-/// How much of a JPEG a probe reads first; the whole file only when the
-/// headers do not fit (large ICC profiles or thumbnails).
-const PROBE_PREFIX: usize = 128 * 1024;
+/// How much of a JPEG a probe reads: a small prefix first (the headers of a
+/// plain JPEG fit in a few KB, and at HPDv3 scale a million probes pay for
+/// every byte), then a larger one, then the whole file only when the headers
+/// still do not fit (large ICC profiles or thumbnails).
+const PROBE_PREFIXES: [usize; 2] = [16 * 1024, 256 * 1024];
 
 /// What to do with an alpha channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,15 +336,23 @@ pub fn probe_path(path: &Path) -> Result<(u32, u32)> {
 pub fn probe_file(root: Option<&Root>, path: &Path, limits: &ProbeLimits) -> Result<(u32, u32)> {
     let mut opened = open_image(root, path, FileLimit(limits.max_file_bytes))?;
     let name = opened.shown.clone();
-    let prefix = opened.read_prefix(PROBE_PREFIX)?;
+    let prefix = opened.read_prefix(PROBE_PREFIXES[0])?;
     let format = sniff(&prefix).map_err(|f| Error::image(&name, f))?;
     let result = if format == ImageFormat::Jpeg {
         let header = |bytes: &[u8]| guarded(|| jpeg_header(bytes).map(|h| (h.width, h.height, h.orientation)));
-        match header(&prefix) {
-            // The headers do not fit in the prefix (large ICC profiles or thumbnails).
-            Err(_) if prefix.len() == PROBE_PREFIX => header(&opened.read_all()?),
-            other => other,
+        let mut result = header(&prefix);
+        let mut read = prefix.len();
+        // A failure on a full prefix may only mean the headers go on past it: read more.
+        if result.is_err() && read == PROBE_PREFIXES[0] {
+            opened.file.rewind().map_err(|e| Error::io(&name, e))?;
+            let longer = opened.read_prefix(PROBE_PREFIXES[1])?;
+            read = longer.len();
+            result = header(&longer);
         }
+        if result.is_err() && read == PROBE_PREFIXES[1] {
+            result = header(&opened.read_all()?);
+        }
+        result
     } else {
         let file = &mut opened.file;
         file.rewind().map_err(|e| Error::io(&name, e))?;
@@ -576,6 +586,32 @@ mod tests {
         let mut out = Vec::new();
         PngEncoder::new(&mut out).write_image(&gradient(w, h), w, h, image::ExtendedColorType::Rgb8).unwrap();
         out
+    }
+
+    /// `jpeg(w, h)` with `segments` APP2 segments of ~64 KB each right after
+    /// SOI: headers that run past the probe's first (and second) prefix.
+    fn jpeg_with_big_headers(w: u32, h: u32, segments: usize) -> Vec<u8> {
+        let plain = jpeg(w, h);
+        let mut out = plain[..2].to_vec();
+        for k in 0..segments {
+            out.extend_from_slice(&[0xFF, 0xE2, 0xFF, 0xFF]); // APP2, length 65535 (incl. the 2 length bytes)
+            out.extend(std::iter::repeat_n(k as u8, 65533));
+        }
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    #[test]
+    fn probe_reads_more_when_the_headers_do_not_fit_the_first_prefix() {
+        let dir = std::env::temp_dir().join(format!("hpd-probe-prefix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 0: fits the 16 KB prefix; 1 and 3 segments: fit the 256 KB one; 5: only the whole file.
+        for segments in [0, 1, 3, 5] {
+            let path = dir.join(format!("big{segments}.jpg"));
+            std::fs::write(&path, jpeg_with_big_headers(40, 24, segments)).unwrap();
+            assert_eq!(probe_path(&path).unwrap(), (24, 40), "{segments} big header segments");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

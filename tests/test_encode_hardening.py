@@ -3,6 +3,7 @@ bad CLI value as a one-line usage error (exit 2)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -164,3 +165,71 @@ def test_deprecated_workers_still_works(small, tmp_path, capsys):
     assert rc == 0 and "--workers is deprecated; use --num-threads" in capsys.readouterr().err
     with pytest.warns(DeprecationWarning, match="num_threads"):
         encode(root, meta, None, None, dry_run=True, workers=1)
+
+
+def test_fifo_device_and_escaping_symlinks_are_per_record_failures(small, tmp_path):
+    """Named like images: a FIFO, a device, a symlink out of the root. Neither
+    `check` nor `encode` hangs or stops; each is that record's failure."""
+    root, meta, vae = small
+    data = tmp_path / "root"
+    data.mkdir()
+    for p in root.iterdir():
+        os.link(p, data / p.name)
+    os.mkfifo(data / "fifo.jpg")
+    os.symlink("/dev/zero", data / "zero.png")
+    (tmp_path / "outside.png").write_bytes((root / "0.png").read_bytes())
+    os.symlink(tmp_path / "outside.png", data / "escape.png")
+    records = json.loads(meta.read_text())[:4] + [
+        {"prompt": "fifo", "path1": "0.png", "path2": "fifo.jpg"},
+        {"prompt": "zero", "path1": "zero.png", "path2": "1.png"},
+        {"prompt": "escape", "path1": "2.png", "path2": "escape.png"},
+    ]
+    m = tmp_path / "train.json"
+    m.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    r = subprocess.run(_cmd(data, m, out, vae), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(_rows(out)) == [0, 1, 2, 3]
+    with open(out / "failures.csv", newline="") as f:
+        rows = {int(r["record_index"]): r for r in csv.DictReader(f)}
+    assert rows[4]["stage"] == "probe" and "not a regular file (FIFO)" in rows[4]["reason"]
+    assert rows[5]["stage"] == "path" and "'/dev/zero', outside the data root" in rows[5]["reason"]
+    assert rows[6]["stage"] == "path" and rows[6]["reason"].startswith("unsafe_path: path 'escape.png' resolves to")
+    r = subprocess.run([sys.executable, "-m", "hpd_encode", "check", "--data-root", str(data), "--metadata", str(m),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and json.loads(r.stdout)["ok"] == 4, r.stderr
+
+
+def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_path):
+    """The survey sees a real image; before decoding it becomes a symlink out of
+    the root. The decode (opened beneath the root) refuses it."""
+    from hpd_encode import _core
+    from hpd_encode.pipeline import EncodeOptions
+    from hpd_encode.pipeline.encoder import Encoder, Progress
+    from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch
+    from hpd_encode.pipeline.survey import survey
+    from hpd_encode.output_dir import PartRotator
+    from hpd_encode.vae import load_vae
+
+    root, meta, vae_dir = small
+    data = tmp_path / "root"
+    data.mkdir()
+    for p in root.iterdir():
+        (data / p.name).write_bytes(p.read_bytes())
+    opts = EncodeOptions.create(data, meta, tmp_path / "out", vae_dir, latent="mean", limit=4)
+    s = survey(data, meta, limit=4)
+    plan = order_and_batch(apply_pair_rules(s.pairable, opts.buckets).rows, True, lambda h, w: 2)
+    assert plan.n_rows == 4
+    (tmp_path / "outside.png").write_bytes((data / "1.png").read_bytes())
+    (data / "1.png").unlink()
+    os.symlink(tmp_path / "outside.png", data / "1.png")  # swapped in after planning
+    (tmp_path / "out").mkdir()
+    rotator = PartRotator(tmp_path / "out", 0, 0)
+    enc = Encoder(opts, plan, s.images["path"], load_vae(str(vae_dir), device="cpu"), rotator)
+    enc.run(Progress(plan.n_rows, False, 0))
+    rotator.commit()
+    bad = {f.record_index: f for f in enc.failures}
+    assert set(bad) == {0, 1}  # the two records with image 1
+    assert all(f.kind == "decode_error" and "outside the data root" in f.detail for f in bad.values())
+    assert sorted(_rows(tmp_path / "out")) == [2, 3]
+    assert _core.PROBE_UNSAFE_PATH == _core.probe_paths(data, ["1.png"])[2][0]

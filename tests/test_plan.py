@@ -12,7 +12,7 @@ import pytest
 
 import reference_planner as ref
 from hpd_encode import BucketSet
-from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch, partition, rank_cost
+from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.survey import Survey
 
 SIZES = [(1024, 1024), (1216, 832), (832, 1216), (1344, 768), (1080, 1080), (1200, 800), (512, 512),
@@ -72,7 +72,8 @@ def test_array_planner_matches_the_object_planner(seed: int, world: int, share: 
     kept = apply_pair_rules(survey.pairable, BucketSet.hpdv3())
     assert kept.dropped, "the corpus should exercise the pair rules' drops too"
     assert kept.rows.height > 50
-    ranks = partition(kept.rows, world, share)
+    split = partition(kept.rows, world, share, with_costs=True)
+    ranks = split.rank_of_row
     expected = ref.partition(_reference_rows(kept.rows), world, share)
     for r in range(world):
         mine = kept.rows.filter(pl.Series(ranks == r))
@@ -89,8 +90,14 @@ def test_array_planner_matches_the_object_planner(seed: int, world: int, share: 
         ptr, idx = plan.job_rows()
         assert [sorted(idx[ptr[j]:ptr[j + 1]].tolist()) for j in range(plan.n_jobs)] == \
             [sorted(j.rows) for j in e_jobs]
-    costs = rank_cost(kept.rows, ranks, world, share)
-    assert len(costs) == world and sum(costs) > 0
+    costs = split.cost_per_rank
+    assert costs is not None and len(costs) == world
+    # Each rank's cost is the pixels of the jobs of its own plan.
+    for r in range(world):
+        plan = order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, _batch_size_for)
+        assert costs[r] == int((plan.job_height * plan.job_width).sum())
+    assert split.jobs == sum(
+        order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, _batch_size_for).n_jobs for r in range(world))
     if share:
         # Each (image, size) once over all ranks: the costs add up to the distinct jobs' pixels.
         distinct = {(p, h, w) for p, h, w in zip(

@@ -46,7 +46,7 @@ from hpd_encode.output_dir import (
 )
 from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
 from hpd_encode.pipeline.options import EncodeOptions, resolve_device
-from hpd_encode.pipeline.plan import RankPlan, apply_pair_rules, order_and_batch, partition, rank_cost
+from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Survey, survey
 
@@ -58,6 +58,7 @@ __all__ = [
     "Encoder",
     "PlanReport",
     "RankPlan",
+    "Split",
     "Survey",
     "apply_pair_rules",
     "encode",
@@ -118,7 +119,8 @@ def _peak_rss_mb() -> float:
 class _Plan:
     """The planning stages shared by a real run and a dry run, timed."""
 
-    def __init__(self, opts: EncodeOptions, dist: Dist, done: set[int], device: str) -> None:
+    def __init__(self, opts: EncodeOptions, dist: Dist, done: set[int], device: str,
+                 with_costs: bool = False) -> None:
         self.stages: dict[str, float] = {}
         t = time.monotonic()
         threads = _default_threads(opts, dist)
@@ -129,10 +131,10 @@ class _Plan:
         t = time.monotonic()
         self.kept = apply_pair_rules(self.survey.pairable, opts.buckets)
         self.rows_planned = self.kept.rows.height
-        self.ranks = partition(self.kept.rows, dist.world_size, opts.share)
+        self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
         self.stages["pair_rules_and_split"] = time.monotonic() - t
         t = time.monotonic()
-        mine = self.kept.rows.filter(pl.Series(self.ranks == dist.rank))
+        mine = self.kept.rows.filter(pl.Series(self.split.rank_of_row == dist.rank))
         self.rank_plan = order_and_batch(mine, opts.share, opts.batch_size_for(device))
         self.stages["order_and_batch"] = time.monotonic() - t
 
@@ -154,11 +156,10 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     out = opts.output_dir if str(opts.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
     device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
-    plan = _Plan(opts, dist, done, device)
+    plan = _Plan(opts, dist, done, device, with_costs=True)
     rp = plan.rank_plan
-    costs = rank_cost(plan.kept.rows, plan.ranks, dist.world_size, opts.share)
-    jobs_all = sum(len(np.unique(_jobs_of(plan, r, opts.share))) for r in range(dist.world_size))
-    mean = sum(costs) / len(costs) if costs else 0
+    costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
+    mean = sum(costs) / len(costs)
     failures = plan.failures
     return PlanReport(
         records=plan.survey.n_entries, records_already_done=plan.survey.n_done,
@@ -169,12 +170,6 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
         plan_seconds=round(time.monotonic() - t0, 3), peak_rss_mb=round(_peak_rss_mb(), 1),
         stages={k: round(v, 3) for k, v in plan.stages.items()},
     )
-
-
-def _jobs_of(plan: _Plan, rank: int, share: bool) -> np.ndarray:
-    from hpd_encode.pipeline.plan import _job_keys
-
-    return _job_keys(plan.kept.rows.filter(pl.Series(plan.ranks == rank)), share).ravel()
 
 
 def _cuda_available() -> bool:

@@ -112,23 +112,27 @@ def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
     return Kept(kept, dropped)
 
 
+def _first_use_numbering(keys: np.ndarray) -> np.ndarray:
+    """Each key's number in order of first appearance (0, 1, 2... as a loop
+    over ``keys`` would hand them out)."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    number = np.empty(len(first), dtype=np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
+    return number[inverse.ravel()]
+
+
 def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:
     """(n_rows, 2) job ids, numbered in order of first use (row by row, chosen then rejected)."""
     n = rows.height
-    if not share:
+    if not share or n == 0:
         return np.arange(2 * n, dtype=np.int64).reshape(n, 2)
-    ids = np.empty((n, 2), dtype=np.int64)
-    ids[:, 0] = rows["id1"].to_numpy()
-    ids[:, 1] = rows["id2"].to_numpy()
-    flat = ids.ravel()
-    h = np.repeat(rows["height"].to_numpy(), 2)
-    w = np.repeat(rows["width"].to_numpy(), 2)
-    keys = pl.DataFrame({"img": flat, "h": h, "w": w})
-    # First-use numbering: the rank of each key's first occurrence.
-    first = keys.with_row_index("pos").group_by("img", "h", "w").agg(pl.col("pos").min())
-    first = first.sort("pos").with_row_index("job")
-    job = keys.join(first.select("img", "h", "w", "job"), on=["img", "h", "w"], how="left", maintain_order="left")
-    return job["job"].to_numpy().astype(np.int64).reshape(n, 2)
+    # A job is (image, target size); the target size is the row's bucket.
+    bucket = rows["bucket_id"].to_numpy().astype(np.int64)
+    keys = np.empty((n, 2), dtype=np.int64)
+    n_buckets = int(bucket.max()) + 1
+    keys[:, 0] = rows["id1"].to_numpy() * n_buckets + bucket
+    keys[:, 1] = rows["id2"].to_numpy() * n_buckets + bucket
+    return _first_use_numbering(keys.ravel()).reshape(n, 2)
 
 
 def _components(row_jobs: np.ndarray) -> np.ndarray:
@@ -139,44 +143,51 @@ def _components(row_jobs: np.ndarray) -> np.ndarray:
     return labels[row_jobs[:, 0]]
 
 
-def partition(kept: pl.DataFrame, world_size: int, share: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class Split:
+    """Which rank encodes each kept row, and what that costs."""
+
+    rank_of_row: np.ndarray  # (n_rows,) int64
+    jobs: int | None = None  # distinct (image, size) encodes over all ranks (when asked for)
+    cost_per_rank: list[int] | None = None  # pixels each rank encodes, each job once (when asked for)
+
+
+def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: bool = False) -> Split:
     """Each kept row's rank: whole components, largest pixel cost first onto
-    the least-loaded rank (LPT). Deterministic: every rank computes the same."""
+    the least-loaded rank (LPT; ties by the component's first record).
+    Deterministic: every rank computes the same split. ``with_costs`` also
+    counts the jobs and each rank's pixels (for a dry run's report)."""
     n = kept.height
-    if world_size <= 1 or n == 0:
-        return np.zeros(n, dtype=np.int64)
+    if (world_size <= 1 and not with_costs) or n == 0:
+        return Split(np.zeros(n, dtype=np.int64), 0 if with_costs else None, [0] * world_size if with_costs else None)
     row_jobs = _job_keys(kept, share)
-    comp = _components(row_jobs)
+    n_jobs = int(row_jobs.max()) + 1
+    # Each job once: its pixels and (a row that needs it) its component.
+    flat = row_jobs.ravel()
+    job_row = np.empty(n_jobs, dtype=np.int64)
+    job_row[flat] = np.repeat(np.arange(n, dtype=np.int64), 2)  # a row that needs the job (any: same size, component)
     pixels = (kept["height"] * kept["width"]).to_numpy().astype(np.int64)
-    # A job's cost counts once per component: take each distinct job once.
-    flat_jobs = row_jobs.ravel()
-    _, first_use = np.unique(flat_jobs, return_index=True)
-    job_comp = np.repeat(comp, 2)[first_use]
-    job_pixels = np.repeat(pixels, 2)[first_use]
-    per = pl.DataFrame({"comp": job_comp, "cost": job_pixels}).group_by("comp").agg(pl.col("cost").sum())
-    firsts = pl.DataFrame({"comp": comp, "rec": kept["record_index"].to_numpy()}).group_by("comp").agg(
-        pl.col("rec").min())
-    order = per.join(firsts, on="comp").sort(["cost", "rec"], descending=[True, False])
+    job_pixels = pixels[job_row]
+    if world_size <= 1:
+        return Split(np.zeros(n, dtype=np.int64), n_jobs, [int(job_pixels.sum())])
+    comp = _components(row_jobs)
+    per = (
+        pl.DataFrame({"comp": comp[job_row], "cost": job_pixels})
+        .group_by("comp").agg(pl.col("cost").sum())
+        .join(pl.DataFrame({"comp": comp, "rec": kept["record_index"].to_numpy()})
+              .group_by("comp").agg(pl.col("rec").min()), on="comp")
+        .sort(["cost", "rec"], descending=[True, False])
+    )
     heap = [(0, r) for r in range(world_size)]
-    rank_of: dict[int, int] = {}
-    for c, cost in zip(order["comp"].to_list(), order["cost"].to_list()):
+    comp_rank = np.empty(len(per), dtype=np.int64)
+    for i, cost in enumerate(per["cost"].to_list()):
         load, r = heapq.heappop(heap)
-        rank_of[c] = r
+        comp_rank[i] = r
         heapq.heappush(heap, (load + cost, r))
-    comps = pl.Series("comp", comp)
-    return comps.replace_strict(rank_of, return_dtype=pl.Int64).to_numpy()
-
-
-def rank_cost(kept: pl.DataFrame, ranks: np.ndarray, world_size: int, share: bool) -> list[int]:
-    """Pixels each rank encodes (each of its jobs once)."""
-    costs = []
-    for r in range(world_size):
-        mine = kept.filter(pl.Series(ranks == r))
-        jobs = _job_keys(mine, share)
-        px = np.repeat((mine["height"] * mine["width"]).to_numpy(), 2)
-        _, first = np.unique(jobs.ravel(), return_index=True)
-        costs.append(int(px[first].sum()))
-    return costs
+    rank_of_comp = dict(zip(per["comp"].to_list(), comp_rank.tolist()))
+    rank_of_row = pl.Series(comp).replace_strict(rank_of_comp, return_dtype=pl.Int64).to_numpy()
+    costs = np.bincount(rank_of_row[job_row], weights=job_pixels, minlength=world_size)
+    return Split(rank_of_row, n_jobs, [int(c) for c in costs])
 
 
 def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFor) -> RankPlan:

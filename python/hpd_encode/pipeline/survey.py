@@ -75,13 +75,12 @@ def survey(
         done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
         table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
     n_done = n_good - table.height
-    paths = pl.concat([table["path1"], table["path2"]]).unique().sort()
+    # Image ids: each distinct path's rank in sorted order (one sort, no joins).
+    both = pl.concat([table["path1"], table["path2"]])
+    ids = (both.rank("dense").cast(pl.Int64) - 1).to_numpy()
+    paths = both.unique().sort()
     images = pl.DataFrame({"path": paths}).with_row_index("image_id")
-    ids = images.select(pl.col("path"), pl.col("image_id").cast(pl.Int64))
-    table = table.join(ids.rename({"path": "path1", "image_id": "id1"}), on="path1", how="left",
-                       maintain_order="left")
-    table = table.join(ids.rename({"path": "path2", "image_id": "id2"}), on="path2", how="left",
-                       maintain_order="left")
+    table = table.with_columns(pl.Series("id1", ids[: table.height]), pl.Series("id2", ids[table.height:]))
 
     n = images.height
     mine = np.arange(rank, n, world_size, dtype=np.int64)
