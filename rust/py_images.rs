@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use crate::decode::{AlphaMode, LoadOptions};
 use crate::error::Error;
-use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_over, load_many, probe_many};
+use crate::load::{load_batch_into, load_batch_normalized, load_batch_normalized_over, load_many, probe_many};
 use crate::recycle::{F32_BATCHES, U8_BATCHES};
 
 type Sizes = Vec<Option<(u32, u32)>>;
@@ -106,7 +106,7 @@ pub fn load_batch<'py>(
     if let Some(out) = out {
         let errs = if normalize {
             with_out_slice::<f32, _>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)", |slice| {
-                py.detach(|| load_batch_normalised_over(&paths, (h, w), num_threads, &opts, slice))
+                py.detach(|| load_batch_normalized_over(&paths, (h, w), num_threads, &opts, slice))
             })?
         } else {
             with_out_slice::<u8, _>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)", |slice| {
@@ -116,7 +116,7 @@ pub fn load_batch<'py>(
         return Ok((out, errors(errs)));
     }
     let (batch, errs) = if normalize {
-        let (buffer, errs) = py.detach(|| load_batch_normalised(&paths, (h, w), num_threads, &opts));
+        let (buffer, errs) = py.detach(|| load_batch_normalized(&paths, (h, w), num_threads, &opts));
         (kept_array(py, buffer, [n, 3, h, w], Kept::F32)?, errs)
     } else {
         let (buffer, errs) = py.detach(|| crate::load::load_batch(&paths, (h, w), num_threads, &opts));
