@@ -171,7 +171,7 @@ fn latent_from(obj: &Bound<'_, PyAny>) -> Result<Latent, String> {
     let as_u8 = contiguous.call_method1("view", ("u1",)).map_err(py_err)?;
     let bytes = as_u8.cast::<PyArrayDyn<u8>>().map_err(|e| format!("cannot be read as bytes ({e})"))?.readonly();
     let data = bytes.as_slice().map_err(|e| format!("cannot be read as bytes ({e})"))?;
-    Latent::build(dtype, shape, |out| out.copy_from_slice(data)).map_err(|e| e.to_string())
+    Latent::from_bytes(dtype, shape, data).map_err(|e| e.to_string())
 }
 
 fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>) -> Field<Row> {

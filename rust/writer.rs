@@ -26,13 +26,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::builder::{BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
+use parquet::arrow::arrow_writer::{
+    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
@@ -188,31 +192,20 @@ pub struct Latent {
 }
 
 impl Latent {
-    /// A latent whose samples the caller copies in: `fill` gets the data part
-    /// of the buffer (`itemsize * product(shape)` bytes) to write, so the
-    /// samples are copied exactly once (straight from a NumPy array).
-    pub fn build(dtype: LatentDtype, shape: Vec<usize>, fill: impl FnOnce(&mut [u8])) -> Result<Self> {
-        let len = shape
-            .iter()
-            .try_fold(dtype.itemsize(), |n, &d| n.checked_mul(d))
-            .ok_or_else(|| Error::InvalidArgument(format!("latent shape {shape:?} is too large")))?;
-        let mut npy = npy_header(dtype.descr(), &shape);
-        let start = npy.len();
-        npy.resize(start + len, 0);
-        fill(&mut npy[start..]);
-        Ok(Self { shape, npy })
-    }
-
-    /// A latent from its raw samples.
+    /// A latent from its raw samples (copied once, after the header).
     pub fn from_bytes(dtype: LatentDtype, shape: Vec<usize>, data: &[u8]) -> Result<Self> {
-        let want = shape.iter().product::<usize>() * dtype.itemsize();
-        if data.len() != want {
+        let want = shape.iter().try_fold(dtype.itemsize(), |n, &d| n.checked_mul(d));
+        if want != Some(data.len()) {
             return Err(Error::InvalidArgument(format!(
-                "latent of shape {shape:?} needs {want} bytes, got {}",
+                "latent of shape {shape:?} and {} bytes per sample cannot hold {} bytes",
+                dtype.itemsize(),
                 data.len()
             )));
         }
-        Self::build(dtype, shape, |out| out.copy_from_slice(data))
+        let mut npy = npy_header(dtype.descr(), &shape);
+        npy.reserve_exact(data.len());
+        npy.extend_from_slice(data);
+        Ok(Self { shape, npy })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -339,7 +332,11 @@ pub fn part_schema() -> SchemaRef {
     Arc::new(Schema::new(PART_COLUMNS.iter().map(|(name, ty)| Field::new(*name, ty.arrow(), true)).collect::<Vec<_>>()))
 }
 
-fn record_batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch> {
+/// The columns of one row group, in [`PART_COLUMNS`] order. The rows are
+/// consumed: each latent's `.npy` bytes become a buffer of a `BinaryView`
+/// array without a copy (Parquet stores it as the same BYTE_ARRAY column a
+/// `Binary` array gives; the file's schema says `Binary`).
+fn row_group_columns(rows: Vec<Row>) -> Result<Vec<ArrayRef>> {
     fn strings(rows: &[Row], f: impl Fn(&Row) -> &str) -> ArrayRef {
         let mut b = StringBuilder::new();
         rows.iter().for_each(|r| b.append_value(f(r)));
@@ -350,51 +347,57 @@ fn record_batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch> {
         rows.iter().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish())
     }
-    fn latents(rows: &[Row], f: impl Fn(&Row) -> &Latent) -> (ArrayRef, ArrayRef) {
-        let total = rows.iter().map(|r| f(r).npy.len()).sum();
-        let mut bytes = BinaryBuilder::with_capacity(rows.len(), total);
+    fn shapes(rows: &[Row], f: impl Fn(&Row) -> &Latent) -> ArrayRef {
         let mut shapes = ListBuilder::new(Int64Builder::new());
         for r in rows {
-            let l = f(r);
-            bytes.append_value(&l.npy);
-            l.shape.iter().for_each(|&d| shapes.values().append_value(d as i64));
+            f(r).shape.iter().for_each(|&d| shapes.values().append_value(d as i64));
             shapes.append(true);
         }
-        (Arc::new(bytes.finish()), Arc::new(shapes.finish()))
+        Arc::new(shapes.finish())
+    }
+    fn latents(npys: Vec<Vec<u8>>) -> Result<ArrayRef> {
+        let mut b = BinaryViewBuilder::with_capacity(npys.len());
+        for npy in npys {
+            let len = u32::try_from(npy.len())
+                .map_err(|_| Error::Writer(format!("a latent of {} bytes is over 4 GiB", npy.len())))?;
+            let block = b.append_block(npy.into()); // Buffer::from_vec: no copy
+            b.try_append_view(block, 0, len).map_err(|e| Error::Writer(format!("building a latent column: {e}")))?;
+        }
+        Ok(Arc::new(b.finish()))
     }
     let mut details = StringBuilder::new();
     rows.iter().for_each(|r| details.append_value(r.detailed_results()));
-    let (l1, s1) = latents(rows, |r| &r.latent1);
-    let (l2, s2) = latents(rows, |r| &r.latent2);
     let mut bucket = Int32Builder::with_capacity(rows.len());
     rows.iter().for_each(|r| bucket.append_option(r.bucket_id));
     let mut confidence = Float64Builder::with_capacity(rows.len());
     rows.iter().for_each(|r| confidence.append_value(r.confidence));
-    // In PART_COLUMNS order (RecordBatch::try_new checks names' types and count).
-    let columns: Vec<ArrayRef> = vec![
-        strings(rows, |r| &r.prompt),
-        strings(rows, |r| &r.model1),
-        strings(rows, |r| &r.model2),
+    let mut columns: Vec<ArrayRef> = vec![
+        strings(&rows, |r| &r.prompt),
+        strings(&rows, |r| &r.model1),
+        strings(&rows, |r| &r.model2),
         Arc::new(details.finish()),
-        strings(rows, |r| &r.image1_path),
-        strings(rows, |r| &r.image2_path),
-        l1,
-        l2,
-        s1,
-        s2,
-        ints(rows, |r| r.record_index),
-        ints(rows, |r| Some(r.votes_chosen)),
-        ints(rows, |r| Some(r.votes_rejected)),
+        strings(&rows, |r| &r.image1_path),
+        strings(&rows, |r| &r.image2_path),
+        // latent1, latent2: inserted below, once the rows are consumed
+        shapes(&rows, |r| &r.latent1),
+        shapes(&rows, |r| &r.latent2),
+        ints(&rows, |r| r.record_index),
+        ints(&rows, |r| Some(r.votes_chosen)),
+        ints(&rows, |r| Some(r.votes_rejected)),
         Arc::new(confidence.finish()),
-        ints(rows, |r| Some(r.height)),
-        ints(rows, |r| Some(r.width)),
+        ints(&rows, |r| Some(r.height)),
+        ints(&rows, |r| Some(r.width)),
         Arc::new(bucket.finish()),
-        ints(rows, |r| r.orig_chosen.map(|s| s.0)),
-        ints(rows, |r| r.orig_chosen.map(|s| s.1)),
-        ints(rows, |r| r.orig_rejected.map(|s| s.0)),
-        ints(rows, |r| r.orig_rejected.map(|s| s.1)),
+        ints(&rows, |r| r.orig_chosen.map(|s| s.0)),
+        ints(&rows, |r| r.orig_chosen.map(|s| s.1)),
+        ints(&rows, |r| r.orig_rejected.map(|s| s.0)),
+        ints(&rows, |r| r.orig_rejected.map(|s| s.1)),
     ];
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::Writer(format!("building a record batch: {e}")))
+    let (l1, l2): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.latent1.npy, r.latent2.npy)).unzip();
+    columns.insert(6, latents(l1)?);
+    columns.insert(7, latents(l2)?);
+    debug_assert_eq!(columns.len(), PART_COLUMNS.len());
+    Ok(columns)
 }
 
 /// zstd everywhere; for the latent columns no dictionary, no statistics (random
@@ -435,26 +438,90 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// The writer thread's side: owns the Arrow writer and the temporary file.
+/// The writer thread's side: owns the Parquet writer and the temporary file.
+/// Each row group's columns are encoded in parallel (the two latent columns,
+/// which are nearly all the bytes and the zstd work, each on its own thread),
+/// then appended in schema order.
 struct Sink {
     schema: SchemaRef,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: SerializedFileWriter<BufWriter<File>>,
+    columns: ArrowRowGroupWriterFactory,
     pending: Vec<Row>,
     row_group_size: usize,
     rows: u64,
+    row_groups: usize,
+}
+
+fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Result<ArrowColumnChunk> {
+    for leaf in &leaves {
+        writer.write(leaf).map_err(|e| Error::Writer(format!("encoding a column: {e}")))?;
+    }
+    writer.close().map_err(|e| Error::Writer(format!("encoding a column: {e}")))
 }
 
 impl Sink {
+    fn create(file: File, opts: &WriterOptions) -> Result<Self> {
+        let schema = part_schema();
+        let (writer, columns) =
+            ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(opts)?))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .map_err(|e| Error::Writer(format!("opening the file: {e}")))?;
+        Ok(Self {
+            schema,
+            writer,
+            columns,
+            pending: Vec::new(),
+            row_group_size: opts.row_group_size,
+            rows: 0,
+            row_groups: 0,
+        })
+    }
+
     fn write_pending(&mut self, all: bool) -> Result<()> {
         while self.pending.len() >= self.row_group_size || (all && !self.pending.is_empty()) {
             let n = self.pending.len().min(self.row_group_size);
             let chunk: Vec<Row> = self.pending.drain(..n).collect();
-            let batch = record_batch(&self.schema, &chunk)?;
-            drop(chunk); // the batch holds the bytes now
-            self.writer.write(&batch).map_err(|e| Error::Writer(format!("writing rows: {e}")))?;
-            self.writer.flush().map_err(|e| Error::Writer(format!("writing a row group: {e}")))?;
+            self.write_row_group(row_group_columns(chunk)?)?;
             self.rows += n as u64;
         }
+        Ok(())
+    }
+
+    fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
+        let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
+        let writers = self.columns.create_column_writers(self.row_groups).map_err(err)?;
+        let mut jobs = Vec::with_capacity(writers.len());
+        for ((writer, field), array) in writers.into_iter().zip(self.schema.fields()).zip(&columns) {
+            let leaves = compute_leaves(field, array).map_err(err)?;
+            jobs.push((LATENT_COLUMNS.contains(&field.name().as_str()), writer, leaves));
+        }
+        let chunks: Vec<Result<ArrowColumnChunk>> = std::thread::scope(|s| {
+            let started: Vec<_> = jobs
+                .into_iter()
+                .map(|(heavy, writer, leaves)| {
+                    if heavy {
+                        Err(s.spawn(move || encode_column(writer, leaves)))
+                    } else {
+                        Ok(encode_column(writer, leaves))
+                    }
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|job| match job {
+                    Ok(done) => done,
+                    Err(handle) => {
+                        handle.join().unwrap_or_else(|_| Err(Error::Writer("a column encoder panicked".into())))
+                    }
+                })
+                .collect()
+        });
+        let mut group = self.writer.next_row_group().map_err(err)?;
+        for chunk in chunks {
+            chunk?.append_to_row_group(&mut group).map_err(err)?;
+        }
+        group.close().map_err(err)?;
+        self.row_groups += 1;
         Ok(())
     }
 }
@@ -505,13 +572,12 @@ impl PartWriter {
         if opts.queue_size == 0 {
             return Err(Error::InvalidArgument("queue_size must be > 0".into()));
         }
-        let props = properties(&opts)?;
+        properties(&opts)?; // bad options fail before any file is created
         let tmp = temp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-        let schema = part_schema();
-        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(props))
-            .map_err(|e| Error::Writer(format!("opening '{}': {e}", tmp.display())))?;
-        let sink = Sink { schema, writer, pending: Vec::new(), row_group_size: opts.row_group_size, rows: 0 };
+        let sink = Sink::create(file, &opts).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
         let (tx, rx) = bounded::<Vec<Row>>(opts.queue_size);
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
