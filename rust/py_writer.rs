@@ -78,6 +78,7 @@ fn type_name(v: &Bound<'_, PyAny>) -> String {
 /// The row's fields, strictly: unknown keys are refused, `None` counts as absent.
 struct Fields<'a, 'py> {
     d: &'a Bound<'py, PyDict>,
+    writer: &'a PartWriter,
 }
 
 impl<'py> Fields<'_, 'py> {
@@ -150,12 +151,12 @@ impl<'py> Fields<'_, 'py> {
 
     fn latent(&self, field: &str) -> Field<Latent> {
         let v = self.required(field)?;
-        latent_from(&v).map_err(|reason| Bad::new(field, reason))
+        latent_from(&v, self.writer).map_err(|reason| Bad::new(field, reason))
     }
 }
 
 /// Copy a float32/float16 NumPy array straight into its `.npy` bytes.
-fn latent_from(obj: &Bound<'_, PyAny>) -> Result<Latent, String> {
+fn latent_from(obj: &Bound<'_, PyAny>, writer: &PartWriter) -> Result<Latent, String> {
     let arr = obj.cast::<PyUntypedArray>().map_err(|_| format!("must be a numpy array, not {}", type_name(obj)))?;
     let descr: String =
         arr.dtype().getattr("str").and_then(|s| s.extract()).map_err(|e| format!("has an unreadable dtype ({e})"))?;
@@ -171,10 +172,10 @@ fn latent_from(obj: &Bound<'_, PyAny>) -> Result<Latent, String> {
     let as_u8 = contiguous.call_method1("view", ("u1",)).map_err(py_err)?;
     let bytes = as_u8.cast::<PyArrayDyn<u8>>().map_err(|e| format!("cannot be read as bytes ({e})"))?.readonly();
     let data = bytes.as_slice().map_err(|e| format!("cannot be read as bytes ({e})"))?;
-    Latent::from_bytes(dtype, shape, data).map_err(|e| e.to_string())
+    writer.latent(dtype, shape, data).map_err(|e| e.to_string())
 }
 
-fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>) -> Field<Row> {
+fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>, writer: &PartWriter) -> Field<Row> {
     for key in d.keys() {
         let name = key.cast::<PyString>().ok().and_then(|s| s.to_str().ok().map(str::to_string));
         if !name.as_deref().is_some_and(|n| ROW_FIELDS.iter().any(|(f, _)| *f == n)) {
@@ -183,7 +184,7 @@ fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>) -> Field<Row> {
             return Err(Bad::new(&field, format!("is not a row field (known: {})", known.join(", "))));
         }
     }
-    let f = Fields { d };
+    let f = Fields { d, writer };
     let votes = |field: &str| Ok(f.int(field, 0, i64::MAX)?.unwrap_or(0));
     let row = Row {
         prompt: f.text("prompt", None)?,
@@ -208,7 +209,7 @@ fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>) -> Field<Row> {
 }
 
 /// Convert a whole `submit` call, or raise `InvalidRowError` for its first bad row.
-fn rows_from(py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<Vec<Row>> {
+fn rows_from(py: Python<'_>, rows: &Bound<'_, PyAny>, writer: &PartWriter) -> PyResult<Vec<Row>> {
     let seq = rows
         .cast::<PySequence>()
         .ok()
@@ -219,9 +220,9 @@ fn rows_from(py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<Vec<Row>> {
         let item = item?;
         let (record_index, result) = match item.cast::<PyDict>() {
             Ok(d) => {
-                let f = Fields { d };
+                let f = Fields { d, writer };
                 match f.int("record_index", 0, i64::MAX) {
-                    Ok(ri) => (ri, row_from(d, ri)),
+                    Ok(ri) => (ri, row_from(d, ri, writer)),
                     Err(bad) => (None, Err(bad)),
                 }
             }
@@ -311,7 +312,7 @@ impl PyParquetWriter {
     /// (nothing of the call queued) and `WriterError` if the writer thread has
     /// failed or the writer is closed. Threads may submit to one writer.
     fn submit(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<()> {
-        let rows = rows_from(py, rows)?;
+        let rows = rows_from(py, rows, &self.inner)?;
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
             self.inner.submit(rows, || {

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::builder::{BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
-use arrow_array::ArrayRef;
+use arrow_array::{ArrayRef, BinaryViewArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use parquet::arrow::arrow_writer::{
@@ -194,6 +194,12 @@ pub struct Latent {
 impl Latent {
     /// A latent from its raw samples (copied once, after the header).
     pub fn from_bytes(dtype: LatentDtype, shape: Vec<usize>, data: &[u8]) -> Result<Self> {
+        Self::from_bytes_in(Vec::new(), dtype, shape, data)
+    }
+
+    /// [`Latent::from_bytes`] into `buf` (its contents are replaced; its
+    /// memory reused when large enough).
+    pub fn from_bytes_in(mut buf: Vec<u8>, dtype: LatentDtype, shape: Vec<usize>, data: &[u8]) -> Result<Self> {
         let want = shape.iter().try_fold(dtype.itemsize(), |n, &d| n.checked_mul(d));
         if want != Some(data.len()) {
             return Err(Error::InvalidArgument(format!(
@@ -202,10 +208,12 @@ impl Latent {
                 data.len()
             )));
         }
-        let mut npy = npy_header(dtype.descr(), &shape);
-        npy.reserve_exact(data.len());
-        npy.extend_from_slice(data);
-        Ok(Self { shape, npy })
+        let header = npy_header(dtype.descr(), &shape);
+        buf.clear();
+        buf.reserve_exact(header.len() + data.len());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(data);
+        Ok(Self { shape, npy: buf })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -336,7 +344,7 @@ pub fn part_schema() -> SchemaRef {
 /// consumed: each latent's `.npy` bytes become a buffer of a `BinaryView`
 /// array without a copy (Parquet stores it as the same BYTE_ARRAY column a
 /// `Binary` array gives; the file's schema says `Binary`).
-fn row_group_columns(rows: Vec<Row>) -> Result<Vec<ArrayRef>> {
+fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray; 2])> {
     fn strings(rows: &[Row], f: impl Fn(&Row) -> &str) -> ArrayRef {
         let mut b = StringBuilder::new();
         rows.iter().for_each(|r| b.append_value(f(r)));
@@ -355,7 +363,7 @@ fn row_group_columns(rows: Vec<Row>) -> Result<Vec<ArrayRef>> {
         }
         Arc::new(shapes.finish())
     }
-    fn latents(npys: Vec<Vec<u8>>) -> Result<ArrayRef> {
+    fn latents(npys: Vec<Vec<u8>>) -> Result<BinaryViewArray> {
         let mut b = BinaryViewBuilder::with_capacity(npys.len());
         for npy in npys {
             let len = u32::try_from(npy.len())
@@ -363,7 +371,7 @@ fn row_group_columns(rows: Vec<Row>) -> Result<Vec<ArrayRef>> {
             let block = b.append_block(npy.into()); // Buffer::from_vec: no copy
             b.try_append_view(block, 0, len).map_err(|e| Error::Writer(format!("building a latent column: {e}")))?;
         }
-        Ok(Arc::new(b.finish()))
+        Ok(b.finish())
     }
     let mut details = StringBuilder::new();
     rows.iter().for_each(|r| details.append_value(r.detailed_results()));
@@ -394,10 +402,11 @@ fn row_group_columns(rows: Vec<Row>) -> Result<Vec<ArrayRef>> {
         ints(&rows, |r| r.orig_rejected.map(|s| s.1)),
     ];
     let (l1, l2): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.latent1.npy, r.latent2.npy)).unzip();
-    columns.insert(6, latents(l1)?);
-    columns.insert(7, latents(l2)?);
+    let latent_arrays = [latents(l1)?, latents(l2)?];
+    columns.insert(6, Arc::new(latent_arrays[0].clone()));
+    columns.insert(7, Arc::new(latent_arrays[1].clone()));
     debug_assert_eq!(columns.len(), PART_COLUMNS.len());
-    Ok(columns)
+    Ok((columns, latent_arrays))
 }
 
 /// zstd everywhere; for the latent columns no dictionary, no statistics (random
@@ -438,6 +447,54 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Latent buffers given back by the writer thread once their row group is
+/// written, for `submit` to fill again: a long run reuses memory that is
+/// already mapped instead of faulting in fresh pages for every latent (a
+/// latent is 1 MiB for SD3.5 at 1024², above glibc's first mmap threshold).
+#[derive(Default)]
+pub struct Spares {
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
+}
+
+impl Spares {
+    /// Most bytes kept (about one row group of two SD3.5 latents at 1024²).
+    const KEEP_BYTES: usize = 256 << 20;
+
+    /// A buffer of at least `len` bytes (at most 4x), or a new one.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut free = lock(&self.free);
+        let (list, bytes) = &mut *free;
+        if let Some(pos) = list.iter().rposition(|b| (len..=len.saturating_mul(4)).contains(&b.capacity())) {
+            let buf = list.swap_remove(pos);
+            *bytes -= buf.capacity();
+            return buf;
+        }
+        Vec::with_capacity(len)
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = lock(&self.free);
+        let (list, bytes) = &mut *free;
+        if *bytes + buf.capacity() <= Self::KEEP_BYTES {
+            *bytes += buf.capacity();
+            list.push(buf);
+        }
+    }
+
+    /// Take back the buffers of a written latent column (those still shared
+    /// are left alone).
+    fn recycle(&self, array: BinaryViewArray) {
+        let (_, mut buffers, _) = array.into_parts();
+        if let Some(buffers) = Arc::get_mut(&mut buffers) {
+            for b in buffers.iter_mut() {
+                if let Ok(v) = std::mem::replace(b, Vec::<u8>::new().into()).into_vec::<u8>() {
+                    self.give(v);
+                }
+            }
+        }
+    }
+}
+
 /// The writer thread's side: owns the Parquet writer and the temporary file.
 /// Each row group's columns are encoded in parallel (the two latent columns,
 /// which are nearly all the bytes and the zstd work, each on its own thread),
@@ -450,6 +507,7 @@ struct Sink {
     row_group_size: usize,
     rows: u64,
     row_groups: usize,
+    spares: Arc<Spares>,
 }
 
 fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Result<ArrowColumnChunk> {
@@ -460,7 +518,7 @@ fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) ->
 }
 
 impl Sink {
-    fn create(file: File, opts: &WriterOptions) -> Result<Self> {
+    fn create(file: File, opts: &WriterOptions, spares: Arc<Spares>) -> Result<Self> {
         let schema = part_schema();
         let (writer, columns) =
             ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(opts)?))
@@ -474,6 +532,7 @@ impl Sink {
             row_group_size: opts.row_group_size,
             rows: 0,
             row_groups: 0,
+            spares,
         })
     }
 
@@ -481,7 +540,12 @@ impl Sink {
         while self.pending.len() >= self.row_group_size || (all && !self.pending.is_empty()) {
             let n = self.pending.len().min(self.row_group_size);
             let chunk: Vec<Row> = self.pending.drain(..n).collect();
-            self.write_row_group(row_group_columns(chunk)?)?;
+            let (columns, latents) = row_group_columns(chunk)?;
+            self.write_row_group(columns)?;
+            // The columns are written and dropped: their buffers go back for reuse.
+            for array in latents {
+                self.spares.recycle(array);
+            }
             self.rows += n as u64;
         }
         Ok(())
@@ -554,6 +618,7 @@ pub struct PartWriter {
     state: Mutex<State>,
     shared: Arc<Shared>,
     blocked_ns: AtomicU64,
+    spares: Arc<Spares>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -575,7 +640,8 @@ impl PartWriter {
         properties(&opts)?; // bad options fail before any file is created
         let tmp = temp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-        let sink = Sink::create(file, &opts).inspect_err(|_| {
+        let spares = Arc::new(Spares::default());
+        let sink = Sink::create(file, &opts, spares.clone()).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
         let (tx, rx) = bounded::<Vec<Row>>(opts.queue_size);
@@ -599,11 +665,19 @@ impl PartWriter {
             state: Mutex::new(State::Running(thread)),
             shared,
             blocked_ns: AtomicU64::new(0),
+            spares,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A latent for a row of this writer: its `.npy` bytes go into a buffer
+    /// an earlier row group gave back when there is one.
+    pub fn latent(&self, dtype: LatentDtype, shape: Vec<usize>, data: &[u8]) -> Result<Latent> {
+        let buf = self.spares.take(npy_header(dtype.descr(), &shape).len() + data.len());
+        Latent::from_bytes_in(buf, dtype, shape, data)
     }
 
     /// Rows handed over but not yet written.
@@ -887,6 +961,36 @@ pub(crate) mod tests {
             }
         });
         assert_eq!(w.close().unwrap().rows, 200);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn written_latent_buffers_are_reused() {
+        let dir = temp_dir("spares");
+        let w = PartWriter::create(dir.join("part.parquet"), WriterOptions { row_group_size: 5, ..Default::default() })
+            .unwrap();
+        let data: Vec<u8> = (0..64u32).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let rows = |w: &PartWriter| -> Vec<Row> {
+            (0..5)
+                .map(|i| Row {
+                    latent1: w.latent(LatentDtype::F32, vec![4, 4, 4], &data).unwrap(),
+                    latent2: w.latent(LatentDtype::F32, vec![4, 4, 4], &data).unwrap(),
+                    ..row(i)
+                })
+                .collect()
+        };
+        w.submit(rows(&w), || Ok(())).unwrap();
+        // The row group is written on the writer thread; then its 10 buffers come back.
+        let start = Instant::now();
+        while lock(&w.spares.free).0.len() < 10 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let kept: Vec<*const u8> = lock(&w.spares.free).0.iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(kept.len(), 10);
+        let again = w.latent(LatentDtype::F32, vec![4, 4, 4], &data).unwrap();
+        assert!(kept.contains(&again.npy().as_ptr()), "a spare buffer is filled again");
+        assert_eq!(again.npy(), crate::npy::npy_bytes("<f4", &[4, 4, 4], &data));
+        assert_eq!(w.close().unwrap().rows, 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
