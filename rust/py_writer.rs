@@ -12,40 +12,16 @@
 use std::path::PathBuf;
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PySequence, PyString};
 
 use crate::error::Error;
-use crate::py_errors::WriterError;
+use crate::py_errors::INVALID_ROW;
 use crate::writer::{
     reference_columns, temp_path, Latent, LatentDtype, PartWriter, Row, WriterOptions, LATENT_DOWN_FACTOR,
     MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
 };
-
-static INVALID_ROW_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-
-/// `InvalidRowError(WriterError, ValueError)`: built at import time because
-/// a class with two bases cannot be declared with `create_exception!`.
-fn invalid_row_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    let ty = INVALID_ROW_ERROR.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-        let bases = PyTuple::new(py, [py.get_type::<WriterError>(), py.get_type::<PyValueError>()])?;
-        let ns = PyDict::new(py);
-        ns.set_item("__module__", "hpd_encode._core")?;
-        for attr in ["field", "record_index", "position"] {
-            ns.set_item(attr, py.None())?;
-        }
-        ns.set_item(
-            "__doc__",
-            "A submitted row cannot be written. ``field``, ``record_index`` (None when the row has none) \
-             and ``position`` (in the submitted list) say which; nothing of that submit() call was queued.",
-        )?;
-        let ty = py.import("builtins")?.getattr("type")?.call1(("InvalidRowError", bases, ns))?;
-        Ok(ty.cast_into::<PyType>()?.unbind())
-    })?;
-    Ok(ty.bind(py))
-}
 
 /// What is wrong with one row: the field (or unknown key) and why.
 struct Bad {
@@ -243,7 +219,7 @@ fn invalid_row(py: Python<'_>, position: usize, record_index: Option<i64>, bad: 
     };
     let what = if bad.field.is_empty() { String::new() } else { format!("field '{}' ", bad.field) };
     let msg = format!("invalid row ({which}): {what}{}; nothing of this submit() was queued", bad.reason);
-    let ty = match invalid_row_error_type(py) {
+    let ty = match INVALID_ROW.get(py) {
         Ok(ty) => ty.clone(),
         Err(e) => return e,
     };
@@ -389,9 +365,7 @@ fn row_fields() -> Vec<(&'static str, bool)> {
 
 /// Register the writer and the part-file schema facts on `_core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
     m.add_class::<PyParquetWriter>()?;
-    m.add("InvalidRowError", invalid_row_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(temp_name, m)?)?;
     m.add_function(wrap_pyfunction!(part_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_reference_columns, m)?)?;

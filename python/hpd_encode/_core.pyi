@@ -1,7 +1,8 @@
 """Typed stubs of the Rust extension ``hpd_encode._core``.
 
 Defaults written ``...`` are: ``max_pixels = DEFAULT_MAX_PIXELS`` (128 000 000)
-for the image functions; ``aspect_tolerance = 0.03``, ``pair_aspect_tolerance =
+for the image functions (``max_file_bytes=None`` means ``max_pixels * 8 + 16 MiB``,
+``DEFAULT_MAX_FILE_BYTES`` at the default pixel limit); ``aspect_tolerance = 0.03``, ``pair_aspect_tolerance =
 0.05``, ``min_pixels = 65536`` for ``BucketSet``; ``max_pixels = 1024 * 1024``
 for ``BucketSet.generate``.
 
@@ -34,6 +35,16 @@ __all__ = [
     "ImageTooLargeError",
     "WriterError",
     "InvalidRowError",
+    "UnsafePathError",
+    "NotRegularFileError",
+    "OutOfMemoryError",
+    "DEFAULT_MAX_FILE_BYTES",
+    "PROBE_OK",
+    "PROBE_UNSAFE_PATH",
+    "PROBE_UNREADABLE",
+    "PROBE_NOT_REGULAR",
+    "PROBE_BAD_IMAGE",
+    "probe_paths",
     "probe_images",
     "load_images",
     "load_batch",
@@ -52,6 +63,7 @@ __all__ = [
     "MAX_ROW_GROUP_SIZE",
     "parquet_layout",
     "rank_in_group",
+    "connected_components",
     "default_num_threads",
 ]
 
@@ -60,6 +72,18 @@ __version__: str
 DEFAULT_MAX_PIXELS: int
 #: Threads used when ``num_threads`` is not given: the machine's cores.
 default_num_threads: int
+#: Largest image file read at the default pixel limit (``max_pixels * 8 + 16 MiB``).
+DEFAULT_MAX_FILE_BYTES: int
+#: ``probe_paths`` kind codes: ok.
+PROBE_OK: int
+#: Refused by the containment rule (absolute, ``..``, a symlink out of the root).
+PROBE_UNSAFE_PATH: int
+#: Missing or unreadable (an I/O error).
+PROBE_UNREADABLE: int
+#: A FIFO, socket, device or directory.
+PROBE_NOT_REGULAR: int
+#: Not an image, truncated, over a limit, corrupt, or a caught decoder crash.
+PROBE_BAD_IMAGE: int
 
 class HpdError(Exception):
     """Base class of hpd-encode's errors."""
@@ -81,36 +105,69 @@ class InvalidRowError(WriterError, ValueError):
     field: str | None
     record_index: int | None
     position: int | None
+class UnsafePathError(HpdError, ValueError):
+    """A metadata path that is absolute or leaves the data root."""
+
+class NotRegularFileError(HpdError, OSError):
+    """A FIFO, socket, device or directory where an image file was expected."""
+
+class OutOfMemoryError(HpdError, MemoryError):
+    """A batch or image that this machine's memory cannot hold (refused, not an abort)."""
+
+def probe_paths(
+    root: _Path | None,
+    rel_paths: Sequence[_Path],
+    *,
+    num_threads: int | None = None,
+    max_pixels: int = ...,
+    max_file_bytes: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], list[str | None]]:
+    """Header-only sizes of many files beneath ``root``, as columns:
+    ``(heights, widths, kinds, errors)``. Sizes as ``probe_images`` gives
+    them (EXIF orientation applied), 0 where the item failed; ``kinds[i]`` a
+    ``PROBE_*`` code; ``errors[i]`` the reason, ``None`` when ok. An image
+    over ``max_pixels`` is ``PROBE_BAD_IMAGE``. Each path is opened as
+    ``root`` does for ``load_batch``; ``root=None`` opens the paths as given."""
 
 def probe_images(
-    paths: Sequence[_Path], *, num_threads: int | None = None
+    paths: Sequence[_Path],
+    *,
+    root: _Path | None = None,
+    num_threads: int | None = None,
+    max_file_bytes: int | None = None,
 ) -> tuple[list[_Size | None], list[str | None]]:
     """Header-only ``(height, width)`` of each file as displayed (EXIF
-    orientation applied); ``None`` and a reason where it cannot be read."""
+    orientation applied); ``None`` and a reason where it cannot be read.
+    ``root``: as for ``load_batch``."""
 
-def probe_image(path: _Path) -> _Size:
+def probe_image(path: _Path, *, root: _Path | None = None, max_file_bytes: int | None = None) -> _Size:
     """Header-only ``(height, width)`` of one file; raises on failure."""
 
 def load_images(
     paths: Sequence[_Path],
     sizes: Sequence[_Size] | None = None,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
 ) -> tuple[list[npt.NDArray[np.uint8] | None], list[str | None]]:
     """Decode each file to RGB ``(h, w, 3)`` uint8, EXIF orientation applied,
     resized (Lanczos-3, stretching) to ``sizes[i] = (h, w)`` when given.
-    A failed item is ``None`` with its reason in the second list."""
+    A failed item is ``None`` with its reason in the second list.
+    ``root``, ``max_file_bytes``: as for ``load_batch``."""
 
 @overload
 def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: Literal[False] = False,
     out: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], list[str | None]]: ...
@@ -119,9 +176,11 @@ def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: Literal[True],
     out: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32], list[str | None]]: ...
@@ -130,9 +189,11 @@ def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: bool = False,
     out: npt.NDArray[np.uint8] | npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.uint8] | npt.NDArray[np.float32], list[str | None]]:
@@ -156,7 +217,22 @@ def load_batch(
     ``out``: write into this array instead of a new one and return it (a
     writeable C-contiguous array of exactly that dtype and shape, e.g. a view
     of pinned memory for a GPU copy; ``TypeError`` / ``ValueError``
-    otherwise). Every element is overwritten."""
+    otherwise). Every element is overwritten.
+
+    ``root``: the data root; each path is then relative to it and opened
+    beneath it (the kernel's ``openat2(RESOLVE_BENEATH)`` on Linux, a
+    component-wise ``O_NOFOLLOW`` walk elsewhere): an absolute path, a ``..``
+    component or a symlink leading out of the root is that item's error
+    (``UnsafePathError`` words), checked when the file is opened, so a
+    symlink swapped in after planning is still refused. Every file, with or
+    without a root, is opened non-blocking and must be a regular file (a
+    FIFO, socket, device or directory is that item's error, before any
+    read), of at most ``max_file_bytes`` bytes (``None``: ``max_pixels * 8 +
+    16 MiB``), read no further than its size when opened.
+
+    A batch larger than the machine's memory (RAM and swap), or whose
+    allocation fails, raises ``OutOfMemoryError`` (a ``MemoryError``) before
+    any file is read."""
 
 def free_batch_buffers() -> int:
     """Release the batch buffers ``load_batch`` keeps for reuse; returns the
@@ -166,10 +242,13 @@ def load_image(
     path: _Path,
     size: _Size | None = None,
     *,
+    root: _Path | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Decode one file; raises ``ImageDecodeError`` / ``ImageTooLargeError`` / ``OSError``."""
+    """Decode one file; raises ``ImageDecodeError`` / ``ImageTooLargeError`` / ``OSError`` /
+    ``UnsafePathError`` / ``NotRegularFileError`` / ``OutOfMemoryError``."""
 
 def _rebuild_bucket_set(
     buckets: Sequence[_Size], aspect_tolerance: float, pair_aspect_tolerance: float, min_pixels: int
@@ -309,3 +388,8 @@ def rank_in_group(groups: npt.NDArray[np.int64], order: npt.NDArray[np.int64]) -
     int64 code), rows counted in the order ``order`` (a permutation of the row
     numbers) visits them. One pass, no sort; ``ValueError`` if ``order`` is not
     a permutation."""
+
+def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each node's component label (the smallest node id in its component) in
+    the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
+    released; ``ValueError`` for an edge end outside ``0..n``."""
