@@ -75,16 +75,28 @@ def make_rows(n: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
-        rows.append({
-            "prompt": f"a prompt for comparison {i}", "model1": "flux", "model2": "sd3",
-            "image1_path": f"images/{i}_a.jpg", "image2_path": f"images/{i}_b.jpg",
-            "latent1": rng.standard_normal(SHAPE, dtype=np.float32),
-            "latent2": rng.standard_normal(SHAPE, dtype=np.float32),
-            "record_index": i, "votes_chosen": 3, "votes_rejected": 1, "confidence": 0.75,
-            "height": SHAPE[1] * 8, "width": SHAPE[2] * 8, "bucket_id": 8,
-            "orig_chosen_height": 1100, "orig_chosen_width": 1000,
-            "orig_rejected_height": 1200, "orig_rejected_width": 900,
-        })
+        rows.append(
+            {
+                "prompt": f"a prompt for comparison {i}",
+                "model1": "flux",
+                "model2": "sd3",
+                "image1_path": f"images/{i}_a.jpg",
+                "image2_path": f"images/{i}_b.jpg",
+                "latent1": rng.standard_normal(SHAPE, dtype=np.float32),
+                "latent2": rng.standard_normal(SHAPE, dtype=np.float32),
+                "record_index": i,
+                "votes_chosen": 3,
+                "votes_rejected": 1,
+                "confidence": 0.75,
+                "height": SHAPE[1] * 8,
+                "width": SHAPE[2] * 8,
+                "bucket_id": 8,
+                "orig_chosen_height": 1100,
+                "orig_chosen_width": 1000,
+                "orig_rejected_height": 1200,
+                "orig_rejected_width": 900,
+            }
+        )
     return rows
 
 
@@ -109,15 +121,29 @@ def write_pyarrow(rows: list[dict], path: Path) -> None:
                 buf = io.BytesIO()
                 np.save(buf, r[k])
                 lat.append(buf.getvalue())
-            details = {"votes_chosen": r["votes_chosen"], "votes_rejected": r["votes_rejected"],
-                       "confidence": r["confidence"],
-                       "orig_chosen_hw": [r["orig_chosen_height"], r["orig_chosen_width"]],
-                       "orig_rejected_hw": [r["orig_rejected_height"], r["orig_rejected_width"]],
-                       "final_chosen_hw": [r["height"], r["width"]], "final_rejected_hw": [r["height"], r["width"]]}
-            batch.append({"prompt": r["prompt"], "model1": r["model1"], "model2": r["model2"],
-                          "detailed_results": str(details), "image1_path": r["image1_path"],
-                          "image2_path": r["image2_path"], "latent1": lat[0], "latent2": lat[1],
-                          "latent1_shape": list(SHAPE), "latent2_shape": list(SHAPE)})
+            details = {
+                "votes_chosen": r["votes_chosen"],
+                "votes_rejected": r["votes_rejected"],
+                "confidence": r["confidence"],
+                "orig_chosen_hw": [r["orig_chosen_height"], r["orig_chosen_width"]],
+                "orig_rejected_hw": [r["orig_rejected_height"], r["orig_rejected_width"]],
+                "final_chosen_hw": [r["height"], r["width"]],
+                "final_rejected_hw": [r["height"], r["width"]],
+            }
+            batch.append(
+                {
+                    "prompt": r["prompt"],
+                    "model1": r["model1"],
+                    "model2": r["model2"],
+                    "detailed_results": str(details),
+                    "image1_path": r["image1_path"],
+                    "image2_path": r["image2_path"],
+                    "latent1": lat[0],
+                    "latent2": lat[1],
+                    "latent1_shape": list(SHAPE),
+                    "latent2_shape": list(SHAPE),
+                }
+            )
             if len(batch) == ROW_GROUP_SIZE:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 batch.clear()
@@ -164,7 +190,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--dir", type=Path, default=None, help="where the files are written (default: a temp dir)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="where the files are written (default: a temp dir)"
+    )
     args = ap.parse_args()
     rows = make_rows(args.rows)
     mb = sum(r["latent1"].nbytes + r["latent2"].nbytes for r in rows) / 1e6
@@ -173,15 +201,23 @@ def main() -> None:
         py_size = (Path(tmp) / "pyarrow.parquet").stat().st_size / 1e6
         ours_s, ours_cpu, ours_stall = measure(write_ours, rows, Path(tmp) / "ours.parquet", args.runs)
         ours_size = (Path(tmp) / "ours.parquet").stat().st_size / 1e6
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"pyarrow {pa.__version__}, hpd-encode {hpd_encode.__version__}")
-    print(f"{args.rows} rows, two {SHAPE} float32 latents each: {mb:.0f} MB of latents; best of {args.runs}\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"pyarrow {pa.__version__}, hpd-encode {hpd_encode.__version__}"
+    )
+    print(
+        f"{args.rows} rows, two {SHAPE} float32 latents each: {mb:.0f} MB of latents; best of {args.runs}\n"
+    )
     print("| writer | wall s | MB/s | CPU s | file MB | longest stall of a Python thread, ms |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| pyarrow in a Python thread (reference way, zstd) | {py_s:.2f} | {mb / py_s:.0f} | {py_cpu:.2f} | "
-          f"{py_size:.0f} | {py_stall * 1e3:.0f} |")
-    print(f"| hpd_encode.ParquetWriter (page per latent value) | {ours_s:.2f} | {mb / ours_s:.0f} | {ours_cpu:.2f} | "
-          f"{ours_size:.0f} | {ours_stall * 1e3:.0f} |")
+    print(
+        f"| pyarrow in a Python thread (reference way, zstd) | {py_s:.2f} | {mb / py_s:.0f} | {py_cpu:.2f} | "
+        f"{py_size:.0f} | {py_stall * 1e3:.0f} |"
+    )
+    print(
+        f"| hpd_encode.ParquetWriter (page per latent value) | {ours_s:.2f} | {mb / ours_s:.0f} | {ours_cpu:.2f} | "
+        f"{ours_size:.0f} | {ours_stall * 1e3:.0f} |"
+    )
     print(f"| ratio (ours vs pyarrow) | | **{py_s / ours_s:.2f}x** | **{ours_cpu / py_cpu:.2f}x** CPU | | |")
 
 

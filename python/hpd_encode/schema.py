@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from hpd_encode import _core
 
+
 def _arrow_type(name: str) -> pa.DataType:
     """A pyarrow type from the writer's spelling: an alias (``int64``) or ``list<ALIAS>``."""
     if name.startswith("list<") and name.endswith(">"):
