@@ -39,16 +39,9 @@ pub enum PairDrop {
     NoPairBucket = 4,
 }
 
-impl PairDrop {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TooSmall => "too_small",
-            Self::NoBucket => "no_bucket",
-            Self::AspectMismatch => "aspect_mismatch",
-            Self::NoPairBucket => "no_pair_bucket",
-        }
-    }
-}
+/// Names of the pair outcomes, indexed by the `PairDrop` discriminant (0 = kept):
+/// the reason codes `assign_pairs` returns and `BucketSet.DROP_REASONS` exports.
+pub const DROP_REASONS: [&str; 5] = ["kept", "too_small", "no_bucket", "aspect_mismatch", "no_pair_bucket"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BucketSet {
@@ -208,6 +201,8 @@ mod tests {
         assert_eq!(s.assign_pair(200, 200, 1024, 1024), Err(PairDrop::TooSmall));
         assert_eq!(s.assign_pair(100, 1000, 1024, 1024), Err(PairDrop::NoBucket));
         assert_eq!(s.assign_pair(1024, 768, 768, 1024), Err(PairDrop::AspectMismatch));
+        assert_eq!(DROP_REASONS[PairDrop::AspectMismatch as usize], "aspect_mismatch");
+        assert_eq!(DROP_REASONS[PairDrop::NoPairBucket as usize], "no_pair_bucket");
         // 512x512 and 1024x1024: same aspect, scale up to 1024 -> 1024x1024.
         assert_eq!(s.assign_pair(512, 512, 1024, 1024), Ok(8));
     }

@@ -66,7 +66,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("part.parquet");
         let opts = WriterOptions { row_group_size: 7, ..WriterOptions::default() };
-        let mut writer = PartWriter::create(&path, opts).unwrap();
+        let writer = PartWriter::create(&path, opts).unwrap();
         writer.submit((0..17).map(row).collect(), || Ok(())).unwrap();
         writer.close().unwrap();
         let layout = read_layout(&path).unwrap();
@@ -87,7 +87,7 @@ mod tests {
         assert!(err.contains("junk.parquet"), "{err}");
         // A part file cut short (as by a killed copy): its footer is gone.
         let cut = dir.join("cut.parquet");
-        let mut writer = PartWriter::create(&cut, WriterOptions::default()).unwrap();
+        let writer = PartWriter::create(&cut, WriterOptions::default()).unwrap();
         writer.submit((0..5).map(row).collect(), || Ok(())).unwrap();
         writer.close().unwrap();
         let bytes = std::fs::read(&cut).unwrap();

@@ -223,7 +223,7 @@ fn damaged_parquet_footers_are_errors_not_panics() {
     let scratch = Scratch::new("footer");
     let good = scratch.0.join("good.parquet");
     let opts = WriterOptions { row_group_size: 3, ..WriterOptions::default() };
-    let mut writer = PartWriter::create(&good, opts).unwrap();
+    let writer = PartWriter::create(&good, opts).unwrap();
     writer.submit((0..7).map(row).collect(), || Ok(())).unwrap();
     writer.close().unwrap();
     let bytes = std::fs::read(&good).unwrap();

@@ -55,7 +55,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_images::free_batch_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(py_buckets::_rebuild_bucket_set, m)?)?;
     m.add_class::<py_buckets::PyBucketSet>()?;
-    m.add_class::<py_writer::PyParquetWriter>()?;
+    py_writer::register(m)?;
     m.add_function(wrap_pyfunction!(py_index::parquet_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::rank_in_group, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;

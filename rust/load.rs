@@ -226,14 +226,14 @@ pub fn load_batch_into(
     })
 }
 
-/// The normalisation of one 8-bit value, `v / 127.5 - 1` in f32 arithmetic:
+/// The normalization of one 8-bit value, `v / 127.5 - 1` in f32 arithmetic:
 /// each step rounds as `np.float32(v) / np.float32(127.5) - np.float32(1)`
 /// (and torch's `x.float() / 127.5 - 1` on the CPU) does, so the values are
-/// bit-identical to that normalisation. 0 -> -1.0, 255 -> 1.0. (Rust never
+/// bit-identical to that normalization. 0 -> -1.0, 255 -> 1.0. (Rust never
 /// fuses the two steps into an FMA, nor turns the division into a
 /// multiplication by an inexact reciprocal.)
 #[inline(always)]
-fn normalise(v: u8) -> f32 {
+fn normalize(v: u8) -> f32 {
     f32::from(v) / 127.5 - 1.0
 }
 
@@ -246,8 +246,8 @@ thread_local! {
 /// Decode and resize every file to `(height, width)` into a contiguous
 /// `(n, 3, height, width)` f32 batch (the first `n * 3 * height * width`
 /// elements of the returned buffer: a kept one, [`F32_BATCHES`], possibly
-/// longer, when one is large enough, else a new one), normalised to [-1, 1] (see
-/// [`normalise`]): the tensor a VAE encoder takes. Each item is resized into
+/// longer, when one is large enough, else a new one), normalized to [-1, 1] (see
+/// [`normalize`]): the tensor a VAE encoder takes. Each item is resized into
 /// a per-thread u8 scratch and converted from there, so the batch never
 /// exists as u8. Failed slots are zero-filled (0.0, i.e. mid-grey, not black:
 /// drop them using the errors); the returned vector holds each item's error,
@@ -256,7 +256,7 @@ thread_local! {
 /// The buffer is not zeroed first: every element is written exactly once
 /// (memset-ing tens of MB only to overwrite them cost ~6 % of the work).
 /// A batch the machine cannot hold is [`Error::OutOfMemory`], as in [`load_batch`].
-pub fn load_batch_normalised(
+pub fn load_batch_normalized(
     root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
@@ -266,7 +266,7 @@ pub fn load_batch_normalised(
     let n = paths.len();
     let len = batch_len(n, size, 4, "float32")?;
     if let Some(mut buffer) = F32_BATCHES.take(len) {
-        let errors = load_batch_normalised_over(root, paths, size, num_threads, opts, &mut buffer[..len]);
+        let errors = load_batch_normalized_over(root, paths, size, num_threads, opts, &mut buffer[..len]);
         return Ok((buffer, errors));
     }
     let mut buffer: Vec<f32> = Vec::new();
@@ -276,16 +276,16 @@ pub fn load_batch_normalised(
         available: machine_memory(),
     })?;
     let spare = &mut buffer.spare_capacity_mut()[..len];
-    let errors = load_batch_normalised_into(root, paths, size, num_threads, opts, spare);
-    // SAFETY: load_batch_normalised_into returned, so fill_slots has written
+    let errors = load_batch_normalized_into(root, paths, size, num_threads, opts, spare);
+    // SAFETY: load_batch_normalized_into returned, so fill_slots has written
     // every slot of `spare` (the item or zeros), i.e. all `len` elements.
     unsafe { buffer.set_len(len) };
     Ok((buffer, errors))
 }
 
-/// [`load_batch_normalised_into`] over an initialised buffer (a reused
+/// [`load_batch_normalized_into`] over an initialised buffer (a reused
 /// batch, a caller's array).
-pub fn load_batch_normalised_over(
+pub fn load_batch_normalized_over(
     root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
@@ -296,12 +296,12 @@ pub fn load_batch_normalised_over(
     // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the loader
     // writes only valid floats through the cast slice: `out` stays initialised.
     let slots = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    load_batch_normalised_into(root, paths, size, num_threads, opts, slots)
+    load_batch_normalized_into(root, paths, size, num_threads, opts, slots)
 }
 
-/// [`load_batch_normalised`] into a caller's buffer of `n * 3 * height *
+/// [`load_batch_normalized`] into a caller's buffer of `n * 3 * height *
 /// width` elements, initialised or not: every element is written.
-pub fn load_batch_normalised_into(
+pub fn load_batch_normalized_into(
     root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
@@ -314,7 +314,7 @@ pub fn load_batch_normalised_into(
         let img = decode_file(root, path, opts)?;
         guarded(|| {
             if img.height == h && img.width == w {
-                write_normalised_chw(&img.data, slot);
+                write_normalized_chw(&img.data, slot);
                 return Ok(());
             }
             // Taken out of the cell, not borrowed: a nested use on this thread
@@ -323,7 +323,7 @@ pub fn load_batch_normalised_into(
             scratch.resize(h * w * 3, 0);
             let resized = resize_into(&img, h, w, &mut scratch);
             if resized.is_ok() {
-                write_normalised_chw(&scratch, slot);
+                write_normalized_chw(&scratch, slot);
             }
             SCRATCH.set(scratch);
             resized
@@ -332,36 +332,36 @@ pub fn load_batch_normalised_into(
     })
 }
 
-/// Interleaved RGB `pixels` (`h * w * 3` bytes) to planar, normalised
+/// Interleaved RGB `pixels` (`h * w * 3` bytes) to planar, normalized
 /// `(3, h, w)` floats in `out`, every element of which is written.
-fn write_normalised_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
+fn write_normalized_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
     assert_eq!(out.len(), pixels.len(), "output slot does not match the image");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: this CPU has AVX2 (checked just above).
-        return unsafe { write_normalised_chw_avx2(pixels, out) };
+        return unsafe { write_normalized_chw_avx2(pixels, out) };
     }
-    normalised_chw(pixels, out)
+    normalized_chw(pixels, out)
 }
 
 /// The same loop compiled for AVX2, which LLVM vectorises about 3x faster
 /// than the baseline x86-64 build's SSE2 (0.4 vs 1.4 ms per megapixel).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn write_normalised_chw_avx2(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
-    normalised_chw(pixels, out)
+unsafe fn write_normalized_chw_avx2(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
+    normalized_chw(pixels, out)
 }
 
 #[inline(always)]
-fn normalised_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
+fn normalized_chw(pixels: &[u8], out: &mut [MaybeUninit<f32>]) {
     let plane = pixels.len() / 3;
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
     // Every index of the three planes is reached: 3 * plane == out.len() (asserted by the caller).
     for (((px, r), g), b) in pixels.chunks_exact(3).zip(red).zip(green).zip(blue) {
-        r.write(normalise(px[0]));
-        g.write(normalise(px[1]));
-        b.write(normalise(px[2]));
+        r.write(normalize(px[0]));
+        g.write(normalize(px[1]));
+        b.write(normalize(px[2]));
     }
 }
 
@@ -403,10 +403,10 @@ mod tests {
     /// conversion this CPU uses (AVX2 or not) and the portable loop:
     /// bit-identical to the f32 formula.
     #[test]
-    fn normalisation_is_the_float32_formula() {
+    fn normalization_is_the_float32_formula() {
         let expected = |v: u8| f32::from(v) / 127.5f32 - 1.0f32;
         type Convert = fn(&[u8], &mut [MaybeUninit<f32>]);
-        let convert: [Convert; 2] = [write_normalised_chw, normalised_chw];
+        let convert: [Convert; 2] = [write_normalized_chw, normalized_chw];
         for (shift, f) in (0..3).flat_map(|s| convert.map(|f| (s, f))) {
             let pixels: Vec<u8> = (0..=255u8).cycle().skip(shift).take(3 * 256 + 3 * 37).collect();
             let out = converted(f, &pixels);
@@ -416,7 +416,7 @@ mod tests {
                 assert_eq!(got.to_bits(), expected(v).to_bits(), "value {v} at {i}");
             }
         }
-        assert_eq!((normalise(0), normalise(255)), (-1.0, 1.0));
+        assert_eq!((normalize(0), normalize(255)), (-1.0, 1.0));
     }
 
     /// `convert` run on an output prefilled with 9.0 (seen if an element were skipped).
@@ -430,8 +430,8 @@ mod tests {
     #[test]
     fn chw_planes_come_from_the_right_channels() {
         let pixels = [0u8, 128, 255, 10, 20, 30];
-        let out = converted(write_normalised_chw, &pixels);
-        let n = normalise;
+        let out = converted(write_normalized_chw, &pixels);
+        let n = normalize;
         assert_eq!(out, [n(0), n(10), n(128), n(20), n(255), n(30)]);
     }
 
@@ -442,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn normalised_batch_matches_the_u8_batch() {
+    fn normalized_batch_matches_the_u8_batch() {
         let dir = std::env::temp_dir().join(format!("hpd-load-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let same = dir.join("same.png");
@@ -456,7 +456,7 @@ mod tests {
         let opts = LoadOptions::default();
         let mut u8s = vec![0u8; paths.len() * h * w * 3];
         let e1 = load_batch_into(None, &paths, (h, w), Some(2), &opts, &mut u8s);
-        let (floats, e2) = load_batch_normalised(None, &paths, (h, w), Some(2), &opts).unwrap();
+        let (floats, e2) = load_batch_normalized(None, &paths, (h, w), Some(2), &opts).unwrap();
         assert!(floats.len() >= paths.len() * 3 * h * w);
         let (u8s_again, e3) = load_batch(None, &paths, (h, w), Some(2), &opts).unwrap();
         assert_eq!(&u8s_again[..u8s.len()], &u8s[..]);
@@ -474,7 +474,7 @@ mod tests {
             for c in 0..3 {
                 for p in 0..plane {
                     let v = u8s[(i * plane + p) * 3 + c];
-                    assert_eq!(floats[(i * 3 + c) * plane + p].to_bits(), normalise(v).to_bits());
+                    assert_eq!(floats[(i * 3 + c) * plane + p].to_bits(), normalize(v).to_bits());
                 }
             }
         }
@@ -489,7 +489,7 @@ mod tests {
         let err = load_batch(None, &paths, (side, side), Some(1), &opts).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
         assert!(err.to_string().contains("a batch of 3 images of 1048576x1048576 (uint8)"), "{err}");
-        let err = load_batch_normalised(None, &paths, (side, side), Some(1), &opts).unwrap_err();
+        let err = load_batch_normalized(None, &paths, (side, side), Some(1), &opts).unwrap_err();
         assert!(err.to_string().contains(&format!("needs {} bytes", 3u128 * 3 * 4 * (1 << 40))), "{err}");
         // Past the address space too.
         let err = load_batch(None, &paths, (usize::MAX / 4, 8), Some(1), &opts).unwrap_err();

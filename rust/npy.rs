@@ -2,9 +2,9 @@
 //! Python's `repr()` of a float, so the strings we build parse back with
 //! `np.load(io.BytesIO(b))` and `ast.literal_eval` exactly as the reference's.
 
-/// `.npy` bytes: magic, version 1.0, a header dict padded so the data starts
-/// on a 64-byte boundary, then the raw little-endian data.
-pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+/// The `.npy` header: magic, version 1.0, a header dict padded so the data
+/// starts on a 64-byte boundary. The raw little-endian data follows it.
+pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_str = match shape {
         [n] => format!("({n},)"),
         dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
@@ -14,10 +14,16 @@ pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// `.npy` bytes: [`npy_header`], then the raw little-endian data.
+pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = npy_header(descr, shape);
     out.extend_from_slice(data);
     out
 }

@@ -3,11 +3,8 @@
 use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayLike1};
 use pyo3::prelude::*;
 
-use crate::buckets;
+use crate::buckets::{self, DROP_REASONS};
 use crate::error::Error;
-
-/// Reasons a pair is dropped, indexed by the codes `assign_pairs` returns.
-pub const DROP_REASONS: [&str; 5] = ["kept", "too_small", "no_bucket", "aspect_mismatch", "no_pair_bucket"];
 
 #[pyclass(name = "BucketSet", module = "hpd_encode._core", frozen)]
 pub struct PyBucketSet {

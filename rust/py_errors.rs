@@ -21,39 +21,66 @@ create_exception!(hpd_encode._core, WriterError, HpdError, "The Parquet writer f
 /// `except ValueError` / `except OSError` / `except MemoryError` still
 /// catch them: classes with two bases, which `create_exception!` cannot
 /// make, built once with `type(name, bases, namespace)`.
-struct MultiBase {
+pub(crate) struct MultiBase {
     name: &'static str,
     doc: &'static str,
+    /// The hpd-encode base (`HpdError` or one of its subclasses).
+    ours: fn(Python<'_>) -> Bound<'_, PyType>,
     base: fn(Python<'_>) -> Bound<'_, PyType>,
+    /// Class attributes, `None` on the class (set on an instance when raised).
+    attrs: &'static [&'static str],
     cell: PyOnceLock<Py<PyType>>,
+}
+
+fn hpd_error(py: Python<'_>) -> Bound<'_, PyType> {
+    py.get_type::<HpdError>()
 }
 
 static UNSAFE_PATH: MultiBase = MultiBase {
     name: "UnsafePathError",
     doc: "A metadata path that is absolute or leaves the data root.",
     base: |py| py.get_type::<PyValueError>(),
+    ours: hpd_error,
+    attrs: &[],
     cell: PyOnceLock::new(),
 };
 static NOT_REGULAR: MultiBase = MultiBase {
     name: "NotRegularFileError",
     doc: "A FIFO, socket, device or directory where an image file was expected.",
     base: |py| py.get_type::<PyOSError>(),
+    ours: hpd_error,
+    attrs: &[],
+    cell: PyOnceLock::new(),
+};
+/// A row given to `ParquetWriter.submit` that cannot be written.
+pub(crate) static INVALID_ROW: MultiBase = MultiBase {
+    name: "InvalidRowError",
+    doc: "A submitted row cannot be written. ``field``, ``record_index`` (None when the row has none) \
+          and ``position`` (in the submitted list) say which; nothing of that submit() call was queued.",
+    base: |py| py.get_type::<PyValueError>(),
+    ours: |py| py.get_type::<WriterError>(),
+    attrs: &["field", "record_index", "position"],
     cell: PyOnceLock::new(),
 };
 static OUT_OF_MEMORY: MultiBase = MultiBase {
     name: "OutOfMemoryError",
     doc: "A batch or image that this machine's memory cannot hold (refused, not an abort).",
     base: |py| py.get_type::<PyMemoryError>(),
+    ours: hpd_error,
+    attrs: &[],
     cell: PyOnceLock::new(),
 };
 
 impl MultiBase {
-    fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyType>> {
+    pub(crate) fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyType>> {
         let ty = self.cell.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-            let bases = PyTuple::new(py, [py.get_type::<HpdError>(), (self.base)(py)])?;
+            let bases = PyTuple::new(py, [(self.ours)(py), (self.base)(py)])?;
             let namespace = PyDict::new(py);
             namespace.set_item("__module__", "hpd_encode._core")?;
             namespace.set_item("__doc__", self.doc)?;
+            for attr in self.attrs {
+                namespace.set_item(*attr, py.None())?;
+            }
             let made = py.get_type::<PyType>().call1((self.name, bases, namespace))?;
             Ok(made.cast_into::<PyType>()?.unbind())
         })?;
@@ -70,7 +97,7 @@ impl MultiBase {
 
 /// Add the two-base classes to the module.
 pub fn add_multi_base_errors(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for class in [&UNSAFE_PATH, &NOT_REGULAR, &OUT_OF_MEMORY] {
+    for class in [&UNSAFE_PATH, &NOT_REGULAR, &OUT_OF_MEMORY, &INVALID_ROW] {
         m.add(class.name, class.get(m.py())?)?;
     }
     Ok(())

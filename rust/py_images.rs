@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use crate::decode::{default_max_file_bytes, AlphaMode, LoadOptions, ProbeLimits, DEFAULT_MAX_PIXELS};
 use crate::error::Error;
 use crate::load::{
-    load_batch_into, load_batch_normalised, load_batch_normalised_over, load_many, probe_columns, probe_many, ProbeKind,
+    load_batch_into, load_batch_normalized, load_batch_normalized_over, load_many, probe_columns, probe_many, ProbeKind,
 };
 use crate::recycle::{F32_BATCHES, U8_BATCHES};
 use crate::safe_open::Root;
@@ -167,7 +167,7 @@ pub fn load_batch<'py>(
     if let Some(out) = out {
         let errs = if normalize {
             with_out_slice::<f32, _>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)", |slice| {
-                py.detach(|| load_batch_normalised_over(root, &paths, (h, w), num_threads, &opts, slice))
+                py.detach(|| load_batch_normalized_over(root, &paths, (h, w), num_threads, &opts, slice))
             })?
         } else {
             with_out_slice::<u8, _>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)", |slice| {
@@ -177,7 +177,7 @@ pub fn load_batch<'py>(
         return Ok((out, errors(errs)));
     }
     let (batch, errs) = if normalize {
-        let (buffer, errs) = py.detach(|| load_batch_normalised(root, &paths, (h, w), num_threads, &opts))?;
+        let (buffer, errs) = py.detach(|| load_batch_normalized(root, &paths, (h, w), num_threads, &opts))?;
         (kept_array(py, buffer, [n, 3, h, w], Kept::F32)?, errs)
     } else {
         let (buffer, errs) = py.detach(|| crate::load::load_batch(root, &paths, (h, w), num_threads, &opts))?;

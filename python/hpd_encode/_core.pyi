@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal, final, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from hpd_encode.schema import PartRow
 from typing_extensions import Self, TypeAlias
 
 _Path: TypeAlias = str | PathLike[str]
@@ -32,6 +34,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "WriterError",
+    "InvalidRowError",
     "UnsafePathError",
     "NotRegularFileError",
     "OutOfMemoryError",
@@ -52,6 +55,13 @@ __all__ = [
     "_rebuild_bucket_set",
     "BucketSet",
     "ParquetWriter",
+    "temp_name",
+    "part_columns",
+    "reference_columns",
+    "row_fields",
+    "TEMP_FILE_PATTERN",
+    "LATENT_DOWN_FACTOR",
+    "MAX_ROW_GROUP_SIZE",
     "parquet_layout",
     "rank_in_group",
     "connected_components",
@@ -90,6 +100,14 @@ class ImageTooLargeError(ImageDecodeError):
 class WriterError(HpdError):
     """The Parquet writer failed."""
 
+class InvalidRowError(WriterError, ValueError):
+    """A submitted row cannot be written. ``field``, ``record_index`` (None when
+    the row has none) and ``position`` (in the submitted list) say which; nothing
+    of that ``submit()`` call was queued."""
+
+    field: str | None
+    record_index: int | None
+    position: int | None
 class UnsafePathError(HpdError, ValueError):
     """A metadata path that is absolute or leaves the data root."""
 
@@ -305,7 +323,8 @@ class BucketSet:
 
 @final
 class ParquetWriter:
-    """A part file written by a background thread; a context manager."""
+    """A part file written by a background thread; a context manager. Safe to
+    share between threads (every thread's rows land in the file)."""
 
     def __new__(
         cls, path: _Path, *, row_group_size: int = 100, queue_size: int = 64, zstd_level: int = 1
@@ -320,15 +339,19 @@ class ParquetWriter:
     def queued_rows(self) -> int:
         """Rows submitted but not yet written by the background thread."""
 
-    def submit(self, rows: list[dict[str, Any]]) -> None:
-        """Queue rows (dicts with the part-file columns; ``latent1``/``latent2``
-        are float32/float16 numpy arrays). Blocks while the queue is full."""
+    def submit(self, rows: Sequence[PartRow]) -> None:
+        """Queue rows (a list of dicts with the fields of ``row_fields()``;
+        ``latent1``/``latent2`` are float32/float16 numpy arrays). Blocks,
+        without the GIL, while the queue is full. Raises ``InvalidRowError``
+        for a bad row (nothing of the call queued) and ``WriterError`` when the
+        writer thread failed or the writer is closed."""
 
     def close(self) -> dict[str, Any]:
-        """Flush, write the footer, fsync and rename; returns statistics."""
+        """Flush, write the footer, fsync and rename; returns statistics
+        (later calls return the same)."""
 
     def abort(self) -> None:
-        """Discard everything: no file appears."""
+        """Discard everything: no file appears (nothing happens after ``close()``)."""
 
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -337,6 +360,26 @@ class ParquetWriter:
         _exc_value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> bool: ...
+
+def temp_name(path: _Path) -> Path:
+    """The temporary path a file is written under before it is complete
+    (``.NAME.tmp-PID`` beside it, this process; see ``TEMP_FILE_PATTERN``)."""
+
+def part_columns() -> list[tuple[str, str]]:
+    """The part file's columns in file order, ``(name, pyarrow type name)``."""
+
+def reference_columns() -> list[str]:
+    """The reference pipeline's columns (the first of ``part_columns()``)."""
+
+def row_fields() -> list[tuple[str, bool]]:
+    """The fields of a submitted row, ``(name, required)``."""
+
+#: Regex of a temporary name (``.NAME.tmp-PID``): groups ``name`` and ``pid``.
+TEMP_FILE_PATTERN: str
+#: Image height and width over latent height and width.
+LATENT_DOWN_FACTOR: int
+#: The most rows of a row group; ``ParquetWriter`` refuses a larger ``row_group_size``.
+MAX_ROW_GROUP_SIZE: int
 
 def parquet_layout(path: _Path) -> tuple[list[int], list[str], int]:
     """``(rows per row group, top-level column names, rows)`` of a Parquet file,

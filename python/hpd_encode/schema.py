@@ -1,4 +1,8 @@
-"""The Parquet layout of the part files.
+"""The Parquet layout of the part files, as the Rust writer defines it.
+
+The writer (``rust/writer.rs``) owns the schema and exports it through
+``hpd_encode._core``; this module only turns those exports into Python
+objects, so the two sides cannot drift apart.
 
 The first ten columns are the reference pipeline's, same names, types and
 contents, so existing trainers keep working (``ast.literal_eval`` on
@@ -9,64 +13,87 @@ extras that spare readers the string parsing; readers must not require them
 
 from __future__ import annotations
 
+import re
+from typing import TypedDict
+
+import numpy as np
 import pyarrow as pa
 
-REFERENCE_COLUMNS = [
-    "prompt",
-    "model1",
-    "model2",
-    "detailed_results",
-    "image1_path",
-    "image2_path",
-    "latent1",
-    "latent2",
-    "latent1_shape",
-    "latent2_shape",
+from hpd_encode import _core
+
+
+def _arrow_type(name: str) -> pa.DataType:
+    """A pyarrow type from the writer's spelling: an alias (``int64``) or ``list<ALIAS>``."""
+    if name.startswith("list<") and name.endswith(">"):
+        return pa.list_(_arrow_type(name[5:-1]))
+    return pa.type_for_alias(name)
+
+
+#: The part file's schema: the reference's columns, then the typed extras.
+PART_SCHEMA: pa.Schema = pa.schema([(name, _arrow_type(ty)) for name, ty in _core.part_columns()])
+
+#: The reference pipeline's columns, in file order (the first ones of ``PART_SCHEMA``).
+REFERENCE_COLUMNS: list[str] = _core.reference_columns()
+
+#: The most rows of a row group (the reference's row-group size); ``ParquetWriter``
+#: refuses a larger ``row_group_size``.
+ROW_GROUP_SIZE: int = _core.MAX_ROW_GROUP_SIZE
+
+#: Image height and width over latent height and width: readers compute the
+#: image size as ``latent1_shape[-2:] * LATENT_DOWN_FACTOR``.
+LATENT_DOWN_FACTOR: int = _core.LATENT_DOWN_FACTOR
+
+#: The temporary name a file has while it is written (``.NAME.tmp-PID``):
+#: group ``name`` is the final file name, group ``pid`` the writing process.
+TEMP_RE: re.Pattern[str] = re.compile(_core.TEMP_FILE_PATTERN)
+
+#: The fields of a row given to ``ParquetWriter.submit``: ``(name, required)``.
+ROW_FIELDS: list[tuple[str, bool]] = _core.row_fields()
+
+
+class _RequiredFields(TypedDict):
+    prompt: str
+    image1_path: str
+    image2_path: str
+    latent1: np.ndarray  # float32 or float16 (copied in C order)
+    latent2: np.ndarray
+    height: int  # target (final) size of both images, pixels
+    width: int
+
+
+class PartRow(_RequiredFields, total=False):
+    """One row for ``ParquetWriter.submit`` (``ROW_FIELDS`` as a type).
+
+    Unknown keys are refused. An optional field that is absent or ``None``
+    takes the reference's default for missing metadata (model names ``""``,
+    votes 0, confidence 0.0) or is stored as null (``record_index``,
+    ``bucket_id``, the original sizes: give both halves of one or neither;
+    a null original size is ``None`` in ``detailed_results``).
+    """
+
+    model1: str | None
+    model2: str | None
+    record_index: int | None
+    votes_chosen: int | None  # 0 <= votes < 2**63
+    votes_rejected: int | None
+    confidence: float | None  # finite
+    bucket_id: int | None
+    orig_chosen_height: int | None  # decoded size, EXIF orientation applied
+    orig_chosen_width: int | None
+    orig_rejected_height: int | None
+    orig_rejected_width: int | None
+
+
+#: The temporary path of a file being written (``.NAME.tmp-PID`` beside it, this process).
+temp_name = _core.temp_name
+
+__all__ = [
+    "LATENT_DOWN_FACTOR",
+    "PART_SCHEMA",
+    "REFERENCE_COLUMNS",
+    "ROW_FIELDS",
+    "ROW_GROUP_SIZE",
+    "TEMP_RE",
+    "PartRow",
+    "temp_name",
 ]
-
-EXTRA_COLUMNS = [
-    "record_index",  # int64: position of the comparison in the metadata file
-    "votes_chosen",  # int64
-    "votes_rejected",  # int64
-    "confidence",  # float64
-    "height",  # int64: target (final) height of both images
-    "width",  # int64: target (final) width
-    "bucket_id",  # int32: id of (height, width) in the bucket set used
-    "orig_chosen_height",  # int64: decoded size, EXIF orientation applied
-    "orig_chosen_width",
-    "orig_rejected_height",
-    "orig_rejected_width",
-]
-
-PART_SCHEMA = pa.schema(
-    [
-        ("prompt", pa.string()),
-        ("model1", pa.string()),
-        ("model2", pa.string()),
-        ("detailed_results", pa.string()),
-        ("image1_path", pa.string()),
-        ("image2_path", pa.string()),
-        ("latent1", pa.binary()),
-        ("latent2", pa.binary()),
-        ("latent1_shape", pa.list_(pa.int64())),
-        ("latent2_shape", pa.list_(pa.int64())),
-        ("record_index", pa.int64()),
-        ("votes_chosen", pa.int64()),
-        ("votes_rejected", pa.int64()),
-        ("confidence", pa.float64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("bucket_id", pa.int32()),
-        ("orig_chosen_height", pa.int64()),
-        ("orig_chosen_width", pa.int64()),
-        ("orig_rejected_height", pa.int64()),
-        ("orig_rejected_width", pa.int64()),
-    ]
-)
-
-ROW_GROUP_SIZE = 100
-
-
-def part_name(rank: int) -> str:
-    """The reference's part file name for a rank."""
-    return f"part_rank{rank:02d}.parquet"
