@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,8 +37,8 @@ import torch
 from PIL import Image
 
 import hpd_encode
-from hpd_encode.pipeline import encode
 from hpd_encode.metadata import read_metadata
+from hpd_encode.pipeline import encode
 from hpd_encode.schema import PART_SCHEMA, REFERENCE_COLUMNS
 from hpd_encode.vae import make_tiny_vae
 
@@ -136,74 +135,6 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
     return pq.ParquetFile(out).metadata.num_rows
 
 
-class GilProbe:
-    """A Python thread ticking every 0.5 ms; the longest gap between ticks is
-    (an upper bound of) the longest time something else held the GIL."""
-
-    def __init__(self) -> None:
-        self.max_gap = 0.0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        last = time.perf_counter()
-        while not self._stop.is_set():
-            time.sleep(0.0005)
-            now = time.perf_counter()
-            self.max_gap = max(self.max_gap, now - last)
-            last = now
-
-    def __enter__(self) -> GilProbe:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def writer_bench(tmp: Path, n_rows: int, shape: tuple[int, int, int]) -> dict:
-    rng = np.random.default_rng(0)
-    # Every latent distinct, as real ones are (repeated values would let
-    # pyarrow's dictionary encoding skip most of the work).
-    rows = [{"prompt": f"p{i}", "image1_path": "a", "image2_path": "b",
-             "latent1": rng.standard_normal(shape, dtype=np.float32),
-             "latent2": rng.standard_normal(shape, dtype=np.float32), "record_index": i} for i in range(n_rows)]
-    out = {}
-    with GilProbe() as probe:
-        t = time.perf_counter()
-        with hpd_encode.ParquetWriter(tmp / "ours.parquet") as w:
-            for i in range(0, n_rows, 4):
-                w.submit(rows[i : i + 4])
-        out["ours_s"] = time.perf_counter() - t
-    out["ours_gil_ms"] = probe.max_gap * 1e3
-
-    def py_writer() -> None:
-        schema = pa.schema([("prompt", pa.string()), ("detailed_results", pa.string()), ("latent1", pa.binary()),
-                            ("latent2", pa.binary())])
-        wr = pq.ParquetWriter(tmp / "py.parquet", schema, compression="zstd")
-        batch = []
-        for r in rows:
-            b1, b2 = io.BytesIO(), io.BytesIO()
-            np.save(b1, r["latent1"])
-            np.save(b2, r["latent2"])
-            batch.append({"prompt": r["prompt"], "detailed_results": str({"votes_chosen": 0}),
-                          "latent1": b1.getvalue(), "latent2": b2.getvalue()})
-            if len(batch) == 100:
-                _flush(wr, batch, schema)
-        _flush(wr, batch, schema)
-        wr.close()
-
-    with GilProbe() as probe:
-        t = time.perf_counter()
-        th = threading.Thread(target=py_writer)
-        th.start()
-        th.join()
-        out["py_s"] = time.perf_counter() - t
-    out["py_gil_ms"] = probe.max_gap * 1e3
-    return out
-
-
 def machine() -> str:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -217,7 +148,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--writer-rows", type=int, default=400)
     ap.add_argument("--keep", default=None, help="keep the work folder here")
     ap.add_argument("--full-vae", action="store_true", help="SD3.5-shaped VAE (random weights); for a GPU")
     args = ap.parse_args()
@@ -252,18 +182,6 @@ def main() -> None:
         print(f"| {label} | {rows} | {wall:.1f} | {rows / wall:.2f} | {s['images_encoded']} | "
               f"{s['images_encoded'] / max(rows, 1):.2f} | {ref_s / wall:.1f}x |")
 
-    # Disk write-back and page faults make single runs noisy: best of 3, alternating.
-    runs = [writer_bench(tmp, args.writer_rows, (16, 128, 128)) for _ in range(3)]
-    w = {k: min(r[k] for r in runs) for k in runs[0]}
-    mb = args.writer_rows * 2 * 16 * 128 * 128 * 4 / 1e6
-    print(f"\nwriter: {args.writer_rows} rows of two distinct 16x128x128 float32 latents ({mb:.0f} MB), best of 3")
-    print("| writer | rows/s | MB/s | longest GIL hold seen by another thread |")
-    print("|---|---|---|---|")
-    print(f"| pyarrow from a Python thread (np.save + from_pylist) | {args.writer_rows / w['py_s']:.0f} | "
-          f"{mb / w['py_s']:.0f} | {w['py_gil_ms']:.1f} ms |")
-    print(f"| hpd_encode.ParquetWriter (Rust thread) | {args.writer_rows / w['ours_s']:.0f} | {mb / w['ours_s']:.0f} | "
-          f"{w['ours_gil_ms']:.1f} ms |")
-    print(f"writer speed-up {w['py_s'] / w['ours_s']:.1f}x, GIL hold ratio {w['py_gil_ms'] / max(w['ours_gil_ms'], 1e-3):.1f}x")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
 

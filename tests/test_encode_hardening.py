@@ -233,3 +233,23 @@ def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_pat
     assert all(f.kind == "decode_error" and "outside the data root" in f.detail for f in bad.values())
     assert sorted(_rows(tmp_path / "out")) == [2, 3]
     assert _core.PROBE_UNSAFE_PATH == _core.probe_paths(data, ["1.png"])[2][0]
+
+
+def test_a_row_the_writer_refuses_is_left_out_and_nothing_is_written_twice(tmp_path):
+    """Rows split across two part files, a bad one in the second: the bad row is
+    returned with its error, every other row lands exactly once."""
+    from hpd_encode.errors import InvalidRowError
+    from hpd_encode.output_dir import PartRotator
+
+    def row(i: int, votes: int = 1) -> dict:
+        z = np.full((4, 8, 8), i, dtype=np.float32)
+        return {"prompt": f"p{i}", "image1_path": "a.png", "image2_path": "b.png", "latent1": z, "latent2": z,
+                "height": 64, "width": 64, "record_index": i, "votes_chosen": votes}
+
+    rotator = PartRotator(tmp_path, 0, rows_per_file=3)
+    refused = rotator.submit([row(0), row(1), row(2), row(3), row(4, votes=-1), row(5)])
+    rotator.commit()
+    assert [r["record_index"] for r, _ in refused] == [4]
+    assert isinstance(refused[0][1], InvalidRowError) and "votes_chosen" in str(refused[0][1])
+    assert sorted(_rows(tmp_path)) == [0, 1, 2, 3, 5]
+    assert [f["rows"] for f in rotator.files] == [3, 2]

@@ -36,10 +36,16 @@ SUMMARY = "summary.json"
 FAILURES = "failures.csv"
 LOCK_FILE = ".hpd-encode.lock"
 PART_RE = re.compile(r"^part_rank(\d+)(?:-(\d+))?\.parquet$")
-# A part file being written: the Rust writer's temporary name (schema.TEMP_RE once the writer exports it).
-TEMP_RE = re.compile(r"^\.part_rank\d+(?:-\d+)?\.parquet\.tmp-\d+$")
 
 log = logging.getLogger("hpd_encode.output")
+
+
+def _is_part_temp(name: str) -> bool:
+    """A part file being written (the Rust writer's temporary name for it)."""
+    from hpd_encode.schema import TEMP_RE
+
+    m = TEMP_RE.match(name)
+    return m is not None and PART_RE.match(m["name"]) is not None
 
 
 def part_file_name(rank: int, k: int) -> str:
@@ -183,7 +189,7 @@ def read_lock_holder(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
 def clear_run(output_dir: Path) -> None:
     """``--overwrite``: remove a previous run's part files, temporary files and reports."""
     for p in output_dir.iterdir():
-        if PART_RE.match(p.name) or TEMP_RE.match(p.name):
+        if PART_RE.match(p.name) or _is_part_temp(p.name):
             p.unlink()
     for name in (MANIFEST, SUMMARY, FAILURES):
         (output_dir / name).unlink(missing_ok=True)
@@ -214,7 +220,7 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
                 f"'{output_dir}' holds part files but no {MANIFEST}; pass --overwrite or choose another --output-dir"
             )
     for p in output_dir.iterdir():
-        if TEMP_RE.match(p.name):
+        if _is_part_temp(p.name):
             log.info("removing the incomplete file %s left by an interrupted run", p.name)
             p.unlink()
     manifest = {"format": 1, "tool": tool, "fingerprint": fp, "settings": settings, "status": "running",
@@ -275,16 +281,29 @@ class PartRotator:
         self.writer = ParquetWriter(path, row_group_size=ROW_GROUP_SIZE, queue_size=self.queue_size)
         self.in_file = 0
 
-    def submit(self, rows: list[dict[str, Any]]) -> None:
+    def submit(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Exception]]:
+        """Write ``rows``, rotating files as they fill. A row the writer refuses
+        (``InvalidRowError``: nothing of that call is queued) is left out and
+        returned with its error; every other row is written exactly once."""
+        from hpd_encode.errors import InvalidRowError
+
+        refused: list[tuple[dict[str, Any], Exception]] = []
         while rows:
             if self.writer is None:
                 self.open()
             room = len(rows) if self.rows_per_file is None else self.rows_per_file - self.in_file
             chunk, rows = rows[:room], rows[room:]
-            self.writer.submit(chunk)
+            try:
+                self.writer.submit(chunk)
+            except InvalidRowError as e:
+                bad = e.position
+                refused.append((chunk[bad], e))
+                rows = chunk[:bad] + chunk[bad + 1:] + rows
+                continue
             self.in_file += len(chunk)
             if self.rows_per_file is not None and self.in_file >= self.rows_per_file:
                 self.commit()
+        return refused
 
     def commit(self) -> None:
         if self.writer is not None:

@@ -234,17 +234,10 @@ class Encoder:
 
     def _submit(self, rows: list[dict[str, Any]]) -> None:
         """Hand rows to the writer; a row the writer refuses becomes that record's failure."""
-        try:
-            self.rotator.submit(rows)
-        except ValueError as e:
-            if len(rows) == 1:
-                r = rows[0]
-                self.failures.append(Failure(r["record_index"], "write", "write_error", str(e), r["image1_path"],
-                                             r["image2_path"]))
-                self.stats["failed_write"] += 1
-                return
-            for row in rows:  # find the bad one(s): nothing of a refused call was written
-                self._submit([row])
+        for r, e in self.rotator.submit(rows):
+            self.failures.append(Failure(r["record_index"], "write", "write_error", str(e), r["image1_path"],
+                                         r["image2_path"]))
+            self.stats["failed_write"] += 1
 
     def result(self, encode_seconds: float) -> RankResult:
         self.stats["rows_written"] = sum(f["rows"] for f in self.rotator.files)
