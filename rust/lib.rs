@@ -13,6 +13,7 @@ pub mod groups;
 pub mod load;
 pub mod npy;
 pub mod pool;
+pub mod reader;
 pub mod recycle;
 pub mod resize;
 pub mod writer;
@@ -25,6 +26,8 @@ mod py_errors;
 mod py_images;
 #[cfg(feature = "python")]
 mod py_index;
+#[cfg(feature = "python")]
+mod py_reader;
 #[cfg(feature = "python")]
 mod py_writer;
 
@@ -50,6 +53,10 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_class::<py_writer::PyParquetWriter>()?;
     m.add_function(wrap_pyfunction!(py_index::parquet_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::rank_in_group, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::read_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::latent_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::check_part_file, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::clear_reader_cache, m)?)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }
