@@ -14,7 +14,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 # Release speed, no fat LTO: the test/demo build. Wheels use the release profile.
 PROFILE ?= fastbuild
 
-.PHONY: all venv build demo test test-rust test-python bench lint wheel clean
+.PHONY: all venv build demo test test-rust test-python bench lint ci wheel clean
 
 all: build
 
@@ -47,15 +47,22 @@ test-python: build
 
 test: test-rust test-python
 
+# What CI runs (.ci/run): the tests, then lint.
+ci: test lint
+
 # Side-by-side comparisons with the reference way (see README's tables).
 bench: build
 	$(PY) benches/bench_images.py
 	$(PY) benches/bench_encode.py
 	$(PY) benches/bench_index.py
 
-lint:
+# Rust: rustfmt + clippy; Python: ruff (lint and format) and mypy, pinned in requirements.lock.
+lint: $(DEPS_STAMP)
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
 
 # Release wheel (abi3, fat LTO) into dist/.
 wheel: $(DEPS_STAMP)

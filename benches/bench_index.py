@@ -6,13 +6,17 @@ caches them under ``~/.cache/hpd-encode/bench-index`` and reuses them, then
 builds the index with the reference's example filter twice, each in a fresh
 subprocess so its peak memory (``ru_maxrss`` from ``os.wait4``) is its own:
 
-* ``reference``: what the reference spends its time on, without pandas (not
-  installed here): a pyarrow row-group loop reading ``prompt``,
-  ``latent1_shape`` and ``detailed_results``, one Python dict per row,
-  ``ast.literal_eval`` per row, the filter, a seeded shuffle, at most 8 per
-  prompt, bucket lookup, sort, CSV.
+* ``reference``: the reference's builder with pandas, step for step
+  (``reference_index`` in tests/test_index.py, the re-implementation the
+  byte-for-byte tests use): a pyarrow row-group loop into pandas frames, its
+  example filter with ``ast.literal_eval`` per row,
+  ``sample(frac=1, random_state=42)``, ``groupby('prompt').head(8)``, bucket
+  lookup per row, sort, ``to_csv``.
 * ``hpd-encode``: ``build_index_with_stats(per_model=False)`` + ``write_index``
   (what ``hpd-encode index`` runs without ``--stats``).
+
+Both get the same glob string; the bench checks that the two CSVs are
+identical byte for byte (and fails if not).
 
 Neither reads the latent columns, so the latents are tiny (16x4x4 float32 npy,
 drawn from a pool of 64, while ``latent1_shape`` claims the bucket's size) and
@@ -28,8 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
 import io
 import json
 import os
@@ -38,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "hpd-encode" / "bench-index"
 
 def generate(root: Path, rows: int, files: int) -> list[Path]:
     """Write (or reuse) ``files`` reference-shaped part files holding ``rows`` rows in all."""
-    manifest = root / "manifest.json"
+    # Not "manifest.json": hpd-encode index reads that name as an encode run's manifest.
+    manifest = root / "bench-spec.json"
     spec = {"rows": rows, "files": files, "version": DATA_VERSION}
     paths = [root / f"part_rank{r:02d}.parquet" for r in range(files)]
     if manifest.is_file() and json.loads(manifest.read_text()) == spec and all(p.is_file() for p in paths):
@@ -164,100 +166,51 @@ def generate(root: Path, rows: int, files: int) -> list[Path]:
 # The two algorithms (each runs in its own subprocess)
 
 
-def example_filter(d: dict[str, Any]) -> bool:
-    """The reference's example filter, on a parsed ``detailed_results`` dict."""
-    vc, vr = d["votes_chosen"], d["votes_rejected"]
-    return vc / (vc + vr + 1e-6) > 0.6 or vc == 0
+def run_reference(pattern: str, out_csv: str) -> dict[str, int]:
+    """The reference's builder with pandas: ``reference_index`` of tests/test_index.py
+    (the re-implementation the byte-for-byte tests compare against), with its example filter."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from test_index import reference_filter_fn, reference_index
+
+    indexed = reference_index(
+        pattern,
+        out_csv,
+        HPDV3,
+        max_per_prompt=MAX_PER_PROMPT,
+        filter_fn=reference_filter_fn,
+        filter_columns=["detailed_results"],
+    )
+    return {"indexed": indexed}
 
 
-def run_reference(paths: list[str], out_csv: str) -> dict[str, int]:
-    """The reference's algorithm with pyarrow and plain Python (pandas is not installed)."""
-    records: list[dict[str, Any]] = []
-    for path in paths:
-        pf = pq.ParquetFile(path)
-        for rg in range(pf.num_row_groups):
-            t = pf.read_row_group(rg, columns=["prompt", "latent1_shape", "detailed_results"]).to_pydict()
-            for i in range(len(t["prompt"])):
-                records.append(
-                    {
-                        "parquet_path": path,
-                        "row_group": rg,
-                        "row_index": i,
-                        "prompt": t["prompt"][i],
-                        "latent1_shape": t["latent1_shape"][i],
-                        "detailed_results": t["detailed_results"][i],
-                    }
-                )
-    rows_in = len(records)
-    for r in records:
-        r["detailed_results"] = ast.literal_eval(r["detailed_results"])
-    records = [r for r in records if example_filter(r["detailed_results"])]
-    after_filter = len(records)
-    for r in records:
-        r["height"] = r["latent1_shape"][-2] * 8
-        r["width"] = r["latent1_shape"][-1] * 8
-    random.Random(SEED).shuffle(records)
-    seen: Counter[str] = Counter()
-    capped = []
-    for r in records:
-        if seen[r["prompt"]] < MAX_PER_PROMPT:
-            seen[r["prompt"]] += 1
-            capped.append(r)
-    bucket_of = {hw: i for i, hw in enumerate(HPDV3)}
-    out = []
-    for r in capped:
-        b = bucket_of.get((r["height"], r["width"]))
-        if b is not None:
-            r["bucket_id"] = b
-            out.append(r)
-    out.sort(key=lambda r: (r["parquet_path"], r["row_group"], r["row_index"]))
-    with open(out_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["global_id", "parquet_path", "row_group", "row_index", "width", "height", "bucket_id"])
-        for gid, r in enumerate(out):
-            w.writerow(
-                [
-                    gid,
-                    r["parquet_path"],
-                    r["row_group"],
-                    r["row_index"],
-                    r["width"],
-                    r["height"],
-                    r["bucket_id"],
-                ]
-            )
-    return {"rows_in": rows_in, "after_filter": after_filter, "after_cap": len(capped), "indexed": len(out)}
-
-
-def run_ours(paths: list[str], out_csv: str) -> dict[str, int]:
+def run_ours(pattern: str, out_csv: str) -> dict[str, int]:
     """hpd-encode's index: lazy Polars scan, footer row-group positions, regex-parsed strings."""
     from hpd_encode.index import EXAMPLE_WHERE, build_index_with_stats, write_index
 
     # No per-model counts: the reference computes none (hpd-encode index --stats adds them).
     df, stats = build_index_with_stats(
-        paths, filter=EXAMPLE_WHERE, max_per_prompt=MAX_PER_PROMPT, seed=SEED, per_model=False
+        pattern, filter=EXAMPLE_WHERE, max_per_prompt=MAX_PER_PROMPT, seed=SEED, per_model=False
     )
     write_index(df, out_csv)
-    return {
-        "rows_in": stats.rows_in,
-        "after_filter": stats.after_filter,
-        "after_cap": stats.after_cap,
-        "indexed": stats.indexed,
-    }
+    return {"indexed": stats.indexed, "rows_in": stats.rows_in, "after_filter": stats.after_filter}
 
 
-def child_main(which: str, paths: list[str], out_csv: str) -> None:
+def child_main(which: str, pattern: str, out_csv: str) -> None:
     """Subprocess entry: import, time the algorithm, print one JSON line."""
+    # Imports are not part of the timed work.
     if which == "ours":
-        import hpd_encode.index  # noqa: F401  (imports are not part of the timed work)
+        import hpd_encode.index.build  # noqa: F401
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import test_index  # noqa: F401
     t0 = time.perf_counter()
-    counts = (run_ours if which == "ours" else run_reference)(paths, out_csv)
+    counts = (run_ours if which == "ours" else run_reference)(pattern, out_csv)
     print(json.dumps({"seconds": time.perf_counter() - t0, **counts}))
 
 
-def measure(which: str, paths: list[Path], out_csv: Path) -> dict[str, Any]:
+def measure(which: str, pattern: str, out_csv: Path) -> dict[str, Any]:
     """Run one algorithm in a fresh process; its time, peak RSS (MiB) and counts."""
-    cmd = [sys.executable, __file__, "--child", which, "--out", str(out_csv), *map(str, paths)]
+    cmd = [sys.executable, __file__, "--child", which, "--out", str(out_csv), pattern]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -284,10 +237,10 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true", help="time hpd-encode only")
     ap.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("pattern", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child_main(args.child, args.paths, args.out)
+        child_main(args.child, args.pattern, args.out)
         return
 
     root = args.cache_dir / f"rows{args.rows}-files{args.files}"
@@ -300,42 +253,36 @@ def main() -> None:
             while fh.read(1 << 24):
                 pass
 
-    ours = [measure("ours", paths, out_dir / "ours.csv") for _ in range(max(args.repeat, 1))]
+    # Both sides get the same glob string, as the reference's --parquet_dir.
+    pattern = str(root / "part_rank*.parquet")
+    ours = [measure("ours", pattern, out_dir / "ours.csv") for _ in range(max(args.repeat, 1))]
     best = min(ours, key=lambda r: r["seconds"])
     best["peak_mib"] = max(r["peak_mib"] for r in ours)
-    ref = None if args.skip_reference else measure("reference", paths, out_dir / "reference.csv")
+    ref = None if args.skip_reference else measure("reference", pattern, out_dir / "reference.csv")
 
     print()
     print(
         f"index of {args.rows:,} rows in {args.files} files (row groups of 100), example filter, "
         f"<= {MAX_PER_PROMPT} per prompt; {os.cpu_count()} cores"
     )
-    header = (
-        ("time (s)", 10),
-        ("wall (s)", 10),
-        ("peak RSS (MiB)", 16),
-        ("after filter", 14),
-        ("after cap", 11),
-    )
-    print(f"{'':<12}" + "".join(f"{name:>{width}}" for name, width in header) + f"{'indexed':>10}")
+    header = (("time (s)", 10), ("wall (s)", 10), ("peak RSS (MiB)", 16), ("indexed", 10))
+    print(f"{'':<12}" + "".join(f"{name:>{width}}" for name, width in header))
     rows = [("reference", ref), ("hpd-encode", best)] if ref else [("hpd-encode", best)]
     for name, r in rows:
-        print(
-            f"{name:<12}{r['seconds']:>10.2f}{r['wall']:>10.2f}{r['peak_mib']:>16.0f}"
-            f"{r['after_filter']:>14,}{r['after_cap']:>11,}{r['indexed']:>10,}"
-        )
+        print(f"{name:<12}{r['seconds']:>10.2f}{r['wall']:>10.2f}{r['peak_mib']:>16.0f}{r['indexed']:>10,}")
+    print(f"hpd-encode: {best['rows_in']:,} rows read, {best['after_filter']:,} after the filter")
     if ref:
         print(
             f"ratio: {ref['seconds'] / best['seconds']:.0f}x faster (time), "
             f"{ref['wall'] / best['wall']:.0f}x (wall, with interpreter start and imports), "
             f"{best['peak_mib'] / ref['peak_mib']:.2f} of the peak memory"
         )
-        if (ref["rows_in"], ref["after_filter"], ref["after_cap"]) != (
-            best["rows_in"],
-            best["after_filter"],
-            best["after_cap"],
-        ):
-            raise SystemExit("the two indexes disagree on the counts: a bug")
+        same = (out_dir / "ours.csv").read_bytes() == (out_dir / "reference.csv").read_bytes()
+        print(
+            f"CSVs byte-identical: {'yes' if same else 'NO'} ({out_dir / 'ours.csv'}, {out_dir / 'reference.csv'})"
+        )
+        if not same:
+            raise SystemExit("the two indexes differ: a bug")
     print(
         "time: the algorithm inside its process; wall: the whole process; peak RSS: ru_maxrss of that process"
     )

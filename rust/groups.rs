@@ -62,3 +62,61 @@ mod tests {
         assert!(rank_in_group(&[0, 0], &[0, -1]).is_err());
     }
 }
+
+/// Connected components of the undirected graph on nodes `0..n` with edges
+/// `(a[i], b[i])`: each node's label is the smallest node id of its component.
+/// Union-find with path halving, linking the larger root under the smaller.
+pub fn connected_components(n: usize, a: &[i64], b: &[i64]) -> Result<Vec<i64>> {
+    if a.len() != b.len() {
+        return Err(Error::InvalidArgument(format!("{} edge starts but {} edge ends", a.len(), b.len())));
+    }
+    let node = |x: i64| {
+        usize::try_from(x)
+            .ok()
+            .filter(|&x| x < n)
+            .ok_or_else(|| Error::InvalidArgument(format!("edge end {x} is not a node of 0..{n}")))
+    };
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    for (&x, &y) in a.iter().zip(b) {
+        let (rx, ry) = (find(&mut parent, node(x)?), find(&mut parent, node(y)?));
+        if rx != ry {
+            let (lo, hi) = if rx < ry { (rx, ry) } else { (ry, rx) };
+            parent[hi] = lo;
+        }
+    }
+    Ok((0..n).map(|x| find(&mut parent, x) as i64).collect())
+}
+
+#[cfg(test)]
+mod component_tests {
+    use super::connected_components;
+
+    #[test]
+    fn labels_are_the_smallest_node_of_each_component() {
+        // 0-3, 3-1 form one component; 2 alone; 4-5 another.
+        let labels = connected_components(6, &[0, 3, 5], &[3, 1, 4]).unwrap();
+        assert_eq!(labels, vec![0, 0, 2, 0, 4, 4]);
+    }
+
+    #[test]
+    fn a_long_chain_is_one_component() {
+        let n = 10_000;
+        let a: Vec<i64> = (1..n as i64).rev().collect();
+        let b: Vec<i64> = (0..n as i64 - 1).rev().collect();
+        assert!(connected_components(n, &a, &b).unwrap().iter().all(|&l| l == 0));
+    }
+
+    #[test]
+    fn out_of_range_ends_are_errors() {
+        assert!(connected_components(2, &[0], &[2]).is_err());
+        assert!(connected_components(2, &[-1], &[0]).is_err());
+        assert!(connected_components(2, &[0, 1], &[0]).is_err());
+    }
+}

@@ -57,6 +57,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_reader::latent_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_reader::check_part_file, m)?)?;
     m.add_function(wrap_pyfunction!(py_reader::clear_reader_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }

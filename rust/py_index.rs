@@ -1,5 +1,6 @@
-//! Helpers of the bucket index (`hpd_encode.index`): footer layout and the
-//! per-prompt rank, both without the GIL.
+//! Array helpers of the bucket index (`hpd_encode.index`: footer layout,
+//! per-prompt rank) and of the encode planner (connected components), all
+//! without the GIL.
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
@@ -26,4 +27,19 @@ pub fn rank_in_group<'py>(
     let (g, o) = (groups.as_slice()?, order.as_slice()?);
     let ranks = py.detach(|| groups::rank_in_group(g, o))?;
     Ok(ranks.into_pyarray(py))
+}
+
+/// `connected_components(n, a, b) -> int64 array`: for the graph on nodes
+/// `0..n` with edges `(a[i], b[i])`, each node's component label (the
+/// smallest node id in its component).
+#[pyfunction]
+pub fn connected_components<'py>(
+    py: Python<'py>,
+    n: usize,
+    a: PyReadonlyArray1<'py, i64>,
+    b: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (a, b) = (a.as_slice()?, b.as_slice()?);
+    let labels = py.detach(|| groups::connected_components(n, a, b))?;
+    Ok(labels.into_pyarray(py))
 }

@@ -17,17 +17,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from hpd_encode.check import check_dataset, image_of
 from hpd_encode.cli import build_parser
 from hpd_encode.fetch import (
     ArchiveError,
     ExtractLimitError,
-    check_dataset,
     download,
     extract,
     find_archive_parts,
     natural_key,
     parse_size,
 )
+from hpd_encode.output_dir import LOCK_FILE
 from PIL import Image
 
 # --------------------------------------------------------------------------- helpers
@@ -88,11 +89,12 @@ def numbered(n: int, fmt: str = "images.tar.gz.part-{}") -> list[str]:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file under root (relative posix path -> bytes)."""
+    """Every regular file under root (relative posix path -> bytes), leaving
+    out the lock file extract holds in its root (empty once released)."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and p.relative_to(root).as_posix() != LOCK_FILE
     }
 
 
@@ -525,7 +527,7 @@ def test_check_dataset_counts_and_reasons(tmp_path: Path) -> None:
     report = check_dataset(root, meta)
 
     assert report.records == 7 and report.ok == 2 and report.failed_records == 5
-    got = [(f.index, f.reason, f.path) for f in report.failures]
+    got = [(f.record_index, f.kind, image_of(f)) for f in report.failures]
     assert got == [
         (2, "missing", "img/gone.png"),
         (3, "unreadable", "img/corrupt.png"),
@@ -655,7 +657,7 @@ def test_download_cli_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     argv = [
         "download",
         "MizzenAI/HPDv3",
-        "--out",
+        "--output-dir",
         str(tmp_path / "out"),
         "--from-dir",
         str(src),
@@ -694,19 +696,272 @@ def test_download_from_hub_offline_fails_clearly(tmp_path: Path) -> None:
 def test_extract_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = payload(seed=9, n=6)
     split(tar_of(files), tmp_path / "dl", numbered(2))
-    assert run_cli(["extract", str(tmp_path / "dl"), "--out", str(tmp_path / "root"), "--no-progress"]) == 0
+    argv = ["extract", str(tmp_path / "dl"), "--output-dir", str(tmp_path / "root")]
+    assert run_cli([*argv, "--no-progress"]) == 0
     assert f"extracted {len(files)} files" in capsys.readouterr().out
     assert tree(tmp_path / "root") == files
 
     # Rerun: all skipped. A low per-file limit on a fresh root: refusals give exit status 1.
-    assert run_cli(["extract", str(tmp_path / "dl"), "--out", str(tmp_path / "root"), "--json"]) == 0
+    assert run_cli(["extract", str(tmp_path / "dl"), "--output-dir", str(tmp_path / "root"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == len(files)
-    code = run_cli(["extract", str(tmp_path / "dl"), "--out", str(tmp_path / "r2"), "--max-file-size", "1K"])
+    code = run_cli(
+        ["extract", str(tmp_path / "dl"), "--output-dir", str(tmp_path / "r2"), "--max-file-size", "1K"]
+    )
     assert code == 1
     assert "per-file limit" in capsys.readouterr().out
 
     parts = sorted((tmp_path / "dl").iterdir())
     with open(parts[-1], "r+b") as f:
         f.truncate(100)
-    assert run_cli(["extract", *map(str, parts), "--out", str(tmp_path / "r3")]) == 1
+    assert run_cli(["extract", *map(str, parts), "--output-dir", str(tmp_path / "r3")]) == 1
     assert str(parts[-1]) in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- extract: names, depth, locking
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Like :func:`tree`, but walks with an explicit stack: fine for trees
+    deeper than Python's recursion limit."""
+    found: dict[str, bytes] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(name)
+                elif entry.is_file(follow_symlinks=False) and name != LOCK_FILE:
+                    with open(entry.path, "rb") as f:
+                        found[name] = f.read()
+    return found
+
+
+def test_extract_refuses_names_the_filesystem_cannot_hold_and_reruns(tmp_path: Path) -> None:
+    long_file = "ok/" + "n" * 300 + ".bin"  # one component over NAME_MAX (255 bytes)
+    long_dir = "d" * 300 + "/x.bin"
+    too_deep = "/".join(["p" * 200] * 25) + "/f.bin"  # every component fits, the path (5 KB) does not
+    good = {f"ok/{i}.bin": os.urandom(500 + i) for i in range(4)}
+    members = [
+        reg("ok/0.bin", good["ok/0.bin"]),
+        reg(long_file, os.urandom(4000)),
+        reg("ok/1.bin", good["ok/1.bin"]),
+        reg(long_dir, b"x"),
+        reg("ok/2.bin", good["ok/2.bin"]),
+        reg(too_deep, b"f"),
+        reg("ok/3.bin", good["ok/3.bin"]),
+    ]
+    split(build_tar(members), tmp_path / "dl", numbered(2))
+    root = tmp_path / "root"
+
+    for run in range(2):  # the rerun also completes, skipping what is there
+        report = extract(tmp_path / "dl", root, progress=False)
+        refused = {r.name: r.reason for r in report.refused}
+        assert set(refused) == {long_file, long_dir, too_deep}, run
+        assert all("File name too long" in reason for reason in refused.values())
+        assert "longest name component 304 bytes" in refused[long_file]
+        assert tree(root) == good
+        assert temp_leftovers(root) == []
+        assert (report.extracted, report.skipped) == ((4, 0) if run == 0 else (0, 4))
+
+
+Members = list[tuple[tarfile.TarInfo, bytes | None]]
+
+
+def deep_members(depth: int, every: int) -> tuple[Members, dict[str, bytes]]:
+    """A chain of ``depth`` directories ``d/d/d…`` as tar writes it (a
+    directory member per level), with a file every ``every`` levels and at the bottom."""
+    members: Members = []
+    files: dict[str, bytes] = {}
+    for k in range(1, depth + 1):
+        info = tarfile.TarInfo("/".join(["d"] * k))
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        members.append((info, None))
+        if k % every == 0 or k == depth:
+            name = "/".join(["d"] * k) + f"/f{k}.bin"
+            files[name] = f"level {k}".encode()
+            members.append(reg(name, files[name]))
+    return members, files
+
+
+def remove_tree(root: Path) -> None:
+    """``shutil.rmtree`` without recursion: pytest's own clean-up of old temporary
+    directories recurses once per level and fails on a tree 1500 levels deep."""
+    dirs, stack = [], [str(root)]
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        with os.scandir(d) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+    for d in reversed(dirs):
+        os.rmdir(d)
+
+
+def test_extract_rerun_over_a_deep_tree(tmp_path: Path) -> None:
+    members, files = deep_members(1500, every=100)
+    split(build_tar(members), tmp_path / "dl", numbered(2))
+    root = tmp_path / "root"
+    try:
+        first = extract(tmp_path / "dl", root, progress=False)
+        assert first.refused == [] and first.extracted == len(files) == 15
+        second = extract(tmp_path / "dl", root, progress=False)
+        assert second.refused == [] and (second.extracted, second.skipped) == (0, len(files))
+        assert files_under(root) == files
+    finally:
+        if root.exists():
+            remove_tree(root)
+
+
+def test_extract_rerun_work_is_linear_in_depth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts the lstat calls of a rerun (a measure of work, not of time): the
+    old extractor resolved every directory with realpath, one lstat per
+    ancestor, so a chain of 400 directories cost ~80 000 of them."""
+    members, files = deep_members(400, every=50)
+    split(build_tar(members), tmp_path / "dl", ["images.tar.gz"])
+    root = tmp_path / "root"
+    extract(tmp_path / "dl", root, progress=False)
+
+    calls = 0
+    real_lstat = os.lstat
+
+    def counting_lstat(*args: object, **kwargs: object) -> os.stat_result:
+        nonlocal calls
+        calls += 1
+        return real_lstat(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    report = extract(tmp_path / "dl", root, progress=False)
+    monkeypatch.undo()
+
+    assert report.skipped == len(files) and report.refused == []
+    assert calls <= 3 * len(members) + 50, calls
+
+
+def test_concurrent_extract_into_one_root_is_refused(tmp_path: Path) -> None:
+    from hpd_encode.errors import OutputBusyError
+    from hpd_encode.output_dir import OutputLock
+
+    files = payload(seed=10, n=6)
+    split(tar_of(files), tmp_path / "dl", numbered(2))
+    root = tmp_path / "root"
+    argv = ["extract", str(tmp_path / "dl"), "--output-dir", str(root), "--no-progress"]
+    with OutputLock(root, purpose="extract"):  # another extract, as far as the lock file says
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpd_encode", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        with pytest.raises(OutputBusyError, match=f"pid {os.getpid()}"):
+            extract(tmp_path / "dl", root, progress=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hpd-encode extract: error:") and "is in use" in lines[0]
+    assert f"extract by pid {os.getpid()} on host" in lines[0]
+    assert tree(root) == {}  # nothing was written while the lock was held
+
+    # Released: the next extract runs, and the lock file is neither a member nor in the way.
+    report = extract(tmp_path / "dl", root, progress=False)
+    assert report.extracted == len(files) and report.refused == []
+    assert tree(root) == files
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE, "images"]
+
+
+def test_archive_member_named_like_the_lock_file_is_refused(tmp_path: Path) -> None:
+    members = [
+        reg(LOCK_FILE, b"not a lock"),
+        reg("sub/" + LOCK_FILE, b"fine below the top"),
+        reg("a.bin", b"a"),
+    ]
+    split(build_tar(members), tmp_path / "dl", ["images.tar.gz"])
+    report = extract(tmp_path / "dl", tmp_path / "root", progress=False)
+    assert [(r.name, "lock file" in r.reason) for r in report.refused] == [(LOCK_FILE, True)]
+    assert tree(tmp_path / "root") == {"sub/" + LOCK_FILE: b"fine below the top", "a.bin": b"a"}
+    assert (tmp_path / "root" / LOCK_FILE).read_bytes() == b""  # ours, released
+
+
+def test_extract_os_error_names_member_and_file(tmp_path: Path) -> None:
+    """A write error that is not about the path (here EFBIG from a file-size
+    limit) stops extraction with a message naming the member and the file,
+    never a bare ``[Errno N] …``."""
+    files = {"small.bin": b"s" * 100, "sub/big.bin": os.urandom(50_000)}
+    split(tar_of(files, with_dirs=False), tmp_path / "dl", ["images.tar.gz"])
+    root = tmp_path / "root"
+    code = (
+        "import resource, signal, sys\n"
+        "from hpd_encode.cli import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))\n"
+        f"argv = ['extract', {str(tmp_path / 'dl')!r}, '--output-dir', {str(root)!r}, '--no-progress', '-q']\n"
+        "sys.exit(main(argv))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'sub/big.bin'" in err and str(root / "sub" / "big.bin") in err and "File too large" in err
+    assert (root / "small.bin").read_bytes() == files["small.bin"]
+    assert temp_leftovers(root) == []
+
+
+# --------------------------------------------------------------------------- deprecated spellings
+
+
+def test_out_is_a_deprecated_alias_of_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = payload(seed=11, n=4)
+    split(tar_of(files), tmp_path / "dl", numbered(2))
+    assert run_cli(["extract", str(tmp_path / "dl"), "--out", str(tmp_path / "root"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"extracted {len(files)} files" in captured.out
+    warning = "hpd-encode extract: warning: --out is deprecated; use --output-dir"
+    assert captured.err.strip().splitlines() == [warning]
+    assert tree(tmp_path / "root") == files
+
+    src = tmp_path / "mirror"
+    make_source(src)
+    argv = ["download", "x/y", "--out", str(tmp_path / "copy"), "--from-dir", str(src), "--json"]
+    assert run_cli(argv) == 0
+    assert "--out is deprecated" in capsys.readouterr().err
+    assert (tmp_path / "copy" / "train.json").read_bytes() == b"[]"
+
+    # Hidden from --help; one of the two is required; not both.
+    for command in ("extract", "download"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        help_text = capsys.readouterr().out
+        options = [line.split()[0] for line in help_text.splitlines() if line.startswith("  -")]
+        assert "--output-dir" in options and "--out" not in options and "--out," not in options
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([command, "x"])
+        assert exc.value.code == 2 and "--output-dir" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([command, "x", "--output-dir", "a", "--out", "b"])
+        assert exc.value.code == 2 and "not allowed with argument --output-dir" in capsys.readouterr().err
+
+
+def test_api_out_keyword_is_deprecated(tmp_path: Path) -> None:
+    files = payload(seed=12, n=3)
+    split(tar_of(files), tmp_path / "dl", numbered(2))
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        report = extract(tmp_path / "dl", out=tmp_path / "root", progress=False)
+    assert report.extracted == len(files) and tree(tmp_path / "root") == files
+    report = extract(tmp_path / "dl", output_dir=tmp_path / "root", progress=False)
+    assert report.skipped == len(files)
+    with pytest.raises(TypeError, match="both"):
+        extract(tmp_path / "dl", tmp_path / "root", out=tmp_path / "root", progress=False)
+
+    src = tmp_path / "mirror"
+    make_source(src)
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        dl = download("x/y", out=tmp_path / "copy", source=src, include="*.json")
+    assert dl.copied and (tmp_path / "copy" / "train.json").exists()

@@ -4,25 +4,35 @@ The part files come from tests/conftest.py: the same 700 records written the
 reference's way (10 columns, string ``detailed_results``) and hpd-encode's way
 (``PART_SCHEMA`` with typed extras), two files, row groups of 100. Every index
 row is checked by opening its ``parquet_path``, reading ``row_group`` and
-taking ``row_index``.
+taking ``row_index``. The CSV is compared byte for byte with a faithful pandas
+re-implementation of the reference's index builder (:func:`reference_index`,
+also the reference side of ``benches/bench_index.py``).
 """
 
 from __future__ import annotations
 
-import os
+import ast
+import glob
 import io
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
+
 from conftest import (
     RECORD_SIZES,
     SMALL_BUCKETS,
@@ -30,17 +40,20 @@ from conftest import (
     make_part_records,
     write_reference_part,
 )
-from hpd_encode.cli import build_parser
+from hpd_encode.cli import build_parser, main
+from hpd_encode.errors import HpdError, PartialOutputError
 from hpd_encode.index import (
     EXAMPLE_WHERE,
     FILTER_FIELDS,
     INDEX_COLUMNS,
+    IndexStats,
+    bucket_figure,
     build_index,
     build_index_with_stats,
+    plot_buckets,
     read_index,
     write_index,
 )
-from PIL import Image
 
 
 def example_keep(row: dict) -> bool:
@@ -548,7 +561,7 @@ def test_cli_end_to_end(
     out, stats_path, plot = tmp_path / "index.csv", tmp_path / "stats.json", tmp_path / "buckets.png"
     common = ["index", "--buckets", str(small_buckets_json), "--seed", "5", "--max-per-prompt", "3"]
     rc = run_cli(
-        [*common, "--parquet-dir", str(reference_parts), "--out-index", str(out), "--where", EXAMPLE_WHERE,
+        [*common, "--parquet-dir", str(reference_parts), "--output", str(out), "--where", EXAMPLE_WHERE,
          "--stats", str(stats_path), "--plot", str(plot)]
     )  # fmt: skip
     assert rc == 0
@@ -564,9 +577,10 @@ def test_cli_end_to_end(
     )
     assert {"after_filter", "after_cap", "per_bucket", "per_model", "malformed"} <= set(stats)
 
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.width > 300 and img.height > 200
-        colors = {c for _, c in img.convert("RGB").getcolors(1 << 16)}
+        colors = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
     assert (66, 114, 196) in colors  # the bars
 
     # --filter module:function (a file here) gives the same index as --where.
@@ -582,7 +596,7 @@ def test_cli_end_to_end(
             *common,
             "--parquet-dir",
             files,
-            "--out-index",
+            "--output",
             str(out2),
             "--filter",
             f"{tmp_path / 'myfilter.py'}:keep",
@@ -598,7 +612,7 @@ def test_cli_options(tmp_path: Path, reference_parts: Path, small_buckets_json: 
         "index",
         "--parquet-dir",
         str(reference_parts),
-        "--out-index",
+        "--output",
         str(out),
         "--buckets",
         str(small_buckets_json),
@@ -611,3 +625,313 @@ def test_cli_options(tmp_path: Path, reference_parts: Path, small_buckets_json: 
         run_cli([*base, "--where", "votes_chosen > 1", "--filter", "x:y"])
     with pytest.raises(ValueError, match="has no function 'nope'"):
         run_cli([*base, "--filter", "json:nope"])
+
+
+def test_deprecated_out_index_alias(
+    tmp_path: Path, reference_parts: Path, small_buckets_json: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    base = ["index", "--parquet-dir", str(reference_parts), "--buckets", str(small_buckets_json)]
+    assert main([*base, "--out-index", str(old)]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert len(warning) == 1 and "--out-index is deprecated; use --output" in warning[0]
+    assert main([*base, "--output", str(new)]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert old.read_bytes() == new.read_bytes()
+    with pytest.raises(SystemExit):
+        run_cli([*base, "--output", str(new), "--out-index", str(old)])
+    with pytest.raises(SystemExit):
+        run_cli(base)  # no output at all
+
+
+# ---------------------------------------------------------------------------
+# The plot (matplotlib, an optional extra)
+
+
+def test_plot_is_a_bar_per_bucket(tmp_path: Path, reference_parts: Path, small_buckets_json: Path) -> None:
+    _, stats = build_index_with_stats(reference_parts, buckets=small_buckets_json)
+    fig = bucket_figure(stats)
+    bars = fig.axes[0].patches
+    assert len(bars) == len(SMALL_BUCKETS)
+    assert [round(b.get_height()) for b in bars] == [b["rows"] for b in stats.per_bucket]
+
+    a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    plot_buckets(stats, a)
+    other = IndexStats(
+        **{**stats.to_dict(), "per_bucket": [{**x, "rows": x["rows"] * 2 + 1} for x in stats.per_bucket]}
+    )
+    plot_buckets(other, b)
+    for path in (a, b):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as img:
+            assert img.format == "PNG" and 300 < img.width < 4000 and 200 < img.height < 3000
+    assert a.read_bytes() != b.read_bytes()  # the data shows in the picture
+
+
+def test_plot_without_matplotlib_is_one_line(
+    tmp_path: Path,
+    reference_parts: Path,
+    small_buckets_json: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when not installed
+    out, plot = tmp_path / "index.csv", tmp_path / "b.png"
+    rc = main(["index", "--parquet-dir", str(reference_parts), "--output", str(out), "--plot", str(plot),
+               "--buckets", str(small_buckets_json)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1 and "pip install 'hpd-encode[plot]'" in err[0], err
+    assert not out.exists() and not plot.exists()  # refused before any work
+
+
+# ---------------------------------------------------------------------------
+# Refusals: an encode run that has not completed, outputs over inputs
+
+
+def _encode_output(tmp_path: Path, reference_parts: Path, status: str) -> Path:
+    """A copy of the part files in an output directory whose manifest says ``status``."""
+    out = tmp_path / "latents"
+    shutil.copytree(reference_parts, out)
+    (out / "manifest.json").write_text(json.dumps({"status": status, "files": []}))
+    return out
+
+
+def test_index_refuses_an_encode_run_that_has_not_completed(
+    tmp_path: Path, reference_parts: Path, small_buckets_json: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latents = _encode_output(tmp_path, reference_parts, "running")
+    csv = tmp_path / "index.csv"
+    for source in (str(latents), str(latents / "*.parquet"), str(latents / "part_rank00.parquet")):
+        rc = main(
+            ["index", "--parquet-dir", source, "--output", str(csv), "--buckets", str(small_buckets_json)]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1, err
+        assert "has not completed" in err[0] and "'running'" in err[0] and "--allow-partial" in err[0]
+        assert not csv.exists()
+    with pytest.raises(PartialOutputError):
+        build_index(latents, buckets=small_buckets_json)
+
+    rc = main(["index", "--parquet-dir", str(latents), "--output", str(csv), "--buckets", str(small_buckets_json),
+               "--allow-partial"])  # fmt: skip
+    captured = capsys.readouterr()
+    expected = build_index(latents, buckets=small_buckets_json, allow_partial=True)
+    assert rc == 0 and read_index(csv).equals(expected)
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warning) == 1
+    assert "'running'" in warning[0] and f"indexed {expected.height:,} of the 700 rows" in warning[0]
+    _, stats = build_index_with_stats(latents, buckets=small_buckets_json, allow_partial=True)
+    assert stats.incomplete_outputs == {str(latents): "running"}
+
+    # A completed run, and files without a manifest, are indexed as usual.
+    (latents / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    _, stats = build_index_with_stats(latents, buckets=small_buckets_json)
+    assert stats.incomplete_outputs == {} and stats.indexed == expected.height
+
+
+@pytest.mark.parametrize("option", ["--output", "--stats", "--plot"])
+def test_outputs_never_overwrite_part_files(
+    tmp_path: Path,
+    reference_parts: Path,
+    small_buckets_json: Path,
+    option: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parts = tmp_path / "parts"
+    shutil.copytree(reference_parts, parts)
+    target = parts / "part_rank01.parquet"
+    other = tmp_path / "elsewhere.parquet"  # a Parquet file not being read
+    shutil.copy(target, other)
+    before = target.read_bytes()
+    outputs = {
+        "--output": tmp_path / "index.csv",
+        "--stats": tmp_path / "s.json",
+        "--plot": tmp_path / "b.png",
+    }
+    for victim in (target, other):
+        argv = ["index", "--parquet-dir", str(parts / "*.parquet"), "--buckets", str(small_buckets_json)]
+        for opt, path in {**outputs, option: victim}.items():
+            argv += [opt, str(path)]
+        rc = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1, err
+        assert option in err[0] and str(victim) in err[0]
+        assert target.read_bytes() == before and other.read_bytes() == before
+        assert not any(p.exists() for opt, p in outputs.items() if opt != option)  # nothing written
+    # The API refuses it too.
+    with pytest.raises(HpdError, match="refusing to write the index over the Parquet file"):
+        write_index(build_index(parts, buckets=small_buckets_json), other)
+    assert other.read_bytes() == before
+
+
+def test_reading_an_index_does_not_load_the_builder() -> None:
+    code = (
+        "import sys, hpd_encode.index.table, hpd_encode.reader; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('hpd_encode.index'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == ["hpd_encode.index", "hpd_encode.index.table"]
+
+
+# ---------------------------------------------------------------------------
+# Identical to the reference's CSV
+
+
+def reference_filter_fn(df: pd.DataFrame) -> pd.Series:
+    """The reference's example filter, as it ships (on the DataFrame, ``ast.literal_eval`` per row)."""
+    parsed_results = df["detailed_results"].apply(lambda x: ast.literal_eval(x) if isinstance(x, str) else {})
+    votes_chosen = parsed_results.apply(lambda d: d.get("votes_chosen", 0))
+    votes_rejected = parsed_results.apply(lambda d: d.get("votes_rejected", 0.0))
+    confidence = votes_chosen / (votes_chosen + votes_rejected + 1e-6)
+    return (confidence > 0.6) | (votes_chosen == 0)
+
+
+def reference_index(
+    parquet_dir: str,
+    out_csv: str | Path,
+    buckets: Sequence[tuple[int, int]],
+    max_per_prompt: int = 8,
+    filter_fn: Callable[[pd.DataFrame], pd.Series] | None = None,
+    filter_columns: list[str] | None = None,
+) -> int:
+    """The reference's index builder (``REFERENCE.md`` §5), step for step, with pandas.
+
+    ``parquet_dir`` is its glob string (``sorted(glob.glob(pattern, recursive=True))``);
+    ``buckets`` its bucket manager's resolutions. Returns the rows written.
+    """
+    parquet_paths = sorted(glob.glob(parquet_dir, recursive=True))
+    res_to_idx = {(int(h), int(w)): i for i, (h, w) in enumerate(buckets)}
+    base_columns = ["latent1_shape", "prompt"]
+    read_columns = list(set(base_columns + filter_columns)) if filter_columns else base_columns
+
+    all_data = []
+    for p in parquet_paths:
+        pf = pq.ParquetFile(p)
+        for rg in range(pf.num_row_groups):
+            df = pf.read_row_group(rg, columns=read_columns).to_pandas()
+            df["parquet_path"] = p
+            df["row_group"] = rg
+            df["row_index"] = range(len(df))
+            all_data.append(df)
+    full_df = pd.concat(all_data, ignore_index=True)
+
+    if filter_fn is not None:
+        full_df = full_df[filter_fn(full_df)].reset_index(drop=True)
+
+    def get_hw(shape):  # as the reference writes it (a bare except there)
+        try:
+            return int(shape[-2] * 8), int(shape[-1] * 8)
+        except Exception:  # noqa: BLE001
+            return None, None
+
+    hw_series = full_df["latent1_shape"].apply(get_hw)
+    full_df["height"] = hw_series.apply(lambda x: x[0])
+    full_df["width"] = hw_series.apply(lambda x: x[1])
+
+    full_df = full_df.sample(frac=1, random_state=42).reset_index(drop=True)
+    full_df = full_df.groupby("prompt").head(max_per_prompt)
+
+    full_df["bucket_id"] = full_df.apply(lambda row: res_to_idx.get((row["height"], row["width"])), axis=1)
+    full_df = full_df.dropna(subset=["bucket_id"])
+    full_df["bucket_id"] = full_df["bucket_id"].astype(int)
+
+    full_df = full_df.sort_values(["parquet_path", "row_group", "row_index"]).reset_index(drop=True)
+    full_df["global_id"] = full_df.index
+    final_cols = ["global_id", "parquet_path", "row_group", "row_index", "width", "height", "bucket_id"]
+    full_df[final_cols].to_csv(out_csv, index=False)
+    return len(full_df)
+
+
+def write_null_prompt_parts(root: Path, records: list[PartRecord], garbage: bool) -> None:
+    """Three reference-shaped files with uneven row groups (37 / 100 / 1 / ... rows), every
+    7th prompt null, and (``garbage``) some ``detailed_results`` the reference never parses
+    without a filter."""
+    root.mkdir(parents=True)
+    tmp = root.parent / f".src-{root.name}.parquet"
+    write_reference_part(tmp, records)
+    table = pq.read_table(tmp)
+    tmp.unlink()
+    prompts = [None if i % 7 == 3 else p for i, p in enumerate(table["prompt"].to_pylist())]
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string()))
+    if garbage:
+        dr = table["detailed_results"].to_pylist()
+        for i in (5, 60, 333):
+            dr[i] = None if i == 60 else "garbage"
+        table = table.set_column(
+            table.schema.get_field_index("detailed_results"), "detailed_results", pa.array(dr, pa.string())
+        )
+    splits = [(0, 300, (37, 100, 1, 162)), (300, 650, (100, 100, 100, 50)), (650, len(records), (100,))]
+    for k, (start, stop, groups) in enumerate(splits):
+        # Names sort by string (part_rank10 before part_rank2): the order must follow.
+        path = root / ["part_rank2.parquet", "part_rank10.parquet", "part_rank00.parquet"][k]
+        with pq.ParquetWriter(path, table.schema) as writer:
+            offset = start
+            for n in groups:
+                n = min(n, stop - offset)
+                if n > 0:
+                    writer.write_table(table.slice(offset, n))
+                    offset += n
+
+
+@pytest.mark.parametrize(
+    ("data", "use_filter", "cap"),
+    [
+        ("reference", False, 8),
+        ("reference", True, 8),
+        ("null-prompts", False, 8),
+        ("null-prompts", True, 8),
+        ("null-prompts", True, 2),
+    ],
+)
+def test_csv_is_byte_identical_to_the_reference(
+    tmp_path: Path,
+    reference_parts: Path,
+    part_records: list[PartRecord],
+    small_buckets_json: Path,
+    data: str,
+    use_filter: bool,
+    cap: int,
+) -> None:
+    if data == "reference":
+        pattern = str(reference_parts / "*.parquet")
+    else:
+        # A comma and a space in the folder: the paths are quoted in both CSVs.
+        root = tmp_path / "parts, v2"
+        write_null_prompt_parts(root, make_part_records(800, seed=11), garbage=not use_filter)
+        pattern = str(root / "*.parquet")
+    ref_csv, our_csv = tmp_path / "reference.csv", tmp_path / "ours.csv"
+    n = reference_index(
+        pattern,
+        ref_csv,
+        SMALL_BUCKETS,
+        max_per_prompt=cap,
+        filter_fn=reference_filter_fn if use_filter else None,
+        filter_columns=["detailed_results"] if use_filter else None,
+    )
+    df, stats = build_index_with_stats(
+        pattern, filter=EXAMPLE_WHERE if use_filter else None, max_per_prompt=cap, buckets=small_buckets_json
+    )
+    write_index(df, our_csv)
+    assert n > 50 and df.height == n
+    assert our_csv.read_bytes() == ref_csv.read_bytes()
+    if data != "reference":
+        assert '"' in our_csv.read_text()  # the quoted paths were exercised
+        assert stats.malformed == 0  # no filter, nothing parsed; with one, the strings are clean
+    # The CLI writes the same bytes.
+    cli_csv = tmp_path / "cli.csv"
+    argv = ["index", "--parquet-dir", pattern, "--output", str(cli_csv), "--buckets", str(small_buckets_json),
+            "--max-per-prompt", str(cap)]  # fmt: skip
+    assert main([*argv, *(["--where", EXAMPLE_WHERE] if use_filter else [])]) == 0
+    assert cli_csv.read_bytes() == ref_csv.read_bytes()
+
+
+def test_the_shuffle_is_pandas_sample() -> None:
+    from hpd_encode.index.build import shuffle_order
+
+    for n in (0, 1, 7, 1000):
+        frame = pd.DataFrame({"row": np.arange(n)})
+        assert shuffle_order(n, 42).tolist() == frame.sample(frac=1, random_state=42)["row"].tolist()
+    assert shuffle_order(5, None).tolist() == [0, 1, 2, 3, 4]

@@ -1,19 +1,19 @@
 """hpd-encode: HPDv3-style preference datasets to VAE latents in Parquet.
 
-The heavy lifting (image decode/resize, bucketing, Parquet writing) runs in
-the Rust extension ``hpd_encode._core`` with the GIL released.
+The heavy lifting (image decode/resize, bucketing, Parquet writing and
+reading) runs in the Rust extension ``hpd_encode._core`` with the GIL
+released. The parts that need torch, diffusers or Polars load on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from hpd_encode._core import (
     DEFAULT_MAX_PIXELS,
     BucketSet,
-    HpdError,
-    ImageDecodeError,
-    ImageTooLargeError,
     ParquetWriter,
-    WriterError,
     free_batch_buffers,
     load_batch,
     load_image,
@@ -23,46 +23,76 @@ from hpd_encode._core import (
 )
 from hpd_encode._core import __version__ as __version__
 from hpd_encode.buckets import load_bucket_set
+from hpd_encode.errors import (
+    ArchiveError,
+    HpdError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    OutputBusyError,
+    PartialOutputError,
+    ResumeMismatchError,
+    UnsafePathError,
+    WriterError,
+)
 
-# Heavier parts (torch, diffusers, polars) load on first use.
+if TYPE_CHECKING:
+    from hpd_encode.check import CheckReport, check_dataset
+    from hpd_encode.fetch import download, extract
+    from hpd_encode.index import build_index, read_index, write_index
+    from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
+
+# Name -> module that defines it; imported on first use.
 _LAZY = {
     "encode": "hpd_encode.pipeline",
+    "EncodeOptions": "hpd_encode.pipeline",
+    "EncodeSummary": "hpd_encode.pipeline",
+    "PlanReport": "hpd_encode.pipeline",
     "build_index": "hpd_encode.index",
+    "read_index": "hpd_encode.index",
     "write_index": "hpd_encode.index",
     "LatentPairDataset": "hpd_encode.reader",
     "BucketBatchSampler": "hpd_encode.reader",
     "download": "hpd_encode.fetch",
     "extract": "hpd_encode.fetch",
-    "check_dataset": "hpd_encode.fetch",
+    "check_dataset": "hpd_encode.check",
+    "CheckReport": "hpd_encode.check",
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'hpd_encode' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
+
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ArchiveError",
     "BucketBatchSampler",
+    "BucketSet",
+    "CheckReport",
+    "EncodeOptions",
+    "EncodeSummary",
+    "HpdError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
     "LatentPairDataset",
+    "OutputBusyError",
+    "ParquetWriter",
+    "PartialOutputError",
+    "PlanReport",
+    "ResumeMismatchError",
+    "UnsafePathError",
+    "WriterError",
     "build_index",
     "check_dataset",
     "download",
     "encode",
     "extract",
-    "write_index",
-    "DEFAULT_MAX_PIXELS",
-    "BucketSet",
-    "HpdError",
-    "ImageDecodeError",
-    "ImageTooLargeError",
-    "ParquetWriter",
-    "WriterError",
     "free_batch_buffers",
     "load_batch",
     "load_bucket_set",
@@ -70,4 +100,6 @@ __all__ = [
     "load_images",
     "probe_image",
     "probe_images",
+    "read_index",
+    "write_index",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "ParquetWriter",
     "parquet_layout",
     "rank_in_group",
+    "connected_components",
     "default_num_threads",
 ]
 
@@ -265,3 +266,8 @@ def rank_in_group(groups: npt.NDArray[np.int64], order: npt.NDArray[np.int64]) -
     int64 code), rows counted in the order ``order`` (a permutation of the row
     numbers) visits them. One pass, no sort; ``ValueError`` if ``order`` is not
     a permutation."""
+
+def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each node's component label (the smallest node id in its component) in
+    the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
+    released; ``ValueError`` for an edge end outside ``0..n``."""

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from hpd_encode._core import BucketSet
 
+#: Largest bucket side accepted from a bucket file (pixels).
+MAX_SIDE = 16384
+
 
 def load_bucket_set(spec: str | PathLike[str] | BucketSet = "hpdv3") -> BucketSet:
     """Resolve ``"hpdv3"``, a JSON file, or a :class:`BucketSet` itself.
@@ -27,13 +30,37 @@ def load_bucket_set(spec: str | PathLike[str] | BucketSet = "hpdv3") -> BucketSe
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"cannot parse bucket file '{path}': {e}") from e
-    options = {}
+    options: dict[str, float | int] = {}
     if isinstance(data, dict):
-        options = {k: data[k] for k in ("aspect_tolerance", "pair_aspect_tolerance", "min_pixels") if k in data}
+        unknown = set(data) - {"buckets", *_OPTION_LIMITS}
+        if unknown:
+            raise ValueError(f"bucket file '{path}' has unknown key(s): {', '.join(sorted(unknown))}")
+        options = {k: _option(path, k, data[k]) for k in _OPTION_LIMITS if k in data}
         data = data.get("buckets")
-    if not isinstance(data, list) or not all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data):
-        raise ValueError(f"bucket file '{path}' must hold a list of [height, width] pairs")
-    return BucketSet([(int(h), int(w)) for h, w in data], **options)
+    if not isinstance(data, list) or not data or not all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data):
+        raise ValueError(f"bucket file '{path}' must hold a non-empty list of [height, width] pairs")
+    sizes = [(_side(path, h), _side(path, w)) for h, w in data]
+    return BucketSet(sizes, **options)  # type: ignore[arg-type]
+
+
+# Option -> (integer?, upper bound).
+_OPTION_LIMITS = {"aspect_tolerance": (False, 10.0), "pair_aspect_tolerance": (False, 10.0),
+                  "min_pixels": (True, MAX_SIDE * MAX_SIDE)}
+
+
+def _side(path: Path, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
+        raise ValueError(f"bucket file '{path}': a bucket side must be an integer in 1..{MAX_SIDE}, not {v!r}")
+    return v
+
+
+def _option(path: Path, key: str, v: object) -> float | int:
+    integer, top = _OPTION_LIMITS[key]
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not 0 <= v <= top:  # type: ignore[operator]
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"bucket file '{path}': {key} must be {kind} in 0..{top:g}, not {v!r}")
+    return v  # type: ignore[return-value]
 
 
 def bucket_set_spec(buckets: BucketSet) -> dict:

@@ -89,8 +89,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
     return root, meta
 
 
-def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, workers: int | None = None) -> int:
-    from hpd_encode.cli import print_summary
+def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, num_threads: int | None = None) -> int:
     from hpd_encode.pipeline import encode
     from hpd_encode.vae import make_tiny_vae
 
@@ -103,8 +102,9 @@ def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, workers: i
     print(f"demo dataset: {meta} ({len(json.loads(meta.read_text()))} records), tiny VAE: {vae_dir}/vae "
           f"[{time.monotonic() - t0:.1f} s]")
     summary = encode(data_root, meta, out / "latents", vae_dir, batch_size="auto", latent="sample",
-                     workers=workers)
-    print_summary(summary)
+                     num_threads=num_threads)
+    for line in summary.lines():
+        print(line)
     try:
         from hpd_encode.index import build_index, write_index
     except ImportError:

@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpd_encode.index import read_index
+from hpd_encode.index.table import read_index
 
 IndexLike = str | PathLike[str] | pl.DataFrame
 

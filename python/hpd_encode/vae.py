@@ -29,14 +29,6 @@ log = logging.getLogger("hpd_encode.vae")
 SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderKLQwenImage")
 
 
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -69,7 +61,7 @@ class Vae:
     def frame_axis(self) -> bool:
         return self.class_name == "AutoencoderKLQwenImage"
 
-    def normalise(self, z):
+    def normalize(self, z):
         """Latent normalisation from the VAE's config (see module docstring)."""
         import torch
 
@@ -86,10 +78,6 @@ class Vae:
             return (z - m) * scale / s
         shift = float(cfg.get("shift_factor") or 0.0)
         return (z - shift) * scale
-
-    def describe(self) -> dict:
-        return {"source": self.source, "subfolder": self.subfolder, "class": self.class_name,
-                "dtype": str(self.dtype).replace("torch.", ""), "device": self.device}
 
 
 def _read_config(source: str, subfolder: str | None) -> dict | None:
@@ -108,7 +96,9 @@ def load_vae(source: str, *, subfolder: str | None = None, device: str | None = 
     import diffusers
     import torch
 
-    device = resolve_device(device)
+    from hpd_encode.pipeline.options import parse_device, resolve_device
+
+    device = resolve_device(parse_device(device))
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(source).exists()
     if local:
@@ -195,7 +185,7 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
             raise ValueError(f"latent mode must be 'sample' or 'mean', not {mode!r}")
         if vae.frame_axis:
             z = z[:, :, 0]
-        return vae.normalise(z)
+        return vae.normalize(z)
 
 
 def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:

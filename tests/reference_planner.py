@@ -1,4 +1,8 @@
-"""Planning the encode: distinct (image, target size) jobs, rows that need
+"""The object-based planner of hpd-encode 0.1 (before the columnar rewrite),
+kept verbatim as the oracle the array planner must match row for row, job
+for job and batch for batch (tests/test_plan.py, benches/bench_plan.py).
+
+Original docstring: planning the encode: distinct (image, target size) jobs, rows that need
 them, a cost-balanced split across ranks, and a work order that keeps memory
 bounded.
 
@@ -22,7 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hpd_encode.metadata import Record
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int
+    path1: str
+    path2: str
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""Every exception hpd-encode raises derives from :class:`HpdError`.
+
+The Rust core defines the root and the image/writer errors; the Python-side
+ones are here. Each keeps the built-in base it had before (``ValueError``,
+``RuntimeError``), so callers' existing ``except`` clauses still work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpd_encode._core import HpdError, ImageDecodeError, ImageTooLargeError, WriterError
+
+
+class UnsafePathError(HpdError, ValueError):
+    """A metadata path that is absolute or leaves the data root."""
+
+
+class ResumeMismatchError(HpdError, ValueError):
+    """The output directory holds a run made with settings that change latents."""
+
+
+class ArchiveError(HpdError, ValueError):
+    """The archive is damaged or truncated, or a limit stopped extraction.
+
+    ``part`` is the part file being read when it happened (None when not
+    known), ``report`` what was done up to then (an ``ExtractReport``).
+    """
+
+    def __init__(self, message: str, part: Path | None = None, report: Any = None) -> None:
+        super().__init__(message)
+        self.part = part
+        self.report = report
+
+
+class ExtractLimitError(ArchiveError):
+    """The total size limit of one extraction run was reached."""
+
+
+class IndexInputError(HpdError, ValueError):
+    """A part file, filter or option the index cannot use (the message names it)."""
+
+
+class PartFilesNotFoundError(HpdError, FileNotFoundError):
+    """A source names no Parquet file: a missing path, an empty directory, a glob matching nothing."""
+
+
+class OutputOverwritesInputError(IndexInputError):
+    """An output path (``--output``, ``--stats``, ``--plot``) that is a part file read or another Parquet file."""
+
+
+class MissingExtraError(HpdError, ImportError):
+    """An optional dependency is not installed; the message says which extra to install."""
+
+
+class OutputBusyError(HpdError, RuntimeError):
+    """Another process holds the output directory's lock."""
+
+
+class PartialOutputError(HpdError, ValueError):
+    """An output directory whose encode run has not completed."""
+
+
+__all__ = [
+    "ArchiveError",
+    "ExtractLimitError",
+    "HpdError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "IndexInputError",
+    "MissingExtraError",
+    "OutputBusyError",
+    "OutputOverwritesInputError",
+    "PartFilesNotFoundError",
+    "PartialOutputError",
+    "ResumeMismatchError",
+    "UnsafePathError",
+    "WriterError",
+]

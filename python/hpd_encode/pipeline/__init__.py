@@ -1,0 +1,314 @@
+"""The encode job, as stages with typed hand-offs:
+
+``EncodeOptions.create`` (validate once) -> :func:`survey` (metadata + probed
+image sizes, columns) -> :func:`apply_pair_rules` -> :func:`partition` /
+:func:`order_and_batch` (this rank's :class:`RankPlan`) -> :class:`Encoder`
+(decode in Rust, VAE in torch, rows to the Rust writer) -> :func:`finish`
+(rank 0: ``failures.csv``, ``manifest.json``, ``summary.json``, an
+:class:`EncodeSummary`).
+
+See :func:`encode`. The CLI's ``hpd-encode encode`` is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import replace
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from hpd_encode import _core
+from hpd_encode.buckets import bucket_set_spec
+from hpd_encode.dist import Dist, init_dist
+from hpd_encode.errors import OutputBusyError
+from hpd_encode.failures import Failure, count_by, write_failures_csv
+from hpd_encode.output_dir import (
+    FAILURES,
+    MANIFEST,
+    SUMMARY,
+    OutputLock,
+    PartRotator,
+    committed_files,
+    done_records,
+    file_sha256,
+    list_part_files,
+    prepare_output,
+    read_lock_holder,
+    read_manifest,
+    vae_identity,
+    write_json_atomic,
+)
+from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
+from hpd_encode.pipeline.options import EncodeOptions, resolve_device
+from hpd_encode.pipeline.plan import RankPlan, apply_pair_rules, order_and_batch, partition, rank_cost
+from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
+from hpd_encode.pipeline.survey import Survey, survey
+
+log = logging.getLogger("hpd_encode.encode")
+
+__all__ = [
+    "EncodeOptions",
+    "EncodeSummary",
+    "Encoder",
+    "PlanReport",
+    "RankPlan",
+    "Survey",
+    "apply_pair_rules",
+    "encode",
+    "list_part_files",
+    "order_and_batch",
+    "partition",
+    "run",
+    "survey",
+]
+
+
+def encode(
+    data_root: str | PathLike[str],
+    metadata: str | PathLike[str],
+    output_dir: str | PathLike[str] | None,
+    vae: str | PathLike[str] | None,
+    **options: Any,
+) -> EncodeSummary | PlanReport:
+    """Encode an HPDv3-style dataset into Parquet part files in ``output_dir``.
+
+    ``options`` are the fields of :class:`EncodeOptions` (``vae_subfolder``,
+    ``dtype``, ``device``, ``buckets``, ``batch_size``, ``latent``,
+    ``store_dtype``, ``seed``, ``limit``, ``overwrite``, ``num_threads``,
+    ``share``, ``rows_per_file``, ``prefetch``, ``alpha``, ``max_pixels``,
+    ``progress``, ``dist_timeout_s``, ``dry_run``), validated before anything
+    is read or written.
+
+    Returns the run's :class:`EncodeSummary` (also written to
+    ``output_dir/summary.json``). Rerunning the same call resumes: rows
+    already committed are kept and skipped. Under ``torchrun`` each rank
+    encodes its share of the work. With ``dry_run=True`` nothing is encoded
+    or written (``output_dir`` and ``vae`` may be None) and the result is the
+    :class:`PlanReport`.
+    """
+    return run(EncodeOptions.create(data_root, metadata, output_dir, vae, **options))
+
+
+def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
+    """Run an encode (or a dry run) with validated options."""
+    dist = init_dist(opts.dist_timeout_s)
+    try:
+        result: EncodeSummary | PlanReport = dry_run(opts, dist) if opts.dry_run else _encode(opts, dist)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return result
+
+
+def _default_threads(opts: EncodeOptions, dist: Dist) -> int:
+    return opts.num_threads or max(1, (os.cpu_count() or 1) // max(1, dist.local_world_size))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Plan:
+    """The planning stages shared by a real run and a dry run, timed."""
+
+    def __init__(self, opts: EncodeOptions, dist: Dist, done: set[int], device: str) -> None:
+        self.stages: dict[str, float] = {}
+        t = time.monotonic()
+        threads = _default_threads(opts, dist)
+        self.survey = survey(opts.data_root, opts.metadata, limit=opts.limit, done=done, num_threads=threads,
+                             max_pixels=opts.max_pixels, rank=dist.rank, world_size=dist.world_size,
+                             all_gather=dist.all_gather)
+        self.stages["survey"] = time.monotonic() - t
+        t = time.monotonic()
+        self.kept = apply_pair_rules(self.survey.pairable, opts.buckets)
+        self.ranks = partition(self.kept.rows, dist.world_size, opts.share)
+        self.stages["pair_rules_and_split"] = time.monotonic() - t
+        t = time.monotonic()
+        mine = self.kept.rows.filter(pl.Series(self.ranks == dist.rank))
+        self.rank_plan = order_and_batch(mine, opts.share, opts.batch_size_for(device))
+        self.stages["order_and_batch"] = time.monotonic() - t
+
+    @property
+    def failures(self) -> list[Failure]:
+        return self.survey.failures + self.kept.dropped
+
+
+def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
+    """Everything up to the first VAE batch, then a report. Loads no VAE and
+    creates or changes nothing in the output directory."""
+    t0 = time.monotonic()
+    out = opts.output_dir if str(opts.output_dir) else None
+    done = done_records(out) if out is not None and read_manifest(out) is not None else set()
+    device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
+    plan = _Plan(opts, dist, done, device)
+    rp = plan.rank_plan
+    costs = rank_cost(plan.kept.rows, plan.ranks, dist.world_size, opts.share)
+    jobs_all = sum(len(np.unique(_jobs_of(plan, r, opts.share))) for r in range(dist.world_size))
+    mean = sum(costs) / len(costs) if costs else 0
+    failures = plan.failures
+    return PlanReport(
+        records=plan.survey.n_entries, records_already_done=plan.survey.n_done,
+        rows_planned=plan.kept.rows.height, dropped=len(failures), dropped_by_reason=count_by(failures, "kind"),
+        jobs=jobs_all, vae_images=jobs_all, images_probed=plan.survey.images.height,
+        batches_per_bucket=rp.batches_per_size(), world_size=dist.world_size, rank=dist.rank, rank_rows=rp.n_rows,
+        rank_jobs=rp.n_jobs, pixel_cost_per_rank=costs, balance=round(max(costs) / mean, 4) if mean else 1.0,
+        plan_seconds=round(time.monotonic() - t0, 3), peak_rss_mb=round(_peak_rss_mb(), 1),
+        stages={k: round(v, 3) for k, v in plan.stages.items()},
+    )
+
+
+def _jobs_of(plan: _Plan, rank: int, share: bool) -> np.ndarray:
+    from hpd_encode.pipeline.plan import _job_keys
+
+    return _job_keys(plan.kept.rows.filter(pl.Series(plan.ranks == rank)), share).ravel()
+
+
+def _cuda_available() -> bool:
+    """Whether an NVIDIA driver is loaded, without importing torch (seconds and
+    hundreds of MB): a dry run only needs it to size the auto batches."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
+    """The settings that change latents: a rerun with other values refuses to resume."""
+    from hpd_encode.vae import resolve_dtype
+
+    return {
+        "vae": vae_identity(opts.vae), "vae_subfolder": opts.vae_subfolder,
+        "dtype": str(resolve_dtype(opts.dtype, device)).replace("torch.", ""),
+        "latent": opts.latent, "seed": opts.seed, "store_dtype": opts.store_dtype,
+        "buckets": bucket_set_spec(opts.buckets), "alpha": opts.alpha,
+        "metadata_sha256": file_sha256(opts.metadata), "limit": opts.limit,
+    }
+
+
+def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
+    """Rank 0 locks the output directory and prepares it; every rank learns the
+    outcome, and the others check that the lock is this run's."""
+    lock = None
+    status: Any = None
+    if dist.rank == 0:
+        try:
+            lock = OutputLock(opts.output_dir, purpose="encode").acquire()
+            try:
+                prepare_output(opts.output_dir, settings, opts.overwrite, f"hpd-encode {_core.__version__}")
+            except BaseException:
+                lock.release()
+                raise
+            status = ("ok", lock.run_id)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            status = e
+    status = dist.broadcast(status)
+    if isinstance(status, Exception):
+        raise status
+    if dist.rank != 0:
+        holder = read_lock_holder(opts.output_dir) or {}
+        if holder.get("run_id") != status[1]:
+            raise OutputBusyError(f"'{opts.output_dir}' is locked by another run ({holder or 'no holder'}), "
+                                  "not by rank 0 of this one")
+    dist.barrier()
+    return lock
+
+
+def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
+    t0 = time.monotonic()
+    device = resolve_device(opts.device)
+    if device == "cuda" and dist.enabled:
+        device = f"cuda:{dist.local_rank}"
+    if device == "cpu" and dist.local_world_size > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
+    settings = _settings(opts, device)
+    lock = _take_output_dir(opts, dist, settings)
+    try:
+        done = done_records(opts.output_dir)
+        plan = _Plan(opts, dist, done, device)
+        if dist.rank == 0:
+            log.info("%d records: %d already done, %d to encode, %d dropped or bad", plan.survey.n_entries,
+                     len(done), plan.kept.rows.height, len(plan.failures))
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
+        results: list[RankResult] = dist.all_gather(result)
+        summary: EncodeSummary | None = None
+        if dist.rank == 0:
+            summary = finish(opts, dist, settings, plan, len(done), results, t0)
+        return dist.broadcast(summary)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _encode_rank(opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series,
+                 device: str) -> RankResult:
+    rotator = PartRotator(opts.output_dir, dist.rank, opts.rows_per_file)
+    t = time.monotonic()
+    if plan.n_rows == 0:
+        if rotator.next_k == 0:
+            # Nothing for this rank in a fresh run: still write its (empty) part
+            # file, so a world of N ranks gives part_rank00 .. N-1 as the reference.
+            rotator.open()
+            rotator.commit()
+        return RankResult(dist.rank, {}, rotator.files, 0.0, rotator.blocked_s, [])
+    from hpd_encode.vae import load_vae
+
+    vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
+    encoder = Encoder(replace(opts, num_threads=_default_threads(opts, dist)), plan, image_paths, vae, rotator,
+                      rank=dist.rank)
+    progress = Progress(plan.n_rows, opts.progress, dist.rank)
+    try:
+        encoder.run(progress)
+        rotator.commit()
+    except BaseException:
+        rotator.abort()
+        raise
+    finally:
+        progress.close()
+    result = encoder.result(time.monotonic() - t)
+    result.stats["vae_class"] = vae.class_name  # type: ignore[assignment]
+    return result
+
+
+def finish(opts: EncodeOptions, dist: Dist, settings: dict[str, Any], plan: _Plan, n_done: int,
+           results: list[RankResult], t0: float) -> EncodeSummary:
+    """Rank 0: write ``failures.csv``, the complete manifest and ``summary.json``."""
+    out = opts.output_dir
+    stats: dict[str, int] = {}
+    failures = list(plan.failures)
+    for res in results:
+        for k, v in res.stats.items():
+            if k == "vae_class":
+                settings["vae_class"] = v
+            else:
+                stats[k] = stats.get(k, 0) + int(v)
+        failures.extend(res.failures)
+    write_failures_csv(out / FAILURES, failures)
+    files = committed_files(out)
+    encode_s = max((res.encode_seconds for res in results), default=0.0)
+    rows_written = stats.get("rows_written", 0)
+    summary = EncodeSummary(
+        status="complete", output_dir=str(out), records_in_metadata=plan.survey.n_entries,
+        records_already_done=n_done, pairs_planned=plan.kept.rows.height, rows_written=rows_written,
+        rows_total=sum(f["rows"] for f in files), images_decoded=stats.get("images_decoded", 0),
+        images_encoded=stats.get("images_encoded", 0), vae_calls=stats.get("vae_calls", 0),
+        max_pending_latents=stats.get("max_pending_latents", 0),
+        failed_or_dropped=len(failures), by_reason=count_by(failures, "kind"), by_stage=count_by(failures, "stage"),
+        world_size=dist.world_size, elapsed_seconds=round(time.monotonic() - t0, 3),
+        encode_seconds=round(encode_s, 3),
+        rows_per_second=round(rows_written / encode_s, 3) if encode_s > 0 else None,
+        images_per_second=round(stats.get("images_encoded", 0) / encode_s, 3) if encode_s > 0 else None,
+        writer_blocked_seconds=round(sum(r.writer_blocked_seconds for r in results), 3),
+        settings=settings, files=files, failures_file=FAILURES,
+    )
+    manifest = read_manifest(out) or {}
+    manifest.update({"status": "complete", "files": files})
+    write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / SUMMARY, summary.to_dict())
+    return summary
+

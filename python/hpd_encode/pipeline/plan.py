@@ -1,0 +1,212 @@
+"""Planning the encode, over arrays: pair rules, distinct (image, target
+size) jobs, a cost-balanced split across ranks, and a work order that keeps
+memory bounded.
+
+A *row* is one output comparison; it needs two *jobs* (its chosen and its
+rejected image at the pair's target size). With sharing on, a job is keyed by
+``(image, height, width)``, so an image compared several times at the same
+size is decoded and encoded once. With sharing off every row has two jobs of
+its own (the reference's behaviour).
+
+Rows are split across ranks by connected component (rows that share a job
+stay together, so an image is encoded by one rank), balanced by pixel cost
+(largest component first onto the least-loaded rank; ties by the component's
+first record). Within a rank, rows are ordered by (target size, component,
+record): a component's jobs run back to back, so its rows complete soon after
+its first job, and the latents held while waiting for a partner stay bounded
+by one batch plus the jobs of the components that batch touches.
+
+Everything here is vectorised (NumPy, Polars, union-find in Rust): 1.2 M
+comparisons plan in seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from hpd_encode import _core
+from hpd_encode._core import BucketSet
+from hpd_encode.failures import Failure
+
+BatchSizeFor = Callable[[int, int], int]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The pairs that pass the pair rules, in record order (all ranks)."""
+
+    rows: pl.DataFrame  # survey columns + bucket_id, height, width (the target size)
+    dropped: list[Failure]
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's work: its rows in encode order, their jobs and the batches.
+
+    Jobs are numbered in order of first use by the ordered rows, and batches
+    are consecutive runs of same-size jobs, so batch ``k`` is the job range
+    ``batch_start[k]:batch_start[k + 1]``.
+    """
+
+    rows: pl.DataFrame  # encode order; survey columns + bucket_id, height, width
+    row_jobs: np.ndarray  # (n_rows, 2) int64: each row's chosen and rejected job
+    job_path: np.ndarray  # (n_jobs,) int64 image id (an index into the survey's image list)
+    job_height: np.ndarray  # (n_jobs,) int64
+    job_width: np.ndarray  # (n_jobs,) int64
+    batch_start: np.ndarray  # (n_batches + 1,) int64 job offsets
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows.height
+
+    @property
+    def n_jobs(self) -> int:
+        return len(self.job_path)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_start) - 1
+
+    def job_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of the rows that need each job: ``rows[ptr[j]:ptr[j + 1]]``."""
+        flat = self.row_jobs.ravel()
+        order = np.argsort(flat, kind="stable")
+        ptr = np.zeros(self.n_jobs + 1, dtype=np.int64)
+        np.cumsum(np.bincount(flat, minlength=self.n_jobs), out=ptr[1:])
+        return ptr, order // 2
+
+    def batches_per_size(self) -> dict[str, int]:
+        starts = self.batch_start[:-1]
+        sizes = pl.DataFrame({"h": self.job_height[starts], "w": self.job_width[starts]})
+        counts = sizes.group_by("h", "w", maintain_order=True).len()
+        return {f"{h}x{w}": n for h, w, n in counts.iter_rows()}
+
+
+def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
+    """The reference's pair rules (``REFERENCE.md`` §2) on the pairable records
+    (:attr:`Survey.pairable`)."""
+    t = pairable
+    h1, w1, h2, w2 = (t[c].to_numpy() for c in ("h1", "w1", "h2", "w2"))
+    ids, reasons = buckets.assign_pairs(h1, w1, h2, w2)
+    ids = np.asarray(ids, dtype=np.int64)
+    keep = ids >= 0
+    sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
+    kept = t.filter(pl.Series(keep)).with_columns(
+        pl.Series("bucket_id", ids[keep].astype(np.int32)),
+        pl.Series("height", sizes[ids[keep], 0]),
+        pl.Series("width", sizes[ids[keep], 1]),
+    )
+    dropped_t = t.filter(pl.Series(~keep)).with_columns(pl.Series("reason", np.asarray(reasons)[~keep]))
+    names = buckets.DROP_REASONS
+    dropped = [
+        Failure(int(r["record_index"]), "pair_rule", names[int(r["reason"])],
+                f"sizes {r['h1']}x{r['w1']} and {r['h2']}x{r['w2']}", r["path1"], r["path2"])
+        for r in dropped_t.select("record_index", "reason", "h1", "w1", "h2", "w2", "path1", "path2").iter_rows(
+            named=True)
+    ]
+    return Kept(kept, dropped)
+
+
+def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:
+    """(n_rows, 2) job ids, numbered in order of first use (row by row, chosen then rejected)."""
+    n = rows.height
+    if not share:
+        return np.arange(2 * n, dtype=np.int64).reshape(n, 2)
+    ids = np.empty((n, 2), dtype=np.int64)
+    ids[:, 0] = rows["id1"].to_numpy()
+    ids[:, 1] = rows["id2"].to_numpy()
+    flat = ids.ravel()
+    h = np.repeat(rows["height"].to_numpy(), 2)
+    w = np.repeat(rows["width"].to_numpy(), 2)
+    keys = pl.DataFrame({"img": flat, "h": h, "w": w})
+    # First-use numbering: the rank of each key's first occurrence.
+    first = keys.with_row_index("pos").group_by("img", "h", "w").agg(pl.col("pos").min())
+    first = first.sort("pos").with_row_index("job")
+    job = keys.join(first.select("img", "h", "w", "job"), on=["img", "h", "w"], how="left", maintain_order="left")
+    return job["job"].to_numpy().astype(np.int64).reshape(n, 2)
+
+
+def _components(row_jobs: np.ndarray) -> np.ndarray:
+    """Each row's component label (rows sharing a job are one component)."""
+    n_jobs = int(row_jobs.max()) + 1 if row_jobs.size else 0
+    labels = _core.connected_components(n_jobs, np.ascontiguousarray(row_jobs[:, 0]),
+                                        np.ascontiguousarray(row_jobs[:, 1]))
+    return labels[row_jobs[:, 0]]
+
+
+def partition(kept: pl.DataFrame, world_size: int, share: bool) -> np.ndarray:
+    """Each kept row's rank: whole components, largest pixel cost first onto
+    the least-loaded rank (LPT). Deterministic: every rank computes the same."""
+    n = kept.height
+    if world_size <= 1 or n == 0:
+        return np.zeros(n, dtype=np.int64)
+    row_jobs = _job_keys(kept, share)
+    comp = _components(row_jobs)
+    pixels = (kept["height"] * kept["width"]).to_numpy().astype(np.int64)
+    # A job's cost counts once per component: take each distinct job once.
+    flat_jobs = row_jobs.ravel()
+    _, first_use = np.unique(flat_jobs, return_index=True)
+    job_comp = np.repeat(comp, 2)[first_use]
+    job_pixels = np.repeat(pixels, 2)[first_use]
+    per = pl.DataFrame({"comp": job_comp, "cost": job_pixels}).group_by("comp").agg(pl.col("cost").sum())
+    firsts = pl.DataFrame({"comp": comp, "rec": kept["record_index"].to_numpy()}).group_by("comp").agg(
+        pl.col("rec").min())
+    order = per.join(firsts, on="comp").sort(["cost", "rec"], descending=[True, False])
+    heap = [(0, r) for r in range(world_size)]
+    rank_of: dict[int, int] = {}
+    for c, cost in zip(order["comp"].to_list(), order["cost"].to_list()):
+        load, r = heapq.heappop(heap)
+        rank_of[c] = r
+        heapq.heappush(heap, (load + cost, r))
+    comps = pl.Series("comp", comp)
+    return comps.replace_strict(rank_of, return_dtype=pl.Int64).to_numpy()
+
+
+def rank_cost(kept: pl.DataFrame, ranks: np.ndarray, world_size: int, share: bool) -> list[int]:
+    """Pixels each rank encodes (each of its jobs once)."""
+    costs = []
+    for r in range(world_size):
+        mine = kept.filter(pl.Series(ranks == r))
+        jobs = _job_keys(mine, share)
+        px = np.repeat((mine["height"] * mine["width"]).to_numpy(), 2)
+        _, first = np.unique(jobs.ravel(), return_index=True)
+        costs.append(int(px[first].sum()))
+    return costs
+
+
+def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFor) -> RankPlan:
+    """Order one rank's rows (by size, then component, then record), number
+    their jobs and cut the jobs into same-size batches."""
+    n = rows.height
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return RankPlan(rows, np.zeros((0, 2), dtype=np.int64), empty, empty, empty, np.zeros(1, dtype=np.int64))
+    comp = _components(_job_keys(rows, share))
+    first = pl.DataFrame({"comp": comp, "rec": rows["record_index"].to_numpy()}).with_columns(
+        pl.col("rec").min().over("comp").alias("first"))["first"]
+    rows = (
+        rows.with_columns(first.alias("_first"), (pl.col("height") * pl.col("width")).alias("_px"))
+        .sort(["_px", "height", "_first", "record_index"], descending=[True, False, False, False])
+        .drop("_first", "_px")
+    )
+    row_jobs = _job_keys(rows, share)
+    n_jobs = int(row_jobs.max()) + 1
+    flat = row_jobs.ravel()
+    _, first_use = np.unique(flat, return_index=True)  # jobs are numbered by first use
+    job_path = np.repeat(rows["id1"].to_numpy(), 2)
+    job_path[1::2] = rows["id2"].to_numpy()
+    job_path = job_path[first_use]
+    job_h = np.repeat(rows["height"].to_numpy(), 2)[first_use].astype(np.int64)
+    job_w = np.repeat(rows["width"].to_numpy(), 2)[first_use].astype(np.int64)
+    # Jobs of one size are contiguous (rows are sorted by size first): cut each run into chunks.
+    change = np.flatnonzero((job_h[1:] != job_h[:-1]) | (job_w[1:] != job_w[:-1])) + 1
+    starts: list[int] = []
+    for a, b in zip([0, *change.tolist()], [*change.tolist(), n_jobs]):
+        starts.extend(range(a, b, max(1, batch_size_for(int(job_h[a]), int(job_w[a])))))
+    starts.append(n_jobs)
+    return RankPlan(rows, row_jobs, job_path, job_h, job_w, np.asarray(starts, dtype=np.int64))

@@ -1,0 +1,182 @@
+"""Surveying a dataset: read the metadata, and probe every distinct image it
+names (header only, opened beneath the data root in Rust), as columns.
+
+``encode`` and ``check`` both start here. Under torchrun each rank probes a
+slice of the images and the sizes are all-gathered, so every rank plans the
+same way without probing everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from hpd_encode import _core
+from hpd_encode.failures import Failure
+from hpd_encode.metadata import read_metadata
+
+log = logging.getLogger("hpd_encode.survey")
+
+# Probe outcome per image (the codes of `_core.probe_paths`).
+PROBE_OK, PROBE_UNSAFE_PATH, PROBE_MISSING, PROBE_NOT_REGULAR, PROBE_IMAGE_ERROR = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The metadata and the probed images of the records still to do.
+
+    ``images`` has one row per distinct image path (``image_id`` is its row
+    number): ``path``, ``height``, ``width`` (0 when not probed ok), ``kind``
+    (a probe outcome code) and ``error``. ``records`` are the metadata's good
+    records not already done, with ``id1``/``id2`` (image ids) and the sizes
+    ``h1, w1, h2, w2``; ``pairable`` marks those whose two images probed ok.
+    ``failures`` are the metadata's bad records and, for each record whose
+    image is refused or unreadable, one failure (as ``failures.csv`` has it).
+    """
+
+    records: pl.DataFrame
+    images: pl.DataFrame
+    failures: list[Failure]
+    n_entries: int
+    n_done: int
+
+    @property
+    def pairable(self) -> pl.DataFrame:
+        return self.records.filter(pl.col("pairable")).drop("pairable")
+
+
+def survey(
+    data_root: str | Path,
+    metadata: str | Path,
+    *,
+    limit: int | None = None,
+    done: Collection[int] = (),
+    num_threads: int | None = None,
+    max_pixels: int = _core.DEFAULT_MAX_PIXELS,
+    rank: int = 0,
+    world_size: int = 1,
+    all_gather: object = None,
+    progress: bool = False,
+) -> Survey:
+    """Read ``metadata`` and probe its images under ``data_root``.
+
+    ``done`` are record indices already encoded (skipped). With ``world_size``
+    > 1, this rank probes every ``world_size``-th image from ``rank`` on and
+    ``all_gather`` (``Dist.all_gather``) shares the results. ``progress``
+    shows a progress bar on a terminal while probing.
+    """
+    meta = read_metadata(metadata, limit=limit)
+    table = meta.table
+    n_good = table.height
+    if done:
+        done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
+        table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
+    n_done = n_good - table.height
+    paths = pl.concat([table["path1"], table["path2"]]).unique().sort()
+    images = pl.DataFrame({"path": paths}).with_row_index("image_id")
+    ids = images.select(pl.col("path"), pl.col("image_id").cast(pl.Int64))
+    table = table.join(ids.rename({"path": "path1", "image_id": "id1"}), on="path1", how="left",
+                       maintain_order="left")
+    table = table.join(ids.rename({"path": "path2", "image_id": "id2"}), on="path2", how="left",
+                       maintain_order="left")
+
+    n = images.height
+    mine = np.arange(rank, n, world_size, dtype=np.int64)
+    rels = paths.gather(mine).to_list() if world_size > 1 else paths.to_list()
+    h, w, kind, errors = _probe_all(Path(data_root), rels, num_threads, max_pixels, progress)
+    err_of = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
+    height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    kinds = np.zeros(n, dtype=np.uint8)
+    parts = [(mine, h, w, kind, err_of)] if world_size <= 1 else all_gather((mine, h, w, kind, err_of))  # type: ignore[operator]
+    error_of: dict[int, str] = {}
+    for idx, ph, pw, pk, perr in parts:
+        height[idx], width[idx], kinds[idx] = ph, pw, pk
+        error_of.update(perr)
+    images = images.with_columns(
+        pl.Series("height", height), pl.Series("width", width), pl.Series("kind", kinds),
+        pl.Series("error", [error_of.get(i) for i in range(n)] if error_of else [None] * n, dtype=pl.String),
+    )
+    id1, id2 = table["id1"].to_numpy(), table["id2"].to_numpy()
+    ok = (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)
+    table = table.with_columns(
+        pl.Series("h1", height[id1]), pl.Series("w1", width[id1]),
+        pl.Series("h2", height[id2]), pl.Series("w2", width[id2]), pl.Series("pairable", ok),
+    )
+    failures = list(meta.failures)
+    failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
+    return Survey(records=table, images=images, failures=failures, n_entries=meta.n_entries, n_done=n_done)
+
+
+def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, str]) -> list[Failure]:
+    """One failure per record with a refused or unreadable image: a refused
+    path first (stage ``path``), else every unreadable image's reason."""
+    out = []
+    for r in bad.select("record_index", "path1", "path2", "id1", "id2").iter_rows(named=True):
+        ids = (r["id1"], r["id2"]) if r["id1"] != r["id2"] else (r["id1"],)
+        unsafe = [error_of[i] for i in ids if kinds[i] == PROBE_UNSAFE_PATH]
+        if unsafe:
+            out.append(Failure(r["record_index"], "path", "unsafe_path", unsafe[0], r["path1"], r["path2"]))
+        else:
+            errs = [error_of[i] for i in ids if kinds[i] != PROBE_OK]
+            out.append(Failure(r["record_index"], "probe", "unreadable_image", "; ".join(errs), r["path1"],
+                               r["path2"]))
+    return out
+
+
+def _probe_all(root: Path, rels: list[str], num_threads: int | None, max_pixels: int,
+               progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """Probe in chunks, with a progress bar when asked for and on a terminal."""
+    from tqdm.auto import tqdm
+
+    step = 1 << 16
+    parts = []
+    with tqdm(total=len(rels), unit="img", desc="probe", disable=None if progress else True) as bar:
+        for a in range(0, len(rels), step):
+            parts.append(_probe(root, rels[a:a + step], num_threads, max_pixels))
+            bar.update(len(parts[-1][0]))
+    if not parts:
+        return _probe(root, [], num_threads, max_pixels)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), [e for p in parts for e in p[3]])
+
+
+def _probe(root: Path, rels: list[str], num_threads: int | None,
+           max_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """Probe images named relative to ``root``: heights, widths, outcome codes, reasons."""
+    probe_paths = getattr(_core, "probe_paths", None)
+    if probe_paths is not None:
+        h, w, kind, errors = probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
+        return np.asarray(h, np.int64), np.asarray(w, np.int64), np.asarray(kind, np.uint8), list(errors)
+    # Until the Rust opener lands: resolve in Python, then probe.
+    from hpd_encode.errors import UnsafePathError
+    from hpd_encode.metadata import resolve_image_path
+
+    n = len(rels)
+    h, w, kind = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    errors: list[str | None] = [None] * n
+    full: list[str] = []
+    at: list[int] = []
+    for i, rel in enumerate(rels):
+        try:
+            path = resolve_image_path(root, rel)
+        except UnsafePathError as e:
+            kind[i], errors[i] = PROBE_UNSAFE_PATH, str(e)
+            continue
+        if not os.path.lexists(path):
+            kind[i], errors[i] = PROBE_MISSING, f"'{path}' does not exist"
+            continue
+        full.append(str(path))
+        at.append(i)
+    sizes, errs = _core.probe_images(full, num_threads=num_threads)
+    for i, size, err in zip(at, sizes, errs):
+        if size is None:
+            kind[i], errors[i] = PROBE_IMAGE_ERROR, err
+        else:
+            h[i], w[i] = size
+    return h, w, kind, errors
