@@ -293,11 +293,11 @@ impl WindowedFile {
         w[0].1 += 1;
         w[1].1 += 1;
         for slot in w.iter_mut() {
-            let (wstart, _, data) = &*slot;
-            if start >= *wstart && stop <= *wstart + data.len() as u64 {
-                let off = (start - *wstart) as usize;
+            let wstart = slot.0;
+            if start >= wstart && stop <= wstart + slot.2.len() as u64 {
+                let off = (start - wstart) as usize;
                 slot.1 = 0;
-                return Ok(data.slice(off..off + length));
+                return Ok(slot.2.slice(off..off + length));
             }
         }
         let want = (SCAN_WINDOW as u64).min(self.end.saturating_sub(start)).max(length as u64);
@@ -476,11 +476,11 @@ impl PartFile {
             let mut at = 0usize;
             for batch in reader {
                 let batch = batch.map_err(|e| e.to_string())?;
-                for k in 0..2 {
-                    let col = batch.column(k);
-                    if batch.num_rows() + at > rows.len() {
-                        return Err("the reader returned more rows than asked for".into());
-                    }
+                if batch.num_rows() + at > rows.len() {
+                    return Err("the reader returned more rows than asked for".into());
+                }
+                for (k, name) in LATENT_COLUMNS.iter().enumerate() {
+                    let col = batch.column_by_name(name).ok_or_else(|| format!("the reader returned no '{name}'"))?;
                     for i in 0..batch.num_rows() {
                         let value = binary_value(col.as_ref(), i)?;
                         f(rows[at + i], k, value);
@@ -540,7 +540,9 @@ impl PartFile {
                 None => Err(format!("{} is null", LATENT_COLUMNS[k])),
                 Some(b) => parse(b).map_err(|e| format!("{}: {e}", LATENT_COLUMNS[k])),
             };
-            out[pos[&row]].1[k] = Some(parsed);
+            if let Some(&i) = pos.get(&row) {
+                out[i].1[k] = Some(parsed);
+            }
         };
         match self.for_each_value(row_group, rows, scan, &mut visit) {
             Ok(()) => {}
