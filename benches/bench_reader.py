@@ -125,7 +125,7 @@ def read_bytes() -> int:
     return 0
 
 
-def reference_reader(index_df) -> Callable[[list[int]], None]:  # noqa: ANN001
+def reference_reader(index_df) -> Callable[[list[int]], None]:
     """The reference trainer's per-row read."""
     paths = index_df["parquet_path"].to_list()
     groups = index_df["row_group"].to_list()
@@ -213,7 +213,9 @@ def main() -> None:
                 res = measure(read, batches, files, cold, args.seconds)
                 rows.append((name, "cold" if cold else "warm", res))
         ref = {temp: r for name, temp, r in rows if name.startswith("reference")}
-        print(f"\n{'method':32} {'cache':5} {'pairs':>6} {'pairs/s':>9} {'MB/s':>8} {'read/pair':>10} {'vs ref':>8}")
+        print(
+            f"\n{'method':32} {'cache':5} {'pairs':>6} {'pairs/s':>9} {'MB/s':>8} {'read/pair':>10} {'vs ref':>8}"
+        )
         for name, temp, r in rows:
             read_pp = f"{r['read_per_pair']:.2f}x" if temp == "cold" else "-"
             print(

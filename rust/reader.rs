@@ -51,6 +51,11 @@ const BATCH_ROWS: usize = 8;
 /// Size of the sequential reads `check_file` issues.
 const SCAN_WINDOW: usize = 16 << 20;
 
+/// Receives `(row, column, value)` for each latent value read.
+type ValueSink<'a> = dyn FnMut(usize, usize, Option<&[u8]>) + 'a;
+/// One value's result, once it has been read.
+type Slot<T> = Option<Result<T, String>>;
+
 /// Why a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
@@ -156,8 +161,12 @@ pub fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
     let dtype = match descr {
         "<f4" => Dtype::F32,
         "<f2" => Dtype::F16,
-        ">f4" | ">f2" => return Err(format!("big-endian latents ('{descr}') are not supported; expected '<f4' or '<f2'")),
-        other => return Err(format!("unsupported latent dtype '{other}'; expected float32 ('<f4') or float16 ('<f2')")),
+        ">f4" | ">f2" => {
+            return Err(format!("big-endian latents ('{descr}') are not supported; expected '<f4' or '<f2'"))
+        }
+        other => {
+            return Err(format!("unsupported latent dtype '{other}'; expected float32 ('<f4') or float16 ('<f2')"))
+        }
     };
     let fortran = header_value(header, "fortran_order")?;
     if fortran.starts_with("True") {
@@ -176,7 +185,8 @@ pub fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
         shape.push(part.parse::<usize>().map_err(|_| format!("npy header has a malformed 'shape': {header:?}"))?);
     }
     let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let want = count.and_then(|c| c.checked_mul(dtype.size())).ok_or_else(|| format!("npy shape {shape:?} is too large"))?;
+    let want =
+        count.and_then(|c| c.checked_mul(dtype.size())).ok_or_else(|| format!("npy shape {shape:?} is too large"))?;
     let have = bytes.len() - end;
     if have != want {
         return Err(format!(
@@ -193,7 +203,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Latent, String> {
     let h = parse_npy_header(bytes)?;
     let raw = &bytes[h.data_offset..];
     let data = match h.dtype {
-        Dtype::F32 => LatentData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Dtype::F32 => {
+            LatentData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
         Dtype::F16 => LatentData::F16(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
     };
     Ok(Latent { shape: h.shape, data })
@@ -260,7 +272,7 @@ impl ChunkReader for PosFile {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        if start.checked_add(length as u64).is_none_or(|end| end > self.len) {
+        if start.checked_add(length as u64).map_or(true, |end| end > self.len) {
             return Err(ParquetError::EOF(format!(
                 "{length} bytes at offset {start} are past the end of the file ({} bytes)",
                 self.len
@@ -339,7 +351,12 @@ struct Identity {
 }
 
 fn identity(meta: &std::fs::Metadata) -> Identity {
-    Identity { dev: meta.dev(), ino: meta.ino(), len: meta.len(), mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128 }
+    Identity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    }
 }
 
 /// An open part file: its parsed footer and offset index, and where its latent columns are.
@@ -382,7 +399,10 @@ impl PartFile {
             .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
             .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
         let meta = catch_unwind(AssertUnwindSafe(|| ArrowReaderMetadata::load(&pos, options)))
-            .map_err(|p| ReadError::File { path: shown.clone(), message: format!("the Parquet reader crashed (caught panic: {})", panic_message(p)) })?
+            .map_err(|p| ReadError::File {
+                path: shown.clone(),
+                message: format!("the Parquet reader crashed (caught panic: {})", panic_message(p)),
+            })?
             .map_err(|e| ReadError::File {
                 path: shown.clone(),
                 message: format!("{e} (a truncated file, or one whose writer never finished)"),
@@ -394,10 +414,16 @@ impl PartFile {
                 let c = schema.column(i);
                 c.path().parts().len() == 1 && c.path().parts()[0] == *name
             });
-            leaves[k] = found.ok_or_else(|| ReadError::File { path: shown.clone(), message: format!("it has no '{name}' column") })?;
+            leaves[k] = found.ok_or_else(|| ReadError::File {
+                path: shown.clone(),
+                message: format!("it has no '{name}' column"),
+            })?;
             let physical = schema.column(leaves[k]).physical_type();
             if physical != parquet::basic::Type::BYTE_ARRAY {
-                return Err(ReadError::File { path: shown, message: format!("column '{name}' is {physical}, not binary") });
+                return Err(ReadError::File {
+                    path: shown,
+                    message: format!("column '{name}' is {physical}, not binary"),
+                });
             }
         }
         let md = meta.metadata();
@@ -407,7 +433,8 @@ impl PartFile {
                     let rows = md.row_group(rg).num_rows();
                     leaves.iter().all(|&col| {
                         index.page_locations(rg, col).is_some_and(|locs| {
-                            locs.len() as i64 == rows && locs.iter().enumerate().all(|(i, l)| l.first_row_index == i as i64)
+                            locs.len() as i64 == rows
+                                && locs.iter().enumerate().all(|(i, l)| l.first_row_index == i as i64)
                         })
                     })
                 })
@@ -451,13 +478,7 @@ impl PartFile {
     /// Call `f(row, column, value)` for both latent columns of each of `rows`
     /// (sorted, distinct) of `row_group`, in row order. `scan` reads the
     /// column chunks in large sequential windows (for reading every row).
-    fn for_each_value(
-        &self,
-        row_group: usize,
-        rows: &[usize],
-        scan: bool,
-        f: &mut dyn FnMut(usize, usize, Option<&[u8]>),
-    ) -> Result<(), String> {
+    fn for_each_value(&self, row_group: usize, rows: &[usize], scan: bool, f: &mut ValueSink) -> Result<(), String> {
         let num_rows = self.meta.metadata().row_group(row_group).num_rows() as usize;
         let mut selectors = Vec::new();
         let mut next = 0usize;
@@ -471,7 +492,7 @@ impl PartFile {
         let whole = rows.len() == num_rows;
         let mask = ProjectionMask::leaves(self.meta.metadata().file_metadata().schema_descr(), self.leaves);
         let run = |reader: Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow_schema::ArrowError>>>,
-                   f: &mut dyn FnMut(usize, usize, Option<&[u8]>)|
+                   f: &mut ValueSink|
          -> Result<(), String> {
             let mut at = 0usize;
             for batch in reader {
@@ -510,10 +531,15 @@ impl PartFile {
             }
             if scan {
                 let rg = self.meta.metadata().row_group(row_group);
-                let end = self.leaves.iter().map(|&c| {
-                    let (s, l) = rg.column(c).byte_range();
-                    s + l
-                }).max().unwrap_or(0);
+                let end = self
+                    .leaves
+                    .iter()
+                    .map(|&c| {
+                        let (s, l) = rg.column(c).byte_range();
+                        s + l
+                    })
+                    .max()
+                    .unwrap_or(0);
                 let input = WindowedFile::new(self.file.clone(), end);
                 run(Box::new(build!(input)), f)
             } else {
@@ -533,7 +559,7 @@ impl PartFile {
         scan: bool,
         parse: &(dyn Fn(&[u8]) -> Result<T, String> + Sync),
     ) -> Vec<(usize, [Result<T, String>; 2])> {
-        let mut out: Vec<(usize, [Option<Result<T, String>>; 2])> = rows.iter().map(|&r| (r, [None, None])).collect();
+        let mut out: Vec<(usize, [Slot<T>; 2])> = rows.iter().map(|&r| (r, [None, None])).collect();
         let pos: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
         let mut visit = |row: usize, k: usize, value: Option<&[u8]>| {
             let parsed = match value {
@@ -669,16 +695,13 @@ pub fn read_pairs(requests: &[Request], num_threads: Option<usize>) -> Vec<Resul
         groups.entry((r.path.as_path(), r.row_group)).or_default().push(i);
     }
     let groups: Vec<_> = groups.into_iter().collect();
-    let served: Vec<Vec<(usize, Result<Pair>)>> = pool::pool(num_threads).install(|| {
-        groups.par_iter().map(|((path, rg), idx)| read_group(path, *rg, idx, requests)).collect()
-    });
+    let served: Vec<Vec<(usize, Result<Pair>)>> = pool::pool(num_threads)
+        .install(|| groups.par_iter().map(|((path, rg), idx)| read_group(path, *rg, idx, requests)).collect());
     let mut out: Vec<Option<Result<Pair>>> = (0..requests.len()).map(|_| None).collect();
     for (i, r) in served.into_iter().flatten() {
         out[i] = Some(r);
     }
-    out.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(ReadError::OutOfRange("request left unanswered".into()))))
-        .collect()
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err(ReadError::OutOfRange("request left unanswered".into())))).collect()
 }
 
 fn read_group(path: &Path, rg: usize, idx: &[usize], requests: &[Request]) -> Vec<(usize, Result<Pair>)> {
@@ -704,7 +727,8 @@ fn read_group(path: &Path, rg: usize, idx: &[usize], requests: &[Request]) -> Ve
     for &i in idx {
         let row = requests[i].row;
         let Some([a, b]) = by_row.get(&row) else { continue };
-        let err = |message: &String| ReadError::Row { path: file.path.clone(), row_group: rg, row, message: message.clone() };
+        let err =
+            |message: &String| ReadError::Row { path: file.path.clone(), row_group: rg, row, message: message.clone() };
         answers.push((
             i,
             match (a, b) {

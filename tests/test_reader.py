@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from conftest import SMALL_BUCKETS, PartRecord
 from hpd_encode._core import latent_layout, read_pairs
 from hpd_encode.errors import PartFileError
 from hpd_encode.index import build_index, read_index, write_index
 from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
-from torch.utils.data import DataLoader
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,9 @@ def paged_parts(tmp_path_factory: pytest.TempPathFactory, reference_parts: Path)
 
 
 @pytest.fixture(scope="module")
-def paged_index(tmp_path_factory: pytest.TempPathFactory, paged_parts: Path, small_buckets_json: Path) -> Path:
+def paged_index(
+    tmp_path_factory: pytest.TempPathFactory, paged_parts: Path, small_buckets_json: Path
+) -> Path:
     path = tmp_path_factory.mktemp("paged_index") / "index.csv"
     write_index(build_index(paged_parts, buckets=small_buckets_json, max_per_prompt=None), path)
     return path
@@ -408,7 +411,7 @@ def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path) -> No
     failures = []
     for req in rows:
         try:
-            (a, b), = read_pairs([req])
+            ((a, b),) = read_pairs([req])
             assert np.array_equal(a, truth[(str(path), 1, req[2])][0])  # an intact row still reads right
         except PartFileError as e:
             failures.append((req[2], str(e)))
@@ -457,7 +460,7 @@ def test_dataloader_spawn_workers_over_getitems(paged_index: Path) -> None:
     calls = []
     original = LatentPairDataset.__getitems__
 
-    def spy(self, indices):  # noqa: ANN001, ANN202
+    def spy(self, indices):
         calls.append(len(indices))
         return original(self, indices)
 

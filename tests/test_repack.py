@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+
 from hpd_encode._core import latent_layout
 from hpd_encode.cli import main
 from hpd_encode.errors import OutputBusyError, PartialOutputError
@@ -19,7 +20,9 @@ from hpd_encode.verify import verify
 
 
 @pytest.mark.parametrize("layout", ["reference", "encoder", "ours"])
-def test_round_trip(layout: str, request: pytest.FixtureRequest, tmp_path: Path, small_buckets_json: Path) -> None:
+def test_round_trip(
+    layout: str, request: pytest.FixtureRequest, tmp_path: Path, small_buckets_json: Path
+) -> None:
     src: Path = request.getfixturevalue(f"{layout}_parts")
     dest = tmp_path / "dest"
     report = repack(src, dest, progress=False)

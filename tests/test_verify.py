@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import PART_SPLIT, PartRecord, write_ours_part
 from hpd_encode.cli import main
 from hpd_encode.errors import OutputBusyError, PartialOutputError
@@ -25,7 +26,9 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_output(root: Path, records: list[PartRecord], *, status: str = "complete", paged: bool = True) -> Path:
+def make_output(
+    root: Path, records: list[PartRecord], *, status: str = "complete", paged: bool = True
+) -> Path:
     """An encode-like output directory: hpd-encode's schema, a manifest listing the files."""
     root.mkdir(parents=True)
     start, files = 0, []
@@ -45,7 +48,9 @@ def rewrite(path: Path, column: str, row: int, value: object) -> None:
     table = pq.read_table(path)
     values = table.column(column).to_pylist()
     values[row] = value
-    table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+    table = table.set_column(
+        table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
+    )
     write_paged_table(table, path)
 
 
@@ -64,7 +69,9 @@ def test_old_layout_and_reference_files_verify(reference_parts: Path, tmp_path: 
     assert verify(make_output(tmp_path / "old", part_records, paged=False), progress=False).ok
 
 
-def test_finds_every_problem_by_file_row_group_and_row(tmp_path: Path, part_records: list[PartRecord]) -> None:
+def test_finds_every_problem_by_file_row_group_and_row(
+    tmp_path: Path, part_records: list[PartRecord]
+) -> None:
     out = make_output(tmp_path / "out", part_records)
     p0, p1 = out / "part_rank00.parquet", out / "part_rank01.parquet"
     nan = part_records[123].latent(1).copy()

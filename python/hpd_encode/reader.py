@@ -279,25 +279,24 @@ class LatentPairDataset:
                 requests.append((self._paths[f], g, r))
         latents: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if requests:
-            for k, pair in zip(paged_at, read_pairs(requests, num_threads=self.num_threads)):
-                latents[k] = pair
+            for k, read in zip(paged_at, read_pairs(requests, num_threads=self.num_threads)):
+                latents[k] = read
         items = []
         for k, i in enumerate(positions):
             f, g, r = where_of[k]
             where = f"'{self._paths[f]}' row group {g} row {r}"
-            if k in latents:
-                rg = self._small_of(f, g)
-                pair = latents[k]
-            else:
-                rg = self._row_group_of(f, g)
-                pair = None
+            rg = self._small_of(f, g) if k in latents else self._row_group_of(f, g)
             if not 0 <= r < rg.num_rows:
                 raise IndexError(
                     f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
                 )
             cols = rg.columns
+            pair = latents.get(k)
             if pair is None:
-                pair = tuple(_load_npy(cols[name][r].as_py(), where, name) for name in ("latent1", "latent2"))
+                pair = (
+                    _load_npy(cols["latent1"][r].as_py(), where, "latent1"),
+                    _load_npy(cols["latent2"][r].as_py(), where, "latent2"),
+                )
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
                 if arr.ndim < 2 or arr.shape[-2] * 8 != height or arr.shape[-1] * 8 != width:

@@ -95,7 +95,9 @@ def _check_dirs(src: Path, dest: Path) -> None:
     if d == s:
         raise ValueError(f"destination '{dest}' is the source directory; repack into a new directory")
     if s in d.parents:
-        raise ValueError(f"destination '{dest}' is inside the source directory '{src}'; choose one outside it")
+        raise ValueError(
+            f"destination '{dest}' is inside the source directory '{src}'; choose one outside it"
+        )
 
 
 def _is_complete_copy(src: pq.ParquetFile, dest: Path) -> bool:
@@ -155,7 +157,9 @@ def _refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> None:
 
     msg = f"'{directory}' is in use: {holder}"
     if not allow_partial:
-        raise OutputBusyError(f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed")
+        raise OutputBusyError(
+            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
+        )
     log.warning("%s; going on with what is committed (--allow-partial)", msg)
 
 

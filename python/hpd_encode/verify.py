@@ -138,7 +138,9 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
-def _check_file(path: Path, report: VerifyReport, seen: dict[int, tuple[str, int, int]], threads: int | None) -> None:
+def _check_file(
+    path: Path, report: VerifyReport, seen: dict[int, tuple[str, int, int]], threads: int | None
+) -> None:
     from hpd_encode._core import check_part_file
 
     name = str(path)
@@ -152,7 +154,9 @@ def _check_file(path: Path, report: VerifyReport, seen: dict[int, tuple[str, int
         cols = [c for c in ("record_index", "latent1_shape", "latent2_shape") if c in pf.schema_arrow.names]
         small = pf.read(columns=cols).to_pydict() if cols else {}
     except (OSError, ValueError) as e:
-        report.problems.append(Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}"))
+        report.problems.append(
+            Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
+        )
         return
     n = len(checks)
     for c in ("latent1_shape", "latent2_shape"):
@@ -174,7 +178,10 @@ def _check_file(path: Path, report: VerifyReport, seen: dict[int, tuple[str, int
             if tuple(shape) != stated:
                 report.problems.append(
                     Problem(
-                        name, group, row, "shape",
+                        name,
+                        group,
+                        row,
+                        "shape",
                         f"{column} has shape {tuple(shape)}, {column}_shape says {stated}",
                     )
                 )
@@ -190,7 +197,10 @@ def _check_file(path: Path, report: VerifyReport, seen: dict[int, tuple[str, int
                 f0, g0, r0 = seen[rec]
                 report.problems.append(
                     Problem(
-                        name, group, row, "duplicate_record_index",
+                        name,
+                        group,
+                        row,
+                        "duplicate_record_index",
                         f"record_index {rec} also at '{f0}' row group {g0} row {r0}",
                     )
                 )
@@ -221,14 +231,20 @@ def verify(
     if holder is not None:
         msg = f"'{out}' is in use: {holder}"
         if not allow_partial:
-            raise OutputBusyError(f"{msg}; wait for it to finish, or pass --allow-partial to verify what is committed")
+            raise OutputBusyError(
+                f"{msg}; wait for it to finish, or pass --allow-partial to verify what is committed"
+            )
         log.warning("%s; verifying what is committed so far (--allow-partial)", msg)
     parts = list_part_files(out)
-    report = VerifyReport(output_dir=str(out), manifest_status=None if manifest is None else manifest.get("status"))
+    report = VerifyReport(
+        output_dir=str(out), manifest_status=None if manifest is None else manifest.get("status")
+    )
     if manifest is not None and manifest.get("status") != "complete":
         log.warning(
             "'%s': the manifest says %r; verifying the %d part files committed so far",
-            out, manifest.get("status"), len(parts),
+            out,
+            manifest.get("status"),
+            len(parts),
         )
     listed: dict[str, int | None] = {}
     if manifest is not None:
@@ -252,12 +268,17 @@ def verify(
             if path.name not in listed:
                 if manifest.get("status") == "complete":
                     report.problems.append(
-                        Problem(str(path), None, None, "unlisted_file", "present but not listed in manifest.json")
+                        Problem(
+                            str(path), None, None, "unlisted_file", "present but not listed in manifest.json"
+                        )
                     )
             elif listed[path.name] is not None and int(listed[path.name] or 0) != report.rows - rows_before:
                 report.problems.append(
                     Problem(
-                        str(path), None, None, "row_count",
+                        str(path),
+                        None,
+                        None,
+                        "row_count",
                         f"{report.rows - rows_before} rows, manifest.json says {listed[path.name]}",
                     )
                 )
@@ -269,7 +290,9 @@ def verify(
     for name in listed:
         if name not in present:
             report.problems.append(
-                Problem(str(out / name), None, None, "missing_file", "listed in manifest.json but not present")
+                Problem(
+                    str(out / name), None, None, "missing_file", "listed in manifest.json but not present"
+                )
             )
     report.seconds = round(time.monotonic() - t0, 3)
     return report

@@ -24,14 +24,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "part files agree with manifest.json. Every problem names its file, row group and row. "
         "Exit status 1 on any problem.",
     )
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="an encode output directory (or any directory of part files)")
+    p.add_argument(
+        "output_dir", metavar="OUTPUT_DIR", help="an encode output directory (or any directory of part files)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument(
         "--allow-partial",
         action="store_true",
         help="verify a directory whose encode run has not completed (what is committed so far)",
     )
-    p.add_argument("--threads", type=_positive, default=None, metavar="N", help="reader threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=_positive, default=None, metavar="N", help="reader threads (default: all cores)"
+    )
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser(
@@ -67,8 +71,9 @@ def _positive(text: str) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from hpd_encode.verify import verify
 
-    report = verify(args.output_dir, allow_partial=args.allow_partial, progress=not args.json,
-                    num_threads=args.threads)
+    report = verify(
+        args.output_dir, allow_partial=args.allow_partial, progress=not args.json, num_threads=args.threads
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
