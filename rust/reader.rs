@@ -204,11 +204,35 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Latent, String> {
     let raw = &bytes[h.data_offset..];
     let data = match h.dtype {
         Dtype::F32 => {
-            LatentData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            let mut v = vec![0f32; raw.len() / 4];
+            copy_le(raw, &mut v, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            LatentData::F32(v)
         }
-        Dtype::F16 => LatentData::F16(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+        Dtype::F16 => {
+            let mut v = vec![0u16; raw.len() / 2];
+            copy_le(raw, &mut v, |c| u16::from_le_bytes([c[0], c[1]]));
+            LatentData::F16(v)
+        }
     };
     Ok(Latent { shape: h.shape, data })
+}
+
+/// Fill `dst` from little-endian `raw` (exactly `dst`'s size in bytes): one
+/// `memcpy` on little-endian machines, a conversion per value elsewhere.
+fn copy_le<T: Copy>(raw: &[u8], dst: &mut [T], from_le: impl Fn(&[u8]) -> T) {
+    let size = std::mem::size_of::<T>();
+    let total = std::mem::size_of_val(dst);
+    debug_assert_eq!(raw.len(), total);
+    if cfg!(target_endian = "little") {
+        // SAFETY: `dst` owns `dst.len() * size` initialised bytes, `T` is f32
+        // or u16 (every bit pattern valid), and the two slices cannot overlap.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), total) };
+        bytes.copy_from_slice(&raw[..total]);
+    } else {
+        for (d, c) in dst.iter_mut().zip(raw.chunks_exact(size)) {
+            *d = from_le(c);
+        }
+    }
 }
 
 /// Header, shape and the number of non-finite values of `.npy` bytes.
@@ -690,13 +714,18 @@ pub type Pair = [Latent; 2];
 /// Read the pairs of `requests`, in parallel on the shared pool: requests of
 /// one row group are served by one read. Results are in request order.
 pub fn read_pairs(requests: &[Request], num_threads: Option<usize>) -> Vec<Result<Pair>> {
-    let mut groups: BTreeMap<(&Path, usize), Vec<usize>> = BTreeMap::new();
+    // In a paged file each request is its own unit of work (one row's pages);
+    // in other files the requests of one row group share its read.
+    let mut paged: HashMap<&Path, bool> = HashMap::new();
+    let mut groups: BTreeMap<(&Path, usize, Option<usize>), Vec<usize>> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
-        groups.entry((r.path.as_path(), r.row_group)).or_default().push(i);
+        let path = r.path.as_path();
+        let is_paged = *paged.entry(path).or_insert_with(|| open_cached(path).is_ok_and(|f| f.paged));
+        groups.entry((path, r.row_group, is_paged.then_some(r.row))).or_default().push(i);
     }
     let groups: Vec<_> = groups.into_iter().collect();
     let served: Vec<Vec<(usize, Result<Pair>)>> = pool::pool(num_threads)
-        .install(|| groups.par_iter().map(|((path, rg), idx)| read_group(path, *rg, idx, requests)).collect());
+        .install(|| groups.par_iter().map(|((path, rg, _), idx)| read_group(path, *rg, idx, requests)).collect());
     let mut out: Vec<Option<Result<Pair>>> = (0..requests.len()).map(|_| None).collect();
     for (i, r) in served.into_iter().flatten() {
         out[i] = Some(r);
