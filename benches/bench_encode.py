@@ -103,7 +103,7 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
     shift = vae.config.shift_factor or 0.0
     scale = vae.config.scaling_factor
     buckets = hpd_encode.BucketSet.hpdv3()
-    records, _ = read_metadata(meta)
+    records = list(read_metadata(meta).records())
     rows = []
     schema = pa.schema([PART_SCHEMA.field(c) for c in REFERENCE_COLUMNS])
     writer = pq.ParquetWriter(out, schema, compression="zstd")

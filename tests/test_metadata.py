@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
 
@@ -31,28 +32,39 @@ from hpd_encode.metadata import (
     resolve_image_path,
 )
 
-GOOD = {"prompt": "p", "path1": "a.jpg", "path2": "b.jpg", "model1": "m1", "model2": "m2",
-        "choice_dist": [3, 1], "confidence": 0.75}
+GOOD = {
+    "prompt": "p",
+    "path1": "a.jpg",
+    "path2": "b.jpg",
+    "model1": "m1",
+    "model2": "m2",
+    "choice_dist": [3, 1],
+    "confidence": 0.75,
+}
 
 
-def _write_list(path: Path, entries: list[object], indent: int | None = None) -> Path:
+def _write_list(path: Path, entries: Sequence[object], indent: int | None = None) -> Path:
     path.write_text(json.dumps(entries, indent=indent))
     return path
 
 
-def _write_lines(path: Path, entries: list[object]) -> Path:
+def _write_lines(path: Path, entries: Sequence[object]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     return path
 
 
-def _both(tmp_path: Path, entries: list[object]) -> list[Metadata]:
+def _both(tmp_path: Path, entries: Sequence[object]) -> list[Metadata]:
     """Read ``entries`` as a compact list, an indented list and JSON Lines; the three must agree."""
-    out = [read_metadata(_write_list(tmp_path / "l.json", entries)),
-           read_metadata(_write_list(tmp_path / "i.json", entries, indent=2)),
-           read_metadata(_write_lines(tmp_path / "l.jsonl", entries))]
+    out = [
+        read_metadata(_write_list(tmp_path / "l.json", entries)),
+        read_metadata(_write_list(tmp_path / "i.json", entries, indent=2)),
+        read_metadata(_write_lines(tmp_path / "l.jsonl", entries)),
+    ]
     for m in out[1:]:
         assert_frame_equal(m.table, out[0].table)
-        assert [(f.record_index, f.detail) for f in m.failures] == [(f.record_index, f.detail) for f in out[0].failures]
+        assert [(f.record_index, f.detail) for f in m.failures] == [
+            (f.record_index, f.detail) for f in out[0].failures
+        ]
     return out
 
 
@@ -62,23 +74,37 @@ def _reasons(m: Metadata) -> dict[int, str]:
 
 
 def test_json_list_and_reference_defaults(tmp_path):
-    meta = _write_list(tmp_path / "train.json", [GOOD, {"prompt": "q", "path1": "c.png", "path2": "d.png"},
-                                                 {**GOOD, "choice_dist": [None, 2], "confidence": None,
-                                                  "model2": None}])
+    meta = _write_list(
+        tmp_path / "train.json",
+        [
+            GOOD,
+            {"prompt": "q", "path1": "c.png", "path2": "d.png"},
+            {**GOOD, "choice_dist": [None, 2], "confidence": None, "model2": None},
+        ],
+    )
     m = read_metadata(meta)
     assert m.failures == [] and m.n_entries == 3
     assert m.table.schema == pl.Schema(TABLE_SCHEMA)
-    assert m.table.rows() == [(0, "p", "a.jpg", "b.jpg", "m1", "m2", 3, 1, 0.75),
-                              (1, "q", "c.png", "d.png", "", "", 0, 0, 0.0),
-                              (2, "p", "a.jpg", "b.jpg", "m1", "", 0, 2, 0.0)]
+    assert m.table.rows() == [
+        (0, "p", "a.jpg", "b.jpg", "m1", "m2", 3, 1, 0.75),
+        (1, "q", "c.png", "d.png", "", "", 0, 0, 0.0),
+        (2, "p", "a.jpg", "b.jpg", "m1", "", 0, 2, 0.0),
+    ]
     records = list(m.records())
     assert records[1] == Record(1, "q", "c.png", "d.png", "", "", 0, 0, 0.0)
 
 
 def test_json_lines_with_bad_lines_and_bom(tmp_path):
     meta = tmp_path / "train.jsonl"
-    lines = [json.dumps(GOOD), "{not json", "", json.dumps({"prompt": "x"}), json.dumps({**GOOD, "confidence": "high"}),
-             "  \t", json.dumps({**GOOD, "prompt": "last"})]
+    lines = [
+        json.dumps(GOOD),
+        "{not json",
+        "",
+        json.dumps({"prompt": "x"}),
+        json.dumps({**GOOD, "confidence": "high"}),
+        "  \t",
+        json.dumps({**GOOD, "prompt": "last"}),
+    ]
     meta.write_text("\ufeff" + "\n".join(lines), encoding="utf-8")
     m = read_metadata(meta)
     assert m.table["prompt"].to_list() == ["p", "last"]
@@ -92,8 +118,10 @@ def test_json_lines_with_bad_lines_and_bom(tmp_path):
 
 def test_bom_json_list_and_non_finite_confidence(tmp_path):
     meta = tmp_path / "train.json"
-    meta.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode()[:-1] + b', {"prompt": "n", "path1": "a", '
-                     b'"path2": "b", "confidence": NaN}]')
+    meta.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps([GOOD]).encode()[:-1] + b', {"prompt": "n", "path1": "a", '
+        b'"path2": "b", "confidence": NaN}]'
+    )
     m = read_metadata(meta)
     assert m.table.height == 1 and _reasons(m) == {1: "confidence nan is not a finite number"}
 
@@ -112,11 +140,14 @@ def test_limit_and_whole_file_errors(tmp_path):
         read_metadata(tmp_path / "t.json", limit=-1)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         read_metadata(tmp_path / "nope.json")
-    for text, why in [("[1", "the list is not closed"), ('[{"a": 1} {"b": 2}]', "record 0: Extra data"),
-                      ('[{"a": 1}] [2]', "extra data after the list at byte 11"),
-                      ('[{"a": 1},,{"b": 2}]', "record 1: Expecting value"),
-                      ('[{"prompt": "a\nb"}]', "record 0: Invalid control character"),
-                      ('["unterminated]', "the list is not closed")]:
+    for text, why in [
+        ("[1", "the list is not closed"),
+        ('[{"a": 1} {"b": 2}]', "record 0: Extra data"),
+        ('[{"a": 1}] [2]', "extra data after the list at byte 11"),
+        ('[{"a": 1},,{"b": 2}]', "record 1: Expecting value"),
+        ('[{"prompt": "a\nb"}]', "record 0: Invalid control character"),
+        ('["unterminated]', "the list is not closed"),
+    ]:
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(MetadataError, match="cannot parse metadata '.*bad.json' as JSON: " + why) as e:
             read_metadata(tmp_path / "bad.json")
@@ -128,7 +159,10 @@ def test_limit_and_whole_file_errors(tmp_path):
 
 
 BAD_VALUES = [
-    ({"choice_dist": [10**400, 1]}, "vote count 10000000000000000000… (401 digits) does not fit in a signed 64-bit integer"),
+    (
+        {"choice_dist": [10**400, 1]},
+        "vote count 10000000000000000000… (401 digits) does not fit in a signed 64-bit integer",
+    ),
     ({"choice_dist": [2**63, 1]}, "vote count 9223372036854775808 does not fit in a signed 64-bit integer"),
     ({"choice_dist": [1, 1e19]}, "vote count 1e+19 does not fit in a signed 64-bit integer"),
     ({"choice_dist": [-1, 3]}, "vote count -1 is negative"),
@@ -172,10 +206,14 @@ def test_hostile_value_is_a_named_failure(tmp_path, change, reason):
 
 
 def test_accepted_edge_values(tmp_path):
-    entries = [{**GOOD, "choice_dist": [2.0, -0.0]}, {**GOOD, "choice_dist": [2**63 - 1, 2**53 + 1]},
-               {**GOOD, "choice_dist": [1e2, None]}, {**GOOD, "confidence": 10**30, "model1": None},
-               {**GOOD, "prompt": "", "path1": "\U0001f600.jpg", "extra": ["\ud800", {"x": [1, 2]}]},
-               {**GOOD, "confidence": -0.0, "choice_dist": None}]
+    entries = [
+        {**GOOD, "choice_dist": [2.0, -0.0]},
+        {**GOOD, "choice_dist": [2**63 - 1, 2**53 + 1]},
+        {**GOOD, "choice_dist": [1e2, None]},
+        {**GOOD, "confidence": 10**30, "model1": None},
+        {**GOOD, "prompt": "", "path1": "\U0001f600.jpg", "extra": ["\ud800", {"x": [1, 2]}]},
+        {**GOOD, "confidence": -0.0, "choice_dist": None},
+    ]
     m = _both(tmp_path, entries)[0]
     assert m.failures == []
     rows = m.table.select("votes_chosen", "votes_rejected", "confidence", "model1", "path1").rows()
@@ -186,19 +224,31 @@ def test_accepted_edge_values(tmp_path):
 def test_invalid_utf8_line_names_the_line(tmp_path):
     good = json.dumps(GOOD).encode()
     meta = tmp_path / "t.jsonl"
-    meta.write_bytes(good + b"\n" + good.replace(b'"p"', b'"p\xff"') + b"\n\n" + good.replace(b"m1", b"\xed\xa0\x80")
-                     + b"\n" + good + b"\n")
+    meta.write_bytes(
+        good
+        + b"\n"
+        + good.replace(b'"p"', b'"p\xff"')
+        + b"\n\n"
+        + good.replace(b"m1", b"\xed\xa0\x80")
+        + b"\n"
+        + good
+        + b"\n"
+    )
     m = read_metadata(meta)
     assert m.table["record_index"].to_list() == [0, 3]
-    assert _reasons(m) == {1: "line 2 is not valid UTF-8: invalid start byte at byte 13 of the line",
-                           2: "line 4 is not valid UTF-8: invalid continuation byte at byte 63 of the line"}
+    assert _reasons(m) == {
+        1: "line 2 is not valid UTF-8: invalid start byte at byte 13 of the line",
+        2: "line 4 is not valid UTF-8: invalid continuation byte at byte 63 of the line",
+    }
     # In a list, the element is the bad record.
     meta = tmp_path / "t.json"
     meta.write_bytes(b"[" + good + b",\n" + good.replace(b'"p"', b'"p\xc3"') + b"," + good + b"]")
     m = read_metadata(meta)
     assert m.table["record_index"].to_list() == [0, 2]
     at = meta.read_bytes().index(b"\xc3")
-    assert _reasons(m) == {1: f"record is not valid UTF-8: invalid continuation byte at byte {at} of the file"}
+    assert _reasons(m) == {
+        1: f"record is not valid UTF-8: invalid continuation byte at byte {at} of the file"
+    }
 
 
 def test_pretty_printed_object_is_one_clear_error(tmp_path):
@@ -239,8 +289,11 @@ def test_junk_lines_are_failures_in_proportion(tmp_path):
     assert m.table["record_index"].to_list() == [1000]
     assert len(m.failures) == len(lines) - 1
     assert all(len(f.detail) <= md.MAX_DETAIL for f in m.failures)
-    assert all(f.detail.startswith(f"line {f.record_index + 1} is not valid") for f in m.failures
-               if f.detail.startswith("line "))
+    assert all(
+        f.detail.startswith(f"line {f.record_index + 1} is not valid")
+        for f in m.failures
+        if f.detail.startswith("line ")
+    )
     assert sum(f.detail.startswith("line ") for f in m.failures) > 0.9 * len(lines)
 
 
@@ -248,13 +301,24 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
     """Many good records with bad ones scattered: the typed reads fail and are narrowed down to
     exactly the bad records (by the error's row, by bisection where pyarrow names none)."""
     entries: list[object] = [{**GOOD, "prompt": f"r{i}", "choice_dist": [i, 1]} for i in range(3000)]
-    bad = {5: {**GOOD, "choice_dist": [True, 1]}, 6: {**GOOD, "path1": "\ud800"}, 700: {**GOOD, "model1": 3},
-           701: {**GOOD, "path2": ""}, 1500: {**GOOD, "choice_dist": [2.5, 0]}, 2999: {**GOOD, "confidence": 1e400},
-           1800: {**GOOD, "choice_dist": [2.0, 0]}, 2000: [1], 2001: {**GOOD, "choice_dist": [2**63 - 1, 0]}}
+    bad = {
+        5: {**GOOD, "choice_dist": [True, 1]},
+        6: {**GOOD, "path1": "\ud800"},
+        700: {**GOOD, "model1": 3},
+        701: {**GOOD, "path2": ""},
+        1500: {**GOOD, "choice_dist": [2.5, 0]},
+        2999: {**GOOD, "confidence": 1e400},
+        1800: {**GOOD, "choice_dist": [2.0, 0]},
+        2000: [1],
+        2001: {**GOOD, "choice_dist": [2**63 - 1, 0]},
+    }
     for i, e in bad.items():
         entries[i] = e
     good_extra = {1800, 2001}  # take the per-entry path, and are good
-    for m in _both(tmp_path, entries):
+    # Also with small windows and chunks: many windows, chunks and runs (record indices across windows).
+    with mock.patch.object(md, "_WINDOW", 4096), mock.patch.object(md, "_CHUNK", 37):
+        small = _both(tmp_path, entries)
+    for m in [*_both(tmp_path, entries), *small]:
         assert sorted(_reasons(m)) == sorted(set(bad) - good_extra)
         assert m.table.height == 3000 - len(bad) + len(good_extra)
         assert m.table["record_index"].is_sorted()
@@ -267,23 +331,37 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
     m = read_metadata(tmp_path / "two.jsonl")
     assert _reasons(m) == {77: "line 78 is not valid JSON: Extra data"}
     assert m.table["prompt"].to_list() == [f"r{i}" for i in range(200) if i != 77]
+    assert m.table["record_index"].to_list() == [i for i in range(200) if i != 77]
 
 
 def test_null_and_other_non_objects_never_reach_the_typed_reader(tmp_path):
     """pyarrow 26's JSON reader crashes (SIGSEGV) on a block that starts with ``null``: such entries
     must take the per-entry path, wherever they are."""
-    entries: list[object] = [None, *[{**GOOD, "prompt": f"r{i}"} for i in range(40)], None, 5, "x", [GOOD], None]
+    entries: list[object] = [
+        None,
+        *[{**GOOD, "prompt": f"r{i}"} for i in range(40)],
+        None,
+        5,
+        "x",
+        [GOOD],
+        None,
+    ]
     for slow_run in (1, md._SLOW_RUN):
         with mock.patch.object(md, "_SLOW_RUN", slow_run):
             for m in _both(tmp_path, entries):
                 assert m.table.height == 40
-                assert _reasons(m) == {0: "record is a NoneType, not an object", 41: "record is a NoneType, not an object",
-                                       42: "record is a int, not an object", 43: "record is a str, not an object",
-                                       44: "record is a list, not an object", 45: "record is a NoneType, not an object"}
+                assert _reasons(m) == {
+                    0: "record is a NoneType, not an object",
+                    41: "record is a NoneType, not an object",
+                    42: "record is a int, not an object",
+                    43: "record is a str, not an object",
+                    44: "record is a list, not an object",
+                    45: "record is a NoneType, not an object",
+                }
 
 
 def test_list_with_escapes_and_brackets_in_strings(tmp_path):
-    tricky = ['a,b]', 'x\\', 'q"uote', '\\"', '{[', 'tab\tnl\n', 'é ü 中', '\\\\"]}', '\u2028']
+    tricky = ["a,b]", "x\\", 'q"uote', '\\"', "{[", "tab\tnl\n", "é ü 中", '\\\\"]}', "\u2028"]
     entries = [{**GOOD, "prompt": p, "path1": f"{p}.jpg"} for p in tricky]
     for m in _both(tmp_path, entries):
         assert m.failures == []
@@ -297,8 +375,16 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     (tmp_path / "secret.jpg").write_bytes(b"x")
     os.symlink(tmp_path / "secret.jpg", root / "img" / "link.jpg")
     assert resolve_image_path(root, "img/a.jpg") == root.resolve() / "img" / "a.jpg"
-    for bad in ["/etc/passwd", "../secret.jpg", "img/../../secret.jpg", "C:\\x.jpg", "\\\\server\\share\\x.jpg",
-                "img/link.jpg", "", "a\x00b"]:
+    for bad in [
+        "/etc/passwd",
+        "../secret.jpg",
+        "img/../../secret.jpg",
+        "C:\\x.jpg",
+        "\\\\server\\share\\x.jpg",
+        "img/link.jpg",
+        "",
+        "a\x00b",
+    ]:
         with pytest.raises(UnsafePathError):
             resolve_image_path(root, bad)
 
@@ -358,21 +444,42 @@ def _expected(rec: object) -> tuple[object, ...] | None:
     return (rec["prompt"], rec["path1"], rec["path2"], *models, *votes, conf)
 
 
-_text = st.text(max_size=12) | st.sampled_from(["a.jpg", "images/m_1/0000001.jpg", "\ud800", "x\udfff", "\U0001f600",
-                                                 "a,b]}", '"', "\\", "é"])
-_junk = st.none() | st.booleans() | st.integers(-5, 5) | st.lists(st.integers(0, 3), max_size=2) | st.dictionaries(
-    st.sampled_from(["a", "b"]), st.integers(0, 3), max_size=2)
-_vote = (st.none() | st.booleans() | st.integers(-3, 10) | st.integers(2**62, 2**64) | st.just(10**400)
-         | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([2.0, 2.5, -0.0, 1e19, 9.0e15]) | st.text(max_size=2))
+_text = st.text(max_size=12) | st.sampled_from(
+    ["a.jpg", "images/m_1/0000001.jpg", "\ud800", "x\udfff", "\U0001f600", "a,b]}", '"', "\\", "é"]
+)
+_junk = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.lists(st.integers(0, 3), max_size=2)
+    | st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 3), max_size=2)
+)
+_vote = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 10)
+    | st.integers(2**62, 2**64)
+    | st.just(10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([2.0, 2.5, -0.0, 1e19, 9.0e15])
+    | st.text(max_size=2)
+)
 _fields = {
     "prompt": _text | _junk,
     "path1": _text | st.just("") | _junk,
     "path2": _text | st.just("") | _junk,
     "model1": _text | _junk,
     "model2": _text | _junk,
-    "choice_dist": st.none() | st.lists(_vote, min_size=0, max_size=3) | st.lists(_vote, min_size=2, max_size=2) | _junk,
-    "confidence": st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10, 10)
-    | st.just(10**400) | st.booleans() | st.text(max_size=2),
+    "choice_dist": st.none()
+    | st.lists(_vote, min_size=0, max_size=3)
+    | st.lists(_vote, min_size=2, max_size=2)
+    | _junk,
+    "confidence": st.none()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-10, 10)
+    | st.just(10**400)
+    | st.booleans()
+    | st.text(max_size=2),
     "extra": _junk | _text,
 }
 
@@ -412,14 +519,21 @@ def _check(m: Metadata, entries: list[object], utf8_ok: list[bool]) -> None:
             assert i not in rows, (entry, rows.get(i))
         else:
             assert rows.get(i) == want, entry
-    assert all(f.stage == "metadata" and f.kind == "bad_record" and len(f.detail) <= md.MAX_DETAIL
-               for f in m.failures)
+    assert all(
+        f.stage == "metadata" and f.kind == "bad_record" and len(f.detail) <= md.MAX_DETAIL
+        for f in m.failures
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(entries=st.lists(_records(), max_size=25), ensure_ascii=st.booleans(), indent=st.sampled_from([None, 2]),
-       slow_run=st.sampled_from([1, md._SLOW_RUN]))
-def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_ascii, indent, slow_run):
+@given(
+    entries=st.lists(_records(), max_size=25),
+    ensure_ascii=st.booleans(),
+    indent=st.sampled_from([None, 2]),
+    slow_run=st.sampled_from([1, md._SLOW_RUN]),
+    window=st.sampled_from([md._WINDOW, 300]),
+)
+def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_ascii, indent, slow_run, window):
     # A JSON Lines file whose first line is a list reads as a JSON list: start with an object.
     entries = [GOOD, *entries]
     encoded = [_encode(e, ensure_ascii, indent) for e in entries]
@@ -429,9 +543,11 @@ def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_asc
     lines = tmp_path / "p.jsonl"
     lines.write_bytes(b"".join(_encode(e, ensure_ascii, None)[0] + b"\n" for e in entries))
     # slow_run 1 sends (almost) every run through the typed reader, the default only the longer ones.
-    with mock.patch.object(md, "_SLOW_RUN", slow_run):
-        m_list = read_metadata(lst)
-        m_lines = read_metadata(lines)
+    # Small windows and chunks: entries spread over many windows, chunks and typed reads.
+    with mock.patch.object(md, "_SLOW_RUN", slow_run), mock.patch.object(md, "_WINDOW", window):
+        with mock.patch.object(md, "_CHUNK", 5 if window < 1000 else md._CHUNK):
+            m_list = read_metadata(lst)
+            m_lines = read_metadata(lines)
     _check(m_list, entries, utf8_ok)
     _check(m_lines, entries, utf8_ok)
     assert_frame_equal(m_list.table, m_lines.table)

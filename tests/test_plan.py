@@ -9,8 +9,8 @@ import random
 import numpy as np
 import polars as pl
 import pytest
-import reference_planner as ref
 
+import reference_planner as ref
 from hpd_encode import BucketSet
 from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch, partition, rank_cost
 from hpd_encode.pipeline.survey import Survey

@@ -7,8 +7,7 @@ released. The parts that need torch, diffusers or Polars load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hpd_encode._core import (
     DEFAULT_MAX_PIXELS,
@@ -22,6 +21,7 @@ from hpd_encode._core import (
     probe_images,
 )
 from hpd_encode._core import __version__ as __version__
+from hpd_encode._lazy import lazy_exports
 from hpd_encode.buckets import load_bucket_set
 from hpd_encode.errors import (
     ArchiveError,
@@ -60,14 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hpd_encode' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

@@ -14,13 +14,14 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 # Image sizes (height, width) as HPDv3's generators produce them; each maps to an hpdv3 bucket.
 DEMO_SIZES = [(512, 512), (768, 1024), (1024, 768), (832, 1248), (1024, 1024), (1248, 832), (520, 520)]
-FORMATS = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
+FORMATS: list[tuple[str, dict[str, Any]]] = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
 
 
 def _photos() -> list[np.ndarray]:
@@ -58,7 +59,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
         for k in range(n_img):
             photo = photos[(p + k) % len(photos)]
             ext, opts = FORMATS[(p + k) % len(FORMATS)]
-            img = Image.fromarray(photo).resize((size[1], size[0]), Image.BICUBIC)
+            img = Image.fromarray(photo).resize((size[1], size[0]), Image.Resampling.BICUBIC)
             rel = f"images/p{p:03d}/{models[k % len(models)]}.{ext}"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(root / rel, **opts)
@@ -105,13 +106,10 @@ def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, num_thread
                      num_threads=num_threads)
     for line in summary.lines():
         print(line)
-    try:
-        from hpd_encode.index import build_index, write_index
-    except ImportError:
-        build_index = None
-    if build_index is not None:
-        df = build_index(out / "latents")
-        write_index(df, out / "index.csv")
-        print(f"index:             {out / 'index.csv'} ({df.height} rows)")
+    from hpd_encode.index import build_index, write_index
+
+    df = build_index(out / "latents")
+    write_index(df, out / "index.csv")
+    print(f"index:             {out / 'index.csv'} ({df.height} rows)")
     print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0

@@ -17,6 +17,10 @@ class UnsafePathError(HpdError, ValueError):
     """A metadata path that is absolute or leaves the data root."""
 
 
+class MetadataError(HpdError, ValueError):
+    """The metadata file as a whole cannot be read (not a list or JSON Lines, broken list syntax)."""
+
+
 class ResumeMismatchError(HpdError, ValueError):
     """The output directory holds a run made with settings that change latents."""
 
@@ -74,6 +78,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "IndexInputError",
+    "MetadataError",
     "MissingExtraError",
     "OutputBusyError",
     "OutputOverwritesInputError",

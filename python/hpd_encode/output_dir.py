@@ -231,7 +231,7 @@ def done_records(output_dir: Path) -> set[int]:
     for p in list_part_files(output_dir):
         try:
             names = pq.read_schema(p).names
-        except Exception as e:  # noqa: BLE001 - any unreadable file is named
+        except Exception as e:
             raise ValueError(f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite") from e
         if "record_index" not in names:
             raise ValueError(f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite")

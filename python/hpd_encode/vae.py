@@ -200,6 +200,7 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     out = Path(path) / "vae"
+    model: Any
     if kind == "kl":
         model = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=16,

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hpd_encode.check import check_dataset, image_of
-from hpd_encode.cli._args import DeprecatedAlias
-from hpd_encode.cli._args import add_threads_option
+from hpd_encode.cli._args import DeprecatedAlias, add_threads_option
 from hpd_encode.errors import ArchiveError
 from hpd_encode.fetch import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, download, extract, parse_size
 from hpd_encode.fetch._common import fmt_bytes, show

@@ -28,9 +28,9 @@ reader's import) does not pay for the builder.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpd_encode._lazy import lazy_exports
 from hpd_encode.errors import (
     IndexInputError,
     MissingExtraError,
@@ -53,32 +53,26 @@ if TYPE_CHECKING:
     from hpd_encode.index.table import INDEX_COLUMNS, read_index, write_index
 
 _LAZY: dict[str, str] = {
-    "IndexStats": "build",
-    "build_index": "build",
-    "build_index_with_stats": "build",
-    "EXAMPLE_WHERE": "filters",
-    "FILTER_FIELDS": "filters",
-    "IndexFilter": "filters",
-    "RowFilter": "filters",
-    "load_callable": "filters",
-    "parse_where": "filters",
-    "Source": "parts",
-    "find_part_files": "parts",
-    "bucket_figure": "plot",
-    "plot_buckets": "plot",
-    "INDEX_COLUMNS": "table",
-    "read_index": "table",
-    "write_index": "table",
+    "IndexStats": ".build",
+    "build_index": ".build",
+    "build_index_with_stats": ".build",
+    "EXAMPLE_WHERE": ".filters",
+    "FILTER_FIELDS": ".filters",
+    "IndexFilter": ".filters",
+    "RowFilter": ".filters",
+    "load_callable": ".filters",
+    "parse_where": ".filters",
+    "Source": ".parts",
+    "find_part_files": ".parts",
+    "bucket_figure": ".plot",
+    "plot_buckets": ".plot",
+    "INDEX_COLUMNS": ".table",
+    "read_index": ".table",
+    "write_index": ".table",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hpd_encode.index' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"hpd_encode.index.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -128,6 +128,7 @@ class _Plan:
         self.stages["survey"] = time.monotonic() - t
         t = time.monotonic()
         self.kept = apply_pair_rules(self.survey.pairable, opts.buckets)
+        self.rows_planned = self.kept.rows.height
         self.ranks = partition(self.kept.rows, dist.world_size, opts.share)
         self.stages["pair_rules_and_split"] = time.monotonic() - t
         t = time.monotonic()
@@ -138,6 +139,12 @@ class _Plan:
     @property
     def failures(self) -> list[Failure]:
         return self.survey.failures + self.kept.dropped
+
+    def keep_only_this_rank(self) -> None:
+        """Drop every rank's metadata and pair tables once this rank's plan is
+        made: a rank keeps its own rows, the image paths and the failures."""
+        self.survey = replace(self.survey, records=self.survey.records.clear())
+        self.kept = replace(self.kept, rows=self.kept.rows.clear())
 
 
 def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
@@ -155,7 +162,7 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     failures = plan.failures
     return PlanReport(
         records=plan.survey.n_entries, records_already_done=plan.survey.n_done,
-        rows_planned=plan.kept.rows.height, dropped=len(failures), dropped_by_reason=count_by(failures, "kind"),
+        rows_planned=plan.rows_planned, dropped=len(failures), dropped_by_reason=count_by(failures, "kind"),
         jobs=jobs_all, vae_images=jobs_all, images_probed=plan.survey.images.height,
         batches_per_bucket=rp.batches_per_size(), world_size=dist.world_size, rank=dist.rank, rank_rows=rp.n_rows,
         rank_jobs=rp.n_jobs, pixel_cost_per_rank=costs, balance=round(max(costs) / mean, 4) if mean else 1.0,
@@ -233,7 +240,8 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
         plan = _Plan(opts, dist, done, device)
         if dist.rank == 0:
             log.info("%d records: %d already done, %d to encode, %d dropped or bad", plan.survey.n_entries,
-                     len(done), plan.kept.rows.height, len(plan.failures))
+                     len(done), plan.rows_planned, len(plan.failures))
+        plan.keep_only_this_rank()
         result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
@@ -294,7 +302,7 @@ def finish(opts: EncodeOptions, dist: Dist, settings: dict[str, Any], plan: _Pla
     rows_written = stats.get("rows_written", 0)
     summary = EncodeSummary(
         status="complete", output_dir=str(out), records_in_metadata=plan.survey.n_entries,
-        records_already_done=n_done, pairs_planned=plan.kept.rows.height, rows_written=rows_written,
+        records_already_done=n_done, pairs_planned=plan.rows_planned, rows_written=rows_written,
         rows_total=sum(f["rows"] for f in files), images_decoded=stats.get("images_decoded", 0),
         images_encoded=stats.get("images_encoded", 0), vae_calls=stats.get("vae_calls", 0),
         max_pending_latents=stats.get("max_pending_latents", 0),

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hpd_encode._core import DEFAULT_MAX_PIXELS, BucketSet
 from hpd_encode.buckets import load_bucket_set
@@ -119,7 +119,7 @@ class EncodeOptions:
     share: bool = True
     rows_per_file: int = 2000
     prefetch: int = 2
-    alpha: str = "drop"
+    alpha: Literal["drop", "white", "black"] = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
     dist_timeout_s: float = 7200.0

@@ -151,8 +151,8 @@ def _probe(root: Path, rels: list[str], num_threads: int | None,
     """Probe images named relative to ``root``: heights, widths, outcome codes, reasons."""
     probe_paths = getattr(_core, "probe_paths", None)
     if probe_paths is not None:
-        h, w, kind, errors = probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
-        return np.asarray(h, np.int64), np.asarray(w, np.int64), np.asarray(kind, np.uint8), list(errors)
+        ph, pw, pk, perr = probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
+        return np.asarray(ph, np.int64), np.asarray(pw, np.int64), np.asarray(pk, np.uint8), list(perr)
     # Until the Rust opener lands: resolve in Python, then probe.
     from hpd_encode.errors import UnsafePathError
     from hpd_encode.metadata import resolve_image_path
