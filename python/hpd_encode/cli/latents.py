@@ -54,6 +54,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="repack a source whose encode run has not completed (what is committed so far)",
     )
+    p.add_argument(
+        "--latent-compression",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="codec of the latent columns: zstd (as the reference) or none (~7%% larger, about twice "
+        "as fast to read per CPU core) (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run_repack)
 
@@ -84,7 +91,13 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_repack(args: argparse.Namespace) -> int:
     from hpd_encode.repack import repack
 
-    report = repack(args.src, args.dest, allow_partial=args.allow_partial, progress=not args.json)
+    report = repack(
+        args.src,
+        args.dest,
+        allow_partial=args.allow_partial,
+        progress=not args.json,
+        latent_compression=args.latent_compression,
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
