@@ -32,9 +32,12 @@ use parquet::arrow::arrow_reader::{
     RowSelector,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::basic::Encoding;
+use parquet::column::page::{Page, PageReader};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetStatisticsPolicy};
 use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
 use rayon::prelude::*;
 
 use crate::pool;
@@ -55,6 +58,16 @@ const SCAN_WINDOW: usize = 16 << 20;
 type ValueSink<'a> = dyn FnMut(usize, usize, Option<&[u8]>) + 'a;
 /// One value's result, once it has been read.
 type Slot<T> = Option<Result<T, String>>;
+
+/// One latent value read straight from its own page.
+enum Direct {
+    /// The page's buffer and where the value lies in it.
+    Value(Bytes, std::ops::Range<usize>),
+    Null,
+    /// A page this fast path does not decode (an encoding other than PLAIN,
+    /// several values): the Arrow reader takes over.
+    Unsupported,
+}
 
 /// Why a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -499,6 +512,79 @@ impl PartFile {
         Ok(())
     }
 
+    /// Row `row` of latent column `k` of `row_group`, read from its own page
+    /// (paged files): one positional read, one decompression, no Arrow array.
+    fn page_value(&self, row_group: usize, row: usize, k: usize) -> Result<Direct, String> {
+        let md = self.meta.metadata();
+        let leaf = self.leaves[k];
+        let Some(locs) = md.page_index().and_then(|i| i.page_locations(row_group, leaf)).filter(|l| row < l.len())
+        else {
+            return Ok(Direct::Unsupported);
+        };
+        let descr = md.file_metadata().schema_descr().column(leaf);
+        let (max_def, max_rep) = (descr.max_def_level(), descr.max_rep_level());
+        let chunk = md.row_group(row_group).column(leaf);
+        // The page reader takes a first page that does not start the chunk
+        // for a dictionary page: give it every location, skip to the row's.
+        if max_rep != 0
+            || max_def > 1
+            || chunk.dictionary_page_offset().is_some()
+            || locs[0].offset as u64 != chunk.byte_range().0
+        {
+            return Ok(Direct::Unsupported);
+        }
+        let rows = md.row_group(row_group).num_rows() as usize;
+        let mut pages = SerializedPageReader::new(Arc::new(self.file.clone()), chunk, rows, Some(locs.clone()))
+            .map_err(|e| e.to_string())?;
+        for _ in 0..row {
+            pages.skip_next_page().map_err(|e| e.to_string())?;
+        }
+        let page = pages.get_next_page().map_err(|e| e.to_string())?.ok_or("the page is missing")?;
+        let short = || "the page is shorter than its header says".to_string();
+        let plain_value = |buf: &Bytes, at: usize| -> Result<Direct, String> {
+            let len = buf.get(at..at + 4).ok_or_else(short)?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let range = at + 4..at + 4 + len;
+            if range.end > buf.len() {
+                return Err(short());
+            }
+            Ok(Direct::Value(buf.clone(), range))
+        };
+        match page {
+            Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
+                if num_values != 1 || encoding != Encoding::PLAIN {
+                    return Ok(Direct::Unsupported);
+                }
+                let mut at = 0;
+                if max_def == 1 {
+                    if def_level_encoding != Encoding::RLE {
+                        return Ok(Direct::Unsupported);
+                    }
+                    let len = buf.get(0..4).ok_or_else(short)?;
+                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                    let levels = buf.get(4..4 + len).ok_or_else(short)?;
+                    if first_level(levels).ok_or_else(short)? == 0 {
+                        return Ok(Direct::Null);
+                    }
+                    at = 4 + len;
+                }
+                plain_value(&buf, at)
+            }
+            Page::DataPageV2 {
+                buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, ..
+            } => {
+                if num_values != 1 || encoding != Encoding::PLAIN {
+                    return Ok(Direct::Unsupported);
+                }
+                if num_nulls == 1 {
+                    return Ok(Direct::Null);
+                }
+                plain_value(&buf, def_levels_byte_len as usize + rep_levels_byte_len as usize)
+            }
+            _ => Ok(Direct::Unsupported),
+        }
+    }
+
     /// Call `f(row, column, value)` for both latent columns of each of `rows`
     /// (sorted, distinct) of `row_group`, in row order. `scan` reads the
     /// column chunks in large sequential windows (for reading every row).
@@ -539,6 +625,24 @@ impl PartFile {
             Ok(())
         };
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            if self.paged && !scan {
+                let mut direct = true;
+                'rows: for &r in rows {
+                    for k in 0..2 {
+                        match self.page_value(row_group, r, k)? {
+                            Direct::Value(buf, range) => f(r, k, Some(&buf[range])),
+                            Direct::Null => f(r, k, None),
+                            Direct::Unsupported => {
+                                direct = false;
+                                break 'rows;
+                            }
+                        }
+                    }
+                }
+                if direct {
+                    return Ok(());
+                }
+            }
             macro_rules! build {
                 ($input:expr) => {{
                     let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata($input, self.meta.clone())
@@ -619,6 +723,15 @@ impl PartFile {
             })
             .collect()
     }
+}
+
+/// The first level of an RLE / bit-packed hybrid run of bit width 1 (a
+/// definition level of a flat nullable column), or None when cut short.
+fn first_level(levels: &[u8]) -> Option<u8> {
+    // Skip the run header (a ULEB128 varint); either kind of run stores the
+    // first value in the low bit of the byte after it.
+    let header_len = levels.iter().position(|b| b & 0x80 == 0)? + 1;
+    Some(levels.get(header_len)? & 1)
 }
 
 fn binary_value(col: &dyn Array, i: usize) -> Result<Option<&[u8]>, String> {
