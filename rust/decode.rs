@@ -5,8 +5,7 @@
 //! JPEG goes through `zune-jpeg` in strict mode (a truncated scan is an error,
 //! not a grey bottom); PNG, WebP, GIF (first frame) and BMP through `image`.
 
-use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufReader, Cursor, Seek};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -17,9 +16,45 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
 use crate::error::{Error, ImageFailure, Result};
+use crate::safe_open::{open_image, FileLimit, Root};
 
 /// Default pixel limit: about 128 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
+
+/// The largest image file read for a pixel limit, unless the caller says
+/// otherwise: 8 bytes a pixel (an uncompressed 16-bit RGBA picture) plus
+/// 16 MiB of metadata. No real image of allowed size is larger; a file that
+/// is (3 GB of padding after a PNG, a symlink to a huge file) is refused
+/// from its size without being read.
+pub const fn default_max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).saturating_add(16 << 20)
+}
+
+/// Memory this machine has (RAM plus swap), in bytes; `u64::MAX` where it
+/// cannot be told. A single allocation larger than that cannot succeed (and
+/// Rust's allocator aborts the process on failure), so such requests are
+/// refused up front as errors.
+pub fn machine_memory() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysinfo fills the struct it is given.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sysinfo(&mut info) } == 0 {
+            let unit = u64::from(info.mem_unit.max(1));
+            return (info.totalram as u64).saturating_add(info.totalswap as u64).saturating_mul(unit);
+        }
+    }
+    u64::MAX
+}
+
+/// An error unless `bytes` can possibly be allocated on this machine.
+pub(crate) fn check_memory(bytes: u64) -> Failure<()> {
+    let available = machine_memory();
+    if bytes > available {
+        return Err(ImageFailure::OutOfMemory { bytes, available });
+    }
+    Ok(())
+}
 
 /// How much of a JPEG a probe reads first; the whole file only when the
 /// headers do not fit (large ICC profiles or thumbnails).
@@ -52,11 +87,35 @@ impl std::str::FromStr for AlphaMode {
 pub struct LoadOptions {
     pub alpha: AlphaMode,
     pub max_pixels: u64,
+    /// Files larger than this are refused unread; `None`:
+    /// [`default_max_file_bytes`] of `max_pixels`.
+    pub max_file_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { alpha: AlphaMode::Drop, max_pixels: DEFAULT_MAX_PIXELS }
+        Self { alpha: AlphaMode::Drop, max_pixels: DEFAULT_MAX_PIXELS, max_file_bytes: None }
+    }
+}
+
+impl LoadOptions {
+    pub fn file_limit(&self) -> FileLimit {
+        FileLimit(self.max_file_bytes.unwrap_or(default_max_file_bytes(self.max_pixels)))
+    }
+}
+
+/// What a probe refuses.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeLimits {
+    /// Images over this many pixels are errors (`None`: any size is reported).
+    pub max_pixels: Option<u64>,
+    /// Files over this many bytes are refused unread.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ProbeLimits {
+    fn default() -> Self {
+        Self { max_pixels: None, max_file_bytes: default_max_file_bytes(DEFAULT_MAX_PIXELS) }
     }
 }
 
@@ -266,35 +325,42 @@ fn reader_limits(max_pixels: u64) -> Limits {
 /// Header-only size of an image file as displayed: `(height, width)` with the
 /// EXIF orientation applied. Reads no pixel data.
 pub fn probe_path(path: &Path) -> Result<(u32, u32)> {
-    let name = path.display().to_string();
-    let mut file = File::open(path).map_err(|e| Error::io(&name, e))?;
-    let mut prefix = Vec::with_capacity(PROBE_PREFIX);
-    (&mut file).take(PROBE_PREFIX as u64).read_to_end(&mut prefix).map_err(|e| Error::io(&name, e))?;
-    let result = guarded(|| -> Failure<(u64, u64, Orientation)> {
-        let format = sniff(&prefix)?;
-        if format == ImageFormat::Jpeg {
-            match jpeg_header(&prefix) {
-                Ok(h) => Ok(h),
-                Err(_) if prefix.len() == PROBE_PREFIX => {
-                    let whole = std::fs::read(path).map_err(|e| ImageFailure::Corrupt(e.to_string()))?;
-                    jpeg_header(&whole)
-                }
-                Err(e) => Err(e),
-            }
-            .map(|h| (h.width, h.height, h.orientation))
-        } else {
-            let reader = BufReader::new(File::open(path).map_err(|e| ImageFailure::Corrupt(e.to_string()))?);
-            let mut reader = ImageReader::with_format(reader, format);
+    probe_file(None, path, &ProbeLimits::default())
+}
+
+/// [`probe_path`] of `path` beneath `root` (relative to it) or as it is, a
+/// regular file of at most `limits.max_file_bytes` bytes; with
+/// `limits.max_pixels`, a larger image is an error too.
+pub fn probe_file(root: Option<&Root>, path: &Path, limits: &ProbeLimits) -> Result<(u32, u32)> {
+    let mut opened = open_image(root, path, FileLimit(limits.max_file_bytes))?;
+    let name = opened.shown.clone();
+    let prefix = opened.read_prefix(PROBE_PREFIX)?;
+    let format = sniff(&prefix).map_err(|f| Error::image(&name, f))?;
+    let result = if format == ImageFormat::Jpeg {
+        let header = |bytes: &[u8]| guarded(|| jpeg_header(bytes).map(|h| (h.width, h.height, h.orientation)));
+        match header(&prefix) {
+            // The headers do not fit in the prefix (large ICC profiles or thumbnails).
+            Err(_) if prefix.len() == PROBE_PREFIX => header(&opened.read_all()?),
+            other => other,
+        }
+    } else {
+        let file = &mut opened.file;
+        file.rewind().map_err(|e| Error::io(&name, e))?;
+        guarded(|| {
+            let mut reader = ImageReader::with_format(BufReader::new(file), format);
             reader.limits(reader_limits(u64::MAX / 16));
             let mut dec = reader.into_decoder().map_err(|e| image_failure(format, e))?;
             let (w, h) = dec.dimensions();
             let orientation = dec.orientation().unwrap_or(Orientation::NoTransforms);
             Ok((w as u64, h as u64, orientation))
-        }
-    });
+        })
+    };
     let (w, h, orientation) = result.map_err(|f| Error::image(&name, f))?;
     if w == 0 || h == 0 {
         return Err(Error::image(&name, ImageFailure::Corrupt(format!("header gives an empty size {w}x{h}"))));
+    }
+    if let Some(limit) = limits.max_pixels {
+        check_pixels(w, h, limit).map_err(|f| Error::image(&name, f))?;
     }
     let (w, h) = (w.min(u32::MAX as u64) as u32, h.min(u32::MAX as u64) as u32);
     Ok(if swaps_axes(orientation) { (w, h) } else { (h, w) })
@@ -382,6 +448,8 @@ fn orient(width: usize, height: usize, data: Vec<u8>, o: Orientation) -> RgbImag
 fn decode_jpeg(bytes: &[u8], opts: &LoadOptions) -> Failure<RgbImage> {
     let JpegHeader { width: w, height: h, orientation, lenient } = jpeg_header(bytes)?;
     check_pixels(w, h, opts.max_pixels)?;
+    // The decoded picture, and a second copy when it is turned.
+    check_memory(w.saturating_mul(h).saturating_mul(6))?;
     if !jpeg_has_eoi(bytes) {
         return Err(ImageFailure::Truncated(format!(
             "JPEG: the stream ends without its end-of-image marker (file is {} bytes)",
@@ -406,6 +474,8 @@ fn decode_other(bytes: &[u8], format: ImageFormat, opts: &LoadOptions) -> Failur
     let mut dec = reader.into_decoder().map_err(|e| image_failure(format, e))?;
     let (w, h) = dec.dimensions();
     check_pixels(w as u64, h as u64, opts.max_pixels)?;
+    // Up to 8 bytes a pixel decoded (16-bit RGBA), then the RGB copy.
+    check_memory((w as u64).saturating_mul(h as u64).saturating_mul(11))?;
     if format == ImageFormat::WebP {
         check_riff_length(bytes)?;
     }
@@ -470,9 +540,15 @@ pub fn decode_bytes(bytes: &[u8], opts: &LoadOptions) -> Failure<RgbImage> {
 
 /// Decode a file to RGB8 (orientation applied).
 pub fn decode_path(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(&name, e))?;
-    decode_bytes(&bytes, opts).map_err(|f| Error::image(name, f))
+    decode_file(None, path, opts)
+}
+
+/// Decode `path`, beneath `root` (relative to it) or as it is: a regular
+/// file of at most `opts.file_limit()` bytes, read no further than that.
+pub fn decode_file(root: Option<&Root>, path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
+    let mut opened = open_image(root, path, opts.file_limit())?;
+    let bytes = opened.read_all()?;
+    decode_bytes(&bytes, opts).map_err(|f| Error::image(opened.shown, f))
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ pub enum ImageFailure {
     TooLarge { width: u64, height: u64, limit: u64 },
     /// The decoder panicked; caught and turned into this item's error.
     Panic(String),
+    /// The file is larger than the byte limit (refused from its size, unread).
+    FileTooLarge { size: u64, limit: u64 },
+    /// Decoding would need more memory than this machine has.
+    OutOfMemory { bytes: u64, available: u64 },
 }
 
 impl fmt::Display for ImageFailure {
@@ -39,6 +43,16 @@ impl fmt::Display for ImageFailure {
                 width * height
             ),
             Self::Panic(msg) => write!(f, "the decoder crashed on this file (caught panic: {msg})"),
+            Self::FileTooLarge { size, limit } => write!(
+                f,
+                "file is {size} bytes, over the limit of {limit} bytes for an image file \
+                 (refused before reading; raise max_file_bytes to load it)"
+            ),
+            Self::OutOfMemory { bytes, available } => write!(
+                f,
+                "decoding it needs about {bytes} bytes of memory, more than this machine's {available} bytes \
+                 (RAM and swap)"
+            ),
         }
     }
 }
@@ -53,6 +67,19 @@ pub enum Error {
     },
     #[error("cannot load '{path}': {failure}")]
     Image { path: String, failure: ImageFailure },
+    /// A metadata path refused as unsafe (absolute, `..`, leaving the data
+    /// root); `message` is the reason, naming the path as given.
+    #[error("{message}")]
+    UnsafePath { path: String, message: String },
+    /// A FIFO, socket, device or directory where an image file was expected.
+    #[error("cannot read '{path}': not a regular file ({what}); only regular files are read as images")]
+    NotRegular { path: String, what: &'static str },
+    /// An allocation that cannot succeed (or failed): raised, never an abort.
+    #[error(
+        "not enough memory: {what} needs {bytes} bytes, and this machine has {available} bytes of RAM and swap \
+         (refused before allocating)"
+    )]
+    OutOfMemory { what: String, bytes: u128, available: u64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("parquet writer: {0}")]

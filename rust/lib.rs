@@ -16,7 +16,11 @@ pub mod pool;
 pub mod reader;
 pub mod recycle;
 pub mod resize;
+pub mod safe_open;
 pub mod writer;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(feature = "python")]
 mod py_buckets;
@@ -42,6 +46,10 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add("ImageDecodeError", py.get_type::<py_errors::ImageDecodeError>())?;
     m.add("ImageTooLargeError", py.get_type::<py_errors::ImageTooLargeError>())?;
     m.add("WriterError", py.get_type::<py_errors::WriterError>())?;
+    py_errors::add_multi_base_errors(m)?;
+    py_images::add_probe_kinds(m)?;
+    m.add("DEFAULT_MAX_FILE_BYTES", decode::default_max_file_bytes(decode::DEFAULT_MAX_PIXELS))?;
+    m.add_function(wrap_pyfunction!(py_images::probe_paths, m)?)?;
     m.add_function(wrap_pyfunction!(py_images::probe_images, m)?)?;
     m.add_function(wrap_pyfunction!(py_images::load_images, m)?)?;
     m.add_function(wrap_pyfunction!(py_images::load_batch, m)?)?;

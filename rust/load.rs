@@ -7,37 +7,180 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::decode::{decode_path, guarded, probe_path, LoadOptions, RgbImage};
+use crate::decode::{
+    check_memory, decode_file, guarded, machine_memory, probe_file, LoadOptions, ProbeLimits, RgbImage,
+};
 use crate::error::{Error, Result};
 use crate::pool::pool;
 use crate::recycle::{F32_BATCHES, U8_BATCHES};
 use crate::resize::{resize, resize_into};
+use crate::safe_open::Root;
 
-/// Header-only sizes `(height, width)` of many files.
-pub fn probe_many(paths: &[PathBuf], num_threads: Option<usize>) -> Vec<Result<(u32, u32)>> {
-    pool(num_threads).install(|| paths.par_iter().map(|p| probe_path(p)).collect())
+/// Header-only sizes `(height, width)` of many files, each relative to `root`
+/// (opened beneath it) when given.
+pub fn probe_many(
+    root: Option<&Root>,
+    paths: &[PathBuf],
+    num_threads: Option<usize>,
+    limits: &ProbeLimits,
+) -> Vec<Result<(u32, u32)>> {
+    pool(num_threads).install(|| paths.par_iter().map(|p| probe_file(root, p, limits)).collect())
+}
+
+/// What kind of failure a probe had: the `kinds` column of [`probe_columns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ProbeKind {
+    Ok = 0,
+    /// Refused by the containment rule (absolute, `..`, out of the root).
+    UnsafePath = 1,
+    /// Unreadable (an I/O error other than a missing file).
+    Unreadable = 2,
+    /// A FIFO, socket, device or directory.
+    NotRegular = 3,
+    /// Not an image, truncated, too large, corrupt, or a caught panic.
+    BadImage = 4,
+    /// No such file (or a path component is not a directory).
+    Missing = 5,
+}
+
+impl ProbeKind {
+    /// Names in code order (index = code).
+    pub const NAMES: [&'static str; 6] = ["ok", "unsafe_path", "unreadable", "not_regular", "bad_image", "missing"];
+    /// Every kind, in code order.
+    pub const ALL: [ProbeKind; 6] = [
+        ProbeKind::Ok,
+        ProbeKind::UnsafePath,
+        ProbeKind::Unreadable,
+        ProbeKind::NotRegular,
+        ProbeKind::BadImage,
+        ProbeKind::Missing,
+    ];
+
+    pub fn of(e: &Error) -> ProbeKind {
+        match e {
+            Error::UnsafePath { .. } => ProbeKind::UnsafePath,
+            Error::Io { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+            {
+                ProbeKind::Missing
+            }
+            Error::Io { .. } => ProbeKind::Unreadable,
+            Error::NotRegular { .. } => ProbeKind::NotRegular,
+            _ => ProbeKind::BadImage,
+        }
+    }
+}
+
+/// Probe results as columns: heights, widths (0 where failed), kinds, and
+/// each failure's reason.
+pub struct ProbeColumns {
+    pub heights: Vec<i64>,
+    pub widths: Vec<i64>,
+    pub kinds: Vec<u8>,
+    pub errors: Vec<Option<String>>,
+}
+
+/// [`probe_many`] as columns (for a million images: no per-item objects
+/// until the error strings, which exist only for failures).
+pub fn probe_columns(
+    root: Option<&Root>,
+    paths: &[PathBuf],
+    num_threads: Option<usize>,
+    limits: &ProbeLimits,
+) -> ProbeColumns {
+    let n = paths.len();
+    let mut cols = ProbeColumns {
+        heights: Vec::with_capacity(n),
+        widths: Vec::with_capacity(n),
+        kinds: Vec::with_capacity(n),
+        errors: Vec::with_capacity(n),
+    };
+    for r in probe_many(root, paths, num_threads, limits) {
+        let ((h, w), kind, error) = match r {
+            Ok(hw) => (hw, ProbeKind::Ok, None),
+            Err(e) => ((0, 0), ProbeKind::of(&e), Some(e.to_string())),
+        };
+        cols.heights.push(i64::from(h));
+        cols.widths.push(i64::from(w));
+        cols.kinds.push(kind as u8);
+        cols.errors.push(error);
+    }
+    cols
+}
+
+/// How messages name `path`.
+fn shown(root: Option<&Root>, path: &Path) -> String {
+    root.map_or_else(|| path.display().to_string(), |r| r.shown(path))
 }
 
 /// Decode one file, resized to `size = (h, w)` when given.
-pub fn load_one(path: &Path, size: Option<(usize, usize)>, opts: &LoadOptions) -> Result<RgbImage> {
-    let img = decode_path(path, opts)?;
+pub fn load_one(
+    root: Option<&Root>,
+    path: &Path,
+    size: Option<(usize, usize)>,
+    opts: &LoadOptions,
+) -> Result<RgbImage> {
+    let img = decode_file(root, path, opts)?;
     match size {
-        // The decoder is guarded inside decode_path; guard the resize too, so
+        // The decoder is guarded inside decode_file; guard the resize too, so
         // that no panic can unwind through the pool into Python.
-        Some((h, w)) => guarded(|| resize(&img, h, w)).map_err(|f| Error::image(path.display().to_string(), f)),
+        Some((h, w)) => guarded(|| {
+            check_memory((h as u64).saturating_mul(w as u64).saturating_mul(3))?;
+            resize(&img, h, w)
+        })
+        .map_err(|f| Error::image(shown(root, path), f)),
         None => Ok(img),
     }
 }
 
 /// Decode each file and resize it to `sizes[i]` (or keep its size).
 pub fn load_many(
+    root: Option<&Root>,
     paths: &[PathBuf],
     sizes: Option<&[(usize, usize)]>,
     num_threads: Option<usize>,
     opts: &LoadOptions,
 ) -> Vec<Result<RgbImage>> {
     pool(num_threads)
-        .install(|| paths.par_iter().enumerate().map(|(i, p)| load_one(p, sizes.map(|s| s[i]), opts)).collect())
+        .install(|| paths.par_iter().enumerate().map(|(i, p)| load_one(root, p, sizes.map(|s| s[i]), opts)).collect())
+}
+
+/// The elements of a batch of `n` images of `size = (h, w)`, 3 elements a
+/// pixel of `elem_bytes` bytes each, or [`Error::OutOfMemory`] when the
+/// machine cannot hold it (checked before any allocation: a failed
+/// allocation would abort the process).
+pub fn batch_len(n: usize, (h, w): (usize, usize), elem_bytes: usize, dtype: &str) -> Result<usize> {
+    let elems = (n as u128) * (h as u128) * (w as u128) * 3;
+    let bytes = elems * elem_bytes as u128;
+    let memory = machine_memory();
+    if bytes > isize::MAX as u128 || bytes > u128::from(memory) {
+        return Err(Error::OutOfMemory { what: batch_name(n, (h, w), dtype)(), bytes, available: memory });
+    }
+    Ok(elems as usize)
+}
+
+fn batch_name(n: usize, (h, w): (usize, usize), dtype: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("a batch of {n} images of {h}x{w} ({dtype})")
+}
+
+/// `len` zero bytes, lazily zeroed by the kernel (calloc), or an error when
+/// the allocation fails.
+fn try_zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let Ok(layout) = std::alloc::Layout::array::<u8>(len) else {
+        return Err(Error::OutOfMemory { what: what(), bytes: len as u128, available: machine_memory() });
+    };
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(Error::OutOfMemory { what: what(), bytes: len as u128, available: machine_memory() });
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of
+    // `len` u8s, and all `len` bytes are initialised (zero).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 /// Decode and resize every file to `(height, width)` into a contiguous
@@ -45,22 +188,31 @@ pub fn load_many(
 /// the returned buffer, a kept one ([`U8_BATCHES`], possibly longer) when
 /// one is large enough, else a new one. Failed slots are zero-filled; the
 /// returned vector holds each item's error, if any.
+///
+/// A batch larger than the machine's memory, or whose allocation fails, is
+/// [`Error::OutOfMemory`] (before any file is read), never an abort.
 pub fn load_batch(
+    root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
     opts: &LoadOptions,
-) -> (Vec<u8>, Vec<Option<Error>>) {
-    let len = paths.len() * size.0 * size.1 * 3;
-    let mut buffer = U8_BATCHES.take(len).unwrap_or_else(|| vec![0u8; len]);
-    let errors = load_batch_into(paths, size, num_threads, opts, &mut buffer[..len]);
-    (buffer, errors)
+) -> Result<(Vec<u8>, Vec<Option<Error>>)> {
+    let n = paths.len();
+    let len = batch_len(n, size, 1, "uint8")?;
+    let mut buffer = match U8_BATCHES.take(len) {
+        Some(buffer) => buffer,
+        None => try_zeroed(len, batch_name(n, size, "uint8"))?,
+    };
+    let errors = load_batch_into(root, paths, size, num_threads, opts, &mut buffer[..len]);
+    Ok((buffer, errors))
 }
 
 /// Decode and resize every file to `(height, width)` straight into `out`, a
 /// contiguous `(n, height, width, 3)` buffer. Failed slots are zero-filled;
 /// the returned vector holds each item's error, if any.
 pub fn load_batch_into(
+    root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
@@ -69,8 +221,8 @@ pub fn load_batch_into(
 ) -> Vec<Option<Error>> {
     let (h, w) = size;
     fill_slots(paths, h * w * 3, num_threads, out, 0, |path, slot| {
-        let img = decode_path(path, opts)?;
-        guarded(|| resize_into(&img, h, w, slot)).map_err(|f| Error::image(path.display().to_string(), f))
+        let img = decode_file(root, path, opts)?;
+        guarded(|| resize_into(&img, h, w, slot)).map_err(|f| Error::image(shown(root, path), f))
     })
 }
 
@@ -103,29 +255,38 @@ thread_local! {
 ///
 /// The buffer is not zeroed first: every element is written exactly once
 /// (memset-ing tens of MB only to overwrite them cost ~6 % of the work).
+/// A batch the machine cannot hold is [`Error::OutOfMemory`], as in [`load_batch`].
 pub fn load_batch_normalised(
+    root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
     opts: &LoadOptions,
-) -> (Vec<f32>, Vec<Option<Error>>) {
-    let len = paths.len() * 3 * size.0 * size.1;
+) -> Result<(Vec<f32>, Vec<Option<Error>>)> {
+    let n = paths.len();
+    let len = batch_len(n, size, 4, "float32")?;
     if let Some(mut buffer) = F32_BATCHES.take(len) {
-        let errors = load_batch_normalised_over(paths, size, num_threads, opts, &mut buffer[..len]);
-        return (buffer, errors);
+        let errors = load_batch_normalised_over(root, paths, size, num_threads, opts, &mut buffer[..len]);
+        return Ok((buffer, errors));
     }
-    let mut buffer: Vec<f32> = Vec::with_capacity(len);
+    let mut buffer: Vec<f32> = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        what: batch_name(n, size, "float32")(),
+        bytes: len as u128 * 4,
+        available: machine_memory(),
+    })?;
     let spare = &mut buffer.spare_capacity_mut()[..len];
-    let errors = load_batch_normalised_into(paths, size, num_threads, opts, spare);
+    let errors = load_batch_normalised_into(root, paths, size, num_threads, opts, spare);
     // SAFETY: load_batch_normalised_into returned, so fill_slots has written
     // every slot of `spare` (the item or zeros), i.e. all `len` elements.
     unsafe { buffer.set_len(len) };
-    (buffer, errors)
+    Ok((buffer, errors))
 }
 
 /// [`load_batch_normalised_into`] over an initialised buffer (a reused
 /// batch, a caller's array).
 pub fn load_batch_normalised_over(
+    root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
@@ -135,12 +296,13 @@ pub fn load_batch_normalised_over(
     // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the loader
     // writes only valid floats through the cast slice: `out` stays initialised.
     let slots = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    load_batch_normalised_into(paths, size, num_threads, opts, slots)
+    load_batch_normalised_into(root, paths, size, num_threads, opts, slots)
 }
 
 /// [`load_batch_normalised`] into a caller's buffer of `n * 3 * height *
 /// width` elements, initialised or not: every element is written.
 pub fn load_batch_normalised_into(
+    root: Option<&Root>,
     paths: &[PathBuf],
     size: (usize, usize),
     num_threads: Option<usize>,
@@ -149,7 +311,7 @@ pub fn load_batch_normalised_into(
 ) -> Vec<Option<Error>> {
     let (h, w) = size;
     fill_slots(paths, 3 * h * w, num_threads, out, MaybeUninit::new(0.0), |path, slot| {
-        let img = decode_path(path, opts)?;
+        let img = decode_file(root, path, opts)?;
         guarded(|| {
             if img.height == h && img.width == w {
                 write_normalised_chw(&img.data, slot);
@@ -166,7 +328,7 @@ pub fn load_batch_normalised_into(
             SCRATCH.set(scratch);
             resized
         })
-        .map_err(|f| Error::image(path.display().to_string(), f))
+        .map_err(|f| Error::image(shown(root, path), f))
     })
 }
 
@@ -293,13 +455,13 @@ mod tests {
         let (h, w) = (16, 24);
         let opts = LoadOptions::default();
         let mut u8s = vec![0u8; paths.len() * h * w * 3];
-        let e1 = load_batch_into(&paths, (h, w), Some(2), &opts, &mut u8s);
-        let (floats, e2) = load_batch_normalised(&paths, (h, w), Some(2), &opts);
+        let e1 = load_batch_into(None, &paths, (h, w), Some(2), &opts, &mut u8s);
+        let (floats, e2) = load_batch_normalised(None, &paths, (h, w), Some(2), &opts).unwrap();
         assert!(floats.len() >= paths.len() * 3 * h * w);
-        let (u8s_again, e3) = load_batch(&paths, (h, w), Some(2), &opts);
+        let (u8s_again, e3) = load_batch(None, &paths, (h, w), Some(2), &opts).unwrap();
         assert_eq!(&u8s_again[..u8s.len()], &u8s[..]);
         U8_BATCHES.give(u8s_again);
-        let (u8s_reused, e4) = load_batch(&paths, (h, w), Some(2), &opts);
+        let (u8s_reused, e4) = load_batch(None, &paths, (h, w), Some(2), &opts).unwrap();
         assert_eq!(&u8s_reused[..u8s.len()], &u8s[..], "the same batch in a reused buffer");
         std::fs::remove_dir_all(&dir).unwrap();
         let errors = |e: &[Option<Error>]| e.iter().map(|e| e.as_ref().map(|e| e.to_string())).collect::<Vec<_>>();
@@ -317,5 +479,20 @@ mod tests {
             }
         }
         assert!(floats[3 * plane..6 * plane].iter().all(|&x| x == 0.0), "a failed slot is zero-filled");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_machine_is_an_error_not_an_abort() {
+        let paths = vec![PathBuf::from("/nonexistent/a.png"); 3];
+        let opts = LoadOptions { max_pixels: u64::MAX, ..LoadOptions::default() };
+        let side = 1 << 20; // 3 x 2^40 pixels: more than any machine's memory
+        let err = load_batch(None, &paths, (side, side), Some(1), &opts).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
+        assert!(err.to_string().contains("a batch of 3 images of 1048576x1048576 (uint8)"), "{err}");
+        let err = load_batch_normalised(None, &paths, (side, side), Some(1), &opts).unwrap_err();
+        assert!(err.to_string().contains(&format!("needs {} bytes", 3u128 * 3 * 4 * (1 << 40))), "{err}");
+        // Past the address space too.
+        let err = load_batch(None, &paths, (usize::MAX / 4, 8), Some(1), &opts).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
     }
 }

@@ -4,21 +4,39 @@
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array3, ArrayView4};
-use numpy::{Element, IntoPyArray, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::decode::{AlphaMode, LoadOptions};
+use crate::decode::{default_max_file_bytes, AlphaMode, LoadOptions, ProbeLimits, DEFAULT_MAX_PIXELS};
 use crate::error::Error;
-use crate::load::{load_batch_into, load_batch_normalised, load_batch_normalised_over, load_many, probe_many};
+use crate::load::{
+    load_batch_into, load_batch_normalised, load_batch_normalised_over, load_many, probe_columns, probe_many, ProbeKind,
+};
 use crate::recycle::{F32_BATCHES, U8_BATCHES};
+use crate::safe_open::Root;
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
 type Arrays<'py> = Vec<Option<Bound<'py, PyArray3<u8>>>>;
 
-fn options(alpha: &str, max_pixels: u64) -> PyResult<LoadOptions> {
-    Ok(LoadOptions { alpha: alpha.parse::<AlphaMode>()?, max_pixels })
+fn options(alpha: &str, max_pixels: u64, max_file_bytes: Option<u64>) -> PyResult<LoadOptions> {
+    Ok(LoadOptions { alpha: alpha.parse::<AlphaMode>()?, max_pixels, max_file_bytes })
+}
+
+/// The data root's directory handle, opened once per call (`OSError` when
+/// it cannot be opened: that fails the call, not each item).
+fn open_root(root: Option<&PathBuf>) -> Result<Option<Root>, Error> {
+    root.map(|r| Root::open(r)).transpose()
+}
+
+/// Add the probe kind codes: `PROBE_OK`, `PROBE_UNSAFE_PATH`, ...
+pub fn add_probe_kinds(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    for kind in ProbeKind::ALL {
+        let name = ProbeKind::NAMES[kind as usize];
+        m.add(format!("PROBE_{}", name.to_uppercase()), kind as u8)?;
+    }
+    Ok(())
 }
 
 /// A target size must have two positive sides and stay within the pixel
@@ -46,26 +64,66 @@ fn split<T>(results: Vec<Result<T, Error>>) -> (Vec<Option<T>>, Errors) {
         .unzip()
 }
 
+fn probe_limits(max_pixels: Option<u64>, max_file_bytes: Option<u64>) -> ProbeLimits {
+    let file_limit = default_max_file_bytes(max_pixels.unwrap_or(DEFAULT_MAX_PIXELS));
+    ProbeLimits { max_pixels, max_file_bytes: max_file_bytes.unwrap_or(file_limit) }
+}
+
 /// Header-only `(height, width)` of each file, EXIF orientation applied.
 #[pyfunction]
-#[pyo3(signature = (paths, *, num_threads=None))]
-pub fn probe_images(py: Python<'_>, paths: Vec<PathBuf>, num_threads: Option<usize>) -> (Sizes, Errors) {
-    let results = py.detach(|| probe_many(&paths, num_threads));
-    split(results)
+#[pyo3(signature = (paths, *, root=None, num_threads=None, max_file_bytes=None))]
+pub fn probe_images(
+    py: Python<'_>,
+    paths: Vec<PathBuf>,
+    root: Option<PathBuf>,
+    num_threads: Option<usize>,
+    max_file_bytes: Option<u64>,
+) -> PyResult<(Sizes, Errors)> {
+    let limits = probe_limits(None, max_file_bytes);
+    let results = py.detach(|| -> Result<_, Error> {
+        let root = open_root(root.as_ref())?;
+        Ok(probe_many(root.as_ref(), &paths, num_threads, &limits))
+    })?;
+    Ok(split(results))
+}
+
+type Columns<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<u8>>, Errors);
+
+/// Columnar probe of many paths beneath `root`: heights, widths (int64, 0
+/// where failed), kinds (uint8 `PROBE_*` codes) and reasons.
+#[pyfunction]
+#[pyo3(signature = (root, rel_paths, *, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, max_file_bytes=None))]
+pub fn probe_paths<'py>(
+    py: Python<'py>,
+    root: Option<PathBuf>,
+    rel_paths: Vec<PathBuf>,
+    num_threads: Option<usize>,
+    max_pixels: u64,
+    max_file_bytes: Option<u64>,
+) -> PyResult<Columns<'py>> {
+    let limits = probe_limits(Some(max_pixels), max_file_bytes);
+    let cols = py.detach(|| -> Result<_, Error> {
+        let root = open_root(root.as_ref())?;
+        Ok(probe_columns(root.as_ref(), &rel_paths, num_threads, &limits))
+    })?;
+    Ok((cols.heights.into_pyarray(py), cols.widths.into_pyarray(py), cols.kinds.into_pyarray(py), cols.errors))
 }
 
 /// Decode (and optionally resize) each file to an `(h, w, 3)` uint8 array.
 #[pyfunction]
-#[pyo3(signature = (paths, sizes=None, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS))]
+#[pyo3(signature = (paths, sizes=None, *, root=None, num_threads=None, alpha="drop", max_pixels=DEFAULT_MAX_PIXELS, max_file_bytes=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn load_images<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
     sizes: Option<Vec<(i64, i64)>>,
+    root: Option<PathBuf>,
     num_threads: Option<usize>,
     alpha: &str,
     max_pixels: u64,
+    max_file_bytes: Option<u64>,
 ) -> PyResult<(Arrays<'py>, Errors)> {
-    let opts = options(alpha, max_pixels)?;
+    let opts = options(alpha, max_pixels, max_file_bytes)?;
     if let Some(s) = &sizes {
         if s.len() != paths.len() {
             return Err(Error::InvalidArgument(format!("{} paths but {} sizes", paths.len(), s.len())).into());
@@ -73,7 +131,10 @@ pub fn load_images<'py>(
     }
     let sizes: Option<Vec<(usize, usize)>> =
         sizes.map(|s| s.into_iter().map(|hw| check_target(hw, max_pixels)).collect()).transpose()?;
-    let results = py.detach(|| load_many(&paths, sizes.as_deref(), num_threads, &opts));
+    let results = py.detach(|| -> Result<_, Error> {
+        let root = open_root(root.as_ref())?;
+        Ok(load_many(root.as_ref(), &paths, sizes.as_deref(), num_threads, &opts))
+    })?;
     let (images, errors) = split(results);
     let arrays = images.into_iter().map(|img| img.map(|img| to_array(py, img))).collect();
     Ok((arrays, errors))
@@ -83,43 +144,43 @@ pub fn load_images<'py>(
 /// uint8, or with `normalize` `(n, 3, h, w)` float32 in [-1, 1]; into `out`
 /// when given (a reused buffer: no fresh memory for the kernel to zero).
 #[pyfunction]
-#[pyo3(signature = (paths, size, *, num_threads=None, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS, normalize=false, out=None))]
+#[pyo3(signature = (paths, size, *, root=None, num_threads=None, alpha="drop", max_pixels=DEFAULT_MAX_PIXELS, max_file_bytes=None, normalize=false, out=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn load_batch<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
     size: (i64, i64),
+    root: Option<PathBuf>,
     num_threads: Option<usize>,
     alpha: &str,
     max_pixels: u64,
+    max_file_bytes: Option<u64>,
     normalize: bool,
     out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyAny>, Errors)> {
-    let opts = options(alpha, max_pixels)?;
+    let opts = options(alpha, max_pixels, max_file_bytes)?;
     let (h, w) = check_target(size, max_pixels)?;
     let n = paths.len();
-    let item_bytes = if normalize { 3 * std::mem::size_of::<f32>() } else { 3 };
-    if (n as u128) * (h as u128) * (w as u128) * (item_bytes as u128) > isize::MAX as u128 {
-        return Err(Error::InvalidArgument(format!("a batch of {n} images of {h}x{w} does not fit in memory")).into());
-    }
     let errors = |e: Vec<Option<Error>>| -> Errors { e.into_iter().map(|e| e.map(|e| e.to_string())).collect() };
+    let root = py.detach(|| open_root(root.as_ref()))?;
+    let root = root.as_ref();
     if let Some(out) = out {
         let errs = if normalize {
             with_out_slice::<f32, _>(&out, [n, 3, h, w], "float32", "(n, 3, h, w)", |slice| {
-                py.detach(|| load_batch_normalised_over(&paths, (h, w), num_threads, &opts, slice))
+                py.detach(|| load_batch_normalised_over(root, &paths, (h, w), num_threads, &opts, slice))
             })?
         } else {
             with_out_slice::<u8, _>(&out, [n, h, w, 3], "uint8", "(n, h, w, 3)", |slice| {
-                py.detach(|| load_batch_into(&paths, (h, w), num_threads, &opts, slice))
+                py.detach(|| load_batch_into(root, &paths, (h, w), num_threads, &opts, slice))
             })?
         };
         return Ok((out, errors(errs)));
     }
     let (batch, errs) = if normalize {
-        let (buffer, errs) = py.detach(|| load_batch_normalised(&paths, (h, w), num_threads, &opts));
+        let (buffer, errs) = py.detach(|| load_batch_normalised(root, &paths, (h, w), num_threads, &opts))?;
         (kept_array(py, buffer, [n, 3, h, w], Kept::F32)?, errs)
     } else {
-        let (buffer, errs) = py.detach(|| crate::load::load_batch(&paths, (h, w), num_threads, &opts));
+        let (buffer, errs) = py.detach(|| crate::load::load_batch(root, &paths, (h, w), num_threads, &opts))?;
         (kept_array(py, buffer, [n, h, w, 3], Kept::U8)?, errs)
     };
     Ok((batch, errors(errs)))
@@ -219,22 +280,37 @@ fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<
 
 /// Decode one file; raises `ImageDecodeError` / `ImageTooLargeError` / `OSError`.
 #[pyfunction]
-#[pyo3(signature = (path, size=None, *, alpha="drop", max_pixels=crate::decode::DEFAULT_MAX_PIXELS))]
+#[pyo3(signature = (path, size=None, *, root=None, alpha="drop", max_pixels=DEFAULT_MAX_PIXELS, max_file_bytes=None))]
 pub fn load_image<'py>(
     py: Python<'py>,
     path: PathBuf,
     size: Option<(i64, i64)>,
+    root: Option<PathBuf>,
     alpha: &str,
     max_pixels: u64,
+    max_file_bytes: Option<u64>,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-    let opts = options(alpha, max_pixels)?;
+    let opts = options(alpha, max_pixels, max_file_bytes)?;
     let size = size.map(|hw| check_target(hw, max_pixels)).transpose()?;
-    let img = py.detach(|| crate::load::load_one(&path, size, &opts))?;
+    let img = py.detach(|| -> Result<_, Error> {
+        let root = open_root(root.as_ref())?;
+        crate::load::load_one(root.as_ref(), &path, size, &opts)
+    })?;
     Ok(to_array(py, img))
 }
 
 /// Header-only `(height, width)` of one file; raises on failure.
 #[pyfunction]
-pub fn probe_image(py: Python<'_>, path: PathBuf) -> PyResult<(u32, u32)> {
-    Ok(py.detach(|| crate::decode::probe_path(&path))?)
+#[pyo3(signature = (path, *, root=None, max_file_bytes=None))]
+pub fn probe_image(
+    py: Python<'_>,
+    path: PathBuf,
+    root: Option<PathBuf>,
+    max_file_bytes: Option<u64>,
+) -> PyResult<(u32, u32)> {
+    let limits = probe_limits(None, max_file_bytes);
+    Ok(py.detach(|| -> Result<_, Error> {
+        let root = open_root(root.as_ref())?;
+        crate::decode::probe_file(root.as_ref(), &path, &limits)
+    })?)
 }

@@ -21,15 +21,13 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from hpd_encode import metadata as md
-from hpd_encode.errors import HpdError
+from hpd_encode.errors import HpdError, UnsafePathError
 from hpd_encode.metadata import (
     TABLE_SCHEMA,
     Metadata,
     MetadataError,
     Record,
-    UnsafePathError,
     read_metadata,
-    resolve_image_path,
 )
 
 GOOD = {
@@ -374,8 +372,9 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
     (root / "img" / "a.jpg").write_bytes(b"x")
     (tmp_path / "secret.jpg").write_bytes(b"x")
     os.symlink(tmp_path / "secret.jpg", root / "img" / "link.jpg")
-    assert resolve_image_path(root, "img/a.jpg") == root.resolve() / "img" / "a.jpg"
-    for bad in [
+    from hpd_encode import _core
+
+    bad_paths = [
         "/etc/passwd",
         "../secret.jpg",
         "img/../../secret.jpg",
@@ -384,9 +383,12 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
         "img/link.jpg",
         "",
         "a\x00b",
-    ]:
-        with pytest.raises(UnsafePathError):
-            resolve_image_path(root, bad)
+    ]
+    # Refused where the file is opened (Rust, beneath the root); the good path is opened (and is no image).
+    _, _, kinds, errors = _core.probe_paths(root, ["img/a.jpg", *bad_paths])
+    assert kinds.tolist() == [_core.PROBE_BAD_IMAGE] + [_core.PROBE_UNSAFE_PATH] * len(bad_paths), errors
+    with pytest.raises(UnsafePathError, match="outside the data root"):
+        _core.probe_image("img/link.jpg", root=root)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Typed stubs of the Rust extension ``hpd_encode._core``.
 
 Defaults written ``...`` are: ``max_pixels = DEFAULT_MAX_PIXELS`` (128 000 000)
-for the image functions; ``aspect_tolerance = 0.03``, ``pair_aspect_tolerance =
+for the image functions (``max_file_bytes=None`` means ``max_pixels * 8 + 16 MiB``,
+``DEFAULT_MAX_FILE_BYTES`` at the default pixel limit); ``aspect_tolerance = 0.03``, ``pair_aspect_tolerance =
 0.05``, ``min_pixels = 65536`` for ``BucketSet``; ``max_pixels = 1024 * 1024``
 for ``BucketSet.generate``.
 
@@ -31,6 +32,17 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "WriterError",
+    "UnsafePathError",
+    "NotRegularFileError",
+    "OutOfMemoryError",
+    "DEFAULT_MAX_FILE_BYTES",
+    "PROBE_OK",
+    "PROBE_UNSAFE_PATH",
+    "PROBE_UNREADABLE",
+    "PROBE_NOT_REGULAR",
+    "PROBE_BAD_IMAGE",
+    "PROBE_MISSING",
+    "probe_paths",
     "probe_images",
     "load_images",
     "load_batch",
@@ -55,6 +67,20 @@ __version__: str
 DEFAULT_MAX_PIXELS: int
 #: Threads used when ``num_threads`` is not given: the machine's cores.
 default_num_threads: int
+#: Largest image file read at the default pixel limit (``max_pixels * 8 + 16 MiB``).
+DEFAULT_MAX_FILE_BYTES: int
+#: ``probe_paths`` kind codes: ok.
+PROBE_OK: int
+#: Refused by the containment rule (absolute, ``..``, a symlink out of the root).
+PROBE_UNSAFE_PATH: int
+#: Unreadable (an I/O error other than a missing file).
+PROBE_UNREADABLE: int
+#: A FIFO, socket, device or directory.
+PROBE_NOT_REGULAR: int
+#: Not an image, truncated, over a limit, corrupt, or a caught decoder crash.
+PROBE_BAD_IMAGE: int
+#: No such file (or a path component is not a directory).
+PROBE_MISSING: int
 
 class HpdError(Exception):
     """Base class of hpd-encode's errors."""
@@ -68,35 +94,69 @@ class ImageTooLargeError(ImageDecodeError):
 class WriterError(HpdError):
     """The Parquet writer failed."""
 
+class UnsafePathError(HpdError, ValueError):
+    """A metadata path that is absolute or leaves the data root."""
+
+class NotRegularFileError(HpdError, OSError):
+    """A FIFO, socket, device or directory where an image file was expected."""
+
+class OutOfMemoryError(HpdError, MemoryError):
+    """A batch or image that this machine's memory cannot hold (refused, not an abort)."""
+
+def probe_paths(
+    root: _Path | None,
+    rel_paths: Sequence[_Path],
+    *,
+    num_threads: int | None = None,
+    max_pixels: int = ...,
+    max_file_bytes: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], list[str | None]]:
+    """Header-only sizes of many files beneath ``root``, as columns:
+    ``(heights, widths, kinds, errors)``. Sizes as ``probe_images`` gives
+    them (EXIF orientation applied), 0 where the item failed; ``kinds[i]`` a
+    ``PROBE_*`` code; ``errors[i]`` the reason, ``None`` when ok. An image
+    over ``max_pixels`` is ``PROBE_BAD_IMAGE``. Each path is opened as
+    ``root`` does for ``load_batch``; ``root=None`` opens the paths as given."""
+
 def probe_images(
-    paths: Sequence[_Path], *, num_threads: int | None = None
+    paths: Sequence[_Path],
+    *,
+    root: _Path | None = None,
+    num_threads: int | None = None,
+    max_file_bytes: int | None = None,
 ) -> tuple[list[_Size | None], list[str | None]]:
     """Header-only ``(height, width)`` of each file as displayed (EXIF
-    orientation applied); ``None`` and a reason where it cannot be read."""
+    orientation applied); ``None`` and a reason where it cannot be read.
+    ``root``: as for ``load_batch``."""
 
-def probe_image(path: _Path) -> _Size:
+def probe_image(path: _Path, *, root: _Path | None = None, max_file_bytes: int | None = None) -> _Size:
     """Header-only ``(height, width)`` of one file; raises on failure."""
 
 def load_images(
     paths: Sequence[_Path],
     sizes: Sequence[_Size] | None = None,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
 ) -> tuple[list[npt.NDArray[np.uint8] | None], list[str | None]]:
     """Decode each file to RGB ``(h, w, 3)`` uint8, EXIF orientation applied,
     resized (Lanczos-3, stretching) to ``sizes[i] = (h, w)`` when given.
-    A failed item is ``None`` with its reason in the second list."""
+    A failed item is ``None`` with its reason in the second list.
+    ``root``, ``max_file_bytes``: as for ``load_batch``."""
 
 @overload
 def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: Literal[False] = False,
     out: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], list[str | None]]: ...
@@ -105,9 +165,11 @@ def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: Literal[True],
     out: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32], list[str | None]]: ...
@@ -116,9 +178,11 @@ def load_batch(
     paths: Sequence[_Path],
     size: _Size,
     *,
+    root: _Path | None = None,
     num_threads: int | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
     normalize: bool = False,
     out: npt.NDArray[np.uint8] | npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.uint8] | npt.NDArray[np.float32], list[str | None]]:
@@ -142,7 +206,22 @@ def load_batch(
     ``out``: write into this array instead of a new one and return it (a
     writeable C-contiguous array of exactly that dtype and shape, e.g. a view
     of pinned memory for a GPU copy; ``TypeError`` / ``ValueError``
-    otherwise). Every element is overwritten."""
+    otherwise). Every element is overwritten.
+
+    ``root``: the data root; each path is then relative to it and opened
+    beneath it (the kernel's ``openat2(RESOLVE_BENEATH)`` on Linux, a
+    component-wise ``O_NOFOLLOW`` walk elsewhere): an absolute path, a ``..``
+    component or a symlink leading out of the root is that item's error
+    (``UnsafePathError`` words), checked when the file is opened, so a
+    symlink swapped in after planning is still refused. Every file, with or
+    without a root, is opened non-blocking and must be a regular file (a
+    FIFO, socket, device or directory is that item's error, before any
+    read), of at most ``max_file_bytes`` bytes (``None``: ``max_pixels * 8 +
+    16 MiB``), read no further than its size when opened.
+
+    A batch larger than the machine's memory (RAM and swap), or whose
+    allocation fails, raises ``OutOfMemoryError`` (a ``MemoryError``) before
+    any file is read."""
 
 def free_batch_buffers() -> int:
     """Release the batch buffers ``load_batch`` keeps for reuse; returns the
@@ -152,10 +231,13 @@ def load_image(
     path: _Path,
     size: _Size | None = None,
     *,
+    root: _Path | None = None,
     alpha: _Alpha = "drop",
     max_pixels: int = ...,
+    max_file_bytes: int | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Decode one file; raises ``ImageDecodeError`` / ``ImageTooLargeError`` / ``OSError``."""
+    """Decode one file; raises ``ImageDecodeError`` / ``ImageTooLargeError`` / ``OSError`` /
+    ``UnsafePathError`` / ``NotRegularFileError`` / ``OutOfMemoryError``."""
 
 def _rebuild_bucket_set(
     buckets: Sequence[_Size], aspect_tolerance: float, pair_aspect_tolerance: float, min_pixels: int

@@ -17,8 +17,9 @@ from typing import Any
 
 import polars as pl
 
+from hpd_encode._core import PROBE_MISSING, PROBE_OK, PROBE_UNSAFE_PATH
 from hpd_encode.failures import Failure, count_by
-from hpd_encode.pipeline.survey import PROBE_MISSING, PROBE_OK, PROBE_UNSAFE_PATH, survey
+from hpd_encode.pipeline.survey import survey
 
 __all__ = ["CheckReport", "check_dataset"]
 

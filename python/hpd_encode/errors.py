@@ -1,7 +1,8 @@
 """Every exception hpd-encode raises derives from :class:`HpdError`.
 
-The Rust core defines the root and the image/writer errors; the Python-side
-ones are here. Each keeps the built-in base it had before (``ValueError``,
+The Rust core defines the root and the errors it raises (image, path
+containment, non-regular files, memory, writer); the Python-side ones are
+here. Each keeps the built-in base it had before (``ValueError``,
 ``RuntimeError``), so callers' existing ``except`` clauses still work.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hpd_encode._core import HpdError, ImageDecodeError, ImageTooLargeError, WriterError
-
-
-class UnsafePathError(HpdError, ValueError):
-    """A metadata path that is absolute or leaves the data root."""
+from hpd_encode._core import (
+    HpdError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    NotRegularFileError,
+    OutOfMemoryError,
+    UnsafePathError,
+    WriterError,
+)
 
 
 class MetadataError(HpdError, ValueError):
@@ -80,6 +85,8 @@ __all__ = [
     "IndexInputError",
     "MetadataError",
     "MissingExtraError",
+    "NotRegularFileError",
+    "OutOfMemoryError",
     "OutputBusyError",
     "OutputOverwritesInputError",
     "PartFilesNotFoundError",

@@ -123,7 +123,6 @@ class Encoder:
         return False
 
     def _produce(self) -> None:
-        root = str(self.opts.data_root)
         try:
             for k in range(self.plan.n_batches):
                 if self._stop.is_set():
@@ -131,7 +130,8 @@ class Encoder:
                 a, b = int(self.plan.batch_start[k]), int(self.plan.batch_start[k + 1])
                 size = (int(self.plan.job_height[a]), int(self.plan.job_width[a]))
                 rels = self.image_paths.gather(self.plan.job_path[a:b]).to_list()
-                arr, errs = _core.load_batch([f"{root}/{r}" for r in rels], size, num_threads=self.opts.num_threads,
+                # Opened beneath the data root (race-free: a symlink swapped in since the survey is refused).
+                arr, errs = _core.load_batch(rels, size, root=self.opts.data_root, num_threads=self.opts.num_threads,
                                              alpha=self.opts.alpha, max_pixels=self.opts.max_pixels,
                                              normalize=self.normalize)
                 if not self._hand_over((a, b, size, rels, arr, errs)):

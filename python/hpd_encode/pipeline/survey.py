@@ -9,7 +9,6 @@ same way without probing everything.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,11 @@ import numpy as np
 import polars as pl
 
 from hpd_encode import _core
+from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
 from hpd_encode.failures import Failure
 from hpd_encode.metadata import read_metadata
 
 log = logging.getLogger("hpd_encode.survey")
-
-# Probe outcome per image (the codes of `_core.probe_paths`).
-PROBE_OK, PROBE_UNSAFE_PATH, PROBE_MISSING, PROBE_NOT_REGULAR, PROBE_IMAGE_ERROR = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -148,35 +145,7 @@ def _probe_all(root: Path, rels: list[str], num_threads: int | None, max_pixels:
 
 def _probe(root: Path, rels: list[str], num_threads: int | None,
            max_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
-    """Probe images named relative to ``root``: heights, widths, outcome codes, reasons."""
-    probe_paths = getattr(_core, "probe_paths", None)
-    if probe_paths is not None:
-        ph, pw, pk, perr = probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
-        return np.asarray(ph, np.int64), np.asarray(pw, np.int64), np.asarray(pk, np.uint8), list(perr)
-    # Until the Rust opener lands: resolve in Python, then probe.
-    from hpd_encode.errors import UnsafePathError
-    from hpd_encode.metadata import resolve_image_path
-
-    n = len(rels)
-    h, w, kind = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    errors: list[str | None] = [None] * n
-    full: list[str] = []
-    at: list[int] = []
-    for i, rel in enumerate(rels):
-        try:
-            path = resolve_image_path(root, rel)
-        except UnsafePathError as e:
-            kind[i], errors[i] = PROBE_UNSAFE_PATH, str(e)
-            continue
-        if not os.path.lexists(path):
-            kind[i], errors[i] = PROBE_MISSING, f"'{path}' does not exist"
-            continue
-        full.append(str(path))
-        at.append(i)
-    sizes, errs = _core.probe_images(full, num_threads=num_threads)
-    for i, size, err in zip(at, sizes, errs):
-        if size is None:
-            kind[i], errors[i] = PROBE_IMAGE_ERROR, err
-        else:
-            h[i], w[i] = size
-    return h, w, kind, errors
+    """Probe images named relative to ``root`` (opened beneath it, in Rust):
+    heights, widths, outcome codes, reasons."""
+    h, w, kind, errors = _core.probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
+    return np.asarray(h, np.int64), np.asarray(w, np.int64), np.asarray(kind, np.uint8), list(errors)
