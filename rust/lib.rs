@@ -13,6 +13,7 @@ pub mod groups;
 pub mod load;
 pub mod npy;
 pub mod pool;
+pub mod reader;
 pub mod recycle;
 pub mod resize;
 pub mod safe_open;
@@ -29,6 +30,8 @@ mod py_errors;
 mod py_images;
 #[cfg(feature = "python")]
 mod py_index;
+#[cfg(feature = "python")]
+mod py_reader;
 #[cfg(feature = "python")]
 mod py_writer;
 
@@ -58,6 +61,10 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     py_writer::register(m)?;
     m.add_function(wrap_pyfunction!(py_index::parquet_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::rank_in_group, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::read_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::latent_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::check_part_file, m)?)?;
+    m.add_function(wrap_pyfunction!(py_reader::clear_reader_cache, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())

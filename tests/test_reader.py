@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import pickle
 import shutil
 from collections import Counter
@@ -9,12 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from conftest import SMALL_BUCKETS, PartRecord
+from hpd_encode._core import latent_layout, read_pairs
+from hpd_encode.errors import PartFileError
 from hpd_encode.index import build_index, read_index, write_index
 from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
-from torch.utils.data import DataLoader
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +246,253 @@ def test_dataloader_with_workers(ref_index: Path) -> None:
         seen += batch["global_id"].tolist()
     assert sorted(seen) == list(range(len(ds)))
     assert len(seen) == len(ds)
+
+
+# ---------------------------------------------------------------------------
+# The random-access layout and the Rust reader (hpd_encode._core.read_pairs)
+
+
+def paged_copy(src: Path, dest: Path) -> Path:
+    """``src``'s part files rewritten with one page per latent value (same row groups)."""
+    from hpd_encode.repack import write_paged_table
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob("*.parquet")):
+        write_paged_table(pq.read_table(p), dest / p.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def paged_parts(tmp_path_factory: pytest.TempPathFactory, reference_parts: Path) -> Path:
+    return paged_copy(reference_parts, tmp_path_factory.mktemp("paged_parts"))
+
+
+@pytest.fixture(scope="module")
+def paged_index(
+    tmp_path_factory: pytest.TempPathFactory, paged_parts: Path, small_buckets_json: Path
+) -> Path:
+    path = tmp_path_factory.mktemp("paged_index") / "index.csv"
+    write_index(build_index(paged_parts, buckets=small_buckets_json, max_per_prompt=None), path)
+    return path
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def seeded_parts(root: Path, *, paged: bool, sizes: tuple[int, ...] = (57, 23, 40), group: int = 10) -> dict:
+    """Part files of seeded random latents (float32 in even files, float16 in odd ones, mixed shapes).
+
+    Returns ``{(path, row_group, row): (latent1, latent2)}``.
+    """
+    from hpd_encode.repack import write_paged_table
+
+    rng = np.random.default_rng(1234)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for k, n in enumerate(sizes):
+        dtype = np.float32 if k % 2 == 0 else np.float16
+        pairs = []
+        for _ in range(n):
+            shape = (4, int(rng.integers(2, 9)), int(rng.integers(2, 9)))
+            pairs.append(tuple(rng.standard_normal(shape).astype(dtype) for _ in range(2)))
+        table = pa.table(
+            {
+                "prompt": [f"p{k}-{i}" for i in range(n)],
+                "latent1": pa.array([_npy_bytes(a) for a, _ in pairs], pa.binary()),
+                "latent2": pa.array([_npy_bytes(b) for _, b in pairs], pa.binary()),
+                "latent1_shape": [list(a.shape) for a, _ in pairs],
+            }
+        )
+        path = root / f"part_rank{k:02d}.parquet"
+        if paged:
+            write_paged_table(table, path, row_group_size=group)
+        else:
+            pq.write_table(table, path, row_group_size=group, compression="zstd")
+        for i, pair in enumerate(pairs):
+            truth[(str(path), i // group, i % group)] = pair
+    return truth
+
+
+def test_paged_files_are_one_page_per_value(paged_parts: Path, reference_parts: Path) -> None:
+    for p in sorted(paged_parts.glob("*.parquet")):
+        rows, paged = latent_layout(p)
+        assert paged, p
+        assert rows == [pq.ParquetFile(p).metadata.row_group(g).num_rows for g in range(len(rows))]
+        # the latents carry no statistics (no copy of whole latents in the footer)
+        assert not pq.ParquetFile(p).metadata.row_group(0).column(6).is_stats_set
+    for p in sorted(reference_parts.glob("*.parquet")):
+        assert latent_layout(p)[1] is False
+
+
+def test_reference_style_reading_of_paged_files(paged_parts: Path, part_records: list[PartRecord]) -> None:
+    pf = pq.ParquetFile(paged_parts / "part_rank00.parquet")
+    table = pf.read_row_group(1)
+    row = table.slice(5, 1).to_pylist()[0]
+    rec = part_records[105]
+    assert np.array_equal(np.load(io.BytesIO(row["latent1"])), rec.latent(1))
+    assert ast.literal_eval(row["detailed_results"])["votes_chosen"] == rec.votes_chosen
+
+
+@pytest.mark.parametrize("paged", [True, False])
+def test_random_access_returns_what_was_written(tmp_path: Path, paged: bool) -> None:
+    truth = seeded_parts(tmp_path / "parts", paged=paged)
+    keys = list(truth)
+    order = np.random.default_rng(5).permutation(len(keys))
+    requests = [keys[i] for i in order] + keys[:3]  # shuffled, with repeats
+    assert any(k[1] == 5 and k[2] == 6 for k in requests)  # the last, partial row group (57 rows)
+    for threads in (1, 2):
+        got = read_pairs(requests, num_threads=threads)
+        assert len(got) == len(requests)
+        for key, (a, b) in zip(requests, got):
+            want_a, want_b = truth[key]
+            assert a.dtype == want_a.dtype and b.dtype == want_b.dtype, key
+            assert a.shape == want_a.shape and a.flags.c_contiguous and a.flags.writeable
+            assert np.array_equal(a, want_a) and np.array_equal(b, want_b), key
+    assert read_pairs([]) == []
+
+
+def test_dataset_items_on_paged_files(
+    paged_index: Path, ref_index: Path, part_records: list[PartRecord]
+) -> None:
+    ds = LatentPairDataset(paged_index)
+    old = LatentPairDataset(ref_index)
+    assert len(ds) == len(old)
+    positions = np.random.default_rng(0).permutation(len(ds))[:60].tolist() + [-1]
+    batch = ds.__getitems__(positions)
+    assert ds.row_group_reads == 0  # no row group was decoded for the latents
+    for pos, item in zip(positions, batch):
+        ref = old[pos]
+        assert item.keys() == ref.keys()
+        for key, value in item.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == torch.float32 and torch.equal(value, ref[key]), key
+            else:
+                assert value == ref[key], key
+        single = ds[pos]
+        assert torch.equal(single["latent2"], item["latent2"]) and single["global_id"] == item["global_id"]
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, len(ds)])
+
+
+def test_stale_index_on_paged_files(paged_index: Path) -> None:
+    df = read_index(paged_index)
+    with pytest.raises(IndexError, match=r"row group 0 row 150 does not exist.*rebuild the index"):
+        LatentPairDataset(
+            df.with_columns(
+                pl.when(pl.col("global_id") == 0).then(150).otherwise("row_index").alias("row_index")
+            )
+        )[0]
+    with pytest.raises(IndexError, match="the index is stale"):
+        LatentPairDataset(df.with_columns(pl.lit(99).alias("row_group")))[0]
+
+
+def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path) -> None:
+    truth = seeded_parts(tmp_path / "parts", paged=True, sizes=(30,))
+    path = tmp_path / "parts" / "part_rank00.parquet"
+    data = path.read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(PartFileError, match=r"cut\.parquet.*not a readable part file"):
+        read_pairs([(cut, 0, 0)])
+    # Damage the pages of row group 1 row 4's latent1, found through the offset index.
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(1).column(1)
+    start = chunk.data_page_offset
+    # the pages of a row group's latent1 follow each other; row 4 is roughly 4/10 of the way in
+    pos = start + chunk.total_compressed_size * 4 // 10 + 40
+    bad = bytearray(data)
+    bad[pos : pos + 64] = bytes(64)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(bytes(bad))
+    rows = [(broken, 1, r) for r in range(10)]
+    failures = []
+    for req in rows:
+        try:
+            ((a, b),) = read_pairs([req])
+            assert np.array_equal(a, truth[(str(path), 1, req[2])][0])  # an intact row still reads right
+        except PartFileError as e:
+            failures.append((req[2], str(e)))
+    assert failures, "damaging a page must fail the row it belongs to"
+    for row, msg in failures:
+        assert f"broken.parquet' row group 1 row {row}" in msg
+    with pytest.raises(PartFileError, match=r"broken\.parquet' row group 1 row"):
+        read_pairs(rows)  # a batch names the first bad row
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        read_pairs([(tmp_path / "missing.parquet", 0, 0)])
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not npy at all", "no NUMPY magic"),
+        ("f8", r"unsupported latent dtype '<f8'"),
+        ("big", "big-endian"),
+        ("short", "truncated"),
+        (None, "is null"),
+    ],
+)
+def test_bad_npy_bytes_name_file_row_group_and_row(tmp_path: Path, value: object, reason: str) -> None:
+    from hpd_encode.repack import write_paged_table
+
+    good = np.zeros((2, 3, 3), np.float32)
+    bad = {
+        "f8": _npy_bytes(good.astype(np.float64)),
+        "big": _npy_bytes(good.astype(">f4")),
+        "short": _npy_bytes(good)[:-3],
+    }.get(value, value)  # type: ignore[arg-type]
+    latent2 = [_npy_bytes(good)] * 25
+    latent2[13] = bad
+    table = pa.table({"latent1": [_npy_bytes(good)] * 25, "latent2": pa.array(latent2, pa.binary())})
+    path = tmp_path / "part_rank00.parquet"
+    write_paged_table(table, path, row_group_size=10)
+    assert read_pairs([(path, 1, 2)])[0][0].shape == (2, 3, 3)
+    with pytest.raises(PartFileError, match=rf"part_rank00\.parquet' row group 1 row 3: latent2.*{reason}"):
+        read_pairs([(path, 0, 1), (path, 1, 3)])
+
+
+def test_dataloader_spawn_workers_over_getitems(paged_index: Path) -> None:
+    ds = LatentPairDataset(paged_index, num_threads=1)
+    ds[0]  # the parent has its files open: the workers start their own
+    sampler = BucketBatchSampler(ds, 8, seed=1)
+    calls = []
+    original = LatentPairDataset.__getitems__
+
+    def spy(self, indices):
+        calls.append(len(indices))
+        return original(self, indices)
+
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, multiprocessing_context="spawn")
+    seen = []
+    for batch in loader:
+        (bucket,) = set(batch["bucket_id"].tolist())
+        h, w = SMALL_BUCKETS[bucket]
+        assert batch["latent1"].shape == (len(batch["prompt"]), 4, h // 8, w // 8)
+        # latent 1 of record n is full of n, latent 2 of -n - 0.5
+        assert torch.equal(batch["latent2"], -batch["latent1"] - 0.5)
+        seen += batch["global_id"].tolist()
+    assert sorted(seen) == list(range(len(ds)))
+    # in this process, a batch is one __getitems__ call
+    LatentPairDataset.__getitems__ = spy  # type: ignore[method-assign]
+    try:
+        first = next(iter(DataLoader(ds, batch_sampler=sampler, num_workers=0)))
+    finally:
+        LatentPairDataset.__getitems__ = original  # type: ignore[method-assign]
+    assert calls == [len(first["global_id"])]
+
+
+def test_dataloader_fork_workers_after_reading(paged_index: Path) -> None:
+    ds = LatentPairDataset(paged_index)
+    before = ds.__getitems__(list(range(20)))  # the Rust reader has files open before the fork
+    loader = DataLoader(
+        ds, batch_sampler=BucketBatchSampler(ds, 16, seed=4), num_workers=2, multiprocessing_context="fork"
+    )
+    seen = []
+    for batch in loader:
+        assert torch.equal(batch["latent2"], -batch["latent1"] - 0.5)
+        seen += batch["global_id"].tolist()
+    assert sorted(seen) == list(range(len(ds)))
+    after = ds.__getitems__(list(range(20)))
+    assert all(torch.equal(a["latent1"], b["latent1"]) for a, b in zip(before, after))

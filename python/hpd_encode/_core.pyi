@@ -65,6 +65,10 @@ __all__ = [
     "parquet_layout",
     "rank_in_group",
     "connected_components",
+    "read_pairs",
+    "latent_layout",
+    "check_part_file",
+    "clear_reader_cache",
     "default_num_threads",
 ]
 
@@ -396,3 +400,37 @@ def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int
     """Each node's component label (the smallest node id in its component) in
     the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
     released; ``ValueError`` for an edge end outside ``0..n``."""
+
+_LatentInfo: TypeAlias = tuple[str, tuple[int, ...], int] | str
+
+def read_pairs(
+    requests: Sequence[tuple[_Path, int, int]], *, num_threads: int | None = None
+) -> list[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+    """The two latents (``latent1``, ``latent2``) of each ``(part_file, row_group,
+    row)``, in request order, as NumPy arrays (float32 or float16, as stored).
+
+    Reads only the two latent columns, and in files written with one page per
+    latent value and an offset index only the pages of the rows asked for;
+    other files are decoded a row group at a time (requests of one row group
+    share the read). Requests run in parallel on the shared thread pool with
+    the GIL released; files and footers stay open per process. Raises
+    ``hpd_encode.errors.PartFileError`` naming the file, row group and row for
+    a damaged file or malformed ``.npy`` value, ``IndexError`` for a row group
+    or row the file does not have, ``OSError`` when a file cannot be opened."""
+
+def latent_layout(path: _Path) -> tuple[list[int], bool]:
+    """``(rows per row group, paged)``: ``paged`` is true when every latent value
+    of the file is its own data page with an offset index (random access reads
+    only a row's pages)."""
+
+def check_part_file(
+    path: _Path, *, num_threads: int | None = None
+) -> list[tuple[int, int, _LatentInfo, _LatentInfo]]:
+    """Read every latent of a part file (row groups in parallel, large sequential
+    reads) and return, per row in file order, ``(row_group, row, latent1,
+    latent2)``; each latent is ``(dtype, shape, nonfinite_count)`` or the reason
+    it cannot be read. Raises like :func:`read_pairs` when the file itself
+    cannot be read."""
+
+def clear_reader_cache() -> None:
+    """Close the part files :func:`read_pairs` keeps open (reopened when next read)."""

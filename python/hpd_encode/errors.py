@@ -72,6 +72,11 @@ class PartialOutputError(HpdError, ValueError):
     """An output directory whose encode run has not completed."""
 
 
+class PartFileError(HpdError, ValueError):
+    """A part file, or a value in it, cannot be read (damaged footer or page,
+    malformed ``.npy`` bytes); the message names the file, row group and row."""
+
+
 __all__ = [
     "ArchiveError",
     "ExtractLimitError",
@@ -87,6 +92,7 @@ __all__ = [
     "OutputBusyError",
     "OutputOverwritesInputError",
     "PartFilesNotFoundError",
+    "PartFileError",
     "PartialOutputError",
     "ResumeMismatchError",
     "UnsafePathError",

@@ -1,10 +1,13 @@
 """Reading training pairs through the bucket index.
 
 :class:`LatentPairDataset` turns an index (the CSV that ``hpd-encode index``
-writes) into a map-style dataset: ``ds[i]`` opens row ``i``'s part file, reads
-only its row group (and only the columns it needs), and decodes the two
-latents. Decoded row groups are kept in a small LRU cache, so reading in
-index order (which is file and row-group order) reads each row group once.
+writes) into a map-style dataset: ``ds[i]`` reads row ``i``'s two latents, and
+``ds.__getitems__(positions)`` a whole batch in one call. Part files in the
+random-access layout (one page per latent value, with an offset index) are
+read by the Rust reader (``hpd_encode._core.read_pairs``): only the pages of
+the rows asked for, in parallel, without the GIL. Older files are read a row
+group at a time, with decoded row groups kept in a small LRU cache, so reading
+them in index order (file and row-group order) reads each row group once.
 
 :class:`BucketBatchSampler` yields batches of dataset positions whose rows share
 a bucket, so their latents stack; pass it to
@@ -69,6 +72,10 @@ class _RowGroup:
         self.columns = {name: table.column(name).combine_chunks() for name in table.column_names}
 
 
+#: Row groups whose small columns (prompt, models, votes) are kept per process.
+_SMALL_CACHE_GROUPS = 1024
+
+
 class LatentPairDataset:
     """A map-style dataset of latent pairs, through a bucket index.
 
@@ -78,16 +85,26 @@ class LatentPairDataset:
 
     ``ds[i]`` (``i`` is a position in the index, which is sorted by
     ``global_id``) is a dict: ``global_id``, ``prompt``, ``model1``,
-    ``model2``, ``latent1`` and ``latent2`` (``torch.Tensor``, float32,
-    ``(C, H/8, W/8)``), ``height``, ``width``, ``bucket_id``,
-    ``votes_chosen``, ``votes_rejected`` and ``confidence`` (typed columns
-    when the file has them, else ``detailed_results`` parsed with
-    ``ast.literal_eval``; missing values read as the reference's defaults 0 and
-    0.0).
+    ``model2``, ``latent1`` and ``latent2`` (``torch.Tensor``, float32 or
+    float16 as stored, ``(C, H/8, W/8)``), ``height``, ``width``,
+    ``bucket_id``, ``votes_chosen``, ``votes_rejected`` and ``confidence``
+    (typed columns when the file has them, else ``detailed_results`` parsed
+    with ``ast.literal_eval``; missing values read as the reference's
+    defaults 0 and 0.0). ``ds.__getitems__(positions)`` returns the list of
+    those dicts in one call: what ``torch.utils.data.DataLoader`` calls with
+    a ``batch_sampler``, so a whole batch is read by the Rust reader at once,
+    in parallel, with the GIL released.
 
-    ``cache_row_groups`` decoded row groups are kept per process (LRU). A row
-    group of 100 SD3.5 1024² latent pairs is about 200 MB, so keep it small.
-    ``row_group_reads`` counts the row groups read so far in this process.
+    Part files in the random-access layout (every latent value its own page,
+    with an offset index: what ``hpd-encode encode`` and ``hpd-encode
+    repack`` write) are read one pair at a time, only the pages of the rows
+    asked for. Files without it (the reference's, or earlier versions')
+    are read a whole row group at a time, and ``cache_row_groups`` decoded
+    row groups of them are kept per process (LRU; a row group of 100 SD3.5
+    1024² pairs is about 200 MB, so keep it small); ``row_group_reads``
+    counts those reads. ``num_threads`` bounds the reader's threads per
+    process (default: all cores; with many DataLoader workers, 1 or 2 is
+    plenty).
     """
 
     def __init__(
@@ -96,9 +113,12 @@ class LatentPairDataset:
         *,
         cache_row_groups: int = 4,
         root: str | PathLike[str] | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if cache_row_groups < 1:
             raise ValueError(f"cache_row_groups must be at least 1, not {cache_row_groups}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, not {num_threads}")
         df = read_index(index)
         index_dir = None if isinstance(index, pl.DataFrame) else Path(index).resolve().parent
         root_dir = None if root is None else Path(root)
@@ -113,21 +133,24 @@ class LatentPairDataset:
         self._width = df["width"].to_numpy()
         self._bucket = df["bucket_id"].to_numpy()
         self.cache_row_groups = cache_row_groups
+        self.num_threads = num_threads
         self.row_group_reads = 0
         self._reset()
 
-    # -- per-process state (files, cache, lock) -----------------------------
+    # -- per-process state (files, caches, lock) -----------------------------
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._files: dict[int, pq.ParquetFile] = {}
         self._columns: dict[int, list[str]] = {}
+        self._paged: dict[int, bool] = {}
         self._cache: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
+        self._small: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_files", "_columns", "_cache", "_pid"):
+        for key in ("_lock", "_files", "_columns", "_paged", "_cache", "_small", "_pid"):
             state.pop(key, None)
         return state
 
@@ -136,12 +159,13 @@ class LatentPairDataset:
         self._reset()
 
     def close(self) -> None:
-        """Close the open part files and drop the cache (reopened on the next read)."""
+        """Close the open part files and drop the caches (reopened on the next read)."""
         with self._lock:
             for f in self._files.values():
                 f.close()
             self._files.clear()
             self._cache.clear()
+            self._small.clear()
 
     def __enter__(self) -> LatentPairDataset:
         return self
@@ -151,37 +175,72 @@ class LatentPairDataset:
 
     # -- reading -------------------------------------------------------------
 
-    def _row_group_of(self, file_idx: int, group: int) -> _RowGroup:
-        if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and cache
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and caches
             self._reset()
+
+    def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
+        """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
+        pf = self._files.get(file_idx)
+        if pf is None:
+            pf = self._files[file_idx] = pq.ParquetFile(self._paths[file_idx])
+            names = set(pf.schema_arrow.names)
+            wanted = ["prompt", "model1", "model2"]
+            wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
+            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
+            if missing:
+                raise ValueError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
+            self._columns[file_idx] = wanted
+        return pf
+
+    def _check_group(self, pf: pq.ParquetFile, file_idx: int, group: int) -> None:
+        if not 0 <= group < pf.num_row_groups:
+            raise IndexError(
+                f"'{self._paths[file_idx]}' has {pf.num_row_groups} row groups, the index asks for "
+                f"row group {group}: the index is stale; rebuild it"
+            )
+
+    def _is_paged(self, file_idx: int) -> bool:
+        """Whether the file is in the random-access layout (asked once per process)."""
+        paged = self._paged.get(file_idx)
+        if paged is None:
+            from hpd_encode._core import latent_layout
+
+            paged = self._paged[file_idx] = latent_layout(self._paths[file_idx])[1]
+        return paged
+
+    def _row_group_of(self, file_idx: int, group: int) -> _RowGroup:
+        """An old-layout row group, latents included (LRU cache of ``cache_row_groups``)."""
         key = (file_idx, group)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-            pf = self._files.get(file_idx)
-            if pf is None:
-                pf = self._files[file_idx] = pq.ParquetFile(self._paths[file_idx])
-                names = set(pf.schema_arrow.names)
-                wanted = ["prompt", "model1", "model2", "latent1", "latent2"]
-                wanted += (
-                    list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
-                )
-                missing = [c for c in wanted if c not in names]
-                if missing:
-                    raise ValueError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
-                self._columns[file_idx] = wanted
-            if not 0 <= group < pf.num_row_groups:
-                raise IndexError(
-                    f"'{self._paths[file_idx]}' has {pf.num_row_groups} row groups, the index asks for "
-                    f"row group {group}: the index is stale; rebuild it"
-                )
-            rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
+            pf = self._parquet_file(file_idx)
+            self._check_group(pf, file_idx, group)
+            columns = [*self._columns[file_idx], "latent1", "latent2"]
+            rg = _RowGroup(pf.read_row_group(group, columns=columns))
             self.row_group_reads += 1
             self._cache[key] = rg
             while len(self._cache) > self.cache_row_groups:
                 self._cache.popitem(last=False)
+            return rg
+
+    def _small_of(self, file_idx: int, group: int) -> _RowGroup:
+        """A row group's small columns (prompt, models, votes), cached per process."""
+        key = (file_idx, group)
+        with self._lock:
+            hit = self._small.get(key)
+            if hit is not None:
+                self._small.move_to_end(key)
+                return hit
+            pf = self._parquet_file(file_idx)
+            self._check_group(pf, file_idx, group)
+            rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
+            self._small[key] = rg
+            while len(self._small) > _SMALL_CACHE_GROUPS:
+                self._small.popitem(last=False)
             return rg
 
     def __len__(self) -> int:
@@ -192,52 +251,87 @@ class LatentPairDataset:
         """The bucket id of every position (what :class:`BucketBatchSampler` groups by)."""
         return self._bucket
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
+    def _position(self, i: int) -> int:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} rows")
-        i = int(i) % n
-        f, g, r = int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])
-        rg = self._row_group_of(f, g)
-        where = f"'{self._paths[f]}' row group {g} row {r}"
-        if not 0 <= r < rg.num_rows:
-            raise IndexError(
-                f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
-            )
-        cols = rg.columns
-        height, width = int(self._height[i]), int(self._width[i])
-        latents = []
-        for name in ("latent1", "latent2"):
-            data = cols[name][r].as_py()
-            if data is None:
-                raise ValueError(f"{where}: {name} is null")
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-            if arr.ndim < 2 or arr.shape[-2] * 8 != height or arr.shape[-1] * 8 != width:
-                raise ValueError(
-                    f"{where}: {name} has shape {arr.shape}, the index says {height}x{width}: "
-                    "rebuild the index"
+        return int(i) % n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items at ``indices``, read together (one call into the Rust reader for the paged files)."""
+        import torch
+
+        from hpd_encode._core import read_pairs
+
+        self._check_pid()
+        positions = [self._position(int(i)) for i in indices]
+        where_of: list[tuple[int, int, int]] = []
+        paged_at: list[int] = []
+        requests: list[tuple[str, int, int]] = []
+        for k, i in enumerate(positions):
+            f, g, r = int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])
+            where_of.append((f, g, r))
+            if self._is_paged(f):
+                paged_at.append(k)
+                requests.append((self._paths[f], g, r))
+        latents: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if requests:
+            for k, read in zip(paged_at, read_pairs(requests, num_threads=self.num_threads)):
+                latents[k] = read
+        items = []
+        for k, i in enumerate(positions):
+            f, g, r = where_of[k]
+            where = f"'{self._paths[f]}' row group {g} row {r}"
+            rg = self._small_of(f, g) if k in latents else self._row_group_of(f, g)
+            if not 0 <= r < rg.num_rows:
+                raise IndexError(
+                    f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
                 )
-            latents.append(torch.from_numpy(arr))
-        if "detailed_results" in cols:
-            votes = _parse_votes(cols["detailed_results"][r].as_py(), where)
-        else:
-            votes = {k: cols[k][r].as_py() for k in _TYPED_VOTES}
-        return {
-            "global_id": int(self._global_id[i]),
-            "prompt": cols["prompt"][r].as_py(),
-            "model1": cols["model1"][r].as_py(),
-            "model2": cols["model2"][r].as_py(),
-            "latent1": latents[0],
-            "latent2": latents[1],
-            "height": height,
-            "width": width,
-            "bucket_id": int(self._bucket[i]),
-            "votes_chosen": int(votes["votes_chosen"] or 0),
-            "votes_rejected": int(votes["votes_rejected"] or 0),
-            "confidence": float(votes["confidence"] or 0.0),
-        }
+            cols = rg.columns
+            pair = latents.get(k)
+            if pair is None:
+                pair = (
+                    _load_npy(cols["latent1"][r].as_py(), where, "latent1"),
+                    _load_npy(cols["latent2"][r].as_py(), where, "latent2"),
+                )
+            height, width = int(self._height[i]), int(self._width[i])
+            for name, arr in zip(("latent1", "latent2"), pair):
+                if arr.ndim < 2 or arr.shape[-2] * 8 != height or arr.shape[-1] * 8 != width:
+                    raise ValueError(
+                        f"{where}: {name} has shape {arr.shape}, the index says {height}x{width}: "
+                        "rebuild the index"
+                    )
+            if "detailed_results" in cols:
+                votes = _parse_votes(cols["detailed_results"][r].as_py(), where)
+            else:
+                votes = {c: cols[c][r].as_py() for c in _TYPED_VOTES}
+            items.append(
+                {
+                    "global_id": int(self._global_id[i]),
+                    "prompt": cols["prompt"][r].as_py(),
+                    "model1": cols["model1"][r].as_py(),
+                    "model2": cols["model2"][r].as_py(),
+                    "latent1": torch.from_numpy(pair[0]),
+                    "latent2": torch.from_numpy(pair[1]),
+                    "height": height,
+                    "width": width,
+                    "bucket_id": int(self._bucket[i]),
+                    "votes_chosen": int(votes["votes_chosen"] or 0),
+                    "votes_rejected": int(votes["votes_rejected"] or 0),
+                    "confidence": float(votes["confidence"] or 0.0),
+                }
+            )
+        return items
+
+
+def _load_npy(data: bytes | None, where: str, name: str) -> np.ndarray:
+    """An old-layout latent's ``.npy`` bytes as an array."""
+    if data is None:
+        raise ValueError(f"{where}: {name} is null")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _parse_votes(raw: str | None, where: str) -> dict[str, Any]:

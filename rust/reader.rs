@@ -1,0 +1,1052 @@
+//! Random access to the latent pairs of part files.
+//!
+//! A request is (part file, row group, row). Only the two latent columns are
+//! read, and only the pages of the requested rows: files written with one data
+//! page per latent value and an offset index (the layout hpd-encode writes)
+//! cost one positional read per latent; files without per-value pages (the
+//! reference's, pyarrow's defaults, earlier hpd-encode) still read correctly,
+//! at the cost of decoding the row group's latent column chunks.
+//!
+//! Files are opened once per process and their footers (with the offset
+//! index) kept in a bounded cache. All reads are positional (`pread`), so a
+//! file descriptor shared with a forked child never has its offset moved
+//! under another reader; the cache also remembers the pid that filled it and
+//! starts over in a child. Every value is parsed from its `.npy` bytes
+//! (float32 or float16, C order, little-endian); anything else, a damaged
+//! page or a damaged footer, is an error naming the file, row group and row.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy,
+    RowSelector,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::basic::Encoding;
+use parquet::column::page::{Page, PageReader};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetStatisticsPolicy};
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
+use rayon::prelude::*;
+
+use crate::pool;
+
+/// The two latent columns, in the order a pair holds them.
+pub const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
+
+/// Part files whose footers are kept open per process.
+pub const CACHE_FILES: usize = 256;
+
+/// Rows decoded per Arrow batch (bounds the memory of one read).
+const BATCH_ROWS: usize = 8;
+
+/// Size of the sequential reads `check_file` issues.
+const SCAN_WINDOW: usize = 16 << 20;
+
+/// Receives `(row, column, value)` for each latent value read.
+type ValueSink<'a> = dyn FnMut(usize, usize, Option<&[u8]>) + 'a;
+/// One value's result, once it has been read.
+type Slot<T> = Option<Result<T, String>>;
+
+/// One latent value read straight from its own page.
+enum Direct {
+    /// The page's buffer and where the value lies in it.
+    Value(Bytes, std::ops::Range<usize>),
+    Null,
+    /// A page this fast path does not decode (an encoding other than PLAIN,
+    /// several values): the Arrow reader takes over.
+    Unsupported,
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be opened or read.
+    #[error("cannot read '{path}': {message}")]
+    Io { path: String, kind: std::io::ErrorKind, message: String },
+    /// The footer is damaged, missing (a truncated or unfinished file) or not Parquet,
+    /// or the file lacks the latent columns.
+    #[error("'{path}' is not a readable part file: {message}")]
+    File { path: String, message: String },
+    /// A request outside the file (a stale index).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// One row's value cannot be read or parsed.
+    #[error("'{path}' row group {row_group} row {row}: {message}")]
+    Row { path: String, row_group: usize, row: usize, message: String },
+}
+
+pub type Result<T, E = ReadError> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------
+// .npy parsing
+
+/// Element type of a latent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+}
+
+/// The header of a `.npy` value and where its data starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data_offset: usize,
+}
+
+/// A parsed latent: float32 values, or float16 values as their bit patterns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatentData {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latent {
+    pub shape: Vec<usize>,
+    pub data: LatentData,
+}
+
+/// What `check_file` learns of one value without keeping it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatentInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Values that are NaN or infinite.
+    pub nonfinite: u64,
+}
+
+fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, String> {
+    let at = header.find(&format!("'{key}'")).ok_or_else(|| format!("npy header has no '{key}': {header:?}"))?;
+    let rest = header[at + key.len() + 2..].trim_start();
+    rest.strip_prefix(':').map(str::trim_start).ok_or_else(|| format!("npy header is malformed: {header:?}"))
+}
+
+/// Parse the header of `.npy` bytes (format 1.0, 2.0 or 3.0) and check that
+/// the data that follows is exactly as long as the shape says.
+pub fn parse_npy_header(bytes: &[u8]) -> Result<NpyHeader, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(format!("not .npy bytes ({} bytes, no NUMPY magic)", bytes.len()));
+    }
+    let (hlen, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(format!("unsupported .npy format version {v}")),
+    };
+    let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| {
+        format!("truncated .npy bytes: the header says {hlen} header bytes, the value has {}", bytes.len())
+    })?;
+    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| "npy header is not text".to_string())?;
+    let descr = header_value(header, "descr")?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split_once('\''))
+        .map(|(d, _)| d)
+        .ok_or_else(|| format!("npy header has a malformed 'descr': {header:?}"))?;
+    let dtype = match descr {
+        "<f4" => Dtype::F32,
+        "<f2" => Dtype::F16,
+        ">f4" | ">f2" => {
+            return Err(format!("big-endian latents ('{descr}') are not supported; expected '<f4' or '<f2'"))
+        }
+        other => {
+            return Err(format!("unsupported latent dtype '{other}'; expected float32 ('<f4') or float16 ('<f2')"))
+        }
+    };
+    let fortran = header_value(header, "fortran_order")?;
+    if fortran.starts_with("True") {
+        return Err("Fortran-ordered latents are not supported; expected C order".into());
+    } else if !fortran.starts_with("False") {
+        return Err(format!("npy header has a malformed 'fortran_order': {header:?}"));
+    }
+    let shape_str = header_value(header, "shape")?;
+    let inner = shape_str
+        .strip_prefix('(')
+        .and_then(|s| s.split_once(')'))
+        .map(|(s, _)| s)
+        .ok_or_else(|| format!("npy header has a malformed 'shape': {header:?}"))?;
+    let mut shape = Vec::new();
+    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        shape.push(part.parse::<usize>().map_err(|_| format!("npy header has a malformed 'shape': {header:?}"))?);
+    }
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let want =
+        count.and_then(|c| c.checked_mul(dtype.size())).ok_or_else(|| format!("npy shape {shape:?} is too large"))?;
+    let have = bytes.len() - end;
+    if have != want {
+        return Err(format!(
+            "npy data is {have} bytes, the header ({} {shape:?}) needs {want}: the value is {}",
+            dtype.name(),
+            if have < want { "truncated" } else { "longer than its header says" }
+        ));
+    }
+    Ok(NpyHeader { dtype, shape, data_offset: end })
+}
+
+/// Parse `.npy` bytes into a latent (one copy of the data).
+pub fn parse_npy(bytes: &[u8]) -> Result<Latent, String> {
+    let h = parse_npy_header(bytes)?;
+    let raw = &bytes[h.data_offset..];
+    let data = match h.dtype {
+        Dtype::F32 => {
+            let mut v = vec![0f32; raw.len() / 4];
+            copy_le(raw, &mut v, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            LatentData::F32(v)
+        }
+        Dtype::F16 => {
+            let mut v = vec![0u16; raw.len() / 2];
+            copy_le(raw, &mut v, |c| u16::from_le_bytes([c[0], c[1]]));
+            LatentData::F16(v)
+        }
+    };
+    Ok(Latent { shape: h.shape, data })
+}
+
+/// Fill `dst` from little-endian `raw` (exactly `dst`'s size in bytes): one
+/// `memcpy` on little-endian machines, a conversion per value elsewhere.
+fn copy_le<T: Copy>(raw: &[u8], dst: &mut [T], from_le: impl Fn(&[u8]) -> T) {
+    let size = std::mem::size_of::<T>();
+    let total = std::mem::size_of_val(dst);
+    debug_assert_eq!(raw.len(), total);
+    if cfg!(target_endian = "little") {
+        // SAFETY: `dst` owns `dst.len() * size` initialised bytes, `T` is f32
+        // or u16 (every bit pattern valid), and the two slices cannot overlap.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), total) };
+        bytes.copy_from_slice(&raw[..total]);
+    } else {
+        for (d, c) in dst.iter_mut().zip(raw.chunks_exact(size)) {
+            *d = from_le(c);
+        }
+    }
+}
+
+/// Header, shape and the number of non-finite values of `.npy` bytes.
+pub fn inspect_npy(bytes: &[u8]) -> Result<LatentInfo, String> {
+    let h = parse_npy_header(bytes)?;
+    let raw = &bytes[h.data_offset..];
+    let nonfinite = match h.dtype {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000) as u64)
+            .sum(),
+        Dtype::F16 => raw.chunks_exact(2).map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00) as u64).sum(),
+    };
+    Ok(LatentInfo { dtype: h.dtype, shape: h.shape, nonfinite })
+}
+
+// ---------------------------------------------------------------------------
+// Positional reads
+
+/// A file read only with `pread`: no shared offset, so concurrent readers
+/// (threads, or a parent and its forked child) never disturb each other.
+#[derive(Clone)]
+pub struct PosFile {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl PosFile {
+    fn read_range(&self, start: u64, length: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(buf)
+    }
+}
+
+/// A `Read` at a position of a [`PosFile`].
+pub struct PosReader {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for PosReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Length for PosFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for PosFile {
+    type T = BufReader<PosReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(BufReader::with_capacity(16 << 10, PosReader { file: self.file.clone(), pos: start }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        if start.checked_add(length as u64).map_or(true, |end| end > self.len) {
+            return Err(ParquetError::EOF(format!(
+                "{length} bytes at offset {start} are past the end of the file ({} bytes)",
+                self.len
+            )));
+        }
+        Ok(self.read_range(start, length)?.into())
+    }
+}
+
+/// A [`PosFile`] read in large sequential windows over one byte range (a row
+/// group's latent column chunks): what a full scan uses, so it reads at disk
+/// speed instead of one page at a time. The reader walks the two latent
+/// columns in step, so it keeps one window per column (least recently used
+/// replaced).
+struct WindowedFile {
+    file: PosFile,
+    end: u64,
+    windows: Mutex<[(u64, u64, Bytes); 2]>,
+}
+
+impl WindowedFile {
+    fn new(file: PosFile, end: u64) -> Self {
+        let end = end.min(file.len);
+        WindowedFile { file, end, windows: Mutex::new([(0, 0, Bytes::new()), (0, 0, Bytes::new())]) }
+    }
+
+    fn bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let stop = start + length as u64;
+        w[0].1 += 1;
+        w[1].1 += 1;
+        for slot in w.iter_mut() {
+            let wstart = slot.0;
+            if start >= wstart && stop <= wstart + slot.2.len() as u64 {
+                let off = (start - wstart) as usize;
+                slot.1 = 0;
+                return Ok(slot.2.slice(off..off + length));
+            }
+        }
+        let want = (SCAN_WINDOW as u64).min(self.end.saturating_sub(start)).max(length as u64);
+        let fresh: Bytes = self.file.get_bytes(start, want as usize)?;
+        let lru = if w[0].1 >= w[1].1 { 0 } else { 1 };
+        w[lru] = (start, 0, fresh.clone());
+        Ok(fresh.slice(0..length))
+    }
+}
+
+impl Length for WindowedFile {
+    fn len(&self) -> u64 {
+        self.file.len
+    }
+}
+
+impl ChunkReader for WindowedFile {
+    type T = BufReader<PosReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.file.get_read(start)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.bytes(start, length)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One part file
+
+/// Identity of a file on disk: a changed file is reopened, never read through a stale footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    Identity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    }
+}
+
+/// An open part file: its parsed footer and offset index, and where its latent columns are.
+pub struct PartFile {
+    path: String,
+    file: PosFile,
+    identity: Identity,
+    meta: ArrowReaderMetadata,
+    /// Leaf column indices of latent1, latent2.
+    leaves: [usize; 2],
+    /// Every row group stores each latent value in its own page, with an offset index.
+    paged: bool,
+}
+
+fn io_error(path: &str, e: std::io::Error) -> ReadError {
+    ReadError::Io { path: path.to_owned(), kind: e.kind(), message: e.to_string() }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl PartFile {
+    /// Open `path` and parse its footer and offset index.
+    pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|e| io_error(&shown, e))?;
+        let fmeta = file.metadata().map_err(|e| io_error(&shown, e))?;
+        if !fmeta.is_file() {
+            return Err(ReadError::File { path: shown, message: "not a regular file".into() });
+        }
+        let pos = PosFile { file: Arc::new(file), len: fmeta.len() };
+        let options = ArrowReaderOptions::new()
+            .with_column_index_policy(PageIndexPolicy::Skip)
+            .with_offset_index_policy(PageIndexPolicy::Optional)
+            .with_column_stats_policy(ParquetStatisticsPolicy::SkipAll)
+            .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
+            .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
+        let meta = catch_unwind(AssertUnwindSafe(|| ArrowReaderMetadata::load(&pos, options)))
+            .map_err(|p| ReadError::File {
+                path: shown.clone(),
+                message: format!("the Parquet reader crashed (caught panic: {})", panic_message(p)),
+            })?
+            .map_err(|e| ReadError::File {
+                path: shown.clone(),
+                message: format!("{e} (a truncated file, or one whose writer never finished)"),
+            })?;
+        let schema = meta.metadata().file_metadata().schema_descr();
+        let mut leaves = [0usize; 2];
+        for (k, name) in LATENT_COLUMNS.iter().enumerate() {
+            let found = (0..schema.num_columns()).find(|&i| {
+                let c = schema.column(i);
+                c.path().parts().len() == 1 && c.path().parts()[0] == *name
+            });
+            leaves[k] = found.ok_or_else(|| ReadError::File {
+                path: shown.clone(),
+                message: format!("it has no '{name}' column"),
+            })?;
+            let physical = schema.column(leaves[k]).physical_type();
+            if physical != parquet::basic::Type::BYTE_ARRAY {
+                return Err(ReadError::File {
+                    path: shown,
+                    message: format!("column '{name}' is {physical}, not binary"),
+                });
+            }
+        }
+        let md = meta.metadata();
+        let paged = md.num_row_groups() > 0
+            && md.page_index().is_some_and(|index| {
+                (0..md.num_row_groups()).all(|rg| {
+                    let rows = md.row_group(rg).num_rows();
+                    leaves.iter().all(|&col| {
+                        index.page_locations(rg, col).is_some_and(|locs| {
+                            locs.len() as i64 == rows
+                                && locs.iter().enumerate().all(|(i, l)| l.first_row_index == i as i64)
+                        })
+                    })
+                })
+            });
+        Ok(PartFile { path: shown, file: pos, identity: identity(&fmeta), meta, leaves, paged })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// True when every latent value is its own page (random access costs one read per value).
+    pub fn paged(&self) -> bool {
+        self.paged
+    }
+
+    /// Rows in each row group.
+    pub fn row_group_rows(&self) -> Vec<i64> {
+        self.meta.metadata().row_groups().iter().map(|rg| rg.num_rows()).collect()
+    }
+
+    fn check_request(&self, row_group: usize, row: usize) -> Result<()> {
+        let md = self.meta.metadata();
+        if row_group >= md.num_row_groups() {
+            return Err(ReadError::OutOfRange(format!(
+                "'{}' has {} row groups, the index asks for row group {row_group}: the index is stale; rebuild it",
+                self.path,
+                md.num_row_groups()
+            )));
+        }
+        let n = md.row_group(row_group).num_rows() as usize;
+        if row >= n {
+            return Err(ReadError::OutOfRange(format!(
+                "'{}' row group {row_group} row {row} does not exist (the row group has {n} rows): rebuild the index",
+                self.path
+            )));
+        }
+        Ok(())
+    }
+
+    /// Row `row` of latent column `k` of `row_group`, read from its own page
+    /// (paged files): one positional read, one decompression, no Arrow array.
+    fn page_value(&self, row_group: usize, row: usize, k: usize) -> Result<Direct, String> {
+        let md = self.meta.metadata();
+        let leaf = self.leaves[k];
+        let Some(locs) = md.page_index().and_then(|i| i.page_locations(row_group, leaf)).filter(|l| row < l.len())
+        else {
+            return Ok(Direct::Unsupported);
+        };
+        let descr = md.file_metadata().schema_descr().column(leaf);
+        let (max_def, max_rep) = (descr.max_def_level(), descr.max_rep_level());
+        let chunk = md.row_group(row_group).column(leaf);
+        // The page reader takes a first page that does not start the chunk
+        // for a dictionary page: give it every location, skip to the row's.
+        if max_rep != 0
+            || max_def > 1
+            || chunk.dictionary_page_offset().is_some()
+            || locs[0].offset as u64 != chunk.byte_range().0
+        {
+            return Ok(Direct::Unsupported);
+        }
+        let rows = md.row_group(row_group).num_rows() as usize;
+        let mut pages = SerializedPageReader::new(Arc::new(self.file.clone()), chunk, rows, Some(locs.clone()))
+            .map_err(|e| e.to_string())?;
+        for _ in 0..row {
+            pages.skip_next_page().map_err(|e| e.to_string())?;
+        }
+        let page = pages.get_next_page().map_err(|e| e.to_string())?.ok_or("the page is missing")?;
+        let short = || "the page is shorter than its header says".to_string();
+        let plain_value = |buf: &Bytes, at: usize| -> Result<Direct, String> {
+            let len = buf.get(at..at + 4).ok_or_else(short)?;
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let range = at + 4..at + 4 + len;
+            if range.end > buf.len() {
+                return Err(short());
+            }
+            Ok(Direct::Value(buf.clone(), range))
+        };
+        match page {
+            Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
+                if num_values != 1 || encoding != Encoding::PLAIN {
+                    return Ok(Direct::Unsupported);
+                }
+                let mut at = 0;
+                if max_def == 1 {
+                    if def_level_encoding != Encoding::RLE {
+                        return Ok(Direct::Unsupported);
+                    }
+                    let len = buf.get(0..4).ok_or_else(short)?;
+                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                    let levels = buf.get(4..4 + len).ok_or_else(short)?;
+                    if first_level(levels).ok_or_else(short)? == 0 {
+                        return Ok(Direct::Null);
+                    }
+                    at = 4 + len;
+                }
+                plain_value(&buf, at)
+            }
+            Page::DataPageV2 {
+                buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, ..
+            } => {
+                if num_values != 1 || encoding != Encoding::PLAIN {
+                    return Ok(Direct::Unsupported);
+                }
+                if num_nulls == 1 {
+                    return Ok(Direct::Null);
+                }
+                plain_value(&buf, def_levels_byte_len as usize + rep_levels_byte_len as usize)
+            }
+            _ => Ok(Direct::Unsupported),
+        }
+    }
+
+    /// Call `f(row, column, value)` for both latent columns of each of `rows`
+    /// (sorted, distinct) of `row_group`, in row order. `scan` reads the
+    /// column chunks in large sequential windows (for reading every row).
+    fn for_each_value(&self, row_group: usize, rows: &[usize], scan: bool, f: &mut ValueSink) -> Result<(), String> {
+        let num_rows = self.meta.metadata().row_group(row_group).num_rows() as usize;
+        let mut selectors = Vec::new();
+        let mut next = 0usize;
+        for &r in rows {
+            if r > next {
+                selectors.push(RowSelector::skip(r - next));
+            }
+            selectors.push(RowSelector::select(1));
+            next = r + 1;
+        }
+        let whole = rows.len() == num_rows;
+        let mask = ProjectionMask::leaves(self.meta.metadata().file_metadata().schema_descr(), self.leaves);
+        let run = |reader: Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow_schema::ArrowError>>>,
+                   f: &mut ValueSink|
+         -> Result<(), String> {
+            let mut at = 0usize;
+            for batch in reader {
+                let batch = batch.map_err(|e| e.to_string())?;
+                if batch.num_rows() + at > rows.len() {
+                    return Err("the reader returned more rows than asked for".into());
+                }
+                for (k, name) in LATENT_COLUMNS.iter().enumerate() {
+                    let col = batch.column_by_name(name).ok_or_else(|| format!("the reader returned no '{name}'"))?;
+                    for i in 0..batch.num_rows() {
+                        let value = binary_value(col.as_ref(), i)?;
+                        f(rows[at + i], k, value);
+                    }
+                }
+                at += batch.num_rows();
+            }
+            if at != rows.len() {
+                return Err(format!("the row group ended after {at} of the {} rows asked for", rows.len()));
+            }
+            Ok(())
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            if self.paged && !scan {
+                let mut direct = true;
+                'rows: for &r in rows {
+                    for k in 0..2 {
+                        match self.page_value(row_group, r, k)? {
+                            Direct::Value(buf, range) => f(r, k, Some(&buf[range])),
+                            Direct::Null => f(r, k, None),
+                            Direct::Unsupported => {
+                                direct = false;
+                                break 'rows;
+                            }
+                        }
+                    }
+                }
+                if direct {
+                    return Ok(());
+                }
+            }
+            macro_rules! build {
+                ($input:expr) => {{
+                    let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata($input, self.meta.clone())
+                        .with_row_groups(vec![row_group])
+                        .with_projection(mask.clone())
+                        .with_batch_size(BATCH_ROWS);
+                    if !whole {
+                        b = b
+                            .with_row_selection(RowSelection::from(selectors.clone()))
+                            .with_row_selection_policy(RowSelectionPolicy::Selectors);
+                    }
+                    b.build().map_err(|e| e.to_string())?
+                }};
+            }
+            if scan {
+                let rg = self.meta.metadata().row_group(row_group);
+                let end = self
+                    .leaves
+                    .iter()
+                    .map(|&c| {
+                        let (s, l) = rg.column(c).byte_range();
+                        s + l
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let input = WindowedFile::new(self.file.clone(), end);
+                run(Box::new(build!(input)), f)
+            } else {
+                run(Box::new(build!(self.file.clone())), f)
+            }
+        }));
+        result.unwrap_or_else(|p| Err(format!("the Parquet reader crashed (caught panic: {})", panic_message(p))))
+    }
+
+    /// Read `rows` (sorted, distinct) of `row_group`, handing each value to
+    /// `f`. A failure of the whole read is retried row by row, so a damaged
+    /// page is blamed on its own row only.
+    fn visit_rows<T>(
+        &self,
+        row_group: usize,
+        rows: &[usize],
+        scan: bool,
+        parse: &(dyn Fn(&[u8]) -> Result<T, String> + Sync),
+    ) -> Vec<(usize, [Result<T, String>; 2])> {
+        let mut out: Vec<(usize, [Slot<T>; 2])> = rows.iter().map(|&r| (r, [None, None])).collect();
+        let pos: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        let mut visit = |row: usize, k: usize, value: Option<&[u8]>| {
+            let parsed = match value {
+                None => Err(format!("{} is null", LATENT_COLUMNS[k])),
+                Some(b) => parse(b).map_err(|e| format!("{}: {e}", LATENT_COLUMNS[k])),
+            };
+            if let Some(&i) = pos.get(&row) {
+                out[i].1[k] = Some(parsed);
+            }
+        };
+        match self.for_each_value(row_group, rows, scan, &mut visit) {
+            Ok(()) => {}
+            Err(e) if rows.len() == 1 => {
+                for slot in out[0].1.iter_mut().filter(|s| s.is_none()) {
+                    *slot = Some(Err(format!("cannot read the latents: {e}")));
+                }
+            }
+            Err(_) => {
+                for i in 0..rows.len() {
+                    if out[i].1.iter().all(|s| matches!(s, Some(Ok(_)))) {
+                        continue;
+                    }
+                    let one = self.visit_rows(row_group, &rows[i..=i], scan, parse);
+                    let [a, b] = one.into_iter().next().expect("one row asked, one row answered").1;
+                    out[i].1 = [Some(a), Some(b)];
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(r, [a, b])| {
+                let missing = || Err("the reader returned no value".to_string());
+                (r, [a.unwrap_or_else(missing), b.unwrap_or_else(missing)])
+            })
+            .collect()
+    }
+}
+
+/// The first level of an RLE / bit-packed hybrid run of bit width 1 (a
+/// definition level of a flat nullable column), or None when cut short.
+fn first_level(levels: &[u8]) -> Option<u8> {
+    // Skip the run header (a ULEB128 varint); either kind of run stores the
+    // first value in the low bit of the byte after it.
+    let header_len = levels.iter().position(|b| b & 0x80 == 0)? + 1;
+    Some(levels.get(header_len)? & 1)
+}
+
+fn binary_value(col: &dyn Array, i: usize) -> Result<Option<&[u8]>, String> {
+    if col.is_null(i) {
+        return Ok(None);
+    }
+    match col.data_type() {
+        DataType::Binary => Ok(Some(col.as_binary::<i32>().value(i))),
+        DataType::LargeBinary => Ok(Some(col.as_binary::<i64>().value(i))),
+        DataType::BinaryView => Ok(Some(col.as_binary_view().value(i))),
+        DataType::Utf8 => Ok(Some(col.as_string::<i32>().value(i).as_bytes())),
+        DataType::LargeUtf8 => Ok(Some(col.as_string::<i64>().value(i).as_bytes())),
+        other => Err(format!("the latent column has Arrow type {other}, not binary")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The per-process cache of open files
+
+struct Cache {
+    pid: u32,
+    tick: u64,
+    files: HashMap<PathBuf, (u64, Arc<PartFile>)>,
+}
+
+static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+
+fn cache() -> std::sync::MutexGuard<'static, Cache> {
+    let c = CACHE.get_or_init(|| Mutex::new(Cache { pid: std::process::id(), tick: 0, files: HashMap::new() }));
+    let mut guard = c.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if guard.pid != pid {
+        // A forked child: its own files (pread keeps shared descriptors safe, but start clean).
+        guard.files.clear();
+        guard.pid = pid;
+    }
+    guard
+}
+
+/// The open part file at `path`, from the cache when the file is unchanged.
+pub fn open_cached(path: &Path) -> Result<Arc<PartFile>> {
+    let shown = path.display().to_string();
+    let fmeta = std::fs::metadata(path).map_err(|e| io_error(&shown, e))?;
+    let id = identity(&fmeta);
+    {
+        let mut c = cache();
+        c.tick += 1;
+        let tick = c.tick;
+        if let Some((used, f)) = c.files.get_mut(path) {
+            if f.identity == id {
+                *used = tick;
+                return Ok(f.clone());
+            }
+        }
+    }
+    let opened = Arc::new(PartFile::open(path)?);
+    let mut c = cache();
+    c.tick += 1;
+    let tick = c.tick;
+    if c.files.len() >= CACHE_FILES && !c.files.contains_key(path) {
+        if let Some(oldest) = c.files.iter().min_by_key(|(_, (used, _))| *used).map(|(p, _)| p.clone()) {
+            c.files.remove(&oldest);
+        }
+    }
+    c.files.insert(path.to_path_buf(), (tick, opened.clone()));
+    Ok(opened)
+}
+
+/// Forget every cached file (they are reopened on the next read).
+pub fn clear_cache() {
+    cache().files.clear();
+}
+
+/// Files in the cache now.
+pub fn cached_files() -> usize {
+    cache().files.len()
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+/// One pair to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub path: PathBuf,
+    pub row_group: usize,
+    pub row: usize,
+}
+
+/// A pair's two latents.
+pub type Pair = [Latent; 2];
+
+/// Read the pairs of `requests`, in parallel on the shared pool: requests of
+/// one row group are served by one read. Results are in request order.
+pub fn read_pairs(requests: &[Request], num_threads: Option<usize>) -> Vec<Result<Pair>> {
+    // In a paged file each request is its own unit of work (one row's pages);
+    // in other files the requests of one row group share its read.
+    let mut paged: HashMap<&Path, bool> = HashMap::new();
+    let mut groups: BTreeMap<(&Path, usize, Option<usize>), Vec<usize>> = BTreeMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        let path = r.path.as_path();
+        let is_paged = *paged.entry(path).or_insert_with(|| open_cached(path).is_ok_and(|f| f.paged));
+        groups.entry((path, r.row_group, is_paged.then_some(r.row))).or_default().push(i);
+    }
+    let groups: Vec<_> = groups.into_iter().collect();
+    let served: Vec<Vec<(usize, Result<Pair>)>> = pool::pool(num_threads)
+        .install(|| groups.par_iter().map(|((path, rg, _), idx)| read_group(path, *rg, idx, requests)).collect());
+    let mut out: Vec<Option<Result<Pair>>> = (0..requests.len()).map(|_| None).collect();
+    for (i, r) in served.into_iter().flatten() {
+        out[i] = Some(r);
+    }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err(ReadError::OutOfRange("request left unanswered".into())))).collect()
+}
+
+fn read_group(path: &Path, rg: usize, idx: &[usize], requests: &[Request]) -> Vec<(usize, Result<Pair>)> {
+    let file = match open_cached(path) {
+        Ok(f) => f,
+        Err(e) => return idx.iter().map(|&i| (i, Err(e.clone()))).collect(),
+    };
+    let mut answers = Vec::with_capacity(idx.len());
+    let mut rows = Vec::new();
+    for &i in idx {
+        match file.check_request(rg, requests[i].row) {
+            Ok(()) => rows.push(requests[i].row),
+            Err(e) => answers.push((i, Err(e))),
+        }
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    if rows.is_empty() {
+        return answers;
+    }
+    let values = file.visit_rows(rg, &rows, false, &parse_npy);
+    let by_row: HashMap<usize, &[Result<Latent, String>; 2]> = values.iter().map(|(r, v)| (*r, v)).collect();
+    for &i in idx {
+        let row = requests[i].row;
+        let Some([a, b]) = by_row.get(&row) else { continue };
+        let err =
+            |message: &String| ReadError::Row { path: file.path.clone(), row_group: rg, row, message: message.clone() };
+        answers.push((
+            i,
+            match (a, b) {
+                (Ok(a), Ok(b)) => Ok([a.clone(), b.clone()]),
+                (Err(e), _) | (_, Err(e)) => Err(err(e)),
+            },
+        ));
+    }
+    answers
+}
+
+/// Every row of a part file, as `check_file` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowCheck {
+    pub row_group: usize,
+    pub row: usize,
+    pub latents: [Result<LatentInfo, String>; 2],
+}
+
+/// Read every latent of the part file at `path` (row groups in parallel,
+/// each in large sequential reads) and report each value's dtype, shape and
+/// count of non-finite numbers, or why it cannot be read.
+pub fn check_file(path: &Path, num_threads: Option<usize>) -> Result<Vec<RowCheck>> {
+    let file = open_cached(path)?;
+    let groups = file.meta.metadata().num_row_groups();
+    let per_group: Vec<Vec<RowCheck>> = pool::pool(num_threads).install(|| {
+        (0..groups)
+            .into_par_iter()
+            .map(|rg| {
+                let n = file.meta.metadata().row_group(rg).num_rows() as usize;
+                let rows: Vec<usize> = (0..n).collect();
+                file.visit_rows(rg, &rows, true, &inspect_npy)
+                    .into_iter()
+                    .map(|(row, latents)| RowCheck { row_group: rg, row, latents })
+                    .collect()
+            })
+            .collect()
+    });
+    Ok(per_group.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::npy::npy_bytes;
+    use crate::writer::tests::row;
+    use crate::writer::{PartWriter, WriterOptions};
+
+    fn npy_f32(shape: &[usize], values: &[f32]) -> Vec<u8> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        npy_bytes("<f4", shape, &data)
+    }
+
+    #[test]
+    fn parses_float32_and_float16() {
+        let b = npy_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, f32::NAN]);
+        let l = parse_npy(&b).unwrap();
+        assert_eq!(l.shape, vec![2, 3]);
+        match &l.data {
+            LatentData::F32(v) => assert_eq!(&v[..5], &[1.0, 2.0, 3.0, 4.0, 5.0]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(inspect_npy(&b).unwrap().nonfinite, 1);
+        let half: Vec<u8> = [0x3c00u16, 0x7c00, 0x0000].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let h = npy_bytes("<f2", &[3], &half);
+        assert_eq!(parse_npy(&h).unwrap().data, LatentData::F16(vec![0x3c00, 0x7c00, 0]));
+        let info = inspect_npy(&h).unwrap();
+        assert_eq!((info.dtype, info.shape.clone(), info.nonfinite), (Dtype::F16, vec![3], 1));
+    }
+
+    #[test]
+    fn bad_npy_is_a_clear_error() {
+        let good = npy_f32(&[2, 2], &[0.0; 4]);
+        assert!(parse_npy(b"hello").unwrap_err().contains("NUMPY magic"));
+        assert!(parse_npy(&good[..good.len() - 1]).unwrap_err().contains("truncated"));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(parse_npy(&long).unwrap_err().contains("longer"));
+        let f8 = npy_bytes("<f8", &[1], &[0; 8]);
+        assert!(parse_npy(&f8).unwrap_err().contains("'<f8'"));
+        let be = npy_bytes(">f4", &[1], &[0; 4]);
+        assert!(parse_npy(&be).unwrap_err().contains("big-endian"));
+        let mut fortran = good.clone();
+        let at = good.windows(5).position(|w| w == b"False").unwrap();
+        fortran[at..at + 5].copy_from_slice(b"True ");
+        let e = parse_npy(&fortran).unwrap_err();
+        assert!(e.contains("Fortran"), "{e}");
+        // Header length past the end of the value.
+        let mut cut = good[..20].to_vec();
+        cut[8] = 0xff;
+        assert!(parse_npy(&cut).unwrap_err().contains("truncated"));
+        // Arbitrary junk never panics.
+        for n in 0..good.len() {
+            let _ = parse_npy(&good[..n]);
+            let mut flipped = good.clone();
+            flipped[n] ^= 0x5a;
+            let _ = parse_npy(&flipped);
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hpd-reader-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn reads_what_the_writer_wrote() {
+        let dir = temp_dir("rw");
+        let path = dir.join("part.parquet");
+        let opts = WriterOptions { row_group_size: 7, ..WriterOptions::default() };
+        let mut writer = PartWriter::create(&path, opts).unwrap();
+        let rows: Vec<_> = (0..17).map(row).collect();
+        writer.submit(rows.clone(), || Ok(())).unwrap();
+        writer.close().unwrap();
+        let file = PartFile::open(&path).unwrap();
+        assert_eq!(file.row_group_rows(), vec![7, 7, 3]);
+        let requests: Vec<Request> = [(2, 1), (0, 0), (1, 6), (0, 3), (2, 1)]
+            .iter()
+            .map(|&(g, r)| Request { path: path.clone(), row_group: g, row: r })
+            .collect();
+        let got = read_pairs(&requests, Some(2));
+        for (req, pair) in requests.iter().zip(&got) {
+            let pair = pair.as_ref().unwrap();
+            let n = req.row_group * 7 + req.row;
+            for (k, latent) in pair.iter().enumerate() {
+                let src = if k == 0 { &rows[n].latent1 } else { &rows[n].latent2 };
+                let want = parse_npy(&npy_bytes(src.descr, &src.shape, &src.data)).unwrap();
+                assert_eq!(latent, &want, "row {n} latent {k}");
+            }
+        }
+        let stale = read_pairs(&[Request { path: path.clone(), row_group: 3, row: 0 }], None);
+        assert!(matches!(&stale[0], Err(ReadError::OutOfRange(m)) if m.contains("stale")));
+        let stale = read_pairs(&[Request { path: path.clone(), row_group: 2, row: 3 }], None);
+        assert!(matches!(&stale[0], Err(ReadError::OutOfRange(m)) if m.contains("row group 2 row 3 does not exist")));
+        let checks = check_file(&path, Some(2)).unwrap();
+        assert_eq!(checks.len(), 17);
+        assert!(checks.iter().all(|c| c.latents.iter().all(|l| l.as_ref().is_ok_and(|i| i.nonfinite == 0))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_files_are_named_errors() {
+        let dir = temp_dir("bad");
+        let path = dir.join("cut.parquet");
+        let mut writer = PartWriter::create(&path, WriterOptions::default()).unwrap();
+        writer.submit((0..5).map(row).collect(), || Ok(())).unwrap();
+        writer.close().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // Flip bytes in the middle of latent1's column chunk: every row either reads or names its row.
+        let (start, len) = {
+            let f = PartFile::open(&path).unwrap();
+            f.meta.metadata().row_group(0).column(f.leaves[0]).byte_range()
+        };
+        let mut flipped = bytes.clone();
+        for b in &mut flipped[(start + len / 3) as usize..(start + 2 * len / 3) as usize] {
+            *b ^= 0xa5;
+        }
+        let bad = dir.join("flipped.parquet");
+        std::fs::write(&bad, &flipped).unwrap();
+        let requests: Vec<Request> = (0..5).map(|r| Request { path: bad.clone(), row_group: 0, row: r }).collect();
+        let got = read_pairs(&requests, Some(2));
+        assert!(got.iter().any(|r| r.is_err()));
+        for (r, res) in got.iter().enumerate() {
+            if let Err(e) = res {
+                let msg = e.to_string();
+                assert!(msg.contains("flipped.parquet") && msg.contains(&format!("row {r}")), "{msg}");
+            }
+        }
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let got = read_pairs(&[Request { path: path.clone(), row_group: 0, row: 0 }], None);
+        let err = got[0].as_ref().unwrap_err();
+        assert!(matches!(err, ReadError::File { .. }), "{err:?}");
+        assert!(err.to_string().contains("cut.parquet"));
+        let missing = read_pairs(&[Request { path: dir.join("nope.parquet"), row_group: 0, row: 0 }], None);
+        assert!(matches!(&missing[0], Err(ReadError::Io { kind: std::io::ErrorKind::NotFound, .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,125 @@
+"""hpd_encode.repack and ``hpd-encode repack``: same values in the random-access layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from hpd_encode._core import latent_layout
+from hpd_encode.cli import main
+from hpd_encode.errors import OutputBusyError, PartialOutputError
+from hpd_encode.index import build_index
+from hpd_encode.output_dir import MANIFEST, OutputLock
+from hpd_encode.repack import repack
+from hpd_encode.verify import verify
+
+
+@pytest.mark.parametrize("layout", ["reference", "encoder", "ours"])
+def test_round_trip(
+    layout: str, request: pytest.FixtureRequest, tmp_path: Path, small_buckets_json: Path
+) -> None:
+    src: Path = request.getfixturevalue(f"{layout}_parts")
+    dest = tmp_path / "dest"
+    report = repack(src, dest, progress=False)
+    names = sorted(p.name for p in src.glob("*.parquet"))
+    assert report.files_written == names and report.files_skipped == []
+    for name in names:
+        a, b = pq.ParquetFile(src / name), pq.ParquetFile(dest / name)
+        assert b.schema_arrow.equals(a.schema_arrow)
+        assert [b.metadata.row_group(g).num_rows for g in range(b.num_row_groups)] == [
+            a.metadata.row_group(g).num_rows for g in range(a.num_row_groups)
+        ]
+        ta, tb = a.read(), b.read()
+        assert tb.equals(ta)
+        assert tb.column("latent1").to_pylist() == ta.column("latent1").to_pylist()  # bytes identical
+        assert latent_layout(dest / name)[1] is True
+    for kwargs in ({"max_per_prompt": None}, {}, {"filter": "votes_chosen > 1"}):
+        before = build_index(src, buckets=small_buckets_json, **kwargs)
+        after = build_index(dest, buckets=small_buckets_json, **kwargs)
+        assert after.height == before.height > 0
+        strip = pl.col("parquet_path").str.split("/").list.last()
+        assert after.with_columns(strip).equals(before.with_columns(strip))
+        assert set(after["parquet_path"].str.split("/").list.get(-2)) == {"dest"}
+    assert verify(dest, progress=False).ok
+
+
+def test_rerun_skips_complete_files_and_redoes_broken_ones(reference_parts: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    repack(reference_parts, dest, progress=False)
+    first = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.parquet")}
+    again = repack(reference_parts, dest, progress=False)
+    assert again.files_written == [] and sorted(again.files_skipped) == sorted(first)
+    assert {p.name: p.stat().st_mtime_ns for p in dest.glob("*.parquet")} == first
+    # a destination file cut short (a killed copy) and a leftover temp file
+    cut = dest / "part_rank01.parquet"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    (dest / f".part_rank00.parquet.tmp-{os.getpid() + 1}").write_bytes(b"junk")
+    third = repack(reference_parts, dest, progress=False)
+    assert third.files_written == ["part_rank01.parquet"] and third.files_skipped == ["part_rank00.parquet"]
+    assert pq.read_table(cut).equals(pq.read_table(reference_parts / "part_rank01.parquet"))
+    assert sorted(p.name for p in dest.iterdir() if p.name.startswith(".part")) == []
+
+
+def test_refusals(reference_parts: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is the source directory"):
+        repack(reference_parts, reference_parts, progress=False)
+    with pytest.raises(ValueError, match="inside the source directory"):
+        repack(reference_parts, reference_parts / "sub", progress=False)
+    assert not (reference_parts / "sub").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no part files"):
+        repack(empty, tmp_path / "other", progress=False)
+    dest = tmp_path / "locked"
+    with OutputLock(dest, purpose="encode"):
+        with pytest.raises(OutputBusyError, match=r"in use: encode by pid"):
+            repack(reference_parts, dest, progress=False)
+    assert not list(dest.glob("*.parquet"))
+    running = tmp_path / "running"
+    running.mkdir()
+    for p in reference_parts.glob("*.parquet"):
+        (running / p.name).write_bytes(p.read_bytes())
+    (running / MANIFEST).write_text(json.dumps({"status": "running", "files": []}))
+    with pytest.raises(PartialOutputError, match="--allow-partial"):
+        repack(running, tmp_path / "out", progress=False)
+    (running / MANIFEST).write_text(json.dumps({"status": "complete", "files": []}))
+    with OutputLock(running, purpose="encode"):  # an encode writing the source
+        with pytest.raises(OutputBusyError, match="in use: encode"):
+            repack(running, tmp_path / "out", progress=False)
+        assert repack(running, tmp_path / "out", allow_partial=True, progress=False).files_written
+
+
+def test_manifest_follows_and_cli(
+    tmp_path: Path, encoder_parts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    files = []
+    for p in sorted(encoder_parts.glob("*.parquet")):
+        (src / p.name).write_bytes(p.read_bytes())
+        files.append({"path": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "bytes": p.stat().st_size})
+    (src / MANIFEST).write_text(json.dumps({"status": "complete", "files": files, "settings": {"x": 1}}))
+    (src / "failures.csv").write_text("record_index,stage\n")
+    assert main(["repack", str(src), str(tmp_path / "dest"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["files_written"]) == 2
+    manifest = json.loads((tmp_path / "dest" / MANIFEST).read_text())
+    assert manifest["status"] == "complete" and manifest["settings"] == {"x": 1}
+    assert [f["rows"] for f in manifest["files"]] == [f["rows"] for f in files]
+    assert (tmp_path / "dest" / "failures.csv").read_text() == "record_index,stage\n"
+    assert main(["verify", str(tmp_path / "dest"), "-q"]) == 0
+    assert main(["repack", str(src), str(src)]) == 1
+    assert "is the source directory" in capsys.readouterr().err
+    # uncompressed latents: same values, paged, the other columns still zstd
+    assert main(["repack", str(src), str(tmp_path / "plain"), "--latent-compression", "none", "-q"]) == 0
+    for p in sorted((tmp_path / "plain").glob("*.parquet")):
+        meta = pq.ParquetFile(p).metadata.row_group(0)
+        codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+        assert codecs["latent1"] == codecs["latent2"] == "UNCOMPRESSED" and codecs["prompt"] == "ZSTD"
+        assert latent_layout(p)[1] is True
+        assert pq.read_table(p).equals(pq.read_table(src / p.name))
