@@ -54,7 +54,11 @@ ci: test lint
 bench: build
 	$(PY) benches/bench_images.py
 	$(PY) benches/bench_encode.py
+	$(PY) benches/bench_writer.py
+	$(PY) benches/bench_reader.py
 	$(PY) benches/bench_index.py
+	$(PY) benches/bench_metadata.py
+	$(PY) benches/bench_plan.py --skip-old
 
 # Rust: rustfmt + clippy; Python: ruff (lint and format) and mypy, pinned in requirements.lock.
 lint: $(DEPS_STAMP)
