@@ -48,7 +48,14 @@ SIZES = [(1024, 1024), (768, 1024), (1248, 832), (512, 512), (832, 1152)]
 def photos() -> list[np.ndarray]:
     from skimage import data
 
-    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(), data.retina()]
+    return [
+        data.astronaut(),
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.hubble_deep_field(),
+        data.retina(),
+    ]
 
 
 def make_dataset(root: Path, prompts: int) -> Path:
@@ -65,8 +72,17 @@ def make_dataset(root: Path, prompts: int) -> Path:
             Image.fromarray(ph[(p + k) % len(ph)]).resize((w, h), Image.BICUBIC).save(root / rel, **opts)
             names.append(rel)
         for a, b in itertools.combinations(names, 2):
-            records.append({"prompt": f"p{p}", "path1": a, "path2": b, "model1": "x", "model2": "y",
-                            "choice_dist": [3, 1], "confidence": 0.7})
+            records.append(
+                {
+                    "prompt": f"p{p}",
+                    "path1": a,
+                    "path2": b,
+                    "model1": "x",
+                    "model2": "y",
+                    "choice_dist": [3, 1],
+                    "confidence": 0.7,
+                }
+            )
     meta = root / "train.json"
     meta.write_text(json.dumps(records))
     return meta
@@ -78,10 +94,19 @@ def make_sd35_vae(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=1024,
-        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=1024,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
     model.save_pretrained(path / "vae")
     return path
@@ -122,12 +147,29 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
             buf = io.BytesIO()
             np.save(buf, z[0].float().cpu().numpy())
             lat.append((buf.getvalue(), list(z.shape[1:])))
-        details = {"votes_chosen": r.votes_chosen, "votes_rejected": r.votes_rejected, "confidence": r.confidence,
-                   "orig_chosen_hw": [h1, w1], "orig_rejected_hw": [h2, w2], "final_chosen_hw": [th, tw],
-                   "final_rejected_hw": [th, tw]}
-        rows.append({"prompt": r.prompt, "model1": r.model1, "model2": r.model2, "detailed_results": str(details),
-                     "image1_path": r.path1, "image2_path": r.path2, "latent1": lat[0][0], "latent2": lat[1][0],
-                     "latent1_shape": lat[0][1], "latent2_shape": lat[1][1]})
+        details = {
+            "votes_chosen": r.votes_chosen,
+            "votes_rejected": r.votes_rejected,
+            "confidence": r.confidence,
+            "orig_chosen_hw": [h1, w1],
+            "orig_rejected_hw": [h2, w2],
+            "final_chosen_hw": [th, tw],
+            "final_rejected_hw": [th, tw],
+        }
+        rows.append(
+            {
+                "prompt": r.prompt,
+                "model1": r.model1,
+                "model2": r.model2,
+                "detailed_results": str(details),
+                "image1_path": r.path1,
+                "image2_path": r.path2,
+                "latent1": lat[0][0],
+                "latent2": lat[1][0],
+                "latent1_shape": lat[0][1],
+                "latent2_shape": lat[1][1],
+            }
+        )
         if len(rows) == 100:
             _flush(writer, rows, schema)
     _flush(writer, rows, schema)
@@ -137,7 +179,9 @@ def reference_loop(root: Path, meta: Path, vae_dir: Path, out: Path, device: str
 
 def machine() -> str:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
@@ -158,9 +202,11 @@ def main() -> None:
     vae_dir = make_sd35_vae(tmp / "vae") if args.full_vae else make_tiny_vae(tmp / "vae")
     n_records = len(json.loads(meta.read_text()))
     print(f"machine: {machine()}")
-    print(f"dataset: {args.prompts} prompts, {n_records} comparisons at HPDv3 sizes; "
-          f"{'SD3.5-shaped' if args.full_vae else 'tiny'} random AutoencoderKL; "
-          f"device {args.device}\n")
+    print(
+        f"dataset: {args.prompts} prompts, {n_records} comparisons at HPDv3 sizes; "
+        f"{'SD3.5-shaped' if args.full_vae else 'tiny'} random AutoencoderKL; "
+        f"device {args.device}\n"
+    )
 
     t = time.perf_counter()
     ref_rows = reference_loop(root, meta, vae_dir, tmp / "ref.parquet", args.device)
@@ -174,13 +220,17 @@ def main() -> None:
         results[share] = (time.perf_counter() - t, s)
     print("| pipeline | rows | wall s | rows/s | VAE images | VAE images/row | speed-up |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| reference loop (PIL, batch 1 fp32, per comparison) | {ref_rows} | {ref_s:.1f} | {ref_rows / ref_s:.2f} "
-          f"| {2 * ref_rows} | 2.00 | 1.0x |")
+    print(
+        f"| reference loop (PIL, batch 1 fp32, per comparison) | {ref_rows} | {ref_s:.1f} | {ref_rows / ref_s:.2f} "
+        f"| {2 * ref_rows} | 2.00 | 1.0x |"
+    )
     for share, label in ((False, "hpd-encode --no-share"), (True, "hpd-encode (shared images)")):
         wall, s = results[share]
         rows = s["rows_written"]
-        print(f"| {label} | {rows} | {wall:.1f} | {rows / wall:.2f} | {s['images_encoded']} | "
-              f"{s['images_encoded'] / max(rows, 1):.2f} | {ref_s / wall:.1f}x |")
+        print(
+            f"| {label} | {rows} | {wall:.1f} | {rows / wall:.2f} | {s['images_encoded']} | "
+            f"{s['images_encoded'] / max(rows, 1):.2f} | {ref_s / wall:.1f}x |"
+        )
 
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -284,7 +284,9 @@ def main() -> None:
             f"{resized} resized to their bucket, {len(items) - resized} already at it"
         )
         torch.set_num_threads(1)
-        (_, decode_rate), (_, ref_rate) = paired_rates(lambda: decode_only(items), lambda: reference(items), args.repeats)
+        (_, decode_rate), (_, ref_rate) = paired_rates(
+            lambda: decode_only(items), lambda: reference(items), args.repeats
+        )
         print(
             f"Reference profile here: {ref_rate:.1f} images per CPU-second end to end, PIL decode (open + convert) "
             f"alone {decode_rate:.1f}/s: {1 - ref_rate / decode_rate:.0%} of its time is resize + float conversion "
@@ -310,7 +312,9 @@ def main() -> None:
         # rayon's would only steal its cores.
         for method, run in configs:
             for threads in dict.fromkeys([1, cores]):
-                ours, ref = paired_rates(lambda t=threads: run(t), lambda: reference(items), args.repeats)
+                ours, ref = paired_rates(
+                    lambda t=threads, run=run: run(t), lambda: reference(items), args.repeats
+                )
                 rows.append((method, threads, ours, ref))
 
         # Per format, one thread each: where the gain comes from.
@@ -340,7 +344,9 @@ def main() -> None:
         f"| {min(ref_walls):.1f}–{max(ref_walls):.1f} | 1.00 | | 1.00 |"
     )
     for method, threads, (wall, cpu), (ref_wall, ref_cpu) in rows:
-        print(f"| {method} | {threads} | {wall:.1f} | {wall / ref_wall:.2f} | {cpu:.1f} | {cpu / ref_cpu:.2f} |")
+        print(
+            f"| {method} | {threads} | {wall:.1f} | {wall / ref_wall:.2f} | {cpu:.1f} | {cpu / ref_cpu:.2f} |"
+        )
     print()
     print(
         "| format (1 thread) | images | reference images/s | load_images + normalisation | × reference per core "

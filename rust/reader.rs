@@ -982,7 +982,7 @@ mod tests {
         let dir = temp_dir("rw");
         let path = dir.join("part.parquet");
         let opts = WriterOptions { row_group_size: 7, ..WriterOptions::default() };
-        let mut writer = PartWriter::create(&path, opts).unwrap();
+        let writer = PartWriter::create(&path, opts).unwrap();
         let rows: Vec<_> = (0..17).map(row).collect();
         writer.submit(rows.clone(), || Ok(())).unwrap();
         writer.close().unwrap();
@@ -998,7 +998,7 @@ mod tests {
             let n = req.row_group * 7 + req.row;
             for (k, latent) in pair.iter().enumerate() {
                 let src = if k == 0 { &rows[n].latent1 } else { &rows[n].latent2 };
-                let want = parse_npy(&npy_bytes(src.descr, &src.shape, &src.data)).unwrap();
+                let want = parse_npy(src.npy()).unwrap();
                 assert_eq!(latent, &want, "row {n} latent {k}");
             }
         }
@@ -1016,7 +1016,7 @@ mod tests {
     fn damaged_files_are_named_errors() {
         let dir = temp_dir("bad");
         let path = dir.join("cut.parquet");
-        let mut writer = PartWriter::create(&path, WriterOptions::default()).unwrap();
+        let writer = PartWriter::create(&path, WriterOptions::default()).unwrap();
         writer.submit((0..5).map(row).collect(), || Ok(())).unwrap();
         writer.close().unwrap();
         let bytes = std::fs::read(&path).unwrap();

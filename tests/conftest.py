@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +252,7 @@ PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", 
 
 
 @pytest.fixture(scope="session")
-def photo():  # noqa: ANN201
+def photo():
     """Factory ``photo(name, (height, width)) -> PIL RGB image``: a scikit-image
     photograph resized (Lanczos) to the given size, cached for the session."""
     import skimage.data
@@ -269,3 +270,21 @@ def photo():  # noqa: ANN201
         return cache[key].copy()
 
     return make
+
+
+def encode_cmd(root: Path, meta: Path, vae: Path, out: Path, *extra: str) -> list[str]:
+    """``python -m hpd_encode encode`` on a dataset, mean latents, quiet; ``extra`` appended."""
+    args = [
+        "--data-root",
+        root,
+        "--metadata",
+        meta,
+        "--output-dir",
+        out,
+        "--vae",
+        vae,
+        "--latent",
+        "mean",
+        "-q",
+    ]
+    return [sys.executable, "-m", "hpd_encode", "encode", *map(str, args), *extra]

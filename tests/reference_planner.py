@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-
 @dataclass(frozen=True)
 class Record:
     index: int
@@ -91,7 +90,9 @@ def attach_jobs(rows: list[PlannedRow], share: bool) -> list[Job]:
 
 def _fresh(rows: list[PlannedRow]) -> list[PlannedRow]:
     """Copies of ``rows`` without job links (planning sets them anew)."""
-    return [PlannedRow(r.record, r.bucket_id, r.height, r.width, r.orig_chosen, r.orig_rejected) for r in rows]
+    return [
+        PlannedRow(r.record, r.bucket_id, r.height, r.width, r.orig_chosen, r.orig_rejected) for r in rows
+    ]
 
 
 def _components(rows: list[PlannedRow], n_jobs: int) -> list[int]:

@@ -148,8 +148,12 @@ def random_pairs(n: int, buckets: list[tuple[int, int]], seed: int) -> np.ndarra
 SETS = {
     "hpdv3": lambda: (BucketSet.hpdv3(), HPDV3, {}),
     "custom": lambda: (
-        BucketSet([(640, 640), (512, 768), (768, 512), (960, 960), (704, 1408), (1408, 704), (600, 800)],
-                  aspect_tolerance=0.1, pair_aspect_tolerance=0.2, min_pixels=100_000),
+        BucketSet(
+            [(640, 640), (512, 768), (768, 512), (960, 960), (704, 1408), (1408, 704), (600, 800)],
+            aspect_tolerance=0.1,
+            pair_aspect_tolerance=0.2,
+            min_pixels=100_000,
+        ),
         [(640, 640), (512, 768), (768, 512), (960, 960), (704, 1408), (1408, 704), (600, 800)],
         {"tol": 0.1, "pair_tol": 0.2, "min_pixels": 100_000},
     ),
@@ -319,7 +323,13 @@ def ref_generate(max_pixels: int, step: int, min_side: int, max_side: int) -> li
 
 
 @pytest.mark.parametrize(
-    "args", [(1024 * 1024, 64, 256, 2048), (512 * 512, 32, 128, 1024), (1536 * 1536, 128, 512, 2560), (10**6, 50, 333, 1700)]
+    "args",
+    [
+        (1024 * 1024, 64, 256, 2048),
+        (512 * 512, 32, 128, 1024),
+        (1536 * 1536, 128, 512, 2560),
+        (10**6, 50, 333, 1700),
+    ],
 )
 def test_generate(args: tuple[int, int, int, int]) -> None:
     max_pixels, step, min_side, max_side = args
@@ -375,6 +385,6 @@ def test_load_bucket_set(tmp_path: Path) -> None:
         lambda: BucketSet.hpdv3().assign_pairs([1, 2], [1, 2], [1, 2], [1]),
     ],
 )
-def test_bad_arguments_raise_value_error(call) -> None:  # noqa: ANN001
+def test_bad_arguments_raise_value_error(call) -> None:
     with pytest.raises(ValueError):
         call()

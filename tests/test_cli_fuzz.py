@@ -24,12 +24,52 @@ from hpd_encode.cli import main
 _VALUES = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:x", "float32", "bfloat16", "sample", "mean", "drop",
-                     "white", "hpdv3", "", " ", "-", "--", "1e30", "0", "1", "-1", "nan", "\x00", "é", "../x"]),
+    st.sampled_from(
+        [
+            "auto",
+            "cpu",
+            "cuda",
+            "cuda:0",
+            "cuda:x",
+            "float32",
+            "bfloat16",
+            "sample",
+            "mean",
+            "drop",
+            "white",
+            "hpdv3",
+            "",
+            " ",
+            "-",
+            "--",
+            "1e30",
+            "0",
+            "1",
+            "-1",
+            "nan",
+            "\x00",
+            "é",
+            "../x",
+        ]
+    ),
     st.text(max_size=12),
 )
-_OPTIONS = ["--batch-size", "--num-threads", "--workers", "--rows-per-file", "--limit", "--seed", "--max-pixels",
-            "--device", "--dtype", "--latent", "--store-dtype", "--alpha", "--buckets", "--vae-subfolder"]
+_OPTIONS = [
+    "--batch-size",
+    "--num-threads",
+    "--workers",
+    "--rows-per-file",
+    "--limit",
+    "--seed",
+    "--max-pixels",
+    "--device",
+    "--dtype",
+    "--latent",
+    "--store-dtype",
+    "--alpha",
+    "--buckets",
+    "--vae-subfolder",
+]
 _FLAGS = ["--no-share", "--overwrite", "--json", "-q", "-v"]
 
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import hpd_encode
+from conftest import encode_cmd
 from hpd_encode.pipeline import encode, list_part_files
 from hpd_encode.schema import PART_SCHEMA
 from hpd_encode.vae import load_vae, make_tiny_vae
@@ -51,8 +52,17 @@ def build_dataset(root: Path, n_prompts: int = 6) -> Path:
             _photo(p * 10 + k, h, w).save(root / rel, quality=90)
             names.append(rel)
         for i, (a, b) in enumerate(itertools.combinations(names, 2)):
-            records.append({"prompt": f"prompt {p}", "path1": a, "path2": b, "model1": "ma", "model2": "mb",
-                            "choice_dist": [3 + i, i], "confidence": 0.5 + i / 100})
+            records.append(
+                {
+                    "prompt": f"prompt {p}",
+                    "path1": a,
+                    "path2": b,
+                    "model1": "ma",
+                    "model2": "mb",
+                    "choice_dist": [3 + i, i],
+                    "confidence": 0.5 + i / 100,
+                }
+            )
     outside = root.parent / "outside.png"
     _photo(99, 256, 256).save(outside)
     (root / "img" / "bad").mkdir(parents=True, exist_ok=True)
@@ -148,7 +158,11 @@ def test_schema_contents_and_survivors(dataset, mean_run):
         assert details["confidence"] == rec["confidence"]
         assert details["final_chosen_hw"] == details["final_rejected_hw"] == [h, w]
         assert details["orig_chosen_hw"] == list(Image.open(root / rec["path1"]).size[::-1])
-        assert (row["prompt"], row["image1_path"], row["image2_path"]) == (rec["prompt"], rec["path1"], rec["path2"])
+        assert (row["prompt"], row["image1_path"], row["image2_path"]) == (
+            rec["prompt"],
+            rec["path1"],
+            rec["path2"],
+        )
         for k in ("latent1", "latent2"):
             arr = np.load(io.BytesIO(row[k]))
             assert arr.dtype == np.float32 and arr.shape == (16, h // 8, w // 8)
@@ -217,8 +231,9 @@ def test_encode_pixels_takes_uint8_or_normalized_float(dataset, tiny_vae, qwen_v
 def test_share_matches_no_share_byte_for_byte(dataset, mean_run, tiny_vae, tmp_path):
     root, meta = dataset
     out, shared = mean_run
-    summary = encode(root, meta, tmp_path / "noshare", tiny_vae, latent="mean", batch_size=1, share=False,
-                     progress=False)
+    summary = encode(
+        root, meta, tmp_path / "noshare", tiny_vae, latent="mean", batch_size=1, share=False, progress=False
+    )
     assert summary["images_encoded"] == 2 * summary["rows_written"] > shared["images_encoded"]
     a, b = read_rows(out), read_rows(tmp_path / "noshare")
     assert a.keys() == b.keys()
@@ -229,8 +244,18 @@ def test_share_matches_no_share_byte_for_byte(dataset, mean_run, tiny_vae, tmp_p
 def test_sample_mode_is_seeded_and_consistent_across_rows(dataset, tiny_vae, tmp_path):
     root, meta = dataset
     s1 = encode(root, meta, tmp_path / "s1", tiny_vae, latent="sample", seed=7, progress=False, limit=12)
-    s2 = encode(root, meta, tmp_path / "s2", tiny_vae, latent="sample", seed=7, progress=False, limit=12,
-                share=False, batch_size=1)
+    s2 = encode(
+        root,
+        meta,
+        tmp_path / "s2",
+        tiny_vae,
+        latent="sample",
+        seed=7,
+        progress=False,
+        limit=12,
+        share=False,
+        batch_size=1,
+    )
     assert s1["rows_written"] == s2["rows_written"] > 0
     a, b = read_rows(tmp_path / "s1"), read_rows(tmp_path / "s2")
     by_image: dict[tuple, np.ndarray] = {}
@@ -243,6 +268,7 @@ def test_sample_mode_is_seeded_and_consistent_across_rows(dataset, tiny_vae, tmp
                 assert np.array_equal(by_image[key], la), "an image's latent differs between rows"
             by_image[key] = la
     s3 = encode(root, meta, tmp_path / "s3", tiny_vae, latent="sample", seed=8, progress=False, limit=3)
+    assert s3.rows_written > 0
     c = read_rows(tmp_path / "s3")
     k = next(iter(c))
     assert not np.allclose(np.load(io.BytesIO(c[k]["latent1"])), np.load(io.BytesIO(a[k]["latent1"])))
@@ -296,15 +322,17 @@ def test_nonfinite_latents_are_quarantined(dataset, tmp_path):
 
 
 def _encode_cmd(root: Path, meta: Path, vae: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hpd_encode", "encode", "--data-root", str(root), "--metadata", str(meta),
-            "--output-dir", str(out), "--vae", str(vae), "--latent", "mean", "--batch-size", "1", "-q", *extra]
+    return encode_cmd(root, meta, vae, out, "--batch-size", "1", *extra)
 
 
 def test_kill_9_then_resume(dataset, tiny_vae, mean_run, tmp_path):
     root, meta = dataset
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "3"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list_part_files(out)) < 2 and proc.poll() is None:
         time.sleep(0.05)
@@ -313,8 +341,12 @@ def test_kill_9_then_resume(dataset, tiny_vae, mean_run, tmp_path):
     committed = list_part_files(out)
     assert committed, "the run was killed before committing anything; test timing is off"
     done_before = sum(pq.ParquetFile(p).metadata.num_rows for p in committed)
-    r = subprocess.run(_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "3"), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        _encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["records_already_done"] == done_before > 0
@@ -330,10 +362,20 @@ def test_kill_9_then_resume(dataset, tiny_vae, mean_run, tmp_path):
 def test_torchrun_two_ranks_same_rows_as_one(dataset, tiny_vae, mean_run, tmp_path):
     root, meta = dataset
     out = tmp_path / "tr"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "hpd_encode"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hpd_encode",
+    ]
     cmd = torchrun + _encode_cmd(root, meta, tiny_vae, out)[3:]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-8000:]
     names = sorted(p.name for p in list_part_files(out))
     assert names == ["part_rank00.parquet", "part_rank01.parquet"]
@@ -342,11 +384,15 @@ def test_torchrun_two_ranks_same_rows_as_one(dataset, tiny_vae, mean_run, tmp_pa
     rows, reference = read_rows(out), read_rows(mean_run[0])
     assert rows.keys() == reference.keys()
     for k in rows:
-        np.testing.assert_allclose(np.load(io.BytesIO(rows[k]["latent2"])),
-                                   np.load(io.BytesIO(reference[k]["latent2"])), atol=1e-5)
+        np.testing.assert_allclose(
+            np.load(io.BytesIO(rows[k]["latent2"])), np.load(io.BytesIO(reference[k]["latent2"])), atol=1e-5
+        )
     # Images are encoded by one rank only: the two ranks' image sets are disjoint.
-    imgs = [set(pq.read_table(out / n, columns=["image1_path"]).column(0).to_pylist())
-            | set(pq.read_table(out / n, columns=["image2_path"]).column(0).to_pylist()) for n in names]
+    imgs = [
+        set(pq.read_table(out / n, columns=["image1_path"]).column(0).to_pylist())
+        | set(pq.read_table(out / n, columns=["image2_path"]).column(0).to_pylist())
+        for n in names
+    ]
     assert not imgs[0] & imgs[1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["rows_written"] == len(reference)
@@ -356,8 +402,17 @@ def test_torchrun_two_ranks_same_rows_as_one(dataset, tiny_vae, mean_run, tmp_pa
 def test_torchrun_rank_killed_others_stop_then_resume(dataset, tiny_vae, mean_run, tmp_path):
     root, meta = dataset
     out = tmp_path / "tr-kill"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "hpd_encode", *_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "2")[3:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hpd_encode",
+        *_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "2")[3:],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 180

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import encode_cmd
 from hpd_encode import OutputBusyError, encode
 from hpd_encode.cli import main
 from hpd_encode.output_dir import LOCK_FILE, OutputLock, list_part_files
@@ -33,20 +34,25 @@ def small(tmp_path_factory) -> tuple[Path, Path, Path]:
     root.mkdir()
     for i in range(8):
         Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    records = [{"prompt": f"p{i}", "path1": f"{i % 8}.png", "path2": f"{(i + 1) % 8}.png", "choice_dist": [3, 1]}
-               for i in range(12)]
+    records = [
+        {"prompt": f"p{i}", "path1": f"{i % 8}.png", "path2": f"{(i + 1) % 8}.png", "choice_dist": [3, 1]}
+        for i in range(12)
+    ]
     meta = base / "train.json"
     meta.write_text(json.dumps(records))
     return root, meta, make_tiny_vae(base / "vae")
 
 
 def _rows(out: Path) -> list[int]:
-    return [i for p in list_part_files(out) for i in pq.read_table(p, columns=["record_index"])["record_index"].to_pylist()]
+    return [
+        i
+        for p in list_part_files(out)
+        for i in pq.read_table(p, columns=["record_index"])["record_index"].to_pylist()
+    ]
 
 
 def _cmd(root: Path, meta: Path, out: Path, vae: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hpd_encode", "encode", "--data-root", str(root), "--metadata", str(meta),
-            "--output-dir", str(out), "--vae", str(vae), "--latent", "mean", "--rows-per-file", "4", "-q", *extra]
+    return encode_cmd(root, meta, vae, out, "--rows-per-file", "4", *extra)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -56,8 +62,12 @@ def test_a_second_run_on_a_locked_directory_refuses_at_once(small, tmp_path, ove
     encode(root, meta, out, vae, latent="mean", progress=False, rows_per_file=4)
     before = {p.name: p.stat().st_mtime_ns for p in list_part_files(out)}
     with OutputLock(out, purpose="encode"):  # another run holds the directory
-        r = subprocess.run(_cmd(root, meta, out, vae, *(["--overwrite"] if overwrite else [])),
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            _cmd(root, meta, out, vae, *(["--overwrite"] if overwrite else [])),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert r.returncode == 1
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -70,7 +80,9 @@ def test_two_concurrent_runs_never_duplicate_rows(small, tmp_path):
     root, meta, vae = small
     for delay in (0.0, 1.5):
         out = tmp_path / f"out{delay}"
-        a = subprocess.Popen(_cmd(root, meta, out, vae, "--batch-size", "1"), stderr=subprocess.PIPE, text=True)
+        a = subprocess.Popen(
+            _cmd(root, meta, out, vae, "--batch-size", "1"), stderr=subprocess.PIPE, text=True
+        )
         time.sleep(delay)
         b = subprocess.Popen(_cmd(root, meta, out, vae, "--overwrite"), stderr=subprocess.PIPE, text=True)
         ra, rb = a.wait(timeout=300), b.wait(timeout=300)
@@ -85,10 +97,18 @@ def test_two_concurrent_runs_never_duplicate_rows(small, tmp_path):
 def test_a_killed_holder_never_blocks_a_rerun(small, tmp_path):
     root, meta, vae = small
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from hpd_encode.output_dir import OutputLock\n"
-        f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(600)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from hpd_encode.output_dir import OutputLock\n"
+                f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(600)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
     with pytest.raises(OutputBusyError, match=f"pid {holder.pid}"):
         encode(root, meta, out, vae, latent="mean", progress=False)
@@ -102,8 +122,22 @@ def test_a_killed_holder_never_blocks_a_rerun(small, tmp_path):
 def test_dry_run_leaves_no_trace(small, tmp_path, capsys):
     root, meta, vae = small
     missing = tmp_path / "not-yet"
-    assert main(["encode", "--data-root", str(root), "--metadata", str(meta), "--output-dir", str(missing),
-                 "--dry-run", "--json"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--data-root",
+                str(root),
+                "--metadata",
+                str(meta),
+                "--output-dir",
+                str(missing),
+                "--dry-run",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     # 12 pairs over 8 images, all at 256x256: each image encoded once.
     assert report["rows_planned"] == 12 and report["jobs"] == 8 and report["dropped_by_reason"] == {}
@@ -118,20 +152,37 @@ def test_dry_run_leaves_no_trace(small, tmp_path, capsys):
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()} == listing
 
 
-@pytest.mark.parametrize("args", [
-    ["--num-threads", "-1"], ["--workers", "0"], ["--device", "banana"], ["--device", "cuda:x"],
-    ["--batch-size", "0"], ["--batch-size", "many"], ["--rows-per-file", "-5"], ["--limit", "-1"],
-    ["--seed", "1.5"], ["--max-pixels", "0"], ["--latent", "median"], ["--vae", "./no/such/folder"],
-    ["--buckets", "BUCKETS_BAD_SIDE"], ["--buckets", "BUCKETS_HUGE_MIN"], ["--buckets", "missing.json"],
-    ["--json"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--num-threads", "-1"],
+        ["--workers", "0"],
+        ["--device", "banana"],
+        ["--device", "cuda:x"],
+        ["--batch-size", "0"],
+        ["--batch-size", "many"],
+        ["--rows-per-file", "-5"],
+        ["--limit", "-1"],
+        ["--seed", "1.5"],
+        ["--max-pixels", "0"],
+        ["--latent", "median"],
+        ["--vae", "./no/such/folder"],
+        ["--buckets", "BUCKETS_BAD_SIDE"],
+        ["--buckets", "BUCKETS_HUGE_MIN"],
+        ["--buckets", "missing.json"],
+        ["--json"],
+    ],
+)
 def test_every_bad_option_is_a_one_line_usage_error(small, tmp_path, args, capsys):
     root, meta, vae = small
     bad_side = tmp_path / "bad_side.json"
     bad_side.write_text(json.dumps([[256.7, 256]]))
     huge = tmp_path / "huge.json"
     huge.write_text(json.dumps({"buckets": [[256, 256]], "min_pixels": 1e30}))
-    args = [str(bad_side) if a == "BUCKETS_BAD_SIDE" else str(huge) if a == "BUCKETS_HUGE_MIN" else a for a in args]
+    args = [
+        str(bad_side) if a == "BUCKETS_BAD_SIDE" else str(huge) if a == "BUCKETS_HUGE_MIN" else a
+        for a in args
+    ]
     base = ["encode", "--data-root", str(root), "--metadata", str(meta), "--output-dir", str(tmp_path / "o")]
     if "--vae" not in args:
         base += ["--vae", str(vae)]
@@ -151,8 +202,21 @@ def test_cuda_without_cuda_is_refused_before_anything_is_written(small, tmp_path
     root, meta, vae = small
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as exc:
-        main(["encode", "--data-root", str(root), "--metadata", str(meta), "--output-dir", str(out), "--vae", str(vae),
-              "--device", "cuda"])
+        main(
+            [
+                "encode",
+                "--data-root",
+                str(root),
+                "--metadata",
+                str(meta),
+                "--output-dir",
+                str(out),
+                "--vae",
+                str(vae),
+                "--device",
+                "cuda",
+            ]
+        )
     assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not out.exists()
     # and a CPU run afterwards is a fresh run, not a refused resume
@@ -194,9 +258,25 @@ def test_fifo_device_and_escaping_symlinks_are_per_record_failures(small, tmp_pa
         rows = {int(r["record_index"]): r for r in csv.DictReader(f)}
     assert rows[4]["stage"] == "probe" and "not a regular file (FIFO)" in rows[4]["reason"]
     assert rows[5]["stage"] == "path" and "'/dev/zero', outside the data root" in rows[5]["reason"]
-    assert rows[6]["stage"] == "path" and rows[6]["reason"].startswith("unsafe_path: path 'escape.png' resolves to")
-    r = subprocess.run([sys.executable, "-m", "hpd_encode", "check", "--data-root", str(data), "--metadata", str(m),
-                        "--json"], capture_output=True, text=True, timeout=300)
+    assert rows[6]["stage"] == "path" and rows[6]["reason"].startswith(
+        "unsafe_path: path 'escape.png' resolves to"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpd_encode",
+            "check",
+            "--data-root",
+            str(data),
+            "--metadata",
+            str(m),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and json.loads(r.stdout)["ok"] == 4, r.stderr
 
 
@@ -204,11 +284,11 @@ def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_pat
     """The survey sees a real image; before decoding it becomes a symlink out of
     the root. The decode (opened beneath the root) refuses it."""
     from hpd_encode import _core
+    from hpd_encode.output_dir import PartRotator
     from hpd_encode.pipeline import EncodeOptions
     from hpd_encode.pipeline.encoder import Encoder, Progress
     from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch
     from hpd_encode.pipeline.survey import survey
-    from hpd_encode.output_dir import PartRotator
     from hpd_encode.vae import load_vae
 
     root, meta, vae_dir = small
@@ -243,8 +323,17 @@ def test_a_row_the_writer_refuses_is_left_out_and_nothing_is_written_twice(tmp_p
 
     def row(i: int, votes: int = 1) -> dict:
         z = np.full((4, 8, 8), i, dtype=np.float32)
-        return {"prompt": f"p{i}", "image1_path": "a.png", "image2_path": "b.png", "latent1": z, "latent2": z,
-                "height": 64, "width": 64, "record_index": i, "votes_chosen": votes}
+        return {
+            "prompt": f"p{i}",
+            "image1_path": "a.png",
+            "image2_path": "b.png",
+            "latent1": z,
+            "latent2": z,
+            "height": 64,
+            "width": 64,
+            "record_index": i,
+            "votes_chosen": votes,
+        }
 
     rotator = PartRotator(tmp_path, 0, rows_per_file=3)
     refused = rotator.submit([row(0), row(1), row(2), row(3), row(4, votes=-1), row(5)])

@@ -35,15 +35,35 @@ def test_jsonl_bucket_file_float16(tmp_path, vae):
     for i in range(3):
         _image(root / f"a{i}.png", 300, 300, i)
         _image(root / f"b{i}.png", 330, 310, i + 10)
-    lines = [json.dumps({"prompt": f"p{i}", "path1": f"a{i}.png", "path2": f"b{i}.png", "choice_dist": [2, 1]})
-             for i in range(3)]
+    lines = [
+        json.dumps({"prompt": f"p{i}", "path1": f"a{i}.png", "path2": f"b{i}.png", "choice_dist": [2, 1]})
+        for i in range(3)
+    ]
     meta = tmp_path / "train.jsonl"
     meta.write_text("\n".join(lines[:2] + ["{broken"] + lines[2:]) + "\n")
     buckets = tmp_path / "buckets.json"
     buckets.write_text(json.dumps({"buckets": [[320, 320], [512, 512]], "aspect_tolerance": 0.1}))
     out = tmp_path / "out"
-    rc = main(["encode", "--data-root", str(root), "--metadata", str(meta), "--output-dir", str(out), "--vae",
-               str(vae), "--buckets", str(buckets), "--store-dtype", "float16", "--latent", "mean", "-q"])
+    rc = main(
+        [
+            "encode",
+            "--data-root",
+            str(root),
+            "--metadata",
+            str(meta),
+            "--output-dir",
+            str(out),
+            "--vae",
+            str(vae),
+            "--buckets",
+            str(buckets),
+            "--store-dtype",
+            "float16",
+            "--latent",
+            "mean",
+            "-q",
+        ]
+    )
     assert rc == 0
     rows = pq.read_table(list_part_files(out)[0]).to_pylist()
     assert sorted(r["record_index"] for r in rows) == [0, 1, 3]
@@ -57,16 +77,31 @@ def test_jsonl_bucket_file_float16(tmp_path, vae):
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, vae, capsys):
-    rc = main(["encode", "--data-root", str(tmp_path / "nope"), "--metadata", str(tmp_path / "m.json"),
-               "--output-dir", str(tmp_path / "o"), "--vae", str(vae)])
+    rc = main(
+        [
+            "encode",
+            "--data-root",
+            str(tmp_path / "nope"),
+            "--metadata",
+            str(tmp_path / "m.json"),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--vae",
+            str(vae),
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "error:" in err and "nope" in err and "Traceback" not in err
 
 
 def test_demo_runs_the_whole_job(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hpd_encode", "demo", "--output-dir", str(tmp_path / "demo"),
-                        "--pairs", "6"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "hpd_encode", "demo", "--output-dir", str(tmp_path / "demo"), "--pairs", "6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "rows written:      6 this run" in r.stdout
     assert "unsafe_path: 1" in r.stdout and "decode_error: 1" in r.stdout

@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from hpd_encode.check import check_dataset, image_of
 from hpd_encode.cli import build_parser
 from hpd_encode.fetch import (
@@ -29,7 +31,6 @@ from hpd_encode.fetch import (
     parse_size,
 )
 from hpd_encode.output_dir import LOCK_FILE
-from PIL import Image
 
 # --------------------------------------------------------------------------- helpers
 

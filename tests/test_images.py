@@ -59,14 +59,24 @@ def write_png16(path: Path, arr: np.ndarray) -> None:
     rows[:, 1:] = arr.astype(">u2").view(np.uint8).reshape(h, -1)
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     data = zlib.compress(rows.tobytes(), 6)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def write_huge_png_header(path: Path, width: int, height: int) -> None:
     """A valid-looking PNG whose IHDR claims ``width x height`` (the pixel data is a few bytes)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
@@ -151,7 +161,7 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def load_one(path: Path, size: tuple[int, int] | None = None, **kw) -> np.ndarray:  # noqa: ANN003
+def load_one(path: Path, size: tuple[int, int] | None = None, **kw) -> np.ndarray:
     arrays, errors = load_images([path], None if size is None else [size], **kw)
     assert errors == [None], errors
     return arrays[0]
@@ -162,11 +172,11 @@ def load_one(path: Path, size: tuple[int, int] | None = None, **kw) -> np.ndarra
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Path, bool]]:  # noqa: ANN001
+def good(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Path, bool]]:
     d = tmp_path_factory.mktemp("good")
     out: dict[str, tuple[Path, bool]] = {}
 
-    def save(name: str, img: Image.Image, same_pixels: bool, **kw) -> None:  # noqa: ANN003
+    def save(name: str, img: Image.Image, same_pixels: bool, **kw) -> None:
         path = d / name
         img.save(path, **kw)
         out[name] = (path, same_pixels)
@@ -206,13 +216,25 @@ def good(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Pat
     frames += [Image.new("P", (640, 640), c) for c in (30, 200)]
     frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
     out["anim.gif"] = (d / "anim.gif", True)
-    save("trns.gif", photo("coffee", (480, 640)).convert("P", palette=Image.ADAPTIVE, colors=64), True, transparency=7)
+    save(
+        "trns.gif",
+        photo("coffee", (480, 640)).convert("P", palette=Image.ADAPTIVE, colors=64),
+        True,
+        transparency=7,
+    )
     # BMP
     save("rgb.bmp", photo("hubble_deep_field", (768, 1024)), True)
     return out
 
 
-LOSSLESS_WITH_ALPHA = ["la.png", "rgba.png", "rgba16.png", "palette_trns.png", "alpha_lossless.webp", "trns.gif"]
+LOSSLESS_WITH_ALPHA = [
+    "la.png",
+    "rgba.png",
+    "rgba16.png",
+    "palette_trns.png",
+    "alpha_lossless.webp",
+    "trns.gif",
+]
 
 
 def test_every_format_is_covered(good: dict[str, tuple[Path, bool]]) -> None:
@@ -244,7 +266,7 @@ def test_decoded_pixels_match_pillow(good: dict[str, tuple[Path, bool]]) -> None
             assert mad(ours, ref) <= LOSSY_DECODE_MAD, (name, mad(ours, ref))
 
 
-def test_ycck_fixture_is_the_photo(good: dict[str, tuple[Path, bool]], photo) -> None:  # noqa: ANN001
+def test_ycck_fixture_is_the_photo(good: dict[str, tuple[Path, bool]], photo) -> None:
     # The crafted YCCK file must look like the photograph to Pillow (libjpeg)
     # too, or the parity check above would compare two wrong pictures.
     ref = np.asarray(photo("astronaut", (768, 1024)))
@@ -273,7 +295,7 @@ def test_same_size_is_not_resampled(good: dict[str, tuple[Path, bool]]) -> None:
     np.testing.assert_array_equal(load_one(path, (1024, 1024)), pil_rgb(path))
 
 
-def test_stray_bytes_between_jpeg_headers_are_tolerated(tmp_path: Path, photo) -> None:  # noqa: ANN001
+def test_stray_bytes_between_jpeg_headers_are_tolerated(tmp_path: Path, photo) -> None:
     # libjpeg (Pillow) only warns about junk between header segments, as some
     # cameras and editors write it; the image must load, not be dropped.
     photo("rocket", (600, 800)).save(tmp_path / "clean.jpg", quality=90)
@@ -312,7 +334,9 @@ def test_16bit_gray_keeps_the_high_byte_where_pillow_clips(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", LOSSLESS_WITH_ALPHA + ["alpha.webp"])
 @pytest.mark.parametrize("background", ["white", "black"])
-def test_alpha_composite_matches_pillow(good: dict[str, tuple[Path, bool]], name: str, background: str) -> None:
+def test_alpha_composite_matches_pillow(
+    good: dict[str, tuple[Path, bool]], name: str, background: str
+) -> None:
     path = good[name][0]
     ours = load_one(path, alpha=background)
     ref = pil_composite(path, background)
@@ -364,7 +388,7 @@ INVERSE = {**TRANSPOSE, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_
 
 
 @pytest.fixture(scope="module")
-def oriented(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[tuple[str, int], Path]:  # noqa: ANN001
+def oriented(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[tuple[str, int], Path]:
     """A 480x640 (h x w) photo stored, for each EXIF orientation, transformed so
     that it *displays* upright: orientations 5..8 store a 640x480 picture."""
     d = tmp_path_factory.mktemp("oriented")
@@ -382,7 +406,7 @@ def oriented(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[tuple[str,
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png", "webp"])
-def test_exif_orientation(oriented: dict[tuple[str, int], Path], photo, ext: str) -> None:  # noqa: ANN001
+def test_exif_orientation(oriented: dict[tuple[str, int], Path], photo, ext: str) -> None:
     upright = np.asarray(photo("chelsea", (480, 640)))
     paths = [oriented[(ext, o)] for o in range(1, 9)]
     stored = [Image.open(p).size[::-1] for p in paths]
@@ -410,7 +434,9 @@ def test_exif_orientation_then_resize(oriented: dict[tuple[str, int], Path]) -> 
     batch, errors = load_batch(paths, size)
     assert errors == [None] * 8
     for o, path, ours in zip(range(1, 9), paths, batch):
-        ref = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((size[1], size[0]), Image.LANCZOS))
+        ref = np.asarray(
+            ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((size[1], size[0]), Image.LANCZOS)
+        )
         assert mad(ours, ref) <= RESIZE_MAD, o
 
 
@@ -419,7 +445,7 @@ def test_exif_orientation_then_resize(oriented: dict[tuple[str, int], Path]) -> 
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Path, str]]:  # noqa: ANN001
+def bad(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Path, str]]:
     """name -> (path, a word the error must contain)."""
     d = tmp_path_factory.mktemp("bad")
     img = photo("coffee", (768, 1024))
@@ -428,7 +454,11 @@ def bad(tmp_path_factory: pytest.TempPathFactory, photo) -> dict[str, tuple[Path
     img.save(d / "src.png")
     img.save(d / "src.webp", quality=90)
     img.convert("P", palette=Image.ADAPTIVE).save(d / "src.gif")
-    jpg, prog, png = (d / "src.jpg").read_bytes(), (d / "src_progressive.jpg").read_bytes(), (d / "src.png").read_bytes()
+    jpg, prog, png = (
+        (d / "src.jpg").read_bytes(),
+        (d / "src_progressive.jpg").read_bytes(),
+        (d / "src.png").read_bytes(),
+    )
     webp, gif = (d / "src.webp").read_bytes(), (d / "src.gif").read_bytes()
     out: dict[str, tuple[Path, str]] = {}
 
@@ -473,7 +503,11 @@ def test_each_bad_input_gets_a_clear_error(bad: dict[str, tuple[Path, str]]) -> 
 
 
 def test_bad_input_raises_the_right_class(bad: dict[str, tuple[Path, str]]) -> None:
-    classes = {"huge.png": ImageTooLargeError, "huge.jpg": ImageTooLargeError, "missing.png": FileNotFoundError}
+    classes = {
+        "huge.png": ImageTooLargeError,
+        "huge.jpg": ImageTooLargeError,
+        "missing.png": FileNotFoundError,
+    }
     for name, (path, _) in bad.items():
         expected = classes.get(name, OSError if name == "a_directory.png" else ImageDecodeError)
         with pytest.raises(expected) as info:
@@ -528,7 +562,9 @@ def test_pixel_limit(good: dict[str, tuple[Path, bool]]) -> None:
         assert probe_image(path) == (h, w)  # probing has no limit
 
 
-def test_mixed_batch_loads_every_good_item(good: dict[str, tuple[Path, bool]], bad: dict[str, tuple[Path, str]]) -> None:
+def test_mixed_batch_loads_every_good_item(
+    good: dict[str, tuple[Path, bool]], bad: dict[str, tuple[Path, str]]
+) -> None:
     goods = [p for p, _ in good.values()]
     bads = [p for p, _ in bad.values()]
     rng = random.Random(3)
@@ -552,13 +588,20 @@ def test_mixed_batch_loads_every_good_item(good: dict[str, tuple[Path, bool]], b
             assert not batch[i].any(), "a failed slot must be zero-filled"
 
 
-def test_fuzzed_files_never_raise(tmp_path: Path, photo) -> None:  # noqa: ANN001
+def test_fuzzed_files_never_raise(tmp_path: Path, photo) -> None:
     """Cut and scrambled files: each item fails or loads on its own; no
     exception (a PanicException is a BaseException: pytest would report it)."""
     img = photo("astronaut", (96, 128))
     sources = []
-    for ext, kw in (("jpg", {"quality": 85}), ("jpg", {"progressive": True}), ("png", {}), ("webp", {"quality": 80}),
-                    ("webp", {"lossless": True}), ("gif", {}), ("bmp", {})):
+    for ext, kw in (
+        ("jpg", {"quality": 85}),
+        ("jpg", {"progressive": True}),
+        ("png", {}),
+        ("webp", {"quality": 80}),
+        ("webp", {"lossless": True}),
+        ("gif", {}),
+        ("bmp", {}),
+    ):
         path = tmp_path / f"src{len(sources)}.{ext}"
         img.save(path, **kw)
         sources.append((ext, path.read_bytes()))
@@ -598,7 +641,7 @@ def test_fuzzed_files_never_raise(tmp_path: Path, photo) -> None:  # noqa: ANN00
     assert sum(e is not None for e in errors) > len(paths) // 4  # the fuzzing did break files
 
 
-def test_paths_may_be_pathlike_and_non_ascii(tmp_path: Path, photo) -> None:  # noqa: ANN001
+def test_paths_may_be_pathlike_and_non_ascii(tmp_path: Path, photo) -> None:
     path = tmp_path / "фото ü 1.png"
     photo("rocket", (300, 400)).save(path)
     arrays, errors = load_images([path, str(path)])
@@ -663,7 +706,9 @@ def test_normalized_batch_is_the_float_normalisation_of_the_uint8_batch(
     x, x_errors = load_batch(paths, size, normalize=True)
     assert x_errors == errors and any(e is None for e in errors) and any(e is not None for e in errors)
     assert x.dtype == np.float32 and x.shape == (len(paths), 3, *size)
-    assert x.flags.c_contiguous and x.flags.writeable and x.flags.owndata is False  # NumPy views Rust's buffer
+    assert (
+        x.flags.c_contiguous and x.flags.writeable and x.flags.owndata is False
+    )  # NumPy views Rust's buffer
     ok = [i for i, e in enumerate(errors) if e is None]
     failed = [i for i, e in enumerate(errors) if e is not None]
     # Bit-identical to NumPy's float32 formula and to torch's on the CPU.
@@ -718,11 +763,15 @@ def test_load_batch_into_a_reused_buffer(
         np.testing.assert_array_equal(view, fresh)
 
     u8 = np.zeros((len(paths), *size, 3), np.uint8)
-    with pytest.raises(TypeError, match=r"out must be a 4-D numpy float32 array \(n, 3, h, w\), not ndarray of uint8"):
+    with pytest.raises(
+        TypeError, match=r"out must be a 4-D numpy float32 array \(n, 3, h, w\), not ndarray of uint8"
+    ):
         load_batch(paths, size, normalize=True, out=u8)
     with pytest.raises(TypeError, match="not list"):
         load_batch(paths, size, out=[0, 1])
-    with pytest.raises(ValueError, match=r"out has shape \[4, 96, 64, 3\], this batch needs \[5, 96, 64, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"out has shape \[4, 96, 64, 3\], this batch needs \[5, 96, 64, 3\]"
+    ):
         load_batch(paths, size, out=u8[:4])
     with pytest.raises(ValueError, match="C-contiguous"):
         load_batch(paths, size, out=np.zeros((len(paths), size[0], size[1] * 2, 3), np.uint8)[:, :, ::2])
@@ -836,6 +885,6 @@ def test_empty_inputs() -> None:
         lambda p: load_image(p, (0, 5)),
     ],
 )
-def test_bad_arguments_raise_value_error(good: dict[str, tuple[Path, bool]], call) -> None:  # noqa: ANN001
+def test_bad_arguments_raise_value_error(good: dict[str, tuple[Path, bool]], call) -> None:
     with pytest.raises(ValueError):
         call(good["rgb.png"][0])

@@ -61,7 +61,15 @@ def python_reason(root: Path, rel: str) -> str:
     return str(e.value)
 
 
-UNSAFE = ["/etc/passwd", "\\windows\\x.jpg", "C:x.jpg", "../outside.png", "sub/../../outside.png", "a\\..\\b", ""]
+UNSAFE = [
+    "/etc/passwd",
+    "\\windows\\x.jpg",
+    "C:x.jpg",
+    "../outside.png",
+    "sub/../../outside.png",
+    "a\\..\\b",
+    "",
+]
 
 
 @pytest.mark.parametrize("rel", UNSAFE)

@@ -17,9 +17,28 @@ import hpd_encode
 from hpd_encode import _core
 
 STUB = Path(hpd_encode.__file__).with_name("_core.pyi")
-MODULE_DUNDERS = {"__all__", "__doc__", "__file__", "__loader__", "__name__", "__package__", "__spec__", "__builtins__"}
+MODULE_DUNDERS = {
+    "__all__",
+    "__doc__",
+    "__file__",
+    "__loader__",
+    "__name__",
+    "__package__",
+    "__spec__",
+    "__builtins__",
+}
 #: Special methods a stub may list; each must exist on the runtime class.
-SPECIAL = {"__new__", "__init__", "__len__", "__eq__", "__hash__", "__repr__", "__reduce__", "__enter__", "__exit__"}
+SPECIAL = {
+    "__new__",
+    "__init__",
+    "__len__",
+    "__eq__",
+    "__hash__",
+    "__repr__",
+    "__reduce__",
+    "__enter__",
+    "__exit__",
+}
 
 
 def stub_tree() -> ast.Module:
@@ -121,11 +140,15 @@ def test_functions_match() -> None:
         if isinstance(node, ast.FunctionDef):
             runtime = getattr(_core, name)
             assert callable(runtime), name
-            assert_same_params(name, stub_params(node, drop_first=False), runtime_params(runtime, drop_first=False))
+            assert_same_params(
+                name, stub_params(node, drop_first=False), runtime_params(runtime, drop_first=False)
+            )
 
 
 def test_classes_match() -> None:
-    classes = {n: node for n, node in stub_members(stub_tree().body).items() if isinstance(node, ast.ClassDef)}
+    classes = {
+        n: node for n, node in stub_members(stub_tree().body).items() if isinstance(node, ast.ClassDef)
+    }
     runtime_classes = {n for n in runtime_module_names() if isinstance(getattr(_core, n), type)}
     assert set(classes) == runtime_classes
     for name, node in classes.items():
@@ -135,7 +158,9 @@ def test_classes_match() -> None:
         assert stub_bases == [b.__name__ for b in cls.__bases__ if b is not object], name
         members = stub_members(node.body)
         public = {n for n in members if n not in SPECIAL}
-        assert public == runtime_class_names(cls), f"{name}: stub {sorted(public)} vs runtime {sorted(runtime_class_names(cls))}"
+        assert public == runtime_class_names(cls), (
+            f"{name}: stub {sorted(public)} vs runtime {sorted(runtime_class_names(cls))}"
+        )
         for member, m in members.items():
             if member in SPECIAL:
                 assert member in vars(cls), f"{name}.{member} is stubbed but not defined by the class"
@@ -156,7 +181,9 @@ def test_classes_match() -> None:
             elif "staticmethod" in kinds:
                 assert isinstance(raw, staticmethod), f"{name}.{member} is a staticmethod in the stub only"
                 assert_same_params(
-                    f"{name}.{member}", stub_params(m, drop_first=False), runtime_params(getattr(cls, member), drop_first=False)
+                    f"{name}.{member}",
+                    stub_params(m, drop_first=False),
+                    runtime_params(getattr(cls, member), drop_first=False),
                 )
             else:
                 assert callable(raw) and not isinstance(raw, staticmethod), f"{name}.{member}"
@@ -167,7 +194,9 @@ def test_classes_match() -> None:
 
 def test_hpd_encode_reexports_are_stubbed() -> None:
     stub = set(stub_members(stub_tree().body))
-    from_core = {n for n in hpd_encode.__all__ if hasattr(_core, n) and getattr(hpd_encode, n) is getattr(_core, n)}
+    from_core = {
+        n for n in hpd_encode.__all__ if hasattr(_core, n) and getattr(hpd_encode, n) is getattr(_core, n)
+    }
     assert from_core and from_core <= stub
 
 

@@ -29,12 +29,23 @@ def make_rows(n: int, start: int = 0, shape=(16, 8, 8), dtype=np.float32) -> lis
     rng = np.random.default_rng(start)
     return [
         {
-            "prompt": f"prompt {i} 'quoted' \u00e9", "model1": "m1", "model2": "m2",
-            "image1_path": f"a/{i}.jpg", "image2_path": f"b/{i}.png",
-            "latent1": rng.standard_normal(shape).astype(dtype), "latent2": rng.standard_normal(shape).astype(dtype),
-            "record_index": i, "votes_chosen": i % 7, "votes_rejected": 3, "confidence": i / 3,
-            "height": shape[1] * 8, "width": shape[2] * 8, "bucket_id": 1,
-            "orig_chosen_height": 100 + i, "orig_chosen_width": 200, "orig_rejected_height": 300,
+            "prompt": f"prompt {i} 'quoted' \u00e9",
+            "model1": "m1",
+            "model2": "m2",
+            "image1_path": f"a/{i}.jpg",
+            "image2_path": f"b/{i}.png",
+            "latent1": rng.standard_normal(shape).astype(dtype),
+            "latent2": rng.standard_normal(shape).astype(dtype),
+            "record_index": i,
+            "votes_chosen": i % 7,
+            "votes_rejected": 3,
+            "confidence": i / 3,
+            "height": shape[1] * 8,
+            "width": shape[2] * 8,
+            "bucket_id": 1,
+            "orig_chosen_height": 100 + i,
+            "orig_chosen_width": 200,
+            "orig_rejected_height": 300,
             "orig_rejected_width": 400,
         }
         for i in range(start, start + n)
@@ -62,9 +73,13 @@ def test_roundtrip_reference_readable(tmp_path):
         assert got["latent1_shape"] == [16, 8, 8]
         details = ast.literal_eval(got["detailed_results"])
         assert details == {
-            "votes_chosen": i % 7, "votes_rejected": 3, "confidence": i / 3,
-            "orig_chosen_hw": [100 + i, 200], "orig_rejected_hw": [300, 400],
-            "final_chosen_hw": [64, 64], "final_rejected_hw": [64, 64],
+            "votes_chosen": i % 7,
+            "votes_rejected": 3,
+            "confidence": i / 3,
+            "orig_chosen_hw": [100 + i, 200],
+            "orig_rejected_hw": [300, 400],
+            "final_chosen_hw": [64, 64],
+            "final_rejected_hw": [64, 64],
         }
         assert got["prompt"] == want["prompt"] and got["record_index"] == i
 
@@ -94,20 +109,34 @@ def test_latents_are_one_page_per_value_with_an_offset_index(tmp_path):
 
 
 def test_float16_and_defaults(tmp_path):
-    row = {"prompt": "p", "image1_path": "a", "image2_path": "b", "height": 16, "width": 24,
-           "latent1": np.ones((4, 2, 3), np.float16), "latent2": np.zeros((4, 2, 3), np.float16),
-           "model2": None}
+    row = {
+        "prompt": "p",
+        "image1_path": "a",
+        "image2_path": "b",
+        "height": 16,
+        "width": 24,
+        "latent1": np.ones((4, 2, 3), np.float16),
+        "latent2": np.zeros((4, 2, 3), np.float16),
+        "model2": None,
+    }
     with hpd_encode.ParquetWriter(tmp_path / "x.parquet") as w:
         w.submit([row])
     t = pq.read_table(tmp_path / "x.parquet").to_pylist()[0]
     assert np.load(io.BytesIO(t["latent1"])).dtype == np.float16
     # Missing metadata takes the reference's defaults; unknown extras are null, never invented.
     assert ast.literal_eval(t["detailed_results"]) == {
-        "votes_chosen": 0, "votes_rejected": 0, "confidence": 0.0, "orig_chosen_hw": None,
-        "orig_rejected_hw": None, "final_chosen_hw": [16, 24], "final_rejected_hw": [16, 24],
+        "votes_chosen": 0,
+        "votes_rejected": 0,
+        "confidence": 0.0,
+        "orig_chosen_hw": None,
+        "orig_rejected_hw": None,
+        "final_chosen_hw": [16, 24],
+        "final_rejected_hw": [16, 24],
     }
     assert (t["votes_chosen"], t["confidence"], t["model1"], t["model2"]) == (0, 0.0, "", "")
-    assert (t["record_index"], t["bucket_id"], t["orig_chosen_height"], t["orig_rejected_width"]) == (None,) * 4
+    assert (t["record_index"], t["bucket_id"], t["orig_chosen_height"], t["orig_rejected_width"]) == (
+        None,
+    ) * 4
 
 
 def _row(**changes) -> dict:
@@ -168,7 +197,9 @@ def test_bad_record_index_and_non_dict_rows(tmp_path):
     w = hpd_encode.ParquetWriter(tmp_path / "x.parquet")
     with pytest.raises(InvalidRowError, match=r"no record_index\).*'record_index'.*got -3"):
         w.submit([_row(record_index=-3)])
-    with pytest.raises(InvalidRowError, match=r"row 0 of this submit.*\): the row must be a dict, not tuple") as info:
+    with pytest.raises(
+        InvalidRowError, match=r"row 0 of this submit.*\): the row must be a dict, not tuple"
+    ) as info:
         w.submit([("prompt", "p")])
     assert (info.value.field, info.value.record_index, info.value.position) == (None, None, 0)
     with pytest.raises(TypeError, match="list of dicts"):
@@ -212,8 +243,18 @@ def test_schema_is_derived_from_the_writer(tmp_path):
 def test_bad_rows_raise_clear_errors(tmp_path):
     w = hpd_encode.ParquetWriter(tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="'prompt' is required"):
-        w.submit([{"image1_path": "a", "image2_path": "b", "latent1": np.zeros(3, np.float32),
-                   "latent2": np.zeros(3, np.float32), "height": 8, "width": 8}])
+        w.submit(
+            [
+                {
+                    "image1_path": "a",
+                    "image2_path": "b",
+                    "latent1": np.zeros(3, np.float32),
+                    "latent2": np.zeros(3, np.float32),
+                    "height": 8,
+                    "width": 8,
+                }
+            ]
+        )
     w.abort()
     assert list(tmp_path.iterdir()) == []
 

@@ -38,7 +38,8 @@ from hpd_encode.errors import (
 
 if TYPE_CHECKING:
     from hpd_encode.check import CheckReport, check_dataset
-    from hpd_encode.fetch import download, extract
+    from hpd_encode.fetch.download import download
+    from hpd_encode.fetch.extract import extract
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
     from hpd_encode.reader import BucketBatchSampler, LatentPairDataset

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal, final, overload
+from typing import Any, ClassVar, Literal, TypeAlias, final, overload
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
 
 from hpd_encode.schema import PartRow
-from typing_extensions import Self, TypeAlias
 
 _Path: TypeAlias = str | PathLike[str]
 _Alpha: TypeAlias = Literal["drop", "white", "black"]
@@ -112,6 +112,7 @@ class InvalidRowError(WriterError, ValueError):
     field: str | None
     record_index: int | None
     position: int | None
+
 class UnsafePathError(HpdError, ValueError):
     """A metadata path that is absolute or leaves the data root."""
 
@@ -260,6 +261,7 @@ def load_image(
 def _rebuild_bucket_set(
     buckets: Sequence[_Size], aspect_tolerance: float, pair_aspect_tolerance: float, min_pixels: int
 ) -> BucketSet: ...
+
 @final
 class BucketSet:
     """Aspect-ratio buckets ``(height, width)`` and the reference's pair rule."""

@@ -37,20 +37,29 @@ def load_bucket_set(spec: str | PathLike[str] | BucketSet = "hpdv3") -> BucketSe
             raise ValueError(f"bucket file '{path}' has unknown key(s): {', '.join(sorted(unknown))}")
         options = {k: _option(path, k, data[k]) for k in _OPTION_LIMITS if k in data}
         data = data.get("buckets")
-    if not isinstance(data, list) or not data or not all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data):
+    if (
+        not isinstance(data, list)
+        or not data
+        or not all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data)
+    ):
         raise ValueError(f"bucket file '{path}' must hold a non-empty list of [height, width] pairs")
     sizes = [(_side(path, h), _side(path, w)) for h, w in data]
     return BucketSet(sizes, **options)  # type: ignore[arg-type]
 
 
 # Option -> (integer?, upper bound).
-_OPTION_LIMITS = {"aspect_tolerance": (False, 10.0), "pair_aspect_tolerance": (False, 10.0),
-                  "min_pixels": (True, MAX_SIDE * MAX_SIDE)}
+_OPTION_LIMITS = {
+    "aspect_tolerance": (False, 10.0),
+    "pair_aspect_tolerance": (False, 10.0),
+    "min_pixels": (True, MAX_SIDE * MAX_SIDE),
+}
 
 
 def _side(path: Path, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
-        raise ValueError(f"bucket file '{path}': a bucket side must be an integer in 1..{MAX_SIDE}, not {v!r}")
+        raise ValueError(
+            f"bucket file '{path}': a bucket side must be an integer in 1..{MAX_SIDE}, not {v!r}"
+        )
     return v
 
 

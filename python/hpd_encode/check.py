@@ -101,9 +101,23 @@ def check_dataset(
             if kind[image_id] == PROBE_OK or (not first and image_id == i1):
                 continue
             stage, what = _KINDS.get(int(kind[image_id]), _UNREADABLE)
-            failures.append(Failure(idx, stage, what, error[image_id] or "unknown error",
-                                    path if first else "", "" if first else path))
+            failures.append(
+                Failure(
+                    idx,
+                    stage,
+                    what,
+                    error[image_id] or "unknown error",
+                    path if first else "",
+                    "" if first else path,
+                )
+            )
     failures.sort(key=lambda f: f.record_index)
     probed = int((kind != PROBE_UNSAFE_PATH).sum() - (kind == PROBE_MISSING).sum())
-    return CheckReport(data_root=root, metadata=meta, records=s.n_entries, ok=s.records.height - bad.height,
-                       failures=failures, images_checked=probed)
+    return CheckReport(
+        data_root=root,
+        metadata=meta,
+        records=s.n_entries,
+        ok=s.records.height - bad.height,
+        failures=failures,
+        images_checked=probed,
+    )

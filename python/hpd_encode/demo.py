@@ -29,8 +29,14 @@ def _photos() -> list[np.ndarray]:
     try:
         from skimage import data
 
-        return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(),
-                data.immunohistochemistry()]
+        return [
+            data.astronaut(),
+            data.coffee(),
+            data.chelsea(),
+            data.rocket(),
+            data.hubble_deep_field(),
+            data.immunohistochemistry(),
+        ]
     except Exception:  # noqa: BLE001 - optional dependency
         rng = np.random.default_rng(0)
         out = []
@@ -67,20 +73,35 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
         for (a, ma), (b, mb) in itertools.combinations(names, 2):
             votes = rng.integers(0, 10, size=2).tolist()
             chosen, rejected = ((a, ma), (b, mb)) if votes[0] >= votes[1] else ((b, mb), (a, ma))
-            records.append({"prompt": f"demo prompt {p}: a photo, style {p % 5}", "path1": chosen[0],
-                            "path2": rejected[0], "model1": chosen[1], "model2": rejected[1],
-                            "choice_dist": sorted(votes, reverse=True), "confidence": round(float(rng.random()), 4)})
+            records.append(
+                {
+                    "prompt": f"demo prompt {p}: a photo, style {p % 5}",
+                    "path1": chosen[0],
+                    "path2": rejected[0],
+                    "model1": chosen[1],
+                    "model2": rejected[1],
+                    "choice_dist": sorted(votes, reverse=True),
+                    "confidence": round(float(rng.random()), 4),
+                }
+            )
         p += 1
     del records[pairs:]
     # A few bad records, as real data has them.
     (images / "broken").mkdir(exist_ok=True)
     good = records[0]["path1"]
     data = (root / good).read_bytes()
-    (images / "broken" / "truncated.jpg").write_bytes(data[: len(data) // 2] if good.endswith(".jpg") else b"\xff\xd8\xff")
+    (images / "broken" / "truncated.jpg").write_bytes(
+        data[: len(data) // 2] if good.endswith(".jpg") else b"\xff\xd8\xff"
+    )
     Image.fromarray(photos[0]).resize((900, 300)).save(images / "broken" / "wide.jpg")  # fits no bucket
     records += [
         {"prompt": "missing file", "path1": good, "path2": "images/nowhere/missing.png"},
-        {"prompt": "truncated jpeg", "path1": good, "path2": "images/broken/truncated.jpg", "choice_dist": [3, None]},
+        {
+            "prompt": "truncated jpeg",
+            "path1": good,
+            "path2": "images/broken/truncated.jpg",
+            "choice_dist": [3, None],
+        },
         {"prompt": "escapes the root", "path1": good, "path2": "../../etc/passwd"},
         {"prompt": "no bucket", "path1": good, "path2": "images/broken/wide.jpg"},
         {"prompt": 42, "path1": good},  # malformed record
@@ -100,10 +121,13 @@ def run_demo(output_dir: str | Path = "demo-output", pairs: int = 36, num_thread
     t0 = time.monotonic()
     data_root, meta = make_demo_dataset(out / "dataset", pairs=pairs)
     vae_dir = make_tiny_vae(out / "tiny-vae")
-    print(f"demo dataset: {meta} ({len(json.loads(meta.read_text()))} records), tiny VAE: {vae_dir}/vae "
-          f"[{time.monotonic() - t0:.1f} s]")
-    summary = encode(data_root, meta, out / "latents", vae_dir, batch_size="auto", latent="sample",
-                     num_threads=num_threads)
+    print(
+        f"demo dataset: {meta} ({len(json.loads(meta.read_text()))} records), tiny VAE: {vae_dir}/vae "
+        f"[{time.monotonic() - t0:.1f} s]"
+    )
+    summary = encode(
+        data_root, meta, out / "latents", vae_dir, batch_size="auto", latent="sample", num_threads=num_threads
+    )
     for line in summary.lines():
         print(line)
     from hpd_encode.index import build_index, write_index

@@ -89,7 +89,9 @@ def read_manifest(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
     return manifest
 
 
-def require_complete(output_dir: str | PathLike[str], allow_partial: bool, what: str) -> dict[str, Any] | None:
+def require_complete(
+    output_dir: str | PathLike[str], allow_partial: bool, what: str
+) -> dict[str, Any] | None:
     """Refuse to ``what`` (index, verify...) a directory whose encode run is
     still running or was interrupted, unless ``allow_partial``. Returns the manifest."""
     manifest = read_manifest(output_dir)
@@ -147,13 +149,22 @@ class OutputLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = read_lock_holder(self.path.parent)
-            who = (f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
-                   f"since {holder.get('started')}" if holder else "another process")
+            who = (
+                f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
+                f"since {holder.get('started')}"
+                if holder
+                else "another process"
+            )
             raise OutputBusyError(
                 f"'{self.path.parent}' is in use: {who}; wait for it to finish (or stop it) and run again"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": self.run_id, "purpose": self.purpose,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_id": self.run_id,
+            "purpose": self.purpose,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -223,8 +234,14 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
         if _is_part_temp(p.name):
             log.info("removing the incomplete file %s left by an interrupted run", p.name)
             p.unlink()
-    manifest = {"format": 1, "tool": tool, "fingerprint": fp, "settings": settings, "status": "running",
-                "files": []}
+    manifest = {
+        "format": 1,
+        "tool": tool,
+        "fingerprint": fp,
+        "settings": settings,
+        "status": "running",
+        "files": [],
+    }
     write_json_atomic(output_dir / MANIFEST, manifest)
     return manifest
 
@@ -238,9 +255,13 @@ def done_records(output_dir: Path) -> set[int]:
         try:
             names = pq.read_schema(p).names
         except Exception as e:
-            raise ValueError(f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite") from e
+            raise ValueError(
+                f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite"
+            ) from e
         if "record_index" not in names:
-            raise ValueError(f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite")
+            raise ValueError(
+                f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
+            )
         col = pq.read_table(p, columns=["record_index"]).column(0).to_numpy().tolist()
         dup = done.intersection(col)
         if dup:
@@ -253,8 +274,10 @@ def committed_files(output_dir: Path) -> list[dict[str, Any]]:
     """Name, rows and bytes of every committed part file (from the footers)."""
     from hpd_encode._core import parquet_layout
 
-    return [{"path": p.name, "rows": parquet_layout(p)[2], "bytes": p.stat().st_size}
-            for p in list_part_files(output_dir)]
+    return [
+        {"path": p.name, "rows": parquet_layout(p)[2], "bytes": p.stat().st_size}
+        for p in list_part_files(output_dir)
+    ]
 
 
 class PartRotator:
@@ -264,8 +287,11 @@ class PartRotator:
         self.output_dir, self.rank = output_dir, rank
         self.rows_per_file = rows_per_file if rows_per_file > 0 else None
         self.queue_size = queue_size
-        taken = [int(m.group(2) or 0) for p in list_part_files(output_dir)
-                 if (m := PART_RE.match(p.name)) and int(m.group(1)) == rank]
+        taken = [
+            int(m.group(2) or 0)
+            for p in list_part_files(output_dir)
+            if (m := PART_RE.match(p.name)) and int(m.group(1)) == rank
+        ]
         self.next_k = max(taken) + 1 if taken else 0
         self.writer: Any = None
         self.in_file = 0
@@ -296,9 +322,11 @@ class PartRotator:
             try:
                 self.writer.submit(chunk)
             except InvalidRowError as e:
+                if e.position is None:
+                    raise
                 bad = e.position
                 refused.append((chunk[bad], e))
-                rows = chunk[:bad] + chunk[bad + 1:] + rows
+                rows = chunk[:bad] + chunk[bad + 1 :] + rows
                 continue
             self.in_file += len(chunk)
             if self.rows_per_file is not None and self.in_file >= self.rows_per_file:
@@ -309,7 +337,9 @@ class PartRotator:
         if self.writer is not None:
             stats = self.writer.close()
             self.blocked_s += stats["blocked_seconds"]
-            self.files.append({"path": Path(stats["path"]).name, "rows": stats["rows"], "bytes": stats["bytes"]})
+            self.files.append(
+                {"path": Path(stats["path"]).name, "rows": stats["rows"], "bytes": stats["bytes"]}
+            )
             log.debug("committed %s (%d rows)", stats["path"], stats["rows"])
             self.writer = None
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpd_encode.index.table import read_index
+from hpd_encode.schema import LATENT_DOWN_FACTOR
 
 IndexLike = str | PathLike[str] | pl.DataFrame
 
@@ -299,7 +300,11 @@ class LatentPairDataset:
                 )
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
-                if arr.ndim < 2 or arr.shape[-2] * 8 != height or arr.shape[-1] * 8 != width:
+                if (
+                    arr.ndim < 2
+                    or arr.shape[-2] * LATENT_DOWN_FACTOR != height
+                    or arr.shape[-1] * LATENT_DOWN_FACTOR != width
+                ):
                     raise ValueError(
                         f"{where}: {name} has shape {arr.shape}, the index says {height}x{width}: "
                         "rebuild the index"

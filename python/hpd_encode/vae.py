@@ -34,8 +34,14 @@ def resolve_dtype(dtype: str, device: str):
 
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     return table[dtype]
@@ -87,7 +93,9 @@ def _read_config(source: str, subfolder: str | None) -> dict | None:
     return None
 
 
-def load_vae(source: str, *, subfolder: str | None = None, device: str | None = None, dtype: str = "auto") -> Vae:
+def load_vae(
+    source: str, *, subfolder: str | None = None, device: str | None = None, dtype: str = "auto"
+) -> Vae:
     """Load a VAE from a local diffusers folder or a hub id.
 
     ``subfolder=None`` means: ``vae`` when the folder has one (or, for a hub id,
@@ -123,7 +131,9 @@ def load_vae(source: str, *, subfolder: str | None = None, device: str | None = 
                 config = json.loads(Path(cfg_path).read_text())
             class_name = config.get("_class_name", "AutoencoderKL")
             if class_name not in SUPPORTED_CLASSES:
-                raise ValueError(f"VAE class {class_name!r} is not supported (supported: {', '.join(SUPPORTED_CLASSES)})")
+                raise ValueError(
+                    f"VAE class {class_name!r} is not supported (supported: {', '.join(SUPPORTED_CLASSES)})"
+                )
             cls = getattr(diffusers, class_name)
             model = cls.from_pretrained(source, torch_dtype=torch_dtype, low_cpu_mem_usage=False, **kwargs)
             subfolder = sub
@@ -138,8 +148,15 @@ def load_vae(source: str, *, subfolder: str | None = None, device: str | None = 
     model = model.to(device).eval().requires_grad_(False)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    return Vae(model=model, class_name=class_name, source=str(source), subfolder=subfolder, device=device,
-               dtype=torch_dtype, config=dict(model.config))
+    return Vae(
+        model=model,
+        class_name=class_name,
+        source=str(source),
+        subfolder=subfolder,
+        device=device,
+        dtype=torch_dtype,
+        config=dict(model.config),
+    )
 
 
 def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | None = None):
@@ -178,7 +195,12 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
                 raise ValueError("sample mode needs one seed per item")
             std = dist.std.float()
             noise = torch.stack(
-                [torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds]
+                [
+                    torch.randn(
+                        mean.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float32
+                    )
+                    for s in seeds
+                ]
             ).to(mean.device)
             z = mean + std * noise
         else:
@@ -203,14 +225,28 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
     model: Any
     if kind == "kl":
         model = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64,
-            scaling_factor=1.5305, shift_factor=0.0609, mid_block_add_attention=False,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            sample_size=64,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            mid_block_add_attention=False,
         )
     elif kind == "qwen":
-        model = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                                       attn_scales=[], temperal_downsample=[False, True, True])
+        model = AutoencoderKLQwenImage(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 2, 2, 2],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+        )
     else:
         raise ValueError(f"kind must be 'kl' or 'qwen', not {kind!r}")
     model.save_pretrained(out)

@@ -57,8 +57,13 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
         self.new = new
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -66,4 +71,6 @@ class DeprecatedAlias(argparse.Action):
 def add_threads_option(p: argparse.ArgumentParser, help: str) -> None:
     """``--num-threads N`` (``--workers`` is its deprecated spelling)."""
     p.add_argument("--num-threads", type=positive_int, default=None, help=help)
-    p.add_argument("--workers", type=positive_int, dest="num_threads", action=DeprecatedAlias, new="--num-threads")
+    p.add_argument(
+        "--workers", type=positive_int, dest="num_threads", action=DeprecatedAlias, new="--num-threads"
+    )

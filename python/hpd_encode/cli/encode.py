@@ -22,15 +22,32 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     try:
         opts = EncodeOptions.create(
-            args.data_root, args.metadata, args.output_dir, args.vae,
-            vae_subfolder=args.vae_subfolder, dtype=args.dtype, device=args.device, buckets=args.buckets,
-            batch_size=args.batch_size, latent=args.latent, store_dtype=args.store_dtype, seed=args.seed,
-            limit=args.limit, overwrite=args.overwrite, num_threads=args.num_threads, share=not args.no_share,
-            rows_per_file=args.rows_per_file, alpha=args.alpha, progress=not args.quiet, dry_run=args.dry_run,
+            args.data_root,
+            args.metadata,
+            args.output_dir,
+            args.vae,
+            vae_subfolder=args.vae_subfolder,
+            dtype=args.dtype,
+            device=args.device,
+            buckets=args.buckets,
+            batch_size=args.batch_size,
+            latent=args.latent,
+            store_dtype=args.store_dtype,
+            seed=args.seed,
+            limit=args.limit,
+            overwrite=args.overwrite,
+            num_threads=args.num_threads,
+            share=not args.no_share,
+            rows_per_file=args.rows_per_file,
+            alpha=args.alpha,
+            progress=not args.quiet,
+            dry_run=args.dry_run,
             **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
         )
         if not opts.dry_run:
-            resolve_device(opts.device)  # CUDA asked for but absent: a usage error, before anything is written
+            resolve_device(
+                opts.device
+            )  # CUDA asked for but absent: a usage error, before anything is written
     except (ValueError, TypeError) as e:  # a bad option value: a usage error (a missing file stays exit 1)
         args.parser.error(str(e))
     if not opts.dry_run and args.json:
@@ -89,9 +106,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Generate a small HPDv3-shaped dataset and a tiny random-weight VAE, run the pipeline "
         "on CPU, and print a summary.",
     )
-    p.add_argument("--output-dir", default="demo-output", help="where the dataset and results go (default: %(default)s)")
-    p.add_argument("--pairs", type=positive_int, default=36,
-                   help="number of comparisons to generate (default: %(default)s)")
+    p.add_argument(
+        "--output-dir", default="demo-output", help="where the dataset and results go (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pairs",
+        type=positive_int,
+        default=36,
+        help="number of comparisons to generate (default: %(default)s)",
+    )
     add_threads_option(p, "decode threads (default: all cores)")
     p.set_defaults(func=_cmd_demo)
 
@@ -105,39 +128,83 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-root", required=True, help="folder the metadata's image paths are relative to")
     p.add_argument("--metadata", required=True, help="HPDv3 metadata: a JSON list or JSON Lines file")
-    p.add_argument("--output-dir", default=None,
-                   help="where part files, manifest.json, summary.json go (required unless --dry-run)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where part files, manifest.json, summary.json go (required unless --dry-run)",
+    )
     p.add_argument("--vae", default=None, help="local diffusers folder or hub id (required unless --dry-run)")
     p.add_argument("--vae-subfolder", default=None, help="subfolder of --vae (default: 'vae' when present)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="VAE compute dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--device", type=arg_type(_device), default=None,
-                   help="cuda, cuda:1, cpu (default: CUDA when present)")
-    p.add_argument("--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes")
-    p.add_argument("--batch-size", type=arg_type(_batch_size), default=None,
-                   help="images per VAE call, or 'auto' (default: a pixel budget; halves on CUDA out-of-memory)")
-    p.add_argument("--latent", default="sample", choices=["sample", "mean"],
-                   help="posterior sample (seeded per image and size, the reference's choice) or mean")
-    p.add_argument("--store-dtype", default="float32", choices=["float32", "float16"], help="dtype of stored latents")
-    p.add_argument("--seed", type=arg_type(int), default=0, help="base seed for --latent sample (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="VAE compute dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument(
+        "--device",
+        type=arg_type(_device),
+        default=None,
+        help="cuda, cuda:1, cpu (default: CUDA when present)",
+    )
+    p.add_argument(
+        "--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=arg_type(_batch_size),
+        default=None,
+        help="images per VAE call, or 'auto' (default: a pixel budget; halves on CUDA out-of-memory)",
+    )
+    p.add_argument(
+        "--latent",
+        default="sample",
+        choices=["sample", "mean"],
+        help="posterior sample (seeded per image and size, the reference's choice) or mean",
+    )
+    p.add_argument(
+        "--store-dtype", default="float32", choices=["float32", "float16"], help="dtype of stored latents"
+    )
+    p.add_argument(
+        "--seed", type=arg_type(int), default=0, help="base seed for --latent sample (default: %(default)s)"
+    )
     p.add_argument("--limit", type=non_negative_int, default=None, help="only the first N metadata records")
-    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --output-dir (default: resume)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard a previous run in --output-dir (default: resume)"
+    )
     add_threads_option(p, "decode threads per process (default: cores / local ranks)")
-    p.add_argument("--no-share", action="store_true",
-                   help="encode each image once per comparison, as the reference does (default: once per image and size)")
-    p.add_argument("--rows-per-file", type=non_negative_int, default=2000,
-                   help="commit a part file every N rows (0: one file per rank per run; default: %(default)s)")
+    p.add_argument(
+        "--no-share",
+        action="store_true",
+        help="encode each image once per comparison, as the reference does (default: once per image and size)",
+    )
+    p.add_argument(
+        "--rows-per-file",
+        type=non_negative_int,
+        default=2000,
+        help="commit a part file every N rows (0: one file per rank per run; default: %(default)s)",
+    )
     p.add_argument("--alpha", default="drop", choices=["drop", "white", "black"], help="alpha handling")
-    p.add_argument("--max-pixels", type=positive_int, default=None,
-                   help="refuse images with more pixels than this, from the header (default: 128 MP)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="plan only: report rows, drops, jobs, batches and the split across ranks; no VAE, no output")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan report as one JSON object")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="refuse images with more pixels than this, from the header (default: 128 MP)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan only: report rows, drops, jobs, batches and the split across ranks; no VAE, no output",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="with --dry-run: print the plan report as one JSON object"
+    )
     p.set_defaults(func=_cmd_encode, parser=p)
 
     p = sub.add_parser("probe", parents=[common], help="print each image's size and bucket (header only)")
     p.add_argument("paths", nargs="+", help="image files")
-    p.add_argument("--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes")
+    p.add_argument(
+        "--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes"
+    )
     add_threads_option(p, "threads (default: all cores)")
     p.set_defaults(func=_cmd_probe)
-

@@ -12,6 +12,8 @@ import argparse
 import json
 from typing import Any
 
+from hpd_encode.cli._args import add_threads_option
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``verify`` and ``repack`` on the subparsers object (``common`` carries -v/-q)."""
@@ -33,9 +35,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="verify a directory whose encode run has not completed (what is committed so far)",
     )
-    p.add_argument(
-        "--threads", type=_positive, default=None, metavar="N", help="reader threads (default: all cores)"
-    )
+    add_threads_option(p, "reader threads (default: all cores)")
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser(
@@ -65,21 +65,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_repack)
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {n}")
-    return n
-
-
 def run_verify(args: argparse.Namespace) -> int:
     from hpd_encode.verify import verify
 
     report = verify(
-        args.output_dir, allow_partial=args.allow_partial, progress=not args.json, num_threads=args.threads
+        args.output_dir,
+        allow_partial=args.allow_partial,
+        progress=not args.json,
+        num_threads=args.num_threads,
     )
     if args.json:
         print(json.dumps(report.to_dict()))

@@ -82,6 +82,7 @@ def find_archive_parts(directory: str | PathLike[str]) -> list[list[Path]]:
         def sidecar(suffix: str) -> bool:
             idx = suffix.lstrip("._-")
             return "part" not in suffix.lower() and idx.lower() in _NOT_PARTS
+
         regular_lengths = {len(sfx) for sfx, _ in groups[stem] if sfx and not sidecar(sfx)}
         members = [(sfx, p) for sfx, p in groups[stem] if not sidecar(sfx) or len(sfx) in regular_lengths]
         if not members:
@@ -149,7 +150,7 @@ class PartsReader:
                 if self._index + 1 >= len(self.parts):
                     return b""
                 self._index += 1
-                self._file = open(self.parts[self._index], "rb")  # noqa: SIM115 - closed at its end
+                self._file = open(self.parts[self._index], "rb")
                 self._pos = 0
             data = self._file.read(n)
             if data:

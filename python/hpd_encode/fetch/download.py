@@ -220,5 +220,3 @@ def download(
         source=f"hub:{repo_id}" + (f"@{revision}" if revision else ""),
         files=_list_files(dest, patterns),
     )
-
-

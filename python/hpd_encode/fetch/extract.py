@@ -209,7 +209,7 @@ class _Extractor:
     def _run(self, src: PartsReader, stream: GunzipStream | RawStream) -> None:
         try:
             # Closed by the `with tf:` below; opening reads the first header.
-            tf = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115
+            tf = tarfile.open(  # type: ignore[call-overload]
                 fileobj=stream,
                 mode="r|",
                 bufsize=_TAR_BUFSIZE,

@@ -22,6 +22,7 @@ from hpd_encode.errors import IndexInputError
 from hpd_encode.index.filters import FILTER_FIELDS, TEXT_FIELDS
 from hpd_encode.index.parts import Part
 from hpd_encode.index.results import DR_FIELDS, Key, fast_parse, general_parse
+from hpd_encode.schema import LATENT_DOWN_FACTOR
 
 # Rows scanned and parsed at a time (bounds the memory for the strings).
 BATCH_ROWS = 100_000
@@ -69,8 +70,8 @@ def part_frame(
         wanted.append("latent1_shape")
         shape = pl.col("latent1_shape")
         exprs += [
-            (shape.list.get(-2, null_on_oob=True).cast(pl.Int64) * 8).alias("height"),
-            (shape.list.get(-1, null_on_oob=True).cast(pl.Int64) * 8).alias("width"),
+            (shape.list.get(-2, null_on_oob=True).cast(pl.Int64) * LATENT_DOWN_FACTOR).alias("height"),
+            (shape.list.get(-1, null_on_oob=True).cast(pl.Int64) * LATENT_DOWN_FACTOR).alias("width"),
         ]
     else:
         raise IndexInputError(f"'{part.path}' has neither 'height'/'width' nor 'latent1_shape' columns")

@@ -20,7 +20,6 @@ from dataclasses import replace
 from os import PathLike
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from hpd_encode import _core
@@ -119,14 +118,23 @@ def _peak_rss_mb() -> float:
 class _Plan:
     """The planning stages shared by a real run and a dry run, timed."""
 
-    def __init__(self, opts: EncodeOptions, dist: Dist, done: set[int], device: str,
-                 with_costs: bool = False) -> None:
+    def __init__(
+        self, opts: EncodeOptions, dist: Dist, done: set[int], device: str, with_costs: bool = False
+    ) -> None:
         self.stages: dict[str, float] = {}
         t = time.monotonic()
         threads = _default_threads(opts, dist)
-        self.survey = survey(opts.data_root, opts.metadata, limit=opts.limit, done=done, num_threads=threads,
-                             max_pixels=opts.max_pixels, rank=dist.rank, world_size=dist.world_size,
-                             all_gather=dist.all_gather)
+        self.survey = survey(
+            opts.data_root,
+            opts.metadata,
+            limit=opts.limit,
+            done=done,
+            num_threads=threads,
+            max_pixels=opts.max_pixels,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            all_gather=dist.all_gather,
+        )
         self.stages["survey"] = time.monotonic() - t
         t = time.monotonic()
         self.kept = apply_pair_rules(self.survey.pairable, opts.buckets)
@@ -162,12 +170,23 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     mean = sum(costs) / len(costs)
     failures = plan.failures
     return PlanReport(
-        records=plan.survey.n_entries, records_already_done=plan.survey.n_done,
-        rows_planned=plan.rows_planned, dropped=len(failures), dropped_by_reason=count_by(failures, "kind"),
-        jobs=jobs_all, vae_images=jobs_all, images_probed=plan.survey.images.height,
-        batches_per_bucket=rp.batches_per_size(), world_size=dist.world_size, rank=dist.rank, rank_rows=rp.n_rows,
-        rank_jobs=rp.n_jobs, pixel_cost_per_rank=costs, balance=round(max(costs) / mean, 4) if mean else 1.0,
-        plan_seconds=round(time.monotonic() - t0, 3), peak_rss_mb=round(_peak_rss_mb(), 1),
+        records=plan.survey.n_entries,
+        records_already_done=plan.survey.n_done,
+        rows_planned=plan.rows_planned,
+        dropped=len(failures),
+        dropped_by_reason=count_by(failures, "kind"),
+        jobs=jobs_all,
+        vae_images=jobs_all,
+        images_probed=plan.survey.images.height,
+        batches_per_bucket=rp.batches_per_size(),
+        world_size=dist.world_size,
+        rank=dist.rank,
+        rank_rows=rp.n_rows,
+        rank_jobs=rp.n_jobs,
+        pixel_cost_per_rank=costs,
+        balance=round(max(costs) / mean, 4) if mean else 1.0,
+        plan_seconds=round(time.monotonic() - t0, 3),
+        peak_rss_mb=round(_peak_rss_mb(), 1),
         stages={k: round(v, 3) for k, v in plan.stages.items()},
     )
 
@@ -183,11 +202,16 @@ def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
     from hpd_encode.vae import resolve_dtype
 
     return {
-        "vae": vae_identity(opts.vae), "vae_subfolder": opts.vae_subfolder,
+        "vae": vae_identity(opts.vae),
+        "vae_subfolder": opts.vae_subfolder,
         "dtype": str(resolve_dtype(opts.dtype, device)).replace("torch.", ""),
-        "latent": opts.latent, "seed": opts.seed, "store_dtype": opts.store_dtype,
-        "buckets": bucket_set_spec(opts.buckets), "alpha": opts.alpha,
-        "metadata_sha256": file_sha256(opts.metadata), "limit": opts.limit,
+        "latent": opts.latent,
+        "seed": opts.seed,
+        "store_dtype": opts.store_dtype,
+        "buckets": bucket_set_spec(opts.buckets),
+        "alpha": opts.alpha,
+        "metadata_sha256": file_sha256(opts.metadata),
+        "limit": opts.limit,
     }
 
 
@@ -213,8 +237,10 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
     if dist.rank != 0:
         holder = read_lock_holder(opts.output_dir) or {}
         if holder.get("run_id") != status[1]:
-            raise OutputBusyError(f"'{opts.output_dir}' is locked by another run ({holder or 'no holder'}), "
-                                  "not by rank 0 of this one")
+            raise OutputBusyError(
+                f"'{opts.output_dir}' is locked by another run ({holder or 'no holder'}), "
+                "not by rank 0 of this one"
+            )
     dist.barrier()
     return lock
 
@@ -234,8 +260,13 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
         done = done_records(opts.output_dir)
         plan = _Plan(opts, dist, done, device)
         if dist.rank == 0:
-            log.info("%d records: %d already done, %d to encode, %d dropped or bad", plan.survey.n_entries,
-                     len(done), plan.rows_planned, len(plan.failures))
+            log.info(
+                "%d records: %d already done, %d to encode, %d dropped or bad",
+                plan.survey.n_entries,
+                len(done),
+                plan.rows_planned,
+                len(plan.failures),
+            )
         plan.keep_only_this_rank()
         result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
         results: list[RankResult] = dist.all_gather(result)
@@ -248,8 +279,9 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
             lock.release()
 
 
-def _encode_rank(opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series,
-                 device: str) -> RankResult:
+def _encode_rank(
+    opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series, device: str
+) -> RankResult:
     rotator = PartRotator(opts.output_dir, dist.rank, opts.rows_per_file)
     t = time.monotonic()
     if plan.n_rows == 0:
@@ -262,8 +294,14 @@ def _encode_rank(opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: p
     from hpd_encode.vae import load_vae
 
     vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
-    encoder = Encoder(replace(opts, num_threads=_default_threads(opts, dist)), plan, image_paths, vae, rotator,
-                      rank=dist.rank)
+    encoder = Encoder(
+        replace(opts, num_threads=_default_threads(opts, dist)),
+        plan,
+        image_paths,
+        vae,
+        rotator,
+        rank=dist.rank,
+    )
     progress = Progress(plan.n_rows, opts.progress, dist.rank)
     try:
         encoder.run(progress)
@@ -278,8 +316,15 @@ def _encode_rank(opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: p
     return result
 
 
-def finish(opts: EncodeOptions, dist: Dist, settings: dict[str, Any], plan: _Plan, n_done: int,
-           results: list[RankResult], t0: float) -> EncodeSummary:
+def finish(
+    opts: EncodeOptions,
+    dist: Dist,
+    settings: dict[str, Any],
+    plan: _Plan,
+    n_done: int,
+    results: list[RankResult],
+    t0: float,
+) -> EncodeSummary:
     """Rank 0: write ``failures.csv``, the complete manifest and ``summary.json``."""
     out = opts.output_dir
     stats: dict[str, int] = {}
@@ -296,22 +341,32 @@ def finish(opts: EncodeOptions, dist: Dist, settings: dict[str, Any], plan: _Pla
     encode_s = max((res.encode_seconds for res in results), default=0.0)
     rows_written = stats.get("rows_written", 0)
     summary = EncodeSummary(
-        status="complete", output_dir=str(out), records_in_metadata=plan.survey.n_entries,
-        records_already_done=n_done, pairs_planned=plan.rows_planned, rows_written=rows_written,
-        rows_total=sum(f["rows"] for f in files), images_decoded=stats.get("images_decoded", 0),
-        images_encoded=stats.get("images_encoded", 0), vae_calls=stats.get("vae_calls", 0),
+        status="complete",
+        output_dir=str(out),
+        records_in_metadata=plan.survey.n_entries,
+        records_already_done=n_done,
+        pairs_planned=plan.rows_planned,
+        rows_written=rows_written,
+        rows_total=sum(f["rows"] for f in files),
+        images_decoded=stats.get("images_decoded", 0),
+        images_encoded=stats.get("images_encoded", 0),
+        vae_calls=stats.get("vae_calls", 0),
         max_pending_latents=stats.get("max_pending_latents", 0),
-        failed_or_dropped=len(failures), by_reason=count_by(failures, "kind"), by_stage=count_by(failures, "stage"),
-        world_size=dist.world_size, elapsed_seconds=round(time.monotonic() - t0, 3),
+        failed_or_dropped=len(failures),
+        by_reason=count_by(failures, "kind"),
+        by_stage=count_by(failures, "stage"),
+        world_size=dist.world_size,
+        elapsed_seconds=round(time.monotonic() - t0, 3),
         encode_seconds=round(encode_s, 3),
         rows_per_second=round(rows_written / encode_s, 3) if encode_s > 0 else None,
         images_per_second=round(stats.get("images_encoded", 0) / encode_s, 3) if encode_s > 0 else None,
         writer_blocked_seconds=round(sum(r.writer_blocked_seconds for r in results), 3),
-        settings=settings, files=files, failures_file=FAILURES,
+        settings=settings,
+        files=files,
+        failures_file=FAILURES,
     )
     manifest = read_manifest(out) or {}
     manifest.update({"status": "complete", "files": files})
     write_json_atomic(out / MANIFEST, manifest)
     write_json_atomic(out / SUMMARY, summary.to_dict())
     return summary
-

@@ -31,10 +31,22 @@ log = logging.getLogger("hpd_encode.encode")
 
 #: The row fields handed to the writer, besides the latents (metadata column -> writer field).
 _ROW_FIELDS = {
-    "prompt": "prompt", "model1": "model1", "model2": "model2", "path1": "image1_path", "path2": "image2_path",
-    "record_index": "record_index", "votes_chosen": "votes_chosen", "votes_rejected": "votes_rejected",
-    "confidence": "confidence", "height": "height", "width": "width", "bucket_id": "bucket_id",
-    "h1": "orig_chosen_height", "w1": "orig_chosen_width", "h2": "orig_rejected_height", "w2": "orig_rejected_width",
+    "prompt": "prompt",
+    "model1": "model1",
+    "model2": "model2",
+    "path1": "image1_path",
+    "path2": "image2_path",
+    "record_index": "record_index",
+    "votes_chosen": "votes_chosen",
+    "votes_rejected": "votes_rejected",
+    "confidence": "confidence",
+    "height": "height",
+    "width": "width",
+    "bucket_id": "bucket_id",
+    "h1": "orig_chosen_height",
+    "w1": "orig_chosen_width",
+    "h2": "orig_rejected_height",
+    "w2": "orig_rejected_width",
 }
 
 
@@ -61,8 +73,14 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info("rank %d: %d/%d rows, %.1f rows/s, ETA %s", self.rank, self.done, self.total, rate,
-                     "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta)))
+            log.info(
+                "rank %d: %d/%d rows, %.1f rows/s, ETA %s",
+                self.rank,
+                self.done,
+                self.total,
+                rate,
+                "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta)),
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -131,9 +149,15 @@ class Encoder:
                 size = (int(self.plan.job_height[a]), int(self.plan.job_width[a]))
                 rels = self.image_paths.gather(self.plan.job_path[a:b]).to_list()
                 # Opened beneath the data root (race-free: a symlink swapped in since the survey is refused).
-                arr, errs = _core.load_batch(rels, size, root=self.opts.data_root, num_threads=self.opts.num_threads,
-                                             alpha=self.opts.alpha, max_pixels=self.opts.max_pixels,
-                                             normalize=self.normalize)
+                arr, errs = _core.load_batch(
+                    rels,
+                    size,
+                    root=self.opts.data_root,
+                    num_threads=self.opts.num_threads,
+                    alpha=self.opts.alpha,
+                    max_pixels=self.opts.max_pixels,
+                    normalize=self.normalize,
+                )
                 if not self._hand_over((a, b, size, rels, arr, errs)):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -158,8 +182,9 @@ class Encoder:
             self._stop.set()
             thread.join(timeout=30)
 
-    def _encode_batch(self, a: int, b: int, size: tuple[int, int], rels: list[str], arr: np.ndarray,
-                      errs: list[str | None]) -> int:
+    def _encode_batch(
+        self, a: int, b: int, size: tuple[int, int], rels: list[str], arr: np.ndarray, errs: list[str | None]
+    ) -> int:
         import torch
 
         self.stats["images_decoded"] += b - a
@@ -178,11 +203,13 @@ class Encoder:
                 if finite[pos] and np.isfinite(z_np[pos]).all():
                     self.latents[a + i] = z_np[pos]
                 else:
-                    self.job_error[a + i] = f"nonfinite_latent: '{rels[i]}' at {size[0]}x{size[1]} gave NaN/Inf"
+                    self.job_error[a + i] = (
+                        f"nonfinite_latent: '{rels[i]}' at {size[0]}x{size[1]} gave NaN/Inf"
+                    )
             self.stats["images_encoded"] += len(ok)
         ready: list[int] = []
         for j in range(a, b):
-            for r in self.job_row_idx[self.job_row_ptr[j]:self.job_row_ptr[j + 1]].tolist():
+            for r in self.job_row_idx[self.job_row_ptr[j] : self.job_row_ptr[j + 1]].tolist():
                 self.jobs_left_per_row[r] -= 1
                 if self.jobs_left_per_row[r] == 0:
                     ready.append(r)
@@ -196,8 +223,12 @@ class Encoder:
         chunk = self.max_chunk.get(size, n)
         while True:
             try:
-                outs = [encode_pixels(self.vae, x[i:i + chunk], mode=self.opts.latent, seeds=seeds[i:i + chunk])
-                        for i in range(0, n, chunk)]
+                outs = [
+                    encode_pixels(
+                        self.vae, x[i : i + chunk], mode=self.opts.latent, seeds=seeds[i : i + chunk]
+                    )
+                    for i in range(0, n, chunk)
+                ]
                 self.stats["vae_calls"] += len(outs)
                 return torch.cat(outs) if len(outs) > 1 else outs[0]
             except torch.cuda.OutOfMemoryError:
@@ -218,8 +249,16 @@ class Encoder:
             if errs:
                 stage = "nonfinite" if all(e.startswith("nonfinite") for e in errs) else "decode"
                 kind, _, detail = "; ".join(errs).partition(": ")
-                self.failures.append(Failure(fields["record_index"], stage, kind, detail, fields["image1_path"],
-                                             fields["image2_path"]))
+                self.failures.append(
+                    Failure(
+                        fields["record_index"],
+                        stage,
+                        kind,
+                        detail,
+                        fields["image1_path"],
+                        fields["image2_path"],
+                    )
+                )
                 self.stats[f"failed_{stage}"] += 1
             else:
                 fields["latent1"], fields["latent2"] = self.latents[j1], self.latents[j2]
@@ -235,11 +274,18 @@ class Encoder:
     def _submit(self, rows: list[dict[str, Any]]) -> None:
         """Hand rows to the writer; a row the writer refuses becomes that record's failure."""
         for r, e in self.rotator.submit(rows):
-            self.failures.append(Failure(r["record_index"], "write", "write_error", str(e), r["image1_path"],
-                                         r["image2_path"]))
+            self.failures.append(
+                Failure(r["record_index"], "write", "write_error", str(e), r["image1_path"], r["image2_path"])
+            )
             self.stats["failed_write"] += 1
 
     def result(self, encode_seconds: float) -> RankResult:
         self.stats["rows_written"] = sum(f["rows"] for f in self.rotator.files)
-        return RankResult(self.rank, dict(self.stats), self.rotator.files, encode_seconds, self.rotator.blocked_s,
-                          self.failures)
+        return RankResult(
+            self.rank,
+            dict(self.stats),
+            self.rotator.files,
+            encode_seconds,
+            self.rotator.blocked_s,
+            self.failures,
+        )

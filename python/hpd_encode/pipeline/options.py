@@ -80,7 +80,9 @@ def resolve_device(device: str | None) -> str:
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ValueError(
+                f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     return device
 
 

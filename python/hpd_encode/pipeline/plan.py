@@ -104,10 +104,17 @@ def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
     dropped_t = t.filter(pl.Series(~keep)).with_columns(pl.Series("reason", np.asarray(reasons)[~keep]))
     names = buckets.DROP_REASONS
     dropped = [
-        Failure(int(r["record_index"]), "pair_rule", names[int(r["reason"])],
-                f"sizes {r['h1']}x{r['w1']} and {r['h2']}x{r['w2']}", r["path1"], r["path2"])
-        for r in dropped_t.select("record_index", "reason", "h1", "w1", "h2", "w2", "path1", "path2").iter_rows(
-            named=True)
+        Failure(
+            int(r["record_index"]),
+            "pair_rule",
+            names[int(r["reason"])],
+            f"sizes {r['h1']}x{r['w1']} and {r['h2']}x{r['w2']}",
+            r["path1"],
+            r["path2"],
+        )
+        for r in dropped_t.select(
+            "record_index", "reason", "h1", "w1", "h2", "w2", "path1", "path2"
+        ).iter_rows(named=True)
     ]
     return Kept(kept, dropped)
 
@@ -138,8 +145,9 @@ def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:
 def _components(row_jobs: np.ndarray) -> np.ndarray:
     """Each row's component label (rows sharing a job are one component)."""
     n_jobs = int(row_jobs.max()) + 1 if row_jobs.size else 0
-    labels = _core.connected_components(n_jobs, np.ascontiguousarray(row_jobs[:, 0]),
-                                        np.ascontiguousarray(row_jobs[:, 1]))
+    labels = _core.connected_components(
+        n_jobs, np.ascontiguousarray(row_jobs[:, 0]), np.ascontiguousarray(row_jobs[:, 1])
+    )
     return labels[row_jobs[:, 0]]
 
 
@@ -159,13 +167,17 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
     counts the jobs and each rank's pixels (for a dry run's report)."""
     n = kept.height
     if (world_size <= 1 and not with_costs) or n == 0:
-        return Split(np.zeros(n, dtype=np.int64), 0 if with_costs else None, [0] * world_size if with_costs else None)
+        return Split(
+            np.zeros(n, dtype=np.int64), 0 if with_costs else None, [0] * world_size if with_costs else None
+        )
     row_jobs = _job_keys(kept, share)
     n_jobs = int(row_jobs.max()) + 1
     # Each job once: its pixels and (a row that needs it) its component.
     flat = row_jobs.ravel()
     job_row = np.empty(n_jobs, dtype=np.int64)
-    job_row[flat] = np.repeat(np.arange(n, dtype=np.int64), 2)  # a row that needs the job (any: same size, component)
+    job_row[flat] = np.repeat(
+        np.arange(n, dtype=np.int64), 2
+    )  # a row that needs the job (any: same size, component)
     pixels = (kept["height"] * kept["width"]).to_numpy().astype(np.int64)
     job_pixels = pixels[job_row]
     if world_size <= 1:
@@ -173,9 +185,14 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
     comp = _components(row_jobs)
     per = (
         pl.DataFrame({"comp": comp[job_row], "cost": job_pixels})
-        .group_by("comp").agg(pl.col("cost").sum())
-        .join(pl.DataFrame({"comp": comp, "rec": kept["record_index"].to_numpy()})
-              .group_by("comp").agg(pl.col("rec").min()), on="comp")
+        .group_by("comp")
+        .agg(pl.col("cost").sum())
+        .join(
+            pl.DataFrame({"comp": comp, "rec": kept["record_index"].to_numpy()})
+            .group_by("comp")
+            .agg(pl.col("rec").min()),
+            on="comp",
+        )
         .sort(["cost", "rec"], descending=[True, False])
     )
     heap = [(0, r) for r in range(world_size)]
@@ -196,10 +213,13 @@ def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFo
     n = rows.height
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return RankPlan(rows, np.zeros((0, 2), dtype=np.int64), empty, empty, empty, np.zeros(1, dtype=np.int64))
+        return RankPlan(
+            rows, np.zeros((0, 2), dtype=np.int64), empty, empty, empty, np.zeros(1, dtype=np.int64)
+        )
     comp = _components(_job_keys(rows, share))
     first = pl.DataFrame({"comp": comp, "rec": rows["record_index"].to_numpy()}).with_columns(
-        pl.col("rec").min().over("comp").alias("first"))["first"]
+        pl.col("rec").min().over("comp").alias("first")
+    )["first"]
     rows = (
         rows.with_columns(first.alias("_first"), (pl.col("height") * pl.col("width")).alias("_px"))
         .sort(["_px", "height", "_first", "record_index"], descending=[True, False, False, False])

@@ -80,7 +80,7 @@ def survey(
     ids = (both.rank("dense").cast(pl.Int64) - 1).to_numpy()
     paths = both.unique().sort()
     images = pl.DataFrame({"path": paths}).with_row_index("image_id")
-    table = table.with_columns(pl.Series("id1", ids[: table.height]), pl.Series("id2", ids[table.height:]))
+    table = table.with_columns(pl.Series("id1", ids[: table.height]), pl.Series("id2", ids[table.height :]))
 
     n = images.height
     mine = np.arange(rank, n, world_size, dtype=np.int64)
@@ -95,14 +95,19 @@ def survey(
         height[idx], width[idx], kinds[idx] = ph, pw, pk
         error_of.update(perr)
     images = images.with_columns(
-        pl.Series("height", height), pl.Series("width", width), pl.Series("kind", kinds),
+        pl.Series("height", height),
+        pl.Series("width", width),
+        pl.Series("kind", kinds),
         pl.Series("error", [error_of.get(i) for i in range(n)] if error_of else [None] * n, dtype=pl.String),
     )
     id1, id2 = table["id1"].to_numpy(), table["id2"].to_numpy()
     ok = (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)
     table = table.with_columns(
-        pl.Series("h1", height[id1]), pl.Series("w1", width[id1]),
-        pl.Series("h2", height[id2]), pl.Series("w2", width[id2]), pl.Series("pairable", ok),
+        pl.Series("h1", height[id1]),
+        pl.Series("w1", width[id1]),
+        pl.Series("h2", height[id2]),
+        pl.Series("w2", width[id2]),
+        pl.Series("pairable", ok),
     )
     failures = list(meta.failures)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
@@ -120,13 +125,17 @@ def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, s
             out.append(Failure(r["record_index"], "path", "unsafe_path", unsafe[0], r["path1"], r["path2"]))
         else:
             errs = [error_of[i] for i in ids if kinds[i] != PROBE_OK]
-            out.append(Failure(r["record_index"], "probe", "unreadable_image", "; ".join(errs), r["path1"],
-                               r["path2"]))
+            out.append(
+                Failure(
+                    r["record_index"], "probe", "unreadable_image", "; ".join(errs), r["path1"], r["path2"]
+                )
+            )
     return out
 
 
-def _probe_all(root: Path, rels: list[str], num_threads: int | None, max_pixels: int,
-               progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+def _probe_all(
+    root: Path, rels: list[str], num_threads: int | None, max_pixels: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
     """Probe in chunks, with a progress bar when asked for and on a terminal."""
     from tqdm.auto import tqdm
 
@@ -134,16 +143,21 @@ def _probe_all(root: Path, rels: list[str], num_threads: int | None, max_pixels:
     parts = []
     with tqdm(total=len(rels), unit="img", desc="probe", disable=None if progress else True) as bar:
         for a in range(0, len(rels), step):
-            parts.append(_probe(root, rels[a:a + step], num_threads, max_pixels))
+            parts.append(_probe(root, rels[a : a + step], num_threads, max_pixels))
             bar.update(len(parts[-1][0]))
     if not parts:
         return _probe(root, [], num_threads, max_pixels)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]), [e for p in parts for e in p[3]])
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        [e for p in parts for e in p[3]],
+    )
 
 
-def _probe(root: Path, rels: list[str], num_threads: int | None,
-           max_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+def _probe(
+    root: Path, rels: list[str], num_threads: int | None, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
     """Probe images named relative to ``root`` (opened beneath it, in Rust):
     heights, widths, outcome codes, reasons."""
     h, w, kind, errors = _core.probe_paths(str(root), rels, num_threads=num_threads, max_pixels=max_pixels)
