@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 import hpd_encode
+from hpd_encode.demo import photos as demo_photos
 from hpd_encode.metadata import read_metadata
 from hpd_encode.pipeline import encode
 from hpd_encode.schema import PART_SCHEMA, REFERENCE_COLUMNS
@@ -45,21 +46,8 @@ from hpd_encode.vae import make_tiny_vae
 SIZES = [(1024, 1024), (768, 1024), (1248, 832), (512, 512), (832, 1152)]
 
 
-def photos() -> list[np.ndarray]:
-    from skimage import data
-
-    return [
-        data.astronaut(),
-        data.coffee(),
-        data.chelsea(),
-        data.rocket(),
-        data.hubble_deep_field(),
-        data.retina(),
-    ]
-
-
 def make_dataset(root: Path, prompts: int) -> Path:
-    ph = photos()
+    ph = demo_photos()
     fmts = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
     records = []
     for p in range(prompts):
@@ -86,30 +74,6 @@ def make_dataset(root: Path, prompts: int) -> Path:
     meta = root / "train.json"
     meta.write_text(json.dumps(records))
     return meta
-
-
-def make_sd35_vae(path: Path) -> Path:
-    """An AutoencoderKL with the SD3.5 VAE's architecture and random weights (for GPU runs)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    model = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        norm_num_groups=32,
-        sample_size=1024,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    model.save_pretrained(path / "vae")
-    return path
 
 
 def _flush(writer: pq.ParquetWriter, rows: list[dict], schema: pa.Schema) -> None:
@@ -199,7 +163,7 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     root = tmp / "data"
     meta = make_dataset(root, args.prompts)
-    vae_dir = make_sd35_vae(tmp / "vae") if args.full_vae else make_tiny_vae(tmp / "vae")
+    vae_dir = make_tiny_vae(tmp / "vae", kind="sd35" if args.full_vae else "kl")
     n_records = len(json.loads(meta.read_text()))
     print(f"machine: {machine()}")
     print(

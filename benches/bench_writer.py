@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import hpd_encode
+from hpd_encode.output_dir import fsync_path
 from hpd_encode.schema import PART_SCHEMA, REFERENCE_COLUMNS, ROW_GROUP_SIZE
 
 SHAPE = (16, 128, 128)
@@ -100,14 +101,6 @@ def make_rows(n: int) -> list[dict]:
     return rows
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pyarrow(rows: list[dict], path: Path) -> None:
     """The reference's writer loop, run in a Python thread."""
 
@@ -150,7 +143,7 @@ def write_pyarrow(rows: list[dict], path: Path) -> None:
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
         writer.close()
-        fsync_file(path)
+        fsync_path(path)
 
     t = threading.Thread(target=run)
     t.start()

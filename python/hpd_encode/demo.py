@@ -24,7 +24,7 @@ DEMO_SIZES = [(512, 512), (768, 1024), (1024, 768), (832, 1248), (1024, 1024), (
 FORMATS: list[tuple[str, dict[str, Any]]] = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
 
 
-def _photos() -> list[np.ndarray]:
+def photos() -> list[np.ndarray]:
     """Real photographs when scikit-image's samples are installed, else synthetic textures."""
     try:
         from skimage import data
@@ -54,7 +54,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    photos = _photos()
+    samples = photos()
     models = ["flux", "sd3.5", "kolors", "hunyuan"]
     records: list[dict] = []
     p = 0
@@ -63,7 +63,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
         size = DEMO_SIZES[p % len(DEMO_SIZES)]
         names = []
         for k in range(n_img):
-            photo = photos[(p + k) % len(photos)]
+            photo = samples[(p + k) % len(samples)]
             ext, opts = FORMATS[(p + k) % len(FORMATS)]
             img = Image.fromarray(photo).resize((size[1], size[0]), Image.Resampling.BICUBIC)
             rel = f"images/p{p:03d}/{models[k % len(models)]}.{ext}"
@@ -93,7 +93,7 @@ def make_demo_dataset(root: str | Path, pairs: int = 36, seed: int = 0) -> tuple
     (images / "broken" / "truncated.jpg").write_bytes(
         data[: len(data) // 2] if good.endswith(".jpg") else b"\xff\xd8\xff"
     )
-    Image.fromarray(photos[0]).resize((900, 300)).save(images / "broken" / "wide.jpg")  # fits no bucket
+    Image.fromarray(samples[0]).resize((900, 300)).save(images / "broken" / "wide.jpg")  # fits no bucket
     records += [
         {"prompt": "missing file", "path1": good, "path2": "images/nowhere/missing.png"},
         {

@@ -59,6 +59,15 @@ def list_part_files(output_dir: str | PathLike[str]) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if PART_RE.match(p.name)) if output_dir.is_dir() else []
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (after a rename into it) by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to a temporary name, fsync, rename; the temporary
     file is removed whatever happens (a full disk leaves nothing behind)."""

@@ -33,6 +33,7 @@ from hpd_encode.output_dir import (
     MANIFEST,
     SUMMARY,
     OutputLock,
+    fsync_path,
     list_part_files,
     read_manifest,
     require_complete,
@@ -129,14 +130,6 @@ def _is_complete_copy(src: pq.ParquetFile, dest: Path) -> bool:
     return paged and rows == src_rows and dest_schema.equals(src.schema_arrow, check_metadata=False)
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _repack_file(src_path: Path, dest_path: Path, latent_compression: str) -> int:
     """Rewrite one file; returns its row count."""
     tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
@@ -154,7 +147,7 @@ def _repack_file(src_path: Path, dest_path: Path, latent_compression: str) -> in
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest_path)
-        _sync_dir(dest_path.parent)
+        fsync_path(dest_path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return rows

@@ -214,7 +214,9 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
     """Save a tiny random-weight VAE as a diffusers folder (``path/vae``).
 
     ``kind="kl"``: an SD3.5-shaped ``AutoencoderKL`` (16 latent channels, 8x
-    down) with a few channels; ``kind="qwen"``: a tiny ``AutoencoderKLQwenImage``.
+    down) with a few channels; ``kind="sd35"``: the SD3.5 VAE's full
+    architecture (random weights; for GPU benchmarks); ``kind="qwen"``: a tiny
+    ``AutoencoderKLQwenImage``.
     Used by the demo, the tests and the benchmarks (no hub access needed).
     """
     import torch
@@ -223,20 +225,33 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     out = Path(path) / "vae"
     model: Any
+    sd35 = dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     if kind == "kl":
         model = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
+            **sd35,
             block_out_channels=(8, 8, 16, 16),
             layers_per_block=1,
             norm_num_groups=4,
             sample_size=64,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
             mid_block_add_attention=False,
+        )
+    elif kind == "sd35":
+        model = AutoencoderKL(
+            **sd35,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            norm_num_groups=32,
+            sample_size=1024,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
         )
     elif kind == "qwen":
         model = AutoencoderKLQwenImage(
@@ -248,7 +263,7 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
             temperal_downsample=[False, True, True],
         )
     else:
-        raise ValueError(f"kind must be 'kl' or 'qwen', not {kind!r}")
+        raise ValueError(f"kind must be 'kl', 'sd35' or 'qwen', not {kind!r}")
     model.save_pretrained(out)
     return Path(path)
 
