@@ -98,6 +98,10 @@ def encode(
 def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     """Run an encode (or a dry run) with validated options."""
     dist = init_dist(opts.dist_timeout_s)
+    # Decode threads: all cores, shared among this node's ranks, unless set.
+    opts = replace(
+        opts, num_threads=opts.num_threads or max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    )
     try:
         result: EncodeSummary | PlanReport = dry_run(opts, dist) if opts.dry_run else _encode(opts, dist)
     except BaseException:
@@ -105,10 +109,6 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
         raise
     dist.close()
     return result
-
-
-def _default_threads(opts: EncodeOptions, dist: Dist) -> int:
-    return opts.num_threads or max(1, (os.cpu_count() or 1) // max(1, dist.local_world_size))
 
 
 def _peak_rss_mb() -> float:
@@ -123,13 +123,12 @@ class _Plan:
     ) -> None:
         self.stages: dict[str, float] = {}
         t = time.monotonic()
-        threads = _default_threads(opts, dist)
         self.survey = survey(
             opts.data_root,
             opts.metadata,
             limit=opts.limit,
             done=done,
-            num_threads=threads,
+            num_threads=opts.num_threads,
             max_pixels=opts.max_pixels,
             rank=dist.rank,
             world_size=dist.world_size,
@@ -295,7 +294,7 @@ def _encode_rank(
 
     vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
     encoder = Encoder(
-        replace(opts, num_threads=_default_threads(opts, dist)),
+        opts,
         plan,
         image_paths,
         vae,

@@ -128,6 +128,13 @@ def _first_use_numbering(keys: np.ndarray) -> np.ndarray:
     return number[inverse.ravel()]
 
 
+def _first_slots(row_jobs: np.ndarray) -> np.ndarray:
+    """For each job, the first position in ``row_jobs.ravel()`` that names it
+    (row ``// 2``, chosen or rejected side ``% 2``)."""
+    _, first = np.unique(row_jobs.ravel(), return_index=True)
+    return first
+
+
 def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:
     """(n_rows, 2) job ids, numbered in order of first use (row by row, chosen then rejected)."""
     n = rows.height
@@ -172,12 +179,8 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
         )
     row_jobs = _job_keys(kept, share)
     n_jobs = int(row_jobs.max()) + 1
-    # Each job once: its pixels and (a row that needs it) its component.
-    flat = row_jobs.ravel()
-    job_row = np.empty(n_jobs, dtype=np.int64)
-    job_row[flat] = np.repeat(
-        np.arange(n, dtype=np.int64), 2
-    )  # a row that needs the job (any: same size, component)
+    # Each job once: its pixels and (through a row that needs it) its component.
+    job_row = _first_slots(row_jobs) // 2
     pixels = (kept["height"] * kept["width"]).to_numpy().astype(np.int64)
     job_pixels = pixels[job_row]
     if world_size <= 1:
@@ -201,8 +204,10 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
         load, r = heapq.heappop(heap)
         comp_rank[i] = r
         heapq.heappush(heap, (load + cost, r))
-    rank_of_comp = dict(zip(per["comp"].to_list(), comp_rank.tolist()))
-    rank_of_row = pl.Series(comp).replace_strict(rank_of_comp, return_dtype=pl.Int64).to_numpy()
+    # Component labels are job ids: a table indexed by label maps each row to its rank.
+    rank_of_label = np.empty(n_jobs, dtype=np.int64)
+    rank_of_label[per["comp"].to_numpy()] = comp_rank
+    rank_of_row = rank_of_label[comp]
     costs = np.bincount(rank_of_row[job_row], weights=job_pixels, minlength=world_size)
     return Split(rank_of_row, n_jobs, [int(c) for c in costs])
 
@@ -216,19 +221,22 @@ def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFo
         return RankPlan(
             rows, np.zeros((0, 2), dtype=np.int64), empty, empty, empty, np.zeros(1, dtype=np.int64)
         )
-    comp = _components(_job_keys(rows, share))
+    keys = _job_keys(rows, share)
+    comp = _components(keys)
     first = pl.DataFrame({"comp": comp, "rec": rows["record_index"].to_numpy()}).with_columns(
         pl.col("rec").min().over("comp").alias("first")
     )["first"]
-    rows = (
-        rows.with_columns(first.alias("_first"), (pl.col("height") * pl.col("width")).alias("_px"))
-        .sort(["_px", "height", "_first", "record_index"], descending=[True, False, False, False])
-        .drop("_first", "_px")
-    )
-    row_jobs = _job_keys(rows, share)
+    rows = rows.with_columns(
+        first.alias("_first"),
+        (pl.col("height") * pl.col("width")).alias("_px"),
+        pl.Series("_pos", np.arange(n, dtype=np.int64)),
+    ).sort(["_px", "height", "_first", "record_index"], descending=[True, False, False, False])
+    order = rows["_pos"].to_numpy()
+    rows = rows.drop("_first", "_px", "_pos")
+    # The same jobs, renumbered by first use in the new row order.
+    row_jobs = _first_use_numbering(keys[order].ravel()).reshape(n, 2)
     n_jobs = int(row_jobs.max()) + 1
-    flat = row_jobs.ravel()
-    _, first_use = np.unique(flat, return_index=True)  # jobs are numbered by first use
+    first_use = _first_slots(row_jobs)  # increasing: jobs are numbered by first use
     job_path = np.repeat(rows["id1"].to_numpy(), 2)
     job_path[1::2] = rows["id2"].to_numpy()
     job_path = job_path[first_use]
