@@ -75,6 +75,29 @@ impl StrColumn {
     pub fn get(&self, i: usize) -> &[u8] {
         &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
+
+    /// The Arrow string-view layout of the column: 16 bytes per value (its
+    /// length, then the value itself when at most 12 bytes, else its first 4
+    /// bytes, buffer 0 and its offset there), and the data. `None` when the
+    /// data is over the 4 GiB a view can address.
+    pub fn views(&self) -> Option<Vec<u8>> {
+        if self.data.len() > u32::MAX as usize {
+            return None;
+        }
+        let mut views = vec![0u8; 16 * self.len()];
+        for (i, v) in views.chunks_exact_mut(16).enumerate() {
+            let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+            let s = &self.data[a..b];
+            v[..4].copy_from_slice(&(s.len() as u32).to_le_bytes());
+            if s.len() <= 12 {
+                v[4..4 + s.len()].copy_from_slice(s);
+            } else {
+                v[4..8].copy_from_slice(&s[..4]);
+                v[12..16].copy_from_slice(&(a as u32).to_le_bytes());
+            }
+        }
+        Some(views)
+    }
 }
 
 /// The plainly good records as columns (file order), and where the others are.
@@ -677,5 +700,20 @@ mod tests {
         assert_eq!((ia, ib), (vec![0, 1, 2], vec![1, 3, 0]));
         let names: Vec<&[u8]> = (0..d.len()).map(|i| d.get(i)).collect();
         assert_eq!(names, [b"b", b"a", b"c", b"d"]);
+    }
+
+    #[test]
+    fn views_inline_short_strings_and_point_into_the_data_for_long_ones() {
+        let mut c = StrColumn::new();
+        for s in ["", "twelve bytes", "thirteen byte"] {
+            c.push(s);
+        }
+        let v = c.views().unwrap();
+        assert_eq!(&v[0..4], &0u32.to_le_bytes());
+        assert_eq!(&v[16..20], &12u32.to_le_bytes());
+        assert_eq!(&v[20..32], b"twelve bytes");
+        assert_eq!(&v[32..36], &13u32.to_le_bytes());
+        assert_eq!(&v[36..40], b"thir");
+        assert_eq!((&v[40..44], &v[44..48]), (&0u32.to_le_bytes()[..], &12u32.to_le_bytes()[..]));
     }
 }

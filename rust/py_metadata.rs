@@ -15,9 +15,13 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::io(path.display().to_string(), e)
 }
 
+/// `{name}_views` (Arrow string views) when the data allows, else `{name}_offsets`; and `{name}_data`.
 fn put_str<'py>(d: &Bound<'py, PyDict>, name: &str, col: StrColumn) -> PyResult<()> {
     let py = d.py();
-    d.set_item(format!("{name}_offsets"), col.offsets.into_pyarray(py))?;
+    match col.views() {
+        Some(views) => d.set_item(format!("{name}_views"), views.into_pyarray(py))?,
+        None => d.set_item(format!("{name}_offsets"), col.offsets.into_pyarray(py))?,
+    }
     d.set_item(format!("{name}_data"), col.data.into_pyarray(py))?;
     Ok(())
 }

@@ -420,9 +420,11 @@ def read_metadata_columns(
 ) -> dict[str, Any]:
     """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
     byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
-    columns: ``record_index``, ``{prompt,path1,path2,model1,model2}_offsets``
-    (int64) and ``_data`` (uint8, UTF-8), ``votes_chosen``, ``votes_rejected``,
-    ``confidence``; every other entry by position for the per-entry path
+    columns: ``record_index``, ``prompt``, ``path1``, ``path2``, ``model1``,
+    ``model2`` (each as ``NAME_views``, Arrow string views, or past 4 GiB of
+    text as ``NAME_offsets``, int64; and ``NAME_data``, UTF-8 bytes),
+    ``votes_chosen``, ``votes_rejected``, ``confidence``; every other entry by
+    position for the per-entry path
     (``slow_index``, ``slow_offset``, ``slow_len``, ``slow_line``); and
     ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``.
     Read ``window`` bytes at a time, the entries of a window parsed in

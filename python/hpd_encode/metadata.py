@@ -298,12 +298,15 @@ def _multi_line_object(file: _File, path: Path, first: int) -> bool:
 # The reader.
 
 
-def _strings(cols: dict[str, Any], name: str) -> pa.LargeStringArray:
-    """A column of the fast path's strings as Arrow (the buffers are shared, not copied)."""
+def _strings(cols: dict[str, Any], name: str) -> pa.Array:
+    """A column of the fast path's strings as Arrow, in the string-view layout polars uses itself
+    (so it takes the buffers without a copy) or, past 4 GiB of text, as large strings."""
+    data = pa.py_buffer(cols.pop(f"{name}_data"))
+    if f"{name}_views" in cols:
+        views = cols.pop(f"{name}_views")
+        return pa.Array.from_buffers(pa.string_view(), len(views) // 16, [None, pa.py_buffer(views), data])
     offsets = cols.pop(f"{name}_offsets")
-    return pa.LargeStringArray.from_buffers(
-        len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(cols.pop(f"{name}_data"))
-    )
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), data)
 
 
 def _fast_table(cols: dict[str, Any]) -> pl.DataFrame:

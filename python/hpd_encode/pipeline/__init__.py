@@ -135,14 +135,16 @@ class _Plan:
             all_gather=dist.all_gather,
         )
         self.stages["survey"] = time.monotonic() - t
+        self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})
         t = time.monotonic()
-        self.kept = apply_pair_rules(self.survey.pairable, opts.buckets)
+        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets)
         self.rows_planned = self.kept.rows.height
         self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
         self.stages["pair_rules_and_split"] = time.monotonic() - t
         t = time.monotonic()
         mine = self.kept.rows.filter(pl.Series(self.split.rank_of_row == dist.rank))
-        self.rank_plan = order_and_batch(mine, opts.share, opts.batch_size_for(device))
+        rank_plan = order_and_batch(mine, opts.share, opts.batch_size_for(device))
+        self.rank_plan = replace(rank_plan, rows=self.survey.with_record_columns(rank_plan.rows))
         self.stages["order_and_batch"] = time.monotonic() - t
 
     @property

@@ -9,8 +9,9 @@ same way without probing everything.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,35 @@ class Survey:
     failures: list[Failure]
     n_entries: int
     n_done: int
+    #: Seconds per step: ``metadata``, ``image_ids``, ``probe``, ``sizes``.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def pairable(self) -> pl.DataFrame:
         return self.records.filter(pl.col("pairable")).drop("pairable")
+
+    #: The columns planning needs (no prompts or models: at HPDv3 scale those are most of the bytes).
+    PLAN_COLUMNS = ("record_index", "path1", "path2", "id1", "id2", "h1", "w1", "h2", "w2")
+
+    def pairable_for_planning(self) -> pl.DataFrame:
+        """:attr:`pairable` narrowed to :attr:`PLAN_COLUMNS`, with ``_row`` (the row in
+        :attr:`records`) so that :meth:`with_record_columns` can add the rest to the rows a rank keeps."""
+        return (
+            self.records.select(*self.PLAN_COLUMNS, "pairable")
+            .with_row_index("_row")
+            .filter(pl.col("pairable"))
+            .drop("pairable")
+        )
+
+    def with_record_columns(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """``rows`` (planned from :meth:`pairable_for_planning`) with every column of :attr:`records`
+        again, in its order, and without ``_row``."""
+        rest = [c for c in self.records.columns if c not in rows.columns and c != "pairable"]
+        extra = self.records.select(rest)[rows["_row"].cast(pl.Int64).to_numpy()]
+        order = [c for c in self.records.columns if c != "pairable"] + [
+            c for c in rows.columns if c not in self.records.columns and c != "_row"
+        ]
+        return pl.concat([rows, extra], how="horizontal").select(order)
 
 
 def survey(
@@ -69,6 +95,15 @@ def survey(
     ``all_gather`` (``Dist.all_gather``) shares the results. ``progress``
     shows a progress bar on a terminal while probing.
     """
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        timings[name] = now - t
+        t = now
+
     meta = read_metadata(metadata, limit=limit, num_threads=num_threads)
     table = meta.table
     n_good = table.height
@@ -80,11 +115,13 @@ def survey(
     id1, id2, paths = _dense_ids(table["path1"], table["path2"])
     images = pl.DataFrame({"path": paths}).with_row_index("image_id")
     table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
+    step("metadata_and_image_ids")
 
     n = images.height
     mine = np.arange(rank, n, world_size, dtype=np.int64)
     rels = paths.gather(mine).to_list() if world_size > 1 else paths.to_list()
     h, w, kind, errors = _probe_all(Path(data_root), rels, num_threads, max_pixels, progress)
+    step("probe")
     err_of = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.uint8)
@@ -110,7 +147,15 @@ def survey(
     )
     failures = list(meta.failures)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
-    return Survey(records=table, images=images, failures=failures, n_entries=meta.n_entries, n_done=n_done)
+    step("sizes")
+    return Survey(
+        records=table,
+        images=images,
+        failures=failures,
+        n_entries=meta.n_entries,
+        n_done=n_done,
+        timings=timings,
+    )
 
 
 def _string_buffers(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
