@@ -426,11 +426,42 @@ impl Opened {
         Ok(bytes)
     }
 
-    /// At most the first `n` bytes.
-    pub fn read_prefix(&mut self, n: usize) -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(n.min(self.size as usize));
-        (&mut self.file).take(n as u64).read_to_end(&mut bytes).map_err(|e| Error::io(&self.shown, e))?;
-        Ok(bytes)
+    /// Fill `buf` with the file's bytes from `offset` on, stopping at the
+    /// size seen at open time (or at end of file, should it have shrunk);
+    /// returns how many bytes were read. One `pread` when the kernel hands
+    /// over all that was asked (the usual case), more only after a short
+    /// read: a probe of a million files pays for every syscall, and
+    /// `read_to_end` makes a second one just to see end of file. The file
+    /// position does not move.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.size.saturating_sub(offset);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut got = 0;
+        while got < want {
+            match self.file.read_at(&mut buf[got..want], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(&self.shown, e)),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Extend `bytes`, the file's first `bytes.len()` bytes, to its first
+    /// `len` bytes (fewer at the end of the file, never past its size at
+    /// open time), with [`Opened::read_at`].
+    pub fn read_more(&self, bytes: &mut Vec<u8>, len: usize) -> Result<()> {
+        let have = bytes.len();
+        let len = len.min(usize::try_from(self.size).unwrap_or(usize::MAX));
+        if len <= have {
+            return Ok(());
+        }
+        bytes.resize(len, 0);
+        let got = self.read_at(&mut bytes[have..], have as u64)?;
+        bytes.truncate(have + got);
+        Ok(())
     }
 }
 
