@@ -16,7 +16,7 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
 use crate::error::{Error, ImageFailure, Result};
-use crate::safe_open::{open_image, FileLimit, Root};
+use crate::safe_open::{open_image, FileLimit, Opened, Root};
 
 /// Default pixel limit: about 128 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
@@ -56,11 +56,17 @@ pub(crate) fn check_memory(bytes: u64) -> Failure<()> {
     Ok(())
 }
 
-/// How much of a JPEG a probe reads: a small prefix first (the headers of a
-/// plain JPEG fit in a few KB, and at HPDv3 scale a million probes pay for
-/// every byte), then a larger one, then the whole file only when the headers
-/// still do not fit (large ICC profiles or thumbnails).
-const PROBE_PREFIXES: [usize; 2] = [16 * 1024, 256 * 1024];
+/// How much of a file a probe reads first: the headers of a plain JPEG
+/// (tables, EXIF, frame and scan headers) fit in a few hundred bytes to a
+/// few KB, and at HPDv3 scale a million probes pay for every byte copied.
+/// A JPEG whose headers go on (large ICC profiles, thumbnails, XMP) is read
+/// further as far as its marker walk asks.
+const PROBE_FIRST: usize = 4 * 1024;
+
+/// When zune-jpeg reads a JPEG's headers for the probe (the walk was not
+/// sure) and fails on the bytes read so far, it tries again on this many,
+/// then on the whole file.
+const PROBE_ZUNE_PREFIX: usize = 256 * 1024;
 
 /// What to do with an alpha channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +323,233 @@ fn jpeg_header(bytes: &[u8]) -> Failure<JpegHeader> {
     Ok(JpegHeader { width: w as u64, height: h as u64, orientation, lenient })
 }
 
+/// What the probe's marker walk ([`jpeg_walk`]) makes of a JPEG's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Every segment up to the start of scan passes the checks zune-jpeg's
+    /// header pass makes, so `decode_headers` gives this same answer.
+    Header { width: u64, height: u64, orientation: Orientation },
+    /// The headers go on past the bytes given: at least this many are needed.
+    NeedMore(usize),
+    /// Anything unusual (stray bytes between segments, bad tables, a
+    /// marker zune-jpeg treats its own way): zune-jpeg decides.
+    Unsure,
+}
+
+const EXIF_PREFIX: &[u8] = b"Exif\0\0";
+const EXTENDED_XMP_PREFIX: &[u8] = b"http://ns.adobe.com/xmp/extension/\0";
+
+fn be16(bytes: &[u8], at: usize) -> usize {
+    usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// A JPEG's header, read by walking its markers instead of through
+/// zune-jpeg's `decode_headers`, which builds Huffman lookup tables a probe
+/// never uses (a third of a probe's CPU at HPDv3 scale).
+///
+/// The walk reads what zune-jpeg's header pass reads, in the same order, up
+/// to the start of scan (SOS), and accepts a file only where that pass
+/// would: each segment checked as zune-jpeg checks it (DQT precision, table
+/// ids and lengths; DHT classes, ids, counts, code-space and DC symbol
+/// ranges; DRI length; the APP0/APP14 quirks; SOF precision, size,
+/// components, sampling factors; SOS component ids and spectral ranges),
+/// the orientation from the last `Exif` APP1 segment, as zune-jpeg keeps it.
+/// Whatever it is not sure of is [`Walk::Unsure`], and zune-jpeg decides
+/// (so failure messages and the lenient retry stay as they were); what it
+/// cannot see for want of bytes is [`Walk::NeedMore`]. A marker scan, not
+/// a codec: decoding stays with zune-jpeg.
+pub(crate) fn jpeg_walk(bytes: &[u8]) -> Walk {
+    let n = bytes.len();
+    if n < 2 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return Walk::Unsure;
+    }
+    // Width, height, and the component ids of the frame header.
+    let mut frame: Option<(u64, u64, [u8; 4], usize)> = None;
+    let mut exif: Option<&[u8]> = None;
+    let mut pos = 2;
+    loop {
+        // A marker: FF, any number of fill FFs, then its code; a byte other
+        // than FF here is a stray one (zune-jpeg's strict mode refuses some,
+        // allows others).
+        match bytes.get(pos) {
+            None => return Walk::NeedMore(pos + 4),
+            Some(0xFF) => {}
+            Some(_) => return Walk::Unsure,
+        }
+        let mut at = pos + 1;
+        while at < n && bytes[at] == 0xFF {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at) else { return Walk::NeedMore(at + 3) };
+        match code {
+            // SOF0-2, DHT, SOS, DQT, DRI, APPn, COM: segments read below.
+            0xC0..=0xC2 | 0xC4 | 0xDA..=0xDB | 0xDD | 0xE0..=0xEF | 0xFE => {}
+            // Stuffed zero, TEM, RSTn, SOI, EOI, DNL, DAC, the SOF kinds
+            // zune-jpeg skips as unknown, reserved codes: rare, and
+            // zune-jpeg has its own ways with them.
+            _ => return Walk::Unsure,
+        }
+        let seg = at + 1;
+        if seg + 2 > n {
+            return Walk::NeedMore(seg + 2);
+        }
+        let len = be16(bytes, seg);
+        if len < 2 {
+            return Walk::Unsure;
+        }
+        let end = seg + len;
+        if end > n {
+            return Walk::NeedMore(end);
+        }
+        let body = &bytes[seg + 2..end];
+        let ok = match code {
+            0xC0..=0xC2 => {
+                if frame.is_some() {
+                    return Walk::Unsure; // two frame headers
+                }
+                frame = sof_header(body);
+                frame.is_some()
+            }
+            0xC4 => dht_ok(body),
+            0xDB => dqt_ok(body),
+            0xDD => len == 4,
+            0xDA => {
+                let Some((width, height, ids, count)) = frame else { return Walk::Unsure };
+                if !sos_ok(body, &ids[..count]) {
+                    return Walk::Unsure;
+                }
+                let orientation = exif.and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
+                return Walk::Header { width, height, orientation };
+            }
+            // zune-jpeg reads 5 bytes of APP0 then skips `len - 7`: one byte
+            // too many when `len` is 6.
+            0xE0 => len != 6,
+            0xE1 => {
+                if body.len() > EXIF_PREFIX.len() && body.starts_with(EXIF_PREFIX) {
+                    exif = Some(&body[EXIF_PREFIX.len()..]);
+                    true
+                } else {
+                    // Extended XMP is reassembled across segments: zune-jpeg's business.
+                    !(body.len() > EXTENDED_XMP_PREFIX.len() && body.starts_with(EXTENDED_XMP_PREFIX))
+                }
+            }
+            0xEE => app14_ok(body),
+            _ => true,
+        };
+        if !ok {
+            return Walk::Unsure;
+        }
+        pos = end;
+    }
+}
+
+/// A frame header's size and component ids, where zune-jpeg accepts it:
+/// 8-bit, nonzero size, 1 to 4 components, the length matching them,
+/// sampling factors 1, 2 or 4 across and 1 to 4 down, quantisation tables 0-3.
+fn sof_header(body: &[u8]) -> Option<(u64, u64, [u8; 4], usize)> {
+    if body.len() < 6 || body[0] != 8 {
+        return None;
+    }
+    let (height, width, count) = (be16(body, 1) as u64, be16(body, 3) as u64, usize::from(body[5]));
+    if height == 0 || width == 0 || !(1..=4).contains(&count) || body.len() != 6 + 3 * count {
+        return None;
+    }
+    let mut ids = [0u8; 4];
+    for (k, c) in body[6..].chunks_exact(3).enumerate() {
+        let (h, v) = (c[1] >> 4, c[1] & 0x0F);
+        if !matches!(h, 1 | 2 | 4) || !(1..=4).contains(&v) || c[2] > 3 {
+            return None;
+        }
+        ids[k] = c[0];
+    }
+    Some((width, height, ids, count))
+}
+
+/// A DQT segment zune-jpeg accepts: tables of 8- or 16-bit precision,
+/// numbered 0-3, exactly filling the segment.
+fn dqt_ok(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(&info) = rest.first() {
+        let size = 1 + 64 * (usize::from(info >> 4) + 1);
+        if info >> 4 > 1 || info & 0x0F > 3 || size > rest.len() {
+            return false;
+        }
+        rest = &rest[size..];
+    }
+    true
+}
+
+/// A DHT segment zune-jpeg accepts: class 0 (DC) or 1 (AC), table 0-3, at
+/// most 256 symbols that fit the segment, code lengths that leave room for
+/// every code (as libjpeg checks: no code of all ones), DC symbols 0-15,
+/// and no bytes left over.
+fn dht_ok(body: &[u8]) -> bool {
+    let mut rest = body;
+    while rest.len() > 16 {
+        let (class, id) = (rest[0] >> 4, rest[0] & 0x0F);
+        if class > 1 || id > 3 {
+            return false;
+        }
+        let counts = &rest[1..17];
+        rest = &rest[17..];
+        let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        if total > 256 || total > rest.len() {
+            return false;
+        }
+        let mut code = 0u32;
+        let mut started = false;
+        let mut left = total;
+        for (k, &c) in counts.iter().enumerate() {
+            started |= c > 0;
+            if !started || left == 0 {
+                continue;
+            }
+            code += u32::from(c);
+            if code >= 1 << (k + 1) {
+                return false;
+            }
+            code <<= 1;
+            left -= usize::from(c);
+        }
+        if class == 0 && rest[..total].iter().any(|&s| s > 15) {
+            return false;
+        }
+        rest = &rest[total..];
+    }
+    rest.is_empty()
+}
+
+/// An APP14 segment zune-jpeg accepts: an `Adobe` one long enough and with
+/// a known colour transform; any other at least 5 bytes long (zune-jpeg
+/// looks at 5 bytes whatever the length).
+fn app14_ok(body: &[u8]) -> bool {
+    if body.len() < 5 {
+        return false;
+    }
+    !body.starts_with(b"Adobe") || (body.len() >= 12 && body[11] <= 2)
+}
+
+/// A start-of-scan header zune-jpeg accepts: 1 to 4 components, the length
+/// matching them, each a distinct component of the frame, spectral
+/// selection within 0-63 and approximation bits within 0-13.
+fn sos_ok(body: &[u8], frame_ids: &[u8]) -> bool {
+    let Some(&count) = body.first() else { return false };
+    let count = usize::from(count);
+    if !(1..=4).contains(&count) || body.len() != 4 + 2 * count {
+        return false;
+    }
+    let mut ids = [0u8; 4];
+    for i in 0..count {
+        let id = body[1 + 2 * i];
+        if ids[..i].contains(&id) || !frame_ids.contains(&id) {
+            return false;
+        }
+        ids[i] = id;
+    }
+    let (ss, se, a) = (body[1 + 2 * count], body[2 + 2 * count], body[3 + 2 * count]);
+    ss <= 63 && se <= 63 && a >> 4 <= 13 && a & 0x0F <= 13
+}
+
 fn reader_limits(max_pixels: u64) -> Limits {
     let mut limits = Limits::no_limits();
     // 8 bytes a pixel covers RGBA16, plus room for the decoders' scratch.
@@ -335,27 +568,15 @@ pub fn probe_path(path: &Path) -> Result<(u32, u32)> {
 /// `limits.max_pixels`, a larger image is an error too.
 pub fn probe_file(root: Option<&Root>, path: &Path, limits: &ProbeLimits) -> Result<(u32, u32)> {
     let mut opened = open_image(root, path, FileLimit(limits.max_file_bytes))?;
-    let name = opened.shown.clone();
-    let prefix = opened.read_prefix(PROBE_PREFIXES[0])?;
-    let format = sniff(&prefix).map_err(|f| Error::image(&name, f))?;
+    let mut first = [0u8; PROBE_FIRST];
+    let got = opened.read_at(&mut first, 0)?;
+    let first = &first[..got];
+    let format = sniff(first).map_err(|f| Error::image(&opened.shown, f))?;
     let result = if format == ImageFormat::Jpeg {
-        let header = |bytes: &[u8]| guarded(|| jpeg_header(bytes).map(|h| (h.width, h.height, h.orientation)));
-        let mut result = header(&prefix);
-        let mut read = prefix.len();
-        // A failure on a full prefix may only mean the headers go on past it: read more.
-        if result.is_err() && read == PROBE_PREFIXES[0] {
-            opened.file.rewind().map_err(|e| Error::io(&name, e))?;
-            let longer = opened.read_prefix(PROBE_PREFIXES[1])?;
-            read = longer.len();
-            result = header(&longer);
-        }
-        if result.is_err() && read == PROBE_PREFIXES[1] {
-            result = header(&opened.read_all()?);
-        }
-        result
+        probe_jpeg(&mut opened, first)?
     } else {
-        let file = &mut opened.file;
-        file.rewind().map_err(|e| Error::io(&name, e))?;
+        let mut file = &opened.file;
+        file.rewind().map_err(|e| Error::io(&opened.shown, e))?;
         guarded(|| {
             let mut reader = ImageReader::with_format(BufReader::new(file), format);
             reader.limits(reader_limits(u64::MAX / 16));
@@ -365,15 +586,63 @@ pub fn probe_file(root: Option<&Root>, path: &Path, limits: &ProbeLimits) -> Res
             Ok((w as u64, h as u64, orientation))
         })
     };
-    let (w, h, orientation) = result.map_err(|f| Error::image(&name, f))?;
+    let name = &opened.shown;
+    let (w, h, orientation) = result.map_err(|f| Error::image(name, f))?;
     if w == 0 || h == 0 {
-        return Err(Error::image(&name, ImageFailure::Corrupt(format!("header gives an empty size {w}x{h}"))));
+        return Err(Error::image(name, ImageFailure::Corrupt(format!("header gives an empty size {w}x{h}"))));
     }
     if let Some(limit) = limits.max_pixels {
-        check_pixels(w, h, limit).map_err(|f| Error::image(&name, f))?;
+        check_pixels(w, h, limit).map_err(|f| Error::image(name, f))?;
     }
     let (w, h) = (w.min(u32::MAX as u64) as u32, h.min(u32::MAX as u64) as u32);
     Ok(if swaps_axes(orientation) { (w, h) } else { (h, w) })
+}
+
+/// A JPEG's width, height and orientation, from `first` (its first bytes)
+/// and as much more of the file as needed: the marker walk where it is
+/// sure, zune-jpeg's header pass otherwise (on growing prefixes, then the
+/// whole file, so the answer is the one zune-jpeg gives on the whole file).
+fn probe_jpeg(opened: &mut Opened, first: &[u8]) -> Result<Failure<(u64, u64, Orientation)>> {
+    let size = usize::try_from(opened.size).unwrap_or(usize::MAX);
+    // The bytes read beyond `first`, once there are any (they start with `first`).
+    let mut more: Vec<u8> = Vec::new();
+    loop {
+        let bytes: &[u8] = if more.is_empty() { first } else { &more };
+        let walked = guarded(|| Ok(jpeg_walk(bytes))).unwrap_or(Walk::Unsure);
+        match walked {
+            Walk::Header { width, height, orientation } => return Ok(Ok((width, height, orientation))),
+            Walk::NeedMore(need) if bytes.len() < size => {
+                // Read at least twice as much each time: a few reads even
+                // for many large segments.
+                let target = need.max(2 * bytes.len()).next_multiple_of(PROBE_FIRST);
+                let had = bytes.len();
+                if more.is_empty() {
+                    more.extend_from_slice(first);
+                }
+                opened.read_more(&mut more, target)?;
+                if more.len() == had {
+                    break; // the file ends sooner than it did when opened
+                }
+            }
+            Walk::NeedMore(_) | Walk::Unsure => break,
+        }
+    }
+    let header = |bytes: &[u8]| guarded(|| jpeg_header(bytes).map(|h| (h.width, h.height, h.orientation)));
+    let bytes: &[u8] = if more.is_empty() { first } else { &more };
+    let mut result = header(bytes);
+    // A failure may only mean the headers go on past the bytes read: read more.
+    if result.is_err() && bytes.len() < size.min(PROBE_ZUNE_PREFIX) {
+        if more.is_empty() {
+            more.extend_from_slice(first);
+        }
+        opened.read_more(&mut more, PROBE_ZUNE_PREFIX)?;
+        result = header(&more);
+    }
+    let read = more.len().max(first.len());
+    if result.is_err() && read < size {
+        result = header(&opened.read_all()?);
+    }
+    Ok(result)
 }
 
 /// Run `f`, turning a panic into this item's error.
@@ -562,7 +831,7 @@ pub fn decode_file(root: Option<&Root>, path: &Path, opts: &LoadOptions) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::codecs::jpeg::JpegEncoder;
     use image::codecs::png::PngEncoder;
@@ -599,6 +868,223 @@ mod tests {
         }
         out.extend_from_slice(&plain[2..]);
         out
+    }
+
+    /// An EXIF block (TIFF header and one IFD) holding only an orientation.
+    pub(crate) fn exif_orientation(value: u16, big_endian: bool) -> Vec<u8> {
+        let u16b = |v: u16| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+        let u32b = |v: u32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut out = if big_endian { b"MM\0\x2a".to_vec() } else { b"II\x2a\0".to_vec() };
+        out.extend_from_slice(&u32b(8)); // the first IFD right after the header
+        out.extend_from_slice(&u16b(1)); // one entry
+        out.extend_from_slice(&u16b(0x0112)); // Orientation
+        out.extend_from_slice(&u16b(3)); // SHORT
+        out.extend_from_slice(&u32b(1));
+        out.extend_from_slice(&u16b(value));
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&u32b(0)); // no next IFD
+        out
+    }
+
+    /// A real JPEG from image's encoder: `channels` 1 (grey) or 3, with an
+    /// EXIF orientation and an ICC profile of `icc` bytes when asked.
+    pub(crate) fn jpeg_with(w: u32, h: u32, channels: u32, orientation: Option<u16>, icc: usize) -> Vec<u8> {
+        let pixels: Vec<u8> = if channels == 1 {
+            (0..w * h).map(|i| (i % 251) as u8).collect()
+        } else {
+            (0..w * h).flat_map(|i| [(i % 251) as u8, (i % 13) as u8, 90]).collect()
+        };
+        let color = if channels == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
+        let mut out = Vec::new();
+        let mut enc = JpegEncoder::new_with_quality(&mut out, 80);
+        if let Some(o) = orientation {
+            enc.set_exif_metadata(exif_orientation(o, o % 2 == 0)).unwrap();
+        }
+        if icc > 0 {
+            enc.set_icc_profile((0..icc).map(|i| (i % 256) as u8).collect()).unwrap();
+        }
+        enc.write_image(&pixels, w, h, color).unwrap();
+        out
+    }
+
+    /// The offset of the first marker `code` in a JPEG's headers.
+    pub(crate) fn marker_at(bytes: &[u8], code: u8) -> usize {
+        let mut pos = 2;
+        loop {
+            while bytes[pos + 1] == 0xFF {
+                pos += 1; // fill bytes
+            }
+            if bytes[pos + 1] == code {
+                return pos;
+            }
+            pos += 2 + u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
+        }
+    }
+
+    /// `bytes` with `segment` (a whole marker segment) inserted at `at`.
+    fn insert(bytes: &[u8], at: usize, segment: &[u8]) -> Vec<u8> {
+        let mut out = bytes[..at].to_vec();
+        out.extend_from_slice(segment);
+        out.extend_from_slice(&bytes[at..]);
+        out
+    }
+
+    /// What zune-jpeg's header pass (strict mode) says, as the walk would.
+    pub(crate) fn zune_says(bytes: &[u8]) -> Option<Walk> {
+        let mut dec = jpeg_decoder(bytes, true);
+        dec.decode_headers().ok()?;
+        let (w, h) = dec.dimensions()?;
+        let orientation = dec.exif().and_then(|e| Orientation::from_exif_chunk(e)).unwrap_or(Orientation::NoTransforms);
+        Some(Walk::Header { width: w as u64, height: h as u64, orientation })
+    }
+
+    /// Real JPEGs of many shapes, each with what the walk must say.
+    fn walk_cases() -> Vec<(String, Vec<u8>, Walk)> {
+        let header = |width, height, o: u16| Walk::Header {
+            width,
+            height,
+            orientation: Orientation::from_exif(o as u8).unwrap(),
+        };
+        let mut cases = Vec::new();
+        for (w, h) in [(1024, 1024), (832, 1216), (1216, 832), (17, 9), (1, 1)] {
+            cases.push((format!("rgb {w}x{h}"), jpeg_with(w, h, 3, None, 0), header(w as u64, h as u64, 1)));
+            cases.push((format!("grey {w}x{h}"), jpeg_with(w, h, 1, None, 0), header(w as u64, h as u64, 1)));
+        }
+        for o in 1..=8 {
+            cases.push((format!("orientation {o}"), jpeg_with(40, 24, 3, Some(o), 0), header(40, 24, o)));
+        }
+        // ICC profiles pushing the frame header past 4 KB, 16 KB, 256 KB (several APP2 chunks).
+        for icc in [3000, 6000, 20_000, 300_000] {
+            let bytes = jpeg_with(48, 32, 3, Some(6), icc);
+            assert!(marker_at(&bytes, 0xC0) > icc, "ICC before the frame header");
+            cases.push((format!("ICC {icc} bytes"), bytes, header(48, 32, 6)));
+        }
+        let plain = jpeg_with(64, 40, 3, None, 0);
+        // Progressive: the same headers under SOF2 (what zune-jpeg's header pass reads).
+        let mut progressive = plain.clone();
+        progressive[marker_at(&plain, 0xC0) + 1] = 0xC2;
+        cases.push(("SOF2".into(), progressive, header(64, 40, 1)));
+        let mut extended = plain.clone();
+        extended[marker_at(&plain, 0xC0) + 1] = 0xC1;
+        cases.push(("SOF1".into(), extended, header(64, 40, 1)));
+        let sos = marker_at(&plain, 0xDA);
+        let dri = insert(&plain, sos, &[0xFF, 0xDD, 0, 4, 0, 8]);
+        cases.push(("DRI".into(), dri, header(64, 40, 1)));
+        let com = insert(&plain, 2, b"\xFF\xFE\0\x07hello");
+        cases.push(("COM".into(), com, header(64, 40, 1)));
+        let fill = insert(&plain, sos, &[0xFF, 0xFF, 0xFF]); // fill bytes before SOS's FF
+        cases.push(("fill bytes".into(), fill, header(64, 40, 1)));
+        // Two EXIF segments: zune-jpeg keeps the last one, so must the walk.
+        let mut second = b"\xFF\xE1\0\0Exif\0\0".to_vec();
+        second.extend_from_slice(&exif_orientation(8, false));
+        let n = (second.len() - 2) as u16;
+        second[2..4].copy_from_slice(&n.to_be_bytes());
+        let two = jpeg_with(40, 24, 3, Some(3), 0);
+        let at = marker_at(&two, 0xDB);
+        cases.push(("two EXIF".into(), insert(&two, at, &second), header(40, 24, 8)));
+        // What the walk leaves to zune-jpeg.
+        let first_len = u16::from_be_bytes([plain[4], plain[5]]) as usize;
+        cases.push(("stray bytes".into(), insert(&plain, 4 + first_len, &[0, 0, 0]), Walk::Unsure));
+        cases.push(("one stray byte".into(), insert(&plain, 4 + first_len, &[0]), Walk::Unsure));
+        let mut dnl = plain.clone();
+        let sof = marker_at(&plain, 0xC0);
+        dnl[sof + 5..sof + 7].copy_from_slice(&[0, 0]); // height 0: given by a DNL marker
+        cases.push(("height 0".into(), dnl, Walk::Unsure));
+        let mut sof3 = plain.clone();
+        sof3[sof + 1] = 0xC3;
+        cases.push(("SOF3".into(), sof3, Walk::Unsure));
+        let mut twelve_bit = plain.clone();
+        twelve_bit[sof + 4] = 12;
+        cases.push(("12-bit".into(), twelve_bit, Walk::Unsure));
+        let dqt = marker_at(&plain, 0xDB);
+        let mut bad_dqt = plain.clone();
+        bad_dqt[dqt + 4] = 0x24; // precision 2
+        cases.push(("DQT precision 2".into(), bad_dqt, Walk::Unsure));
+        let dht = marker_at(&plain, 0xC4);
+        let mut bad_dht = plain.clone();
+        bad_dht[dht + 4] = 0x24; // class 2
+        cases.push(("DHT class 2".into(), bad_dht, Walk::Unsure));
+        // An extra DC table 3: one 1-bit code is fine; two use up the code
+        // space (the all-ones code is not allowed); symbol 16 is no DC size.
+        let dc_table = |counts: &[u8], symbols: &[u8]| {
+            let mut seg = vec![0xFF, 0xC4, 0, (2 + 17 + symbols.len()) as u8, 0x03];
+            seg.extend_from_slice(counts);
+            seg.resize(5 + 16, 0);
+            seg.extend_from_slice(symbols);
+            insert(&plain, dht, &seg)
+        };
+        cases.push(("extra DHT".into(), dc_table(&[1], &[0]), header(64, 40, 1)));
+        cases.push(("DHT code space".into(), dc_table(&[2], &[0, 1]), Walk::Unsure));
+        cases.push(("DHT DC symbol".into(), dc_table(&[1], &[16]), Walk::Unsure));
+        cases.push(("DHT too short".into(), dc_table(&[2], &[0]), Walk::Unsure));
+        cases.push(("APP0 of 6".into(), insert(&plain, 2, &[0xFF, 0xE0, 0, 6, 1, 2, 3, 4]), Walk::Unsure));
+        cases.push(("DRI of 5".into(), insert(&plain, sos, &[0xFF, 0xDD, 0, 5, 0, 8, 0]), Walk::Unsure));
+        cases.push(("EOI first".into(), insert(&plain, 2, &[0xFF, 0xD9]), Walk::Unsure));
+        cases.push(("RST".into(), insert(&plain, 2, &[0xFF, 0xD0]), Walk::Unsure));
+        cases.push(("not a JPEG".into(), b"\x89PNG\r\n".to_vec(), Walk::Unsure));
+        cases
+    }
+
+    #[test]
+    fn the_marker_walk_agrees_with_zune_jpeg() {
+        for (name, bytes, expected) in walk_cases() {
+            let walked = jpeg_walk(&bytes);
+            assert_eq!(walked, expected, "{name}");
+            if let Walk::Header { .. } = walked {
+                assert_eq!(zune_says(&bytes), Some(walked), "{name}: zune-jpeg reads the same header");
+            }
+        }
+    }
+
+    #[test]
+    fn the_marker_walk_asks_for_more_until_the_scan_header() {
+        for (name, bytes, expected) in walk_cases() {
+            if !matches!(expected, Walk::Header { .. }) {
+                continue;
+            }
+            let sos = marker_at(&bytes, 0xDA);
+            let scan_header = sos + 2 + u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]) as usize;
+            let step = (bytes.len() / 300).max(1);
+            for cut in (0..scan_header).step_by(step).chain(scan_header - 3..scan_header) {
+                match jpeg_walk(&bytes[..cut]) {
+                    Walk::NeedMore(need) => {
+                        assert!(need > cut && need <= scan_header + 4, "{name} cut at {cut}: asks for {need}")
+                    }
+                    Walk::Unsure if cut < 2 => {}
+                    other => panic!("{name} cut at {cut} of {}: {other:?}", bytes.len()),
+                }
+            }
+            assert_eq!(jpeg_walk(&bytes[..scan_header]), expected, "{name}: the headers are enough");
+        }
+    }
+
+    #[test]
+    fn probes_read_through_the_walk_or_zune_jpeg_alike() {
+        let dir = std::env::temp_dir().join(format!("hpd-probe-walk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (k, (name, bytes, _)) in walk_cases().into_iter().enumerate() {
+            if !bytes.starts_with(&[0xFF, 0xD8]) {
+                continue;
+            }
+            let path = dir.join(format!("{k}.jpg"));
+            std::fs::write(&path, &bytes).unwrap();
+            let probed = probe_path(&path);
+            // What the probe answered before the walk: zune-jpeg on the whole file.
+            let zune = jpeg_header(&bytes);
+            match (&probed, &zune) {
+                (Ok(hw), Ok(h)) => {
+                    let (w, ht) = (h.width as u32, h.height as u32);
+                    let want = if swaps_axes(h.orientation) { (w, ht) } else { (ht, w) };
+                    assert_eq!(*hw, want, "{name}");
+                }
+                (Err(e), Err(f)) => {
+                    let shown = Error::image(path.display().to_string(), f.clone()).to_string();
+                    assert_eq!(e.to_string(), shown, "{name}: the same error as before");
+                }
+                _ => panic!("{name}: probe {probed:?}, zune-jpeg {:?}", zune.map(|h| (h.width, h.height))),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

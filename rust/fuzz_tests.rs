@@ -182,6 +182,67 @@ fn random_bytes_behind_real_signatures_never_panic() {
         .unwrap();
 }
 
+/// The probe's JPEG marker walk against zune-jpeg's header pass on damaged
+/// headers: it never panics; where it reads a header, zune-jpeg reads the
+/// same (size and orientation); where it asks for more bytes, zune-jpeg
+/// fails on those given too. (Where it is unsure, zune-jpeg decides.)
+#[test]
+fn the_jpeg_marker_walk_never_accepts_what_zune_jpeg_refuses() {
+    use crate::decode::tests::{jpeg_with, marker_at, zune_says};
+    use crate::decode::{jpeg_walk, Walk};
+    // Real headers (plain, grey, EXIF orientations, an ICC profile, SOF2,
+    // DRI) and a few bytes of scan: the walk and the header pass read no further.
+    let mut seeds = Vec::new();
+    for (k, bytes) in [
+        jpeg_with(24, 16, 3, None, 0),
+        jpeg_with(24, 16, 1, Some(6), 0),
+        jpeg_with(40, 8, 3, Some(3), 0),
+        jpeg_with(8, 40, 3, Some(8), 700),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sos = marker_at(&bytes, 0xDA);
+        let mut head = bytes[..sos + 30].to_vec();
+        if k == 2 {
+            head[marker_at(&bytes, 0xC0) + 1] = 0xC2;
+        }
+        if k == 3 {
+            head.splice(sos..sos, [0xFF, 0xDD, 0, 4, 0, 2]);
+        }
+        seeds.push(head);
+    }
+    // Damage that looks like JPEG structure more often than plain random bytes would.
+    let byte = prop_oneof![any::<u8>(), Just(0xFF), Just(0x00), 0xC0..=0xFEu8, 0..=20u8];
+    let damage = prop_oneof![
+        4 => (any::<usize>(), byte.clone()).prop_map(|(i, b)| Edit::Set(i, b)),
+        1 => (any::<usize>(), proptest::collection::vec(byte, 1..6)).prop_map(|(i, v)| Edit::Insert(i, v)),
+        1 => (any::<usize>(), 1..8usize).prop_map(|(i, n)| Edit::Delete(i, n)),
+        1 => any::<usize>().prop_map(Edit::Cut),
+    ];
+    let strategy = (0..seeds.len(), proptest::collection::vec(damage, 1..4));
+    let read = std::cell::Cell::new(0u32);
+    runner(3000)
+        .run(&strategy, |(seed, edits)| {
+            let bytes = apply(seeds[seed].clone(), &edits);
+            match jpeg_walk(&bytes) {
+                walked @ Walk::Header { .. } => {
+                    read.set(read.get() + 1);
+                    prop_assert_eq!(zune_says(&bytes), Some(walked));
+                }
+                Walk::NeedMore(need) => {
+                    prop_assert!(need > bytes.len(), "asks for {} of {} bytes", need, bytes.len());
+                    prop_assert_eq!(zune_says(&bytes), None, "zune-jpeg reads what the walk calls short");
+                }
+                Walk::Unsure => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Most single edits miss what matters: the walk still reads those headers.
+    assert!(read.get() >= cases(3000) / 10, "only {} headers read", read.get());
+}
+
 #[test]
 fn npy_bytes_and_float_repr_hold_for_any_input() {
     let shape = proptest::collection::vec(0..6usize, 0..5);

@@ -69,16 +69,17 @@ pub fn py_repr(s: &str) -> String {
 /// `/` or `\`).
 pub fn check_relative(rel: &OsStr) -> std::result::Result<(), String> {
     let bytes = rel.as_bytes();
-    let text = rel.to_string_lossy();
+    let text = || rel.to_string_lossy();
     if bytes.is_empty() || bytes.contains(&0) {
-        return Err(format!("path {} is empty or contains a NUL byte", py_repr(&text)));
+        return Err(format!("path {} is empty or contains a NUL byte", py_repr(&text())));
     }
-    let drive = text.chars().nth(1) == Some(':');
+    // A drive (`C:`): the second character is a colon.
+    let drive = if bytes[0].is_ascii() { bytes.get(1) == Some(&b':') } else { text().chars().nth(1) == Some(':') };
     if bytes[0] == b'/' || bytes[0] == b'\\' || drive {
-        return Err(format!("path '{text}' is absolute; metadata paths must be relative to the data root"));
+        return Err(format!("path '{}' is absolute; metadata paths must be relative to the data root", text()));
     }
     if bytes.split(|&b| b == b'/' || b == b'\\').any(|c| c == b"..") {
-        return Err(format!("path '{text}' contains '..' and could escape the data root"));
+        return Err(format!("path '{}' contains '..' and could escape the data root", text()));
     }
     Ok(())
 }
@@ -138,20 +139,34 @@ impl Root {
         &self.path
     }
 
-    /// How a file under the root is named in messages: `root/rel`.
+    /// How a file under the root is named in messages: `root/rel` (as
+    /// `Path::join` then `display` write it; built directly for UTF-8 names,
+    /// since every probe names its file).
     pub fn shown(&self, rel: &Path) -> String {
-        self.path.join(rel).display().to_string()
+        match (self.path.to_str(), rel.to_str()) {
+            (Some(base), Some(rel)) if !base.is_empty() && !rel.is_empty() && !rel.starts_with('/') => {
+                let mut out = String::with_capacity(base.len() + 1 + rel.len());
+                out.push_str(base);
+                if !base.ends_with('/') {
+                    out.push('/');
+                }
+                out.push_str(rel);
+                out
+            }
+            _ => self.path.join(rel).display().to_string(),
+        }
     }
 
     /// Open `rel` for reading beneath the root, refusing what
     /// [`check_relative`] refuses and anything that resolves outside.
     pub fn open_beneath(&self, rel: &Path) -> Result<File> {
-        let shown = self.shown(rel);
-        check_relative(rel.as_os_str()).map_err(|message| Error::UnsafePath { path: shown.clone(), message })?;
+        check_relative(rel.as_os_str()).map_err(|message| Error::UnsafePath { path: self.shown(rel), message })?;
         match self.resolve_fd(rel.as_os_str().as_bytes()) {
             Ok(fd) => Ok(File::from(fd)),
-            Err(Refusal::Outside) => Err(Error::UnsafePath { path: shown, message: self.outside_message(rel) }),
-            Err(Refusal::Io(e)) => Err(opening_error(shown, e)),
+            Err(Refusal::Outside) => {
+                Err(Error::UnsafePath { path: self.shown(rel), message: self.outside_message(rel) })
+            }
+            Err(Refusal::Io(e)) => Err(opening_error(self.shown(rel), e)),
         }
     }
 
@@ -426,11 +441,42 @@ impl Opened {
         Ok(bytes)
     }
 
-    /// At most the first `n` bytes.
-    pub fn read_prefix(&mut self, n: usize) -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(n.min(self.size as usize));
-        (&mut self.file).take(n as u64).read_to_end(&mut bytes).map_err(|e| Error::io(&self.shown, e))?;
-        Ok(bytes)
+    /// Fill `buf` with the file's bytes from `offset` on, stopping at the
+    /// size seen at open time (or at end of file, should it have shrunk);
+    /// returns how many bytes were read. One `pread` when the kernel hands
+    /// over all that was asked (the usual case), more only after a short
+    /// read: a probe of a million files pays for every syscall, and
+    /// `read_to_end` makes a second one just to see end of file. The file
+    /// position does not move.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.size.saturating_sub(offset);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut got = 0;
+        while got < want {
+            match self.file.read_at(&mut buf[got..want], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(&self.shown, e)),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Extend `bytes`, the file's first `bytes.len()` bytes, to its first
+    /// `len` bytes (fewer at the end of the file, never past its size at
+    /// open time), with [`Opened::read_at`].
+    pub fn read_more(&self, bytes: &mut Vec<u8>, len: usize) -> Result<()> {
+        let have = bytes.len();
+        let len = len.min(usize::try_from(self.size).unwrap_or(usize::MAX));
+        if len <= have {
+            return Ok(());
+        }
+        bytes.resize(len, 0);
+        let got = self.read_at(&mut bytes[have..], have as u64)?;
+        bytes.truncate(have + got);
+        Ok(())
     }
 }
 
@@ -561,6 +607,8 @@ mod tests {
         assert!(check("a..b/c..jpg").is_ok());
         assert_eq!(check("").unwrap_err(), "path '' is empty or contains a NUL byte");
         assert_eq!(check("a\0b").unwrap_err(), "path 'a\\x00b' is empty or contains a NUL byte");
+        assert!(check("é:x.jpg").unwrap_err().contains("is absolute"), "a colon as the second character");
+        assert!(check("éa:x.jpg").is_ok() && check("ab:c.jpg").is_ok());
         for abs in ["/x.jpg", "\\x.jpg", "C:x.jpg", "c:\\x.jpg", "\\\\server\\share\\x"] {
             assert!(check(abs).unwrap_err().contains("is absolute"), "{abs}");
         }
@@ -586,6 +634,20 @@ mod tests {
         std::fs::write(t.base.join("outside.jpg"), b"OUTGROWN").unwrap();
         let err = ok.read_all().unwrap_err();
         assert!(err.to_string().contains("grew while it was read"), "{err}");
+    }
+
+    #[test]
+    fn files_are_shown_as_path_join_writes_them() {
+        let t = tree("shown");
+        let bases = [t.root.clone(), PathBuf::from(format!("{}/", t.root.display())), PathBuf::from("/")];
+        for base in bases {
+            let root = Root::open(&base).unwrap();
+            for rel in ["a.jpg", "sub/b.jpg", "./x", "é/ü.jpg", "a//b"] {
+                assert_eq!(root.shown(Path::new(rel)), base.join(rel).display().to_string(), "{base:?} {rel}");
+            }
+            let odd = OsStr::from_bytes(b"bad\xffname.jpg");
+            assert_eq!(root.shown(Path::new(odd)), base.join(odd).display().to_string());
+        }
     }
 
     #[test]

@@ -440,6 +440,44 @@ def test_exif_orientation_then_resize(oriented: dict[tuple[str, int], Path]) -> 
         assert mad(ours, ref) <= RESIZE_MAD, o
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_probe_reads_as_far_as_the_headers_go(tmp_path: Path, photo, progressive: bool) -> None:
+    """The JPEG probe reads 4 KB first, then as far as the headers go: EXIF, XMP,
+    a comment and ICC profiles of any size before the frame header (past 4 KB,
+    16 KB, 256 KB) give the size Pillow displays and the decoder returns; cut
+    inside those headers, the file is an error naming it."""
+    stored = photo("coffee", (96, 160))  # h x w
+    paths, sof_at = [], []
+    for icc in (0, 3000, 20_000, 300_000):
+        for o in (1, 6):
+            exif = Image.Exif()
+            exif[ORIENTATION_TAG] = o
+            path = tmp_path / f"icc{icc}_o{o}.jpg"
+            kw = {"icc_profile": b"\x11" * icc} if icc else {}
+            stored.save(
+                path, quality=85, progressive=progressive, exif=exif, xmp=b"<x/>", comment=b"hi", **kw
+            )
+            data = path.read_bytes()
+            sof_at.append(data.index(b"\xff\xc2" if progressive else b"\xff\xc0"))
+            assert sof_at[-1] > icc
+            paths.append(path)
+    sizes, errors = probe_images(paths)
+    assert errors == [None] * len(paths)
+    assert sizes == [ImageOps.exif_transpose(Image.open(p)).size[::-1] for p in paths]
+    assert sizes == [(96, 160), (160, 96)] * 4
+    arrays, _ = load_images(paths)
+    assert [a.shape[:2] for a in arrays] == sizes
+    cut = []
+    for path, at in zip(paths, sof_at):
+        short = path.with_name("cut_" + path.name)
+        short.write_bytes(path.read_bytes()[: at - 10])
+        cut.append(short)
+    sizes, errors = probe_images(cut)
+    assert sizes == [None] * len(cut)
+    for path, err in zip(cut, errors):
+        assert err is not None and str(path) in err and "JPEG" in err, err
+
+
 # ---------------------------------------------------------------------------
 # Bad input
 
