@@ -55,6 +55,10 @@ const BATCH_ROWS: usize = 8;
 /// Size of the sequential reads `check_file` issues.
 const SCAN_WINDOW: usize = 8 << 20;
 
+/// How far past the window being checked a full scan asks the kernel to read
+/// (`POSIX_FADV_WILLNEED`): the next two windows are on their way while one is checked.
+const PREFETCH: usize = 2 * SCAN_WINDOW;
+
 /// Receives `(row, column, value)` for each latent value read.
 type ValueSink<'a> = dyn FnMut(usize, usize, Option<&[u8]>) + 'a;
 /// One value's result, once it has been read.
@@ -407,8 +411,8 @@ impl ChunkReader for WindowedFile {
 /// reads, for a full scan of a paged file: pages are handed out as slices of
 /// the current window (no copy), the window's buffer is refilled in place
 /// once its pages are dropped (no fresh allocation, no zeroing per window),
-/// and the next window is announced to the kernel (`POSIX_FADV_WILLNEED`) so
-/// the disk reads it while this one is checked.
+/// and the next windows are announced to the kernel (`POSIX_FADV_WILLNEED`,
+/// [`PREFETCH`] bytes) so the disk reads them while this one is checked.
 struct SeqWindow {
     file: PosFile,
     end: u64,
@@ -418,7 +422,7 @@ struct SeqWindow {
 impl SeqWindow {
     fn new(file: PosFile, start: u64, end: u64) -> Self {
         let end = end.min(file.len);
-        advise(&file, start, SCAN_WINDOW as u64, end, libc::POSIX_FADV_WILLNEED);
+        advise(&file, start, PREFETCH as u64, end, libc::POSIX_FADV_WILLNEED);
         SeqWindow { file, end, window: Mutex::new((start, Bytes::new())) }
     }
 
@@ -445,7 +449,7 @@ impl SeqWindow {
         }
         self.file.file.read_exact_at(&mut buf, start)?;
         let next = start + want as u64;
-        advise(&self.file, next, SCAN_WINDOW as u64, self.end, libc::POSIX_FADV_WILLNEED);
+        advise(&self.file, next, PREFETCH as u64, self.end, libc::POSIX_FADV_WILLNEED);
         *w = (start, buf.freeze());
         Ok(w.1.slice(0..length))
     }
@@ -1072,39 +1076,48 @@ pub fn check_file(path: &Path, num_threads: Option<usize>) -> Result<Vec<RowChec
             .map(|(row, latents)| RowCheck { row_group: rg, row, latents })
             .collect()
     };
-    let input = if file.paged { scan_input(&file)? } else { None };
-    let per_group: Vec<Vec<RowCheck>> = pool::pool(num_threads).install(|| match &input {
-        Some(input) => {
-            let units: Vec<(usize, usize)> = (0..groups).flat_map(|rg| [(rg, 0), (rg, 1)]).collect();
-            let mut columns: Vec<Option<Vec<Result<LatentInfo, String>>>> = units
-                .par_iter()
-                .with_max_len(1)
-                .map(|&(rg, k)| file.scan_column(input, rg, k, &inspect_npy).ok().flatten())
-                .collect();
-            let pairs: Vec<_> =
-                (0..groups).map(|rg| (rg, columns[2 * rg].take(), columns[2 * rg + 1].take())).collect();
-            pairs
-                .into_par_iter()
-                .map(|(rg, a, b)| match (a, b) {
-                    (Some(a), Some(b)) if a.len() == rows_of(rg) && b.len() == rows_of(rg) => a
-                        .into_iter()
-                        .zip(b)
-                        .enumerate()
-                        .map(|(row, (a, b))| RowCheck { row_group: rg, row, latents: [a, b] })
-                        .collect(),
-                    _ => by_rows(rg),
-                })
-                .collect()
-        }
-        None => (0..groups).into_par_iter().map(by_rows).collect(),
+    if !file.paged {
+        return Ok(pool::pool(num_threads)
+            .install(|| (0..groups).into_par_iter().map(by_rows).collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .collect());
+    }
+    scan_input(&file)?; // a file changed since its footer was read is an error, not a scan
+    let per_group: Vec<Vec<RowCheck>> = pool::pool(num_threads).install(|| {
+        let units: Vec<(usize, usize)> = (0..groups).flat_map(|rg| [(rg, 0), (rg, 1)]).collect();
+        let mut columns: Vec<Option<Vec<Result<LatentInfo, String>>>> = units
+            .par_iter()
+            .with_max_len(1)
+            .map(|&(rg, k)| {
+                let input = scan_input(&file).ok()?;
+                file.scan_column(&input, rg, k, &inspect_npy).ok().flatten()
+            })
+            .collect();
+        let pairs: Vec<_> = (0..groups).map(|rg| (rg, columns[2 * rg].take(), columns[2 * rg + 1].take())).collect();
+        pairs
+            .into_par_iter()
+            .map(|(rg, a, b)| match (a, b) {
+                (Some(a), Some(b)) if a.len() == rows_of(rg) && b.len() == rows_of(rg) => a
+                    .into_iter()
+                    .zip(b)
+                    .enumerate()
+                    .map(|(row, (a, b))| RowCheck { row_group: rg, row, latents: [a, b] })
+                    .collect(),
+                // not decodable in place, or a read failed: row by row, so a failure names its row
+                _ => by_rows(rg),
+            })
+            .collect()
     });
     Ok(per_group.into_iter().flatten().collect())
 }
 
-/// A descriptor of its own on `file` for a full scan, hinted sequential (the
-/// cached one serves random reads and keeps the kernel's default
-/// read-ahead). Errors when the file changed since its footer was read.
-fn scan_input(file: &PartFile) -> Result<Option<PosFile>> {
+/// A descriptor of its own on `file` for the full scan of one column chunk,
+/// hinted sequential: the kernel keeps read-ahead state per open file, so
+/// each concurrent stream gets its own (and the cached descriptor, which
+/// serves random reads, keeps the default read-ahead). Errors when the file
+/// changed since its footer was read.
+fn scan_input(file: &PartFile) -> Result<PosFile> {
     let f = File::open(&file.path).map_err(|e| io_error(&file.path, e))?;
     let meta = f.metadata().map_err(|e| io_error(&file.path, e))?;
     if identity(&meta) != file.identity {
@@ -1115,7 +1128,7 @@ fn scan_input(file: &PartFile) -> Result<Option<PosFile>> {
     }
     let input = PosFile { file: Arc::new(f), len: meta.len() };
     advise(&input, 0, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-    Ok(Some(input))
+    Ok(input)
 }
 
 #[cfg(test)]

@@ -345,7 +345,7 @@ class ParquetWriter:
         row_group_size: int = 100,
         queue_size: int = 64,
         zstd_level: int = 1,
-        latent_compression: Literal["none", "zstd"] = "none",
+        latent_compression: str = "none",
     ) -> Self: ...
     @property
     def path(self) -> Path:
