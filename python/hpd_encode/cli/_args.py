@@ -79,7 +79,7 @@ def add_latent_compression_option(p: argparse.ArgumentParser, reference_note: st
         "--latent-compression",
         choices=LATENT_COMPRESSIONS,
         default=LATENT_COMPRESSIONS[0],
-        help="codec of the latent columns: none (~8%% larger than zstd, 2.5x as fast to read per CPU core) "
+        help="codec of the latent columns: none (~8%% larger than zstd, 2.4x as fast to read per CPU core) "
         f"or zstd{reference_note} (default: %(default)s)",
     )
 
