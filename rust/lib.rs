@@ -1,6 +1,6 @@
 //! hpd-encode's Rust core.
 //!
-//! The pure-Rust layer (`decode`, `resize`, `load`, `recycle`, `buckets`, `npy`,
+//! The pure-Rust layer (`decode`, `resize`, `load`, `recycle`, `buckets`, `npy`, `metadata`,
 //! `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
 //! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
 //! (maturin turns it on).
@@ -11,6 +11,7 @@ pub mod error;
 pub mod footer;
 pub mod groups;
 pub mod load;
+pub mod metadata;
 pub mod npy;
 pub mod pool;
 pub mod reader;
@@ -30,6 +31,8 @@ mod py_errors;
 mod py_images;
 #[cfg(feature = "python")]
 mod py_index;
+#[cfg(feature = "python")]
+mod py_metadata;
 #[cfg(feature = "python")]
 mod py_reader;
 #[cfg(feature = "python")]
@@ -66,6 +69,10 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_reader::check_part_file, m)?)?;
     m.add_function(wrap_pyfunction!(py_reader::clear_reader_cache, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::dense_ids, m)?)?;
+    m.add("METADATA_WINDOW", metadata::DEFAULT_WINDOW)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }

@@ -314,7 +314,7 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
         entries[i] = e
     good_extra = {1800, 2001}  # take the per-entry path, and are good
     # Also with small windows and chunks: many windows, chunks and runs (record indices across windows).
-    with mock.patch.object(md, "_WINDOW", 4096), mock.patch.object(md, "_CHUNK", 37):
+    with mock.patch.object(md, "_WINDOW", 4096):
         small = _both(tmp_path, entries)
     for m in [*_both(tmp_path, entries), *small]:
         assert sorted(_reasons(m)) == sorted(set(bad) - good_extra)
@@ -344,8 +344,8 @@ def test_null_and_other_non_objects_never_reach_the_typed_reader(tmp_path):
         [GOOD],
         None,
     ]
-    for slow_run in (1, md._SLOW_RUN):
-        with mock.patch.object(md, "_SLOW_RUN", slow_run):
+    for window in (md._WINDOW, 64):
+        with mock.patch.object(md, "_WINDOW", window):
             for m in _both(tmp_path, entries):
                 assert m.table.height == 40
                 assert _reasons(m) == {
@@ -532,10 +532,9 @@ def _check(m: Metadata, entries: list[object], utf8_ok: list[bool]) -> None:
     entries=st.lists(_records(), max_size=25),
     ensure_ascii=st.booleans(),
     indent=st.sampled_from([None, 2]),
-    slow_run=st.sampled_from([1, md._SLOW_RUN]),
-    window=st.sampled_from([md._WINDOW, 300]),
+    window=st.sampled_from([md._WINDOW, 300, 7]),
 )
-def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_ascii, indent, slow_run, window):
+def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_ascii, indent, window):
     # A JSON Lines file whose first line is a list reads as a JSON list: start with an object.
     entries = [GOOD, *entries]
     encoded = [_encode(e, ensure_ascii, indent) for e in entries]
@@ -544,12 +543,10 @@ def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_asc
     lst.write_bytes(b"[" + b",\n".join(b for b, _ in encoded) + b"]")
     lines = tmp_path / "p.jsonl"
     lines.write_bytes(b"".join(_encode(e, ensure_ascii, None)[0] + b"\n" for e in entries))
-    # slow_run 1 sends (almost) every run through the typed reader, the default only the longer ones.
-    # Small windows and chunks: entries spread over many windows, chunks and typed reads.
-    with mock.patch.object(md, "_SLOW_RUN", slow_run), mock.patch.object(md, "_WINDOW", window):
-        with mock.patch.object(md, "_CHUNK", 5 if window < 1000 else md._CHUNK):
-            m_list = read_metadata(lst)
-            m_lines = read_metadata(lines)
+    # Small windows: entries spread over many windows (and cut by them).
+    with mock.patch.object(md, "_WINDOW", window):
+        m_list = read_metadata(lst)
+        m_lines = read_metadata(lines)
     _check(m_list, entries, utf8_ok)
     _check(m_lines, entries, utf8_ok)
     assert_frame_equal(m_list.table, m_lines.table)

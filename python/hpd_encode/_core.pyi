@@ -66,6 +66,10 @@ __all__ = [
     "parquet_layout",
     "rank_in_group",
     "connected_components",
+    "read_metadata_columns",
+    "metadata_value_end",
+    "dense_ids",
+    "METADATA_WINDOW",
     "read_pairs",
     "latent_layout",
     "check_part_file",
@@ -416,6 +420,41 @@ def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int
     """Each node's component label (the smallest node id in its component) in
     the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
     released; ``ValueError`` for an edge end outside ``0..n``."""
+
+METADATA_WINDOW: int
+
+def read_metadata_columns(
+    path: str,
+    mode: str,
+    start: int,
+    *,
+    limit: int | None = None,
+    window: int = ...,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
+    byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
+    columns: ``record_index``, ``{prompt,path1,path2,model1,model2}_offsets``
+    (int64) and ``_data`` (uint8, UTF-8), ``votes_chosen``, ``votes_rejected``,
+    ``confidence``; every other entry by position for the per-entry path
+    (``slow_index``, ``slow_offset``, ``slow_len``, ``slow_line``); and
+    ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``.
+    Read ``window`` bytes at a time, the entries of a window parsed in
+    parallel, GIL released."""
+
+def metadata_value_end(path: str, start: int, *, window: int = ...) -> int | None:
+    """The offset of the bracket closing the value opened at byte ``start``,
+    or None when the file ends first."""
+
+def dense_ids(
+    offsets_a: npt.NDArray[np.int64],
+    data_a: npt.NDArray[np.uint8],
+    offsets_b: npt.NDArray[np.int64],
+    data_b: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """For two string columns (Arrow-style offsets and bytes): each string's
+    position among the distinct strings of both, numbered in order of first
+    appearance, and those strings (offsets, bytes)."""
 
 _LatentInfo: TypeAlias = tuple[str, tuple[int, ...], int] | str
 

@@ -147,7 +147,18 @@ class _Plan:
 
     @property
     def failures(self) -> list[Failure]:
+        """Every failure so far (builds one object per dropped pair: rank 0, at the end)."""
         return self.survey.failures + self.kept.dropped
+
+    @property
+    def n_failures(self) -> int:
+        return len(self.survey.failures) + self.kept.n_dropped
+
+    def failures_by_kind(self) -> dict[str, int]:
+        counts = count_by(self.survey.failures, "kind")
+        for kind, n in self.kept.dropped_by_kind().items():
+            counts[kind] = counts.get(kind, 0) + n
+        return dict(sorted(counts.items()))
 
     def keep_only_this_rank(self) -> None:
         """Drop every rank's metadata and pair tables once this rank's plan is
@@ -167,13 +178,12 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
     mean = sum(costs) / len(costs)
-    failures = plan.failures
     return PlanReport(
         records=plan.survey.n_entries,
         records_already_done=plan.survey.n_done,
         rows_planned=plan.rows_planned,
-        dropped=len(failures),
-        dropped_by_reason=count_by(failures, "kind"),
+        dropped=plan.n_failures,
+        dropped_by_reason=plan.failures_by_kind(),
         jobs=jobs_all,
         vae_images=jobs_all,
         images_probed=plan.survey.images.height,
@@ -264,7 +274,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.survey.n_entries,
                 len(done),
                 plan.rows_planned,
-                len(plan.failures),
+                plan.n_failures,
             )
         plan.keep_only_this_rank()
         result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -38,10 +39,27 @@ BatchSizeFor = Callable[[int, int], int]
 
 @dataclass(frozen=True)
 class Kept:
-    """The pairs that pass the pair rules, in record order (all ranks)."""
+    """The pairs that pass the pair rules, in record order (all ranks), and
+    those that do not (as a table: at HPDv3 scale a third of a million
+    :class:`Failure` objects cost seconds, and only rank 0 writes them)."""
 
     rows: pl.DataFrame  # survey columns + bucket_id, height, width (the target size)
-    dropped: list[Failure]
+    dropped_rows: pl.DataFrame  # record_index, kind, h1, w1, h2, w2, path1, path2
+
+    @property
+    def n_dropped(self) -> int:
+        return self.dropped_rows.height
+
+    def dropped_by_kind(self) -> dict[str, int]:
+        return dict(self.dropped_rows.group_by("kind").len().sort("kind").iter_rows())
+
+    @cached_property
+    def dropped(self) -> list[Failure]:
+        """One failure per dropped pair."""
+        return [
+            Failure(record_index, "pair_rule", kind, f"sizes {h1}x{w1} and {h2}x{w2}", path1, path2)
+            for record_index, kind, h1, w1, h2, w2, path1, path2 in self.dropped_rows.iter_rows()
+        ]
 
 
 @dataclass(frozen=True)
@@ -101,21 +119,17 @@ def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
         pl.Series("height", sizes[ids[keep], 0]),
         pl.Series("width", sizes[ids[keep], 1]),
     )
-    dropped_t = t.filter(pl.Series(~keep)).with_columns(pl.Series("reason", np.asarray(reasons)[~keep]))
-    names = buckets.DROP_REASONS
-    dropped = [
-        Failure(
-            int(r["record_index"]),
-            "pair_rule",
-            names[int(r["reason"])],
-            f"sizes {r['h1']}x{r['w1']} and {r['h2']}x{r['w2']}",
-            r["path1"],
-            r["path2"],
-        )
-        for r in dropped_t.select(
-            "record_index", "reason", "h1", "w1", "h2", "w2", "path1", "path2"
-        ).iter_rows(named=True)
-    ]
+    names = pl.Series(buckets.DROP_REASONS, dtype=pl.String)
+    dropped = t.filter(pl.Series(~keep)).select(
+        "record_index",
+        names.gather(pl.Series(np.asarray(reasons)[~keep])).alias("kind"),
+        "h1",
+        "w1",
+        "h2",
+        "w2",
+        "path1",
+        "path2",
+    )
     return Kept(kept, dropped)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from hpd_encode import _core
 from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
@@ -68,19 +69,17 @@ def survey(
     ``all_gather`` (``Dist.all_gather``) shares the results. ``progress``
     shows a progress bar on a terminal while probing.
     """
-    meta = read_metadata(metadata, limit=limit)
+    meta = read_metadata(metadata, limit=limit, num_threads=num_threads)
     table = meta.table
     n_good = table.height
     if done:
         done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
         table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
     n_done = n_good - table.height
-    # Image ids: each distinct path's rank in sorted order (one sort, no joins).
-    both = pl.concat([table["path1"], table["path2"]])
-    ids = (both.rank("dense").cast(pl.Int64) - 1).to_numpy()
-    paths = both.unique().sort()
+    # Image ids: each distinct path numbered in order of first appearance (a hash map in Rust).
+    id1, id2, paths = _dense_ids(table["path1"], table["path2"])
     images = pl.DataFrame({"path": paths}).with_row_index("image_id")
-    table = table.with_columns(pl.Series("id1", ids[: table.height]), pl.Series("id2", ids[table.height :]))
+    table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
 
     n = images.height
     mine = np.arange(rank, n, world_size, dtype=np.int64)
@@ -112,6 +111,23 @@ def survey(
     failures = list(meta.failures)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
     return Survey(records=table, images=images, failures=failures, n_entries=meta.n_entries, n_done=n_done)
+
+
+def _string_buffers(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A string column's Arrow offsets (int64) and bytes, without nulls (paths never are)."""
+    arr = col.to_arrow(compat_level=pl.CompatLevel.oldest())
+    assert isinstance(arr, pa.LargeStringArray) and arr.null_count == 0
+    _, offsets, data = arr.buffers()
+    off = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    return off, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+
+
+def _dense_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """Ids of the strings of ``a`` and ``b`` (positions among the distinct ones, numbered in order
+    of first appearance, ``a`` before ``b``) and the distinct strings."""
+    ids_a, ids_b, offsets, data = _core.dense_ids(*_string_buffers(a), *_string_buffers(b))
+    distinct = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+    return ids_a, ids_b, pl.Series("path", distinct, dtype=pl.String)
 
 
 def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, str]) -> list[Failure]:

@@ -1,0 +1,681 @@
+//! The fast path of `hpd_encode.metadata`: HPDv3 metadata (a JSON list or
+//! JSON Lines) cut into entries and parsed into columns, a window of the file
+//! at a time, the entries of a window in parallel.
+//!
+//! Only records that are plainly good are taken here (an object with string
+//! `prompt`, non-empty string `path1`/`path2`, string-or-null models, a
+//! `choice_dist` of two whole vote counts below 2**53 or null, a finite
+//! `confidence` or null, no duplicate keys). Every other entry is handed back
+//! by position for the Python per-entry path (`json.loads` + `_parse`), the
+//! authority on what is good and on the reasons: so the good records and the
+//! reasons are exactly what the per-entry path alone would give.
+//!
+//! Where the entries are:
+//! - JSON Lines: one entry per line; lines that are blank as Python's
+//!   `bytes.strip()` sees it are skipped (and not counted).
+//! - A JSON list: the elements between the opening bracket, the commas at
+//!   depth 1 and the closing bracket, found by one pass over the structure
+//!   (strings, escapes, depth). A quote preceded by an odd run of backslashes
+//!   is never a string delimiter, inside or outside a string.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::pool::pool;
+
+/// Bytes of the file read at a time (plus the unfinished entry carried over).
+pub const DEFAULT_WINDOW: usize = 16 << 20;
+
+/// Largest vote count taken here (an integer parsed as float64 is exact below it).
+const EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0; // 2**53
+
+/// Where the entries start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A JSON list whose opening bracket is at this file offset.
+    List(u64),
+    /// JSON Lines from this file offset (after a byte-order mark).
+    Lines(u64),
+}
+
+/// A column of strings, Arrow style: value `i` is `data[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Default)]
+pub struct StrColumn {
+    pub offsets: Vec<i64>,
+    pub data: Vec<u8>,
+}
+
+impl StrColumn {
+    fn new() -> Self {
+        StrColumn { offsets: vec![0], data: Vec::new() }
+    }
+
+    fn push(&mut self, s: &str) {
+        self.push_bytes(s.as_bytes());
+    }
+
+    fn push_bytes(&mut self, s: &[u8]) {
+        self.data.extend_from_slice(s);
+        self.offsets.push(self.data.len() as i64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+/// The plainly good records as columns (file order), and where the others are.
+#[derive(Debug)]
+pub struct MetaColumns {
+    pub record_index: Vec<i64>,
+    pub prompt: StrColumn,
+    pub path1: StrColumn,
+    pub path2: StrColumn,
+    pub model1: StrColumn,
+    pub model2: StrColumn,
+    pub votes_chosen: Vec<i64>,
+    pub votes_rejected: Vec<i64>,
+    pub confidence: Vec<f64>,
+    /// Entries for the per-entry path: entry number, file offset, length, and
+    /// line number (JSON Lines; 0 for a list element).
+    pub slow_index: Vec<i64>,
+    pub slow_offset: Vec<i64>,
+    pub slow_len: Vec<i64>,
+    pub slow_line: Vec<i64>,
+    /// Entries considered (good or not; blank lines do not count).
+    pub n_entries: i64,
+    /// A list: the offset of its closing bracket, or -1 when it was not
+    /// reached (not closed, or `limit` elements were found first).
+    pub list_end: i64,
+    /// A list: `limit` elements were delimited before its end.
+    pub limit_reached: bool,
+}
+
+impl MetaColumns {
+    fn new() -> Self {
+        MetaColumns {
+            record_index: Vec::new(),
+            prompt: StrColumn::new(),
+            path1: StrColumn::new(),
+            path2: StrColumn::new(),
+            model1: StrColumn::new(),
+            model2: StrColumn::new(),
+            votes_chosen: Vec::new(),
+            votes_rejected: Vec::new(),
+            confidence: Vec::new(),
+            slow_index: Vec::new(),
+            slow_offset: Vec::new(),
+            slow_len: Vec::new(),
+            slow_line: Vec::new(),
+            n_entries: 0,
+            list_end: -1,
+            limit_reached: false,
+        }
+    }
+
+    fn push_good(&mut self, index: i64, g: &Good<'_>) {
+        self.record_index.push(index);
+        self.prompt.push(&g.prompt);
+        self.path1.push(&g.path1);
+        self.path2.push(&g.path2);
+        self.model1.push(g.model1.as_deref().unwrap_or(""));
+        self.model2.push(g.model2.as_deref().unwrap_or(""));
+        self.votes_chosen.push(g.votes.0);
+        self.votes_rejected.push(g.votes.1);
+        self.confidence.push(g.confidence);
+    }
+
+    fn push_slow(&mut self, index: i64, e: &Entry) {
+        self.slow_index.push(index);
+        self.slow_offset.push(e.start as i64);
+        self.slow_len.push((e.end - e.start) as i64);
+        self.slow_line.push(e.line as i64);
+    }
+}
+
+/// One entry: bytes `[start, end)` of the file; its line (JSON Lines) or 0.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    start: u64,
+    end: u64,
+    line: u64,
+}
+
+/// A record as serde reads it; `None` where absent or null.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    prompt: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    path1: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    path2: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model1: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model2: Option<Cow<'a, str>>,
+    choice_dist: Option<Vec<Option<serde_json::Number>>>,
+    confidence: Option<f64>,
+}
+
+/// A plainly good record.
+struct Good<'a> {
+    prompt: Cow<'a, str>,
+    path1: Cow<'a, str>,
+    path2: Cow<'a, str>,
+    model1: Option<Cow<'a, str>>,
+    model2: Option<Cow<'a, str>>,
+    votes: (i64, i64),
+    confidence: f64,
+}
+
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// What Python's `bytes.strip()` removes (a JSON Lines line of only these is blank).
+fn is_py_space(b: u8) -> bool {
+    matches!(b, 9..=13 | 28..=32)
+}
+
+fn vote(v: &Option<serde_json::Number>) -> Option<i64> {
+    let Some(n) = v else { return Some(0) };
+    if let Some(u) = n.as_u64() {
+        return i64::try_from(u).ok();
+    }
+    if n.is_f64() {
+        let f = n.as_f64()?;
+        if (0.0..EXACT_FLOAT_INT).contains(&f) && f.fract() == 0.0 {
+            return Some(f as i64);
+        }
+    }
+    None
+}
+
+/// The record, when it is plainly good; `None` sends it to the per-entry path.
+fn fast(bytes: &[u8]) -> Option<Good<'_>> {
+    // serde would also read a JSON array into the struct, by position: objects only.
+    if bytes.iter().find(|&&b| !is_json_ws(b)) != Some(&b'{') {
+        return None;
+    }
+    // All of it: serde_json does not check the strings it skips (unknown fields).
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
+    let (prompt, path1, path2) = (raw.prompt?, raw.path1?, raw.path2?);
+    if path1.is_empty() || path2.is_empty() {
+        return None;
+    }
+    let votes = match &raw.choice_dist {
+        None => (0, 0),
+        Some(d) if d.len() == 2 => (vote(&d[0])?, vote(&d[1])?),
+        Some(_) => return None,
+    };
+    let confidence = raw.confidence.unwrap_or(0.0);
+    if !confidence.is_finite() {
+        return None;
+    }
+    Some(Good { prompt, path1, path2, model1: raw.model1, model2: raw.model2, votes, confidence })
+}
+
+/// The structure of a JSON value followed byte by byte (strings, escapes, depth).
+#[derive(Debug, Default, Clone)]
+pub struct StructScan {
+    depth: i64,
+    in_string: bool,
+    escaped: bool,
+}
+
+/// What the scan met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// A separator of a list's elements: its opening bracket or a comma at depth 1.
+    Separator(usize),
+    /// The bracket that closes the scanned value.
+    Close(usize),
+}
+
+impl StructScan {
+    /// Scan `buf` (the continuation of what was scanned before), calling `mark`
+    /// for each separator and for the closing bracket; stops after the closing
+    /// bracket or when `mark` returns false. Returns the position scanned up to.
+    pub fn scan(&mut self, buf: &[u8], mut mark: impl FnMut(Mark) -> bool) -> usize {
+        let mut i = 0;
+        let n = buf.len();
+        while i < n {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                    i += 1;
+                    continue;
+                }
+                match memchr::memchr2(b'"', b'\\', &buf[i..]) {
+                    None => return n,
+                    Some(k) => {
+                        i += k;
+                        if buf[i] == b'\\' {
+                            self.escaped = true;
+                        } else {
+                            self.in_string = false;
+                        }
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            let c = buf[i];
+            i += 1;
+            if c == b'\\' {
+                self.escaped = !self.escaped;
+                continue;
+            }
+            let was_escaped = std::mem::take(&mut self.escaped);
+            match c {
+                b'"' if !was_escaped => self.in_string = true,
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth == 1 && !mark(Mark::Separator(i - 1)) {
+                        return i;
+                    }
+                }
+                b']' | b'}' => {
+                    self.depth -= 1;
+                    if self.depth <= 0 {
+                        mark(Mark::Close(i - 1));
+                        return i;
+                    }
+                }
+                b',' if self.depth == 1 && !mark(Mark::Separator(i - 1)) => return i,
+                _ => {}
+            }
+        }
+        n
+    }
+}
+
+/// The file read forward a window at a time; `buf` holds bytes from file offset `base`.
+struct Windows {
+    file: File,
+    size: u64,
+    base: u64,
+    buf: Vec<u8>,
+    /// File offset up to which bytes have been read into `buf`.
+    read_to: u64,
+    window: usize,
+}
+
+impl Windows {
+    fn open(path: &Path, start: u64, window: usize) -> io::Result<Self> {
+        let mut file = File::open(path)?;
+        let size = file.metadata()?.len();
+        file.seek(SeekFrom::Start(start))?;
+        Ok(Windows { file, size, base: start, buf: Vec::new(), read_to: start, window: window.max(1) })
+    }
+
+    /// Read the next window after what `buf` holds; false at the end of the file.
+    fn more(&mut self) -> io::Result<bool> {
+        if self.read_to >= self.size {
+            return Ok(false);
+        }
+        let want = (self.window as u64).min(self.size - self.read_to) as usize;
+        let old = self.buf.len();
+        self.buf.resize(old + want, 0);
+        let mut got = 0;
+        while got < want {
+            match self.file.read(&mut self.buf[old + got..])? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        self.buf.truncate(old + got);
+        self.read_to += got as u64;
+        if got == 0 {
+            self.size = self.read_to; // the file shrank while being read
+        }
+        Ok(got > 0)
+    }
+
+    /// Forget the bytes before file offset `keep_from`.
+    fn drop_before(&mut self, keep_from: u64) {
+        let k = (keep_from - self.base) as usize;
+        self.buf.drain(..k);
+        self.base = keep_from;
+    }
+
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.buf[(e.start - self.base) as usize..(e.end - self.base) as usize]
+    }
+}
+
+/// Parse `entries` (all inside `w.buf`) in parallel and add them to `out`.
+fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
+    let parsed: Vec<Option<Good<'_>>> = entries.par_iter().map(|e| fast(w.bytes(e))).collect();
+    for (e, g) in entries.iter().zip(parsed) {
+        let index = out.n_entries;
+        match g {
+            Some(g) => out.push_good(index, &g),
+            None => out.push_slow(index, e),
+        }
+        out.n_entries += 1;
+    }
+}
+
+/// Read the metadata at `path` laid out as `layout` into columns; at most
+/// `limit` entries. The entries of a window are parsed on the shared pool.
+pub fn read_columns(
+    path: &Path,
+    layout: Layout,
+    limit: Option<u64>,
+    window: usize,
+    num_threads: Option<usize>,
+) -> io::Result<MetaColumns> {
+    pool(num_threads).install(|| match layout {
+        Layout::Lines(start) => read_lines(path, start, limit, window),
+        Layout::List(open) => read_list(path, open, limit, window),
+    })
+}
+
+fn read_lines(path: &Path, start: u64, limit: Option<u64>, window: usize) -> io::Result<MetaColumns> {
+    let mut out = MetaColumns::new();
+    let mut w = Windows::open(path, start, window)?;
+    let mut line = 1u64;
+    let mut entries = Vec::new();
+    let limit = limit.unwrap_or(u64::MAX);
+    while (out.n_entries as u64) < limit && w.more()? {
+        let at_end = w.read_to >= w.size;
+        // Whole lines only (the last one may lack its newline at the end of the file).
+        let upto = if at_end {
+            w.buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &w.buf) {
+                Some(k) => k + 1,
+                None => continue, // a line longer than the window: read more
+            }
+        };
+        entries.clear();
+        let mut pos = 0;
+        let budget = limit - out.n_entries as u64;
+        while pos < upto && (entries.len() as u64) < budget {
+            let end = memchr::memchr(b'\n', &w.buf[pos..upto]).map_or(upto, |k| pos + k);
+            let text = &w.buf[pos..end];
+            if !text.iter().all(|&b| is_py_space(b)) {
+                entries.push(Entry { start: w.base + pos as u64, end: w.base + end as u64, line });
+            }
+            line += 1;
+            pos = end + 1;
+        }
+        take(&mut out, &w, &entries);
+        w.drop_before(w.base + upto as u64);
+    }
+    Ok(out)
+}
+
+fn read_list(path: &Path, open: u64, limit: Option<u64>, window: usize) -> io::Result<MetaColumns> {
+    let mut out = MetaColumns::new();
+    if limit == Some(0) {
+        return Ok(out);
+    }
+    let mut w = Windows::open(path, open, window)?;
+    let mut scan = StructScan::default();
+    let max_seps = limit.map(|l| l + 1);
+    let mut n_seps = 0u64;
+    let mut last_sep: Option<u64> = None;
+    let mut pending: Vec<Entry> = Vec::new(); // delimited, not yet parsed
+    let mut scanned = 0usize; // of w.buf
+    let mut done = false;
+    while !done && w.more()? {
+        let offset = w.base + scanned as u64;
+        let mut on_sep = |p: usize| -> u64 {
+            let at = offset + p as u64;
+            if let Some(prev) = last_sep {
+                pending.push(Entry { start: prev + 1, end: at, line: 0 });
+            }
+            last_sep = Some(at);
+            n_seps += 1;
+            n_seps
+        };
+        scanned += scan.scan(&w.buf[scanned..], |m| match m {
+            Mark::Separator(p) => {
+                if max_seps == Some(on_sep(p)) {
+                    out.limit_reached = true;
+                    done = true;
+                    return false;
+                }
+                true
+            }
+            Mark::Close(p) => {
+                on_sep(p);
+                out.list_end = (offset + p as u64) as i64;
+                done = true;
+                false
+            }
+        });
+        // `[]` (or `[ ]`) is a list of no elements: a lone first element waits
+        // until the list is known to go on.
+        if n_seps > 2 {
+            take(&mut out, &w, &pending);
+            pending.clear();
+        }
+        let keep = pending.first().map(|e| e.start - 1).or(last_sep).unwrap_or(w.base).max(w.base);
+        scanned -= (keep - w.base) as usize;
+        w.drop_before(keep);
+    }
+    if let [only] = pending[..] {
+        if n_seps == 2 && w.bytes(&only).iter().all(|&b| is_json_ws(b)) {
+            return Ok(out);
+        }
+    }
+    take(&mut out, &w, &pending);
+    Ok(out)
+}
+
+/// The offset of the bracket that closes the value opened at `start`, or
+/// `None` when the file ends first.
+pub fn value_end(path: &Path, start: u64, window: usize) -> io::Result<Option<u64>> {
+    let mut w = Windows::open(path, start, window)?;
+    let mut scan = StructScan::default();
+    let mut end = None;
+    while end.is_none() && w.more()? {
+        let base = w.base;
+        scan.scan(&w.buf, |m| {
+            if let Mark::Close(p) = m {
+                end = Some(base + p as u64);
+            }
+            true
+        });
+        let len = w.buf.len() as u64;
+        w.drop_before(base + len);
+    }
+    Ok(end)
+}
+
+/// Borrowed strings, Arrow style (`offsets` need not start at 0).
+#[derive(Debug, Clone, Copy)]
+pub struct StrView<'a> {
+    pub offsets: &'a [i64],
+    pub data: &'a [u8],
+}
+
+impl<'a> StrView<'a> {
+    /// A view of `offsets`/`data`, or why they do not make one.
+    pub fn new(offsets: &'a [i64], data: &'a [u8]) -> Result<Self, String> {
+        if offsets.is_empty() {
+            return Err("string offsets are empty (a column of n strings has n + 1)".into());
+        }
+        if offsets.windows(2).any(|p| p[0] > p[1]) || offsets[0] < 0 || offsets[offsets.len() - 1] > data.len() as i64 {
+            return Err("string offsets are not increasing within the data".into());
+        }
+        Ok(StrView { offsets, data })
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> &'a [u8] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+impl StrColumn {
+    pub fn view(&self) -> StrView<'_> {
+        StrView { offsets: &self.offsets, data: &self.data }
+    }
+}
+
+/// Dense ids of the strings of two columns: `(ids_a, ids_b, distinct)`, the
+/// distinct strings in order of first appearance (`a` before `b`) and each id
+/// the position of its string among them.
+pub fn dense_ids<'a>(a: StrView<'a>, b: StrView<'a>) -> (Vec<i64>, Vec<i64>, StrColumn) {
+    let mut slot: rustc_hash::FxHashMap<&'a [u8], i64> = Default::default();
+    slot.reserve(a.len() + b.len());
+    let mut distinct = StrColumn::new();
+    let mut ids = |col: StrView<'a>| -> Vec<i64> {
+        (0..col.len())
+            .map(|i| {
+                let s = col.get(i);
+                let next = distinct.len() as i64;
+                *slot.entry(s).or_insert_with(|| {
+                    distinct.push_bytes(s);
+                    next
+                })
+            })
+            .collect()
+    };
+    let ids_a = ids(a);
+    let ids_b = ids(b);
+    (ids_a, ids_b, distinct)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(name: &str, text: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("hpd-meta-{}-{name}", std::process::id()));
+        std::fs::File::create(&p).unwrap().write_all(text).unwrap();
+        p
+    }
+
+    const GOOD: &str =
+        r#"{"prompt": "a \"cat\"", "path1": "a.jpg", "path2": "b.jpg", "choice_dist": [3, 1], "confidence": 0.75}"#;
+
+    #[test]
+    fn fast_path_takes_plain_records_and_leaves_the_rest() {
+        let g = fast(GOOD.as_bytes()).unwrap();
+        assert_eq!((&*g.prompt, &*g.path1, g.votes, g.confidence), ("a \"cat\"", "a.jpg", (3, 1), 0.75));
+        for bad in [
+            r#"["p", "a", "b"]"#,
+            r#"{"prompt": "p", "path1": "", "path2": "b"}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [true, 1]}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [2.5, 1]}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [-1, 1]}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [1]}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "confidence": 1e400}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "confidence": NaN}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "prompt": "q"}"#,
+            r#"{"prompt": "\ud800", "path1": "a", "path2": "b"}"#,
+            r#"{"prompt": null, "path1": "a", "path2": "b"}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b", "model1": 3}"#,
+            r#"{"prompt": "p", "path1": "a", "path2": "b"} {"prompt": "p"}"#,
+            r#"null"#,
+        ] {
+            assert!(fast(bad.as_bytes()).is_none(), "{bad}");
+        }
+        // Invalid UTF-8 in a field the record does not use still sends it to the per-entry path.
+        assert!(fast(b"{\"prompt\": \"p\", \"path1\": \"a\", \"path2\": \"b\", \"x\": \"\xed\xa0\x80\"}").is_none());
+        let g = fast(br#"{"prompt": "", "path1": "a", "path2": "b", "model1": null, "x": [1, {"y": 2}]}"#).unwrap();
+        assert_eq!((g.votes, g.confidence, g.model1.is_none()), ((0, 0), 0.0, true));
+        assert_eq!(fast(br#"{"prompt":"","path1":"a","path2":"b","choice_dist":[2.0,null]}"#).unwrap().votes, (2, 0));
+    }
+
+    #[test]
+    fn lists_and_lines_give_the_same_columns_whatever_the_window() {
+        let recs: Vec<String> = (0..50)
+            .map(|i| GOOD.replace("a.jpg", &format!("img/{i}, [x].jpg")).replace("cat", &format!("c{i}")))
+            .collect();
+        let list = file("l.json", format!("[{}]", recs.join(",\n ")).as_bytes());
+        let lines = file("l.jsonl", format!("{}\n\n  \n", recs.join("\n")).as_bytes());
+        for window in [7, 64, 1000, DEFAULT_WINDOW] {
+            let a = read_columns(&list, Layout::List(0), None, window, Some(2)).unwrap();
+            let b = read_columns(&lines, Layout::Lines(0), None, window, Some(2)).unwrap();
+            for m in [&a, &b] {
+                assert_eq!(m.n_entries, 50);
+                assert_eq!(m.record_index, (0..50).collect::<Vec<_>>());
+                assert_eq!(m.path1.get(49), b"img/49, [x].jpg");
+                assert!(m.slow_index.is_empty());
+            }
+            assert_eq!(a.list_end as usize, std::fs::metadata(&list).unwrap().len() as usize - 1);
+            let c = read_columns(&list, Layout::List(0), Some(10), window, None).unwrap();
+            assert_eq!((c.n_entries, c.limit_reached, c.list_end), (10, true, -1));
+            let d = read_columns(&lines, Layout::Lines(0), Some(10), window, None).unwrap();
+            assert_eq!(d.n_entries, 10);
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_handed_back_by_position() {
+        let text = format!("{GOOD}\nnot json\n\n{GOOD}\n[1]\n");
+        let p = file("bad.jsonl", text.as_bytes());
+        let m = read_columns(&p, Layout::Lines(0), None, 16, None).unwrap();
+        assert_eq!(m.record_index, vec![0, 2]);
+        assert_eq!(m.slow_index, vec![1, 3]);
+        assert_eq!(m.slow_line, vec![2, 5]);
+        let off = m.slow_offset[0] as usize;
+        assert_eq!(&text.as_bytes()[off..off + m.slow_len[0] as usize], b"not json");
+    }
+
+    #[test]
+    fn empty_and_unclosed_lists() {
+        for (text, entries, end) in [("[]", 0, 1i64), ("[ \n ]", 0, 4), ("[,]", 2, 2), ("[{}", 0, -1)] {
+            let p = file("e.json", text.as_bytes());
+            let m = read_columns(&p, Layout::List(0), None, 2, None).unwrap();
+            assert_eq!((m.n_entries, m.list_end), (entries, end), "{text}");
+        }
+    }
+
+    #[test]
+    fn escaped_quotes_and_brackets_in_strings() {
+        let text =
+            r#"[{"prompt": "a\\", "path1": "x]\"},{", "path2": "b"}, {"prompt": "", "path1": "\\\"[", "path2": "c"}]"#;
+        let p = file("esc.json", text.as_bytes());
+        let m = read_columns(&p, Layout::List(0), None, 3, None).unwrap();
+        assert_eq!(m.n_entries, 2);
+        assert_eq!(m.path1.get(0), br#"x]"},{"#);
+        assert_eq!(m.path1.get(1), br#"\"["#);
+        assert_eq!(value_end(&p, 0, 5).unwrap(), Some(text.len() as u64 - 1));
+    }
+
+    #[test]
+    fn dense_ids_number_strings_by_first_appearance() {
+        let mut a = StrColumn::new();
+        let mut b = StrColumn::new();
+        for s in ["b", "a", "c"] {
+            a.push(s);
+        }
+        for s in ["a", "d", "b"] {
+            b.push(s);
+        }
+        let (ia, ib, d) = dense_ids(a.view(), b.view());
+        assert_eq!((ia, ib), (vec![0, 1, 2], vec![1, 3, 0]));
+        let names: Vec<&[u8]> = (0..d.len()).map(|i| d.get(i)).collect();
+        assert_eq!(names, [b"b", b"a", b"c", b"d"]);
+    }
+}
