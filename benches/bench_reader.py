@@ -7,7 +7,8 @@ default 1024 pairs = 2 GiB per layout) in several part files, twice:
   reference and earlier hpd-encode write them: a row group's latent column is
   one large page;
 * ``new`` layout: one data page per latent value with the offset index
-  (``hpd_encode.repack.write_paged_table``).
+  (``hpd_encode.repack.write_paged_table``; latents uncompressed, the
+  default, or zstd with ``--latent-compression zstd``).
 
 Then reads shuffled bucket batches (``BucketBatchSampler``, batch 16) with:
 
@@ -57,7 +58,7 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def generate(root: Path, pairs: int, files: int, paged: bool) -> list[Path]:
+def generate(root: Path, pairs: int, files: int, paged: bool, latent_compression: str = "none") -> list[Path]:
     """Part files of random float32 latents (each value distinct, so pages do not share bytes)."""
     from hpd_encode.repack import write_paged_table
 
@@ -92,7 +93,7 @@ def generate(root: Path, pairs: int, files: int, paged: bool) -> list[Path]:
         )
         path = root / f"part_rank{k:02d}.parquet"
         if paged:
-            write_paged_table(table, path)
+            write_paged_table(table, path, latent_compression=latent_compression)
         else:
             pq.write_table(table, path, row_group_size=100, compression="zstd")
         out.append(path)
@@ -152,15 +153,16 @@ def measure(
     """Read ``batches`` until ``seconds`` have passed. Cold: the files' pages are
     dropped before each access (each item for per-item readers, each batch for
     batch readers); the time of the drop itself is not counted."""
-    pairs, elapsed, io0 = 0, 0.0, read_bytes()
+    pairs, elapsed, cpu, io0 = 0, 0.0, 0.0, read_bytes()
     for batch in batches:
         units = [[i] for i in batch] if per_item else [batch]
         for unit in units:
             if cold:
                 drop_cache(files)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             read(unit)
             elapsed += time.perf_counter() - t
+            cpu += time.process_time() - c
         pairs += len(batch)
         if elapsed > seconds:
             break
@@ -170,6 +172,8 @@ def measure(
         "pairs_s": pairs / elapsed,
         "mb_s": pairs * PAIR_BYTES / 1e6 / elapsed,
         "read_per_pair": storage / pairs / PAIR_BYTES,
+        # GB of latents per CPU-second, all of the process's threads counted
+        "gb_cpu_s": pairs * PAIR_BYTES / 1e9 / cpu if cpu > 0 else 0.0,
     }
 
 
@@ -180,6 +184,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="time limit per measurement")
     ap.add_argument("--data", type=Path, default=None, help="where to put the files (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument(
+        "--latent-compression",
+        choices=("none", "zstd"),
+        default="none",
+        help="codec of the new files' latents",
+    )
     args = ap.parse_args()
 
     from hpd_encode.index import build_index
@@ -190,7 +200,9 @@ def main() -> None:
     try:
         t = time.perf_counter()
         old = generate(root / "old", args.pairs, args.files, paged=False)
-        new = generate(root / "new", args.pairs, args.files, paged=True)
+        new = generate(
+            root / "new", args.pairs, args.files, paged=True, latent_compression=args.latent_compression
+        )
         size_old = sum(p.stat().st_size for p in old)
         size_new = sum(p.stat().st_size for p in new)
         print(
@@ -223,15 +235,19 @@ def main() -> None:
                 rows.append((name, "cold" if cold else "warm", res))
         ref = {temp: r for name, temp, r in rows if name.startswith("reference")}
         print(
-            f"\n{'method':32} {'cache':5} {'pairs':>6} {'pairs/s':>9} {'MB/s':>8} {'read/pair':>10} {'vs ref':>8}"
+            f"\n{'method':32} {'cache':5} {'pairs':>6} {'pairs/s':>9} {'MB/s':>8} {'read/pair':>10} {'vs ref':>8} "
+            f"{'GB/CPU-s':>9}"
         )
         for name, temp, r in rows:
             read_pp = f"{r['read_per_pair']:.2f}x" if temp == "cold" else "-"
             print(
                 f"{name:32} {temp:5} {r['pairs']:6d} {r['pairs_s']:9.1f} {r['mb_s']:8.0f} {read_pp:>10} "
-                f"{r['pairs_s'] / ref[temp]['pairs_s']:7.1f}x"
+                f"{r['pairs_s'] / ref[temp]['pairs_s']:7.1f}x {r['gb_cpu_s']:9.2f}"
             )
-        print("(read/pair: bytes read from storage per pair, over the pair's own 2 MiB of latents)")
+        print(
+            "(read/pair: bytes read from storage per pair, over the pair's own 2 MiB of latents; "
+            "GB/CPU-s: GB of latents per CPU-second of the whole process)"
+        )
 
         drop_cache(new)
         t = time.perf_counter()

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy,
     RowSelector,
@@ -35,7 +35,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::basic::Encoding;
 use parquet::column::page::{Page, PageReader};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{PageIndexPolicy, ParquetStatisticsPolicy};
+use parquet::file::metadata::{ColumnChunkMetaData, PageIndexPolicy, ParquetStatisticsPolicy};
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use rayon::prelude::*;
@@ -52,7 +53,11 @@ pub const CACHE_FILES: usize = 256;
 const BATCH_ROWS: usize = 8;
 
 /// Size of the sequential reads `check_file` issues.
-const SCAN_WINDOW: usize = 16 << 20;
+const SCAN_WINDOW: usize = 8 << 20;
+
+/// How far past the window being checked a full scan asks the kernel to read
+/// (`POSIX_FADV_WILLNEED`): the next two windows are on their way while one is checked.
+const PREFETCH: usize = 2 * SCAN_WINDOW;
 
 /// Receives `(row, column, value)` for each latent value read.
 type ValueSink<'a> = dyn FnMut(usize, usize, Option<&[u8]>) + 'a;
@@ -253,13 +258,40 @@ pub fn inspect_npy(bytes: &[u8]) -> Result<LatentInfo, String> {
     let h = parse_npy_header(bytes)?;
     let raw = &bytes[h.data_offset..];
     let nonfinite = match h.dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000) as u64)
-            .sum(),
-        Dtype::F16 => raw.chunks_exact(2).map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00) as u64).sum(),
+        Dtype::F32 => count_nonfinite_f32(raw),
+        Dtype::F16 => count_nonfinite_f16(raw),
     };
     Ok(LatentInfo { dtype: h.dtype, shape: h.shape, nonfinite })
+}
+
+/// Values per block of the non-finite counts: the inner loop over a block
+/// adds 0/1 into `u32` lanes of the element's width (SIMD compares and
+/// subtracts, no widening), and only the block's total goes to `u64`.
+const COUNT_BLOCK: usize = 4096;
+
+/// How many little-endian float32 values of `raw` are NaN or infinite (all
+/// exponent bits set). Branch-free over fixed-size blocks, so it compiles to
+/// SIMD compares and adds; `raw` needs no alignment.
+pub fn count_nonfinite_f32(raw: &[u8]) -> u64 {
+    const EXP: u32 = 0x7f80_0000;
+    let count = |block: &[u8]| -> u64 {
+        block.chunks_exact(4).map(|c| u32::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & EXP == EXP)).sum::<u32>()
+            as u64
+    };
+    let blocks = raw.chunks_exact(4 * COUNT_BLOCK);
+    let tail = count(blocks.remainder());
+    blocks.map(count).sum::<u64>() + tail
+}
+
+/// How many little-endian float16 values of `raw` are NaN or infinite.
+pub fn count_nonfinite_f16(raw: &[u8]) -> u64 {
+    const EXP: u16 = 0x7c00;
+    let count = |block: &[u8]| -> u64 {
+        block.chunks_exact(2).map(|c| u16::from(u16::from_le_bytes([c[0], c[1]]) & EXP == EXP)).sum::<u16>() as u64
+    };
+    let blocks = raw.chunks_exact(2 * COUNT_BLOCK);
+    let tail = count(blocks.remainder());
+    blocks.map(count).sum::<u64>() + tail
 }
 
 // ---------------------------------------------------------------------------
@@ -372,6 +404,87 @@ impl ChunkReader for WindowedFile {
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         self.bytes(start, length)
+    }
+}
+
+/// One column chunk read front to back in [`SCAN_WINDOW`]-sized positional
+/// reads, for a full scan of a paged file: pages are handed out as slices of
+/// the current window (no copy), the window's buffer is refilled in place
+/// once its pages are dropped (no fresh allocation, no zeroing per window),
+/// and the next windows are announced to the kernel (`POSIX_FADV_WILLNEED`,
+/// [`PREFETCH`] bytes) so the disk reads them while this one is checked.
+struct SeqWindow {
+    file: PosFile,
+    end: u64,
+    window: Mutex<(u64, Bytes)>,
+}
+
+impl SeqWindow {
+    fn new(file: PosFile, start: u64, end: u64) -> Self {
+        let end = end.min(file.len);
+        advise(&file, start, PREFETCH as u64, end, libc::POSIX_FADV_WILLNEED);
+        SeqWindow { file, end, window: Mutex::new((start, Bytes::new())) }
+    }
+
+    fn bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let stop = start.checked_add(length as u64).ok_or_else(|| ParquetError::EOF("page offset overflows".into()))?;
+        if start >= w.0 && stop <= w.0 + w.1.len() as u64 {
+            let off = (start - w.0) as usize;
+            return Ok(w.1.slice(off..off + length));
+        }
+        if stop > self.file.len {
+            return Err(ParquetError::EOF(format!(
+                "{length} bytes at offset {start} are past the end of the file ({} bytes)",
+                self.file.len
+            )));
+        }
+        let want = (SCAN_WINDOW as u64).min(self.end.saturating_sub(start)).max(length as u64) as usize;
+        // Reuse the old window's buffer when no page of it is still held.
+        let mut buf = std::mem::take(&mut w.1).try_into_mut().unwrap_or_else(|_| BytesMut::new());
+        if buf.len() >= want {
+            buf.truncate(want);
+        } else {
+            buf.resize(want, 0);
+        }
+        self.file.file.read_exact_at(&mut buf, start)?;
+        let next = start + want as u64;
+        advise(&self.file, next, PREFETCH as u64, self.end, libc::POSIX_FADV_WILLNEED);
+        *w = (start, buf.freeze());
+        Ok(w.1.slice(0..length))
+    }
+}
+
+impl Length for SeqWindow {
+    fn len(&self) -> u64 {
+        self.file.len
+    }
+}
+
+impl ChunkReader for SeqWindow {
+    type T = BufReader<PosReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.file.get_read(start)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.bytes(start, length)
+    }
+}
+
+/// `posix_fadvise` over `[start, min(start + len, end))` of `file` (a hint:
+/// errors are ignored).
+fn advise(file: &PosFile, start: u64, len: u64, end: u64, advice: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    let len = len.min(end.saturating_sub(start));
+    if len == 0 && advice == libc::POSIX_FADV_WILLNEED {
+        return;
+    }
+    let (Ok(start), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(len)) else { return };
+    // SAFETY: a plain system call on a descriptor we own; it reads no memory of ours.
+    unsafe {
+        libc::posix_fadvise(file.file.as_raw_fd(), start, len, advice);
     }
 }
 
@@ -512,15 +625,13 @@ impl PartFile {
         Ok(())
     }
 
-    /// Row `row` of latent column `k` of `row_group`, read from its own page
-    /// (paged files): one positional read, one decompression, no Arrow array.
-    fn page_value(&self, row_group: usize, row: usize, k: usize) -> Result<Direct, String> {
+    /// Where the pages of latent column `k` of `row_group` lie, when every
+    /// value is its own page and the fast paths can read them: the page
+    /// locations, the column chunk, and the column's max definition level.
+    fn direct_pages(&self, row_group: usize, k: usize) -> Option<(Vec<PageLocation>, &ColumnChunkMetaData, i16)> {
         let md = self.meta.metadata();
         let leaf = self.leaves[k];
-        let Some(locs) = md.page_index().and_then(|i| i.page_locations(row_group, leaf)).filter(|l| row < l.len())
-        else {
-            return Ok(Direct::Unsupported);
-        };
+        let locs = md.page_index().and_then(|i| i.page_locations(row_group, leaf))?;
         let descr = md.file_metadata().schema_descr().column(leaf);
         let (max_def, max_rep) = (descr.max_def_level(), descr.max_rep_level());
         let chunk = md.row_group(row_group).column(leaf);
@@ -529,60 +640,68 @@ impl PartFile {
         if max_rep != 0
             || max_def > 1
             || chunk.dictionary_page_offset().is_some()
-            || locs[0].offset as u64 != chunk.byte_range().0
+            || locs.first().map_or(true, |l| l.offset as u64 != chunk.byte_range().0)
         {
-            return Ok(Direct::Unsupported);
+            return None;
         }
-        let rows = md.row_group(row_group).num_rows() as usize;
-        let mut pages = SerializedPageReader::new(Arc::new(self.file.clone()), chunk, rows, Some(locs.clone()))
+        Some((locs.clone(), chunk, max_def))
+    }
+
+    /// Row `row` of latent column `k` of `row_group`, read from its own page
+    /// (paged files): one positional read, one decompression (none for
+    /// uncompressed latents), no Arrow array.
+    fn page_value(&self, row_group: usize, row: usize, k: usize) -> Result<Direct, String> {
+        let Some((locs, chunk, max_def)) = self.direct_pages(row_group, k).filter(|(l, ..)| row < l.len()) else {
+            return Ok(Direct::Unsupported);
+        };
+        let rows = self.meta.metadata().row_group(row_group).num_rows() as usize;
+        let mut pages = SerializedPageReader::new(Arc::new(self.file.clone()), chunk, rows, Some(locs))
             .map_err(|e| e.to_string())?;
         for _ in 0..row {
             pages.skip_next_page().map_err(|e| e.to_string())?;
         }
         let page = pages.get_next_page().map_err(|e| e.to_string())?.ok_or("the page is missing")?;
-        let short = || "the page is shorter than its header says".to_string();
-        let plain_value = |buf: &Bytes, at: usize| -> Result<Direct, String> {
-            let len = buf.get(at..at + 4).ok_or_else(short)?;
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            let range = at + 4..at + 4 + len;
-            if range.end > buf.len() {
-                return Err(short());
-            }
-            Ok(Direct::Value(buf.clone(), range))
+        direct_value(page, max_def)
+    }
+
+    /// Every value of latent column `k` of `row_group`, in row order, each
+    /// parsed by `parse` (or why it cannot be), for a full scan of a paged
+    /// file: the column chunk is read front to back in large windows
+    /// ([`SeqWindow`], from `input`, a descriptor of its own) and each
+    /// uncompressed value is parsed in place, no copy. `Ok(None)`: the
+    /// pages are not ones this path decodes (the Arrow reader takes over);
+    /// `Err`: the read failed (the caller retries row by row to blame a row).
+    fn scan_column<T>(
+        &self,
+        input: &PosFile,
+        row_group: usize,
+        k: usize,
+        parse: &(dyn Fn(&[u8]) -> Result<T, String> + Sync),
+    ) -> Result<Option<Vec<Result<T, String>>>, String> {
+        let Some((locs, chunk, max_def)) = self.direct_pages(row_group, k) else {
+            return Ok(None);
         };
-        match page {
-            Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
-                if num_values != 1 || encoding != Encoding::PLAIN {
-                    return Ok(Direct::Unsupported);
-                }
-                let mut at = 0;
-                if max_def == 1 {
-                    if def_level_encoding != Encoding::RLE {
-                        return Ok(Direct::Unsupported);
-                    }
-                    let len = buf.get(0..4).ok_or_else(short)?;
-                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                    let levels = buf.get(4..4 + len).ok_or_else(short)?;
-                    if first_level(levels).ok_or_else(short)? == 0 {
-                        return Ok(Direct::Null);
-                    }
-                    at = 4 + len;
-                }
-                plain_value(&buf, at)
-            }
-            Page::DataPageV2 {
-                buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, ..
-            } => {
-                if num_values != 1 || encoding != Encoding::PLAIN {
-                    return Ok(Direct::Unsupported);
-                }
-                if num_nulls == 1 {
-                    return Ok(Direct::Null);
-                }
-                plain_value(&buf, def_levels_byte_len as usize + rep_levels_byte_len as usize)
-            }
-            _ => Ok(Direct::Unsupported),
+        let rows = self.meta.metadata().row_group(row_group).num_rows() as usize;
+        if locs.len() != rows {
+            return Ok(None);
         }
+        let (start, len) = chunk.byte_range();
+        let window = Arc::new(SeqWindow::new(input.clone(), start, start.saturating_add(len)));
+        let column = LATENT_COLUMNS[k];
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<Option<Vec<Result<T, String>>>, String> {
+            let mut pages = SerializedPageReader::new(window, chunk, rows, Some(locs)).map_err(|e| e.to_string())?;
+            let mut out = Vec::with_capacity(rows);
+            for _ in 0..rows {
+                let page = pages.get_next_page().map_err(|e| e.to_string())?.ok_or("the page is missing")?;
+                out.push(match direct_value(page, max_def)? {
+                    Direct::Value(buf, range) => parse(&buf[range]).map_err(|e| format!("{column}: {e}")),
+                    Direct::Null => Err(format!("{column} is null")),
+                    Direct::Unsupported => return Ok(None),
+                });
+            }
+            Ok(Some(out))
+        }));
+        result.unwrap_or_else(|p| Err(format!("the Parquet reader crashed (caught panic: {})", panic_message(p))))
     }
 
     /// Call `f(row, column, value)` for both latent columns of each of `rows`
@@ -722,6 +841,53 @@ impl PartFile {
                 (r, [a.unwrap_or_else(missing), b.unwrap_or_else(missing)])
             })
             .collect()
+    }
+}
+
+/// The value of a page that holds exactly one PLAIN value (a paged latent
+/// column's page), as a range of the page's buffer; `Unsupported` for any
+/// other page.
+fn direct_value(page: Page, max_def: i16) -> Result<Direct, String> {
+    let short = || "the page is shorter than its header says".to_string();
+    let plain_value = |buf: Bytes, at: usize| -> Result<Direct, String> {
+        let len = buf.get(at..at + 4).ok_or_else(short)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let range = at + 4..at + 4 + len;
+        if range.end > buf.len() {
+            return Err(short());
+        }
+        Ok(Direct::Value(buf, range))
+    };
+    match page {
+        Page::DataPage { buf, num_values, encoding, def_level_encoding, .. } => {
+            if num_values != 1 || encoding != Encoding::PLAIN {
+                return Ok(Direct::Unsupported);
+            }
+            let mut at = 0;
+            if max_def == 1 {
+                if def_level_encoding != Encoding::RLE {
+                    return Ok(Direct::Unsupported);
+                }
+                let len = buf.get(0..4).ok_or_else(short)?;
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                let levels = buf.get(4..4 + len).ok_or_else(short)?;
+                if first_level(levels).ok_or_else(short)? == 0 {
+                    return Ok(Direct::Null);
+                }
+                at = 4 + len;
+            }
+            plain_value(buf, at)
+        }
+        Page::DataPageV2 { buf, num_values, encoding, num_nulls, def_levels_byte_len, rep_levels_byte_len, .. } => {
+            if num_values != 1 || encoding != Encoding::PLAIN {
+                return Ok(Direct::Unsupported);
+            }
+            if num_nulls == 1 {
+                return Ok(Direct::Null);
+            }
+            plain_value(buf, def_levels_byte_len as usize + rep_levels_byte_len as usize)
+        }
+        _ => Ok(Direct::Unsupported),
     }
 }
 
@@ -890,26 +1056,79 @@ pub struct RowCheck {
     pub latents: [Result<LatentInfo, String>; 2],
 }
 
-/// Read every latent of the part file at `path` (row groups in parallel,
-/// each in large sequential reads) and report each value's dtype, shape and
-/// count of non-finite numbers, or why it cannot be read.
+/// Read every latent of the part file at `path` and report each value's
+/// dtype, shape and count of non-finite numbers, or why it cannot be read.
+///
+/// In a paged file (one page per value) each latent column chunk is one unit
+/// of work on the shared pool (so two columns of one row group read in
+/// parallel), read front to back through a descriptor of its own opened for
+/// sequential reading, and checked in place; a chunk that fails is re-read
+/// row by row to name the row. Other files are read a row group at a time
+/// through the Arrow reader.
 pub fn check_file(path: &Path, num_threads: Option<usize>) -> Result<Vec<RowCheck>> {
     let file = open_cached(path)?;
     let groups = file.meta.metadata().num_row_groups();
+    let rows_of = |rg: usize| file.meta.metadata().row_group(rg).num_rows() as usize;
+    let by_rows = |rg: usize| -> Vec<RowCheck> {
+        let rows: Vec<usize> = (0..rows_of(rg)).collect();
+        file.visit_rows(rg, &rows, true, &inspect_npy)
+            .into_iter()
+            .map(|(row, latents)| RowCheck { row_group: rg, row, latents })
+            .collect()
+    };
+    if !file.paged {
+        return Ok(pool::pool(num_threads)
+            .install(|| (0..groups).into_par_iter().map(by_rows).collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .collect());
+    }
+    scan_input(&file)?; // a file changed since its footer was read is an error, not a scan
     let per_group: Vec<Vec<RowCheck>> = pool::pool(num_threads).install(|| {
-        (0..groups)
+        let units: Vec<(usize, usize)> = (0..groups).flat_map(|rg| [(rg, 0), (rg, 1)]).collect();
+        let mut columns: Vec<Option<Vec<Result<LatentInfo, String>>>> = units
+            .par_iter()
+            .with_max_len(1)
+            .map(|&(rg, k)| {
+                let input = scan_input(&file).ok()?;
+                file.scan_column(&input, rg, k, &inspect_npy).ok().flatten()
+            })
+            .collect();
+        let pairs: Vec<_> = (0..groups).map(|rg| (rg, columns[2 * rg].take(), columns[2 * rg + 1].take())).collect();
+        pairs
             .into_par_iter()
-            .map(|rg| {
-                let n = file.meta.metadata().row_group(rg).num_rows() as usize;
-                let rows: Vec<usize> = (0..n).collect();
-                file.visit_rows(rg, &rows, true, &inspect_npy)
+            .map(|(rg, a, b)| match (a, b) {
+                (Some(a), Some(b)) if a.len() == rows_of(rg) && b.len() == rows_of(rg) => a
                     .into_iter()
-                    .map(|(row, latents)| RowCheck { row_group: rg, row, latents })
-                    .collect()
+                    .zip(b)
+                    .enumerate()
+                    .map(|(row, (a, b))| RowCheck { row_group: rg, row, latents: [a, b] })
+                    .collect(),
+                // not decodable in place, or a read failed: row by row, so a failure names its row
+                _ => by_rows(rg),
             })
             .collect()
     });
     Ok(per_group.into_iter().flatten().collect())
+}
+
+/// A descriptor of its own on `file` for the full scan of one column chunk,
+/// hinted sequential: the kernel keeps read-ahead state per open file, so
+/// each concurrent stream gets its own (and the cached descriptor, which
+/// serves random reads, keeps the default read-ahead). Errors when the file
+/// changed since its footer was read.
+fn scan_input(file: &PartFile) -> Result<PosFile> {
+    let f = File::open(&file.path).map_err(|e| io_error(&file.path, e))?;
+    let meta = f.metadata().map_err(|e| io_error(&file.path, e))?;
+    if identity(&meta) != file.identity {
+        return Err(ReadError::File {
+            path: file.path.clone(),
+            message: "the file changed while it was being read; run again".into(),
+        });
+    }
+    let input = PosFile { file: Arc::new(f), len: meta.len() };
+    advise(&input, 0, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    Ok(input)
 }
 
 #[cfg(test)]
@@ -969,6 +1188,92 @@ mod tests {
             flipped[n] ^= 0x5a;
             let _ = parse_npy(&flipped);
         }
+    }
+
+    #[test]
+    fn nonfinite_counts_match_a_plain_loop() {
+        // A xorshift stream of bit patterns with NaN, infinities, the largest
+        // finite values and subnormals planted, over lengths around the block size.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let special32 = [0x7fc0_0000u32, 0x7f80_0000, 0xff80_0000, 0x7f7f_ffff, 0x0000_0001, 0xffff_ffff];
+        let special16 = [0x7e00u16, 0x7c00, 0xfc00, 0x7bff, 0x0001, 0xffff];
+        for n in [0, 1, 15, 16, 17, COUNT_BLOCK - 1, COUNT_BLOCK, COUNT_BLOCK + 3, 3 * COUNT_BLOCK + 5] {
+            let v32: Vec<u32> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if r % 7 == 0 {
+                        special32[(r >> 8) as usize % special32.len()]
+                    } else {
+                        r as u32 & 0x7f7f_ffff
+                    }
+                })
+                .collect();
+            let raw: Vec<u8> = v32.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let want = v32.iter().filter(|&&b| !f32::from_bits(b).is_finite()).count() as u64;
+            assert_eq!(count_nonfinite_f32(&raw), want, "f32, {n} values");
+            // Unaligned: the same values one byte into a buffer.
+            let shifted = [&[0u8][..], &raw].concat();
+            assert_eq!(count_nonfinite_f32(&shifted[1..]), want, "f32 unaligned, {n} values");
+            let v16: Vec<u16> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if r % 7 == 0 {
+                        special16[(r >> 8) as usize % special16.len()]
+                    } else {
+                        r as u16 & 0x7bff
+                    }
+                })
+                .collect();
+            let raw: Vec<u8> = v16.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let want = v16.iter().filter(|&&b| b & 0x7c00 == 0x7c00).count() as u64;
+            assert_eq!(count_nonfinite_f16(&raw), want, "f16, {n} values");
+        }
+    }
+
+    #[test]
+    fn full_scan_equals_row_reads_for_both_codecs() {
+        use crate::writer::{Latent as WLatent, LatentCompression, LatentDtype};
+        let dir = temp_dir("scan");
+        for codec in [LatentCompression::None, LatentCompression::Zstd] {
+            let path = dir.join(format!("{codec:?}.parquet"));
+            let opts = WriterOptions { row_group_size: 6, latent_compression: codec, ..WriterOptions::default() };
+            let writer = PartWriter::create(&path, opts).unwrap();
+            let rows: Vec<_> = (0..15)
+                .map(|i| {
+                    let mut values: Vec<f32> = (0..48).map(|v| (v + i) as f32 * 0.5).collect();
+                    if i % 4 == 1 {
+                        values[i as usize] = f32::NAN;
+                        values[47] = f32::INFINITY;
+                    }
+                    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let latent1 = WLatent::from_bytes(LatentDtype::F32, vec![3, 4, 4], &data).unwrap();
+                    crate::writer::Row { latent1, ..row(i) }
+                })
+                .collect();
+            writer.submit(rows, || Ok(())).unwrap();
+            writer.close().unwrap();
+            let file = PartFile::open(&path).unwrap();
+            assert!(file.paged());
+            let checks = check_file(&path, Some(2)).unwrap();
+            assert_eq!(checks.len(), 15);
+            for (rg, &n) in file.row_group_rows().iter().enumerate() {
+                let rows: Vec<usize> = (0..n as usize).collect();
+                for (row, [a, b]) in file.visit_rows(rg, &rows, false, &inspect_npy) {
+                    let c = &checks[rg * 6 + row];
+                    assert_eq!((c.row_group, c.row), (rg, row));
+                    assert_eq!(&c.latents, &[a, b], "{codec:?} row group {rg} row {row}");
+                }
+            }
+            let bad: Vec<_> = checks.iter().filter(|c| c.latents[0].as_ref().unwrap().nonfinite == 2).collect();
+            assert_eq!(bad.len(), 4, "{codec:?}: rows 1, 5, 9, 13 hold a NaN and an infinity");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -1039,6 +1344,12 @@ mod tests {
                 let msg = e.to_string();
                 assert!(msg.contains("flipped.parquet") && msg.contains(&format!("row {r}")), "{msg}");
             }
+        }
+        // The full scan agrees with the row reads: the same rows fail, each named.
+        let checks = check_file(&bad, Some(2)).unwrap();
+        assert_eq!(checks.len(), 5);
+        for (c, res) in checks.iter().zip(&got) {
+            assert_eq!(c.latents.iter().any(|l| l.is_err()), res.is_err(), "row {}", c.row);
         }
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let got = read_pairs(&[Request { path: path.clone(), row_group: 0, row: 0 }], None);

@@ -282,7 +282,14 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def seeded_parts(root: Path, *, paged: bool, sizes: tuple[int, ...] = (57, 23, 40), group: int = 10) -> dict:
+def seeded_parts(
+    root: Path,
+    *,
+    paged: bool,
+    sizes: tuple[int, ...] = (57, 23, 40),
+    group: int = 10,
+    latent_compression: str = "none",
+) -> dict:
     """Part files of seeded random latents (float32 in even files, float16 in odd ones, mixed shapes).
 
     Returns ``{(path, row_group, row): (latent1, latent2)}``.
@@ -308,7 +315,7 @@ def seeded_parts(root: Path, *, paged: bool, sizes: tuple[int, ...] = (57, 23, 4
         )
         path = root / f"part_rank{k:02d}.parquet"
         if paged:
-            write_paged_table(table, path, row_group_size=group)
+            write_paged_table(table, path, row_group_size=group, latent_compression=latent_compression)
         else:
             pq.write_table(table, path, row_group_size=group, compression="zstd")
         for i, pair in enumerate(pairs):
@@ -389,8 +396,9 @@ def test_stale_index_on_paged_files(paged_index: Path) -> None:
         LatentPairDataset(df.with_columns(pl.lit(99).alias("row_group")))[0]
 
 
-def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path) -> None:
-    truth = seeded_parts(tmp_path / "parts", paged=True, sizes=(30,))
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path, codec: str) -> None:
+    truth = seeded_parts(tmp_path / "parts", paged=True, sizes=(30,), latent_compression=codec)
     path = tmp_path / "parts" / "part_rank00.parquet"
     data = path.read_bytes()
     cut = tmp_path / "cut.parquet"
@@ -401,8 +409,18 @@ def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path) -> No
     meta = pq.ParquetFile(path).metadata
     chunk = meta.row_group(1).column(1)
     start = chunk.data_page_offset
-    # the pages of a row group's latent1 follow each other; row 4 is roughly 4/10 of the way in
-    pos = start + chunk.total_compressed_size * 4 // 10 + 40
+    if codec == "zstd":
+        # the pages of a row group's latent1 follow each other; row 4 is roughly 4/10 of the way in
+        pos = start + chunk.total_compressed_size * 4 // 10 + 40
+    else:
+        # uncompressed: row 4's value is the fifth .npy in the chunk; zero its length and npy header
+        # (damage inside the float data of an uncompressed page is not detectable, but by verify's
+        # finite check)
+        pos, at = start, start
+        for _ in range(5):
+            pos = data.index(b"\x93NUMPY", at)
+            at = pos + 1
+        pos -= 8
     bad = bytearray(data)
     bad[pos : pos + 64] = bytes(64)
     broken = tmp_path / "broken.parquet"

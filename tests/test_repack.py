@@ -115,11 +115,15 @@ def test_manifest_follows_and_cli(
     assert main(["verify", str(tmp_path / "dest"), "-q"]) == 0
     assert main(["repack", str(src), str(src)]) == 1
     assert "is the source directory" in capsys.readouterr().err
-    # uncompressed latents: same values, paged, the other columns still zstd
-    assert main(["repack", str(src), str(tmp_path / "plain"), "--latent-compression", "none", "-q"]) == 0
-    for p in sorted((tmp_path / "plain").glob("*.parquet")):
-        meta = pq.ParquetFile(p).metadata.row_group(0)
-        codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
-        assert codecs["latent1"] == codecs["latent2"] == "UNCOMPRESSED" and codecs["prompt"] == "ZSTD"
-        assert latent_layout(p)[1] is True
-        assert pq.read_table(p).equals(pq.read_table(src / p.name))
+    # latents uncompressed by default ("dest" above), zstd when asked: same values, paged,
+    # the other columns zstd either way
+    assert main(["repack", str(src), str(tmp_path / "zstd"), "--latent-compression", "zstd", "-q"]) == 0
+    for out, codec in (("dest", "UNCOMPRESSED"), ("zstd", "ZSTD")):
+        for p in sorted((tmp_path / out).glob("*.parquet")):
+            meta = pq.ParquetFile(p).metadata.row_group(0)
+            codecs = {
+                meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)
+            }
+            assert codecs["latent1"] == codecs["latent2"] == codec and codecs["prompt"] == "ZSTD", out
+            assert latent_layout(p)[1] is True
+            assert pq.read_table(p).equals(pq.read_table(src / p.name))

@@ -128,11 +128,19 @@ def test_module_names_match() -> None:
 
 
 def test_constants_have_the_stubbed_type() -> None:
-    builtin_types = {"int": int, "str": str, "float": float, "bool": bool}
+    builtin_types = {"int": int, "str": str, "float": float, "bool": bool, "tuple": tuple}
     for name, node in stub_members(stub_tree().body).items():
         if isinstance(node, ast.AnnAssign):
-            assert isinstance(node.annotation, ast.Name), name
-            assert isinstance(getattr(_core, name), builtin_types[node.annotation.id]), name
+            annotation = node.annotation
+            if isinstance(annotation, ast.Subscript):  # tuple[str, ...]: the items' type too
+                assert isinstance(annotation.value, ast.Name) and annotation.value.id == "tuple", name
+                items = annotation.slice
+                assert isinstance(items, ast.Tuple) and isinstance(items.elts[0], ast.Name), name
+                item_type = builtin_types[items.elts[0].id]
+                assert all(isinstance(v, item_type) for v in getattr(_core, name)), name
+                annotation = annotation.value
+            assert isinstance(annotation, ast.Name), name
+            assert isinstance(getattr(_core, name), builtin_types[annotation.id]), name
 
 
 def test_functions_match() -> None:

@@ -27,7 +27,12 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def make_output(
-    root: Path, records: list[PartRecord], *, status: str = "complete", paged: bool = True
+    root: Path,
+    records: list[PartRecord],
+    *,
+    status: str = "complete",
+    paged: bool = True,
+    latent_compression: str = "none",
 ) -> Path:
     """An encode-like output directory: hpd-encode's schema, a manifest listing the files."""
     root.mkdir(parents=True)
@@ -36,14 +41,14 @@ def make_output(
         path = root / f"part_rank{rank:02d}.parquet"
         write_ours_part(path, records[start : start + n])
         if paged:
-            write_paged_table(pq.read_table(path), path)
+            write_paged_table(pq.read_table(path), path, latent_compression=latent_compression)
         files.append({"path": path.name, "rows": n, "bytes": path.stat().st_size})
         start += n
     (root / MANIFEST).write_text(json.dumps({"status": status, "files": files}))
     return root
 
 
-def rewrite(path: Path, column: str, row: int, value: object) -> None:
+def rewrite(path: Path, column: str, row: int, value: object, latent_compression: str = "none") -> None:
     """Set one cell of a part file (keeping the row groups of 100 and the paged layout)."""
     table = pq.read_table(path)
     values = table.column(column).to_pylist()
@@ -51,7 +56,7 @@ def rewrite(path: Path, column: str, row: int, value: object) -> None:
     table = table.set_column(
         table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
     )
-    write_paged_table(table, path)
+    write_paged_table(table, path, latent_compression=latent_compression)
 
 
 def test_clean_output_verifies(tmp_path: Path, part_records: list[PartRecord]) -> None:
@@ -69,17 +74,18 @@ def test_old_layout_and_reference_files_verify(reference_parts: Path, tmp_path: 
     assert verify(make_output(tmp_path / "old", part_records, paged=False), progress=False).ok
 
 
+@pytest.mark.parametrize("codec", ["none", "zstd"])
 def test_finds_every_problem_by_file_row_group_and_row(
-    tmp_path: Path, part_records: list[PartRecord]
+    tmp_path: Path, part_records: list[PartRecord], codec: str
 ) -> None:
-    out = make_output(tmp_path / "out", part_records)
+    out = make_output(tmp_path / "out", part_records, latent_compression=codec)
     p0, p1 = out / "part_rank00.parquet", out / "part_rank01.parquet"
     nan = part_records[123].latent(1).copy()
     nan[1, 2, 3] = math.nan
     nan[0, 0, 0] = math.inf
-    rewrite(p0, "latent1", 123, _npy(nan))  # row group 1 row 23
-    rewrite(p0, "latent2_shape", 250, [4, 1, 1])  # row group 2 row 50: shape disagrees
-    rewrite(p1, "record_index", 205, part_records[7].rec)  # row group 2 row 5 of file 1 repeats record 7
+    rewrite(p0, "latent1", 123, _npy(nan), codec)  # row group 1 row 23
+    rewrite(p0, "latent2_shape", 250, [4, 1, 1], codec)  # row group 2 row 50: shape disagrees
+    rewrite(p1, "record_index", 205, part_records[7].rec, codec)  # row group 2 row 5 of file 1: record 7
     report = verify(out, progress=False)
     assert not report.ok
     found = {(Path(p.file).name, p.row_group, p.row, p.kind) for p in report.problems}
@@ -120,6 +126,25 @@ def test_damaged_files_are_problems_not_crashes(tmp_path: Path, part_records: li
     kinds = {(Path(p.file).name, p.row_group, p.row, p.kind) for p in report.problems}
     assert ("part_rank01.parquet", None, None, "unreadable_file") in kinds
     assert ("part_rank00.parquet", 0, 42, "unreadable_latent") in kinds
+
+
+def test_a_damaged_page_is_blamed_on_its_row(tmp_path: Path, part_records: list[PartRecord]) -> None:
+    """A full scan reads a column chunk in one pass; when one page in it is
+    damaged, that row (and only that row) is a problem and the rest verify."""
+    out = make_output(tmp_path / "out", part_records)
+    path = out / "part_rank00.parquet"
+    data = bytearray(path.read_bytes())
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(7)  # latent2 of row group 1
+    at = chunk.data_page_offset
+    for _ in range(31):  # row 30's value is the 31st .npy of the chunk
+        pos = data.index(b"\x93NUMPY", at)
+        at = pos + 1
+    data[pos - 4 : pos + 10] = bytes(14)  # its length prefix and npy magic
+    path.write_bytes(bytes(data))
+    report = verify(out, progress=False)
+    assert [(p.row_group, p.row, p.kind) for p in report.problems] == [(1, 30, "unreadable_latent")]
+    assert "latent2" in report.problems[0].detail
+    assert report.rows == sum(PART_SPLIT)
 
 
 def test_refuses_running_and_locked_directories(tmp_path: Path, part_records: list[PartRecord]) -> None:

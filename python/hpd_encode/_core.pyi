@@ -62,6 +62,7 @@ __all__ = [
     "TEMP_FILE_PATTERN",
     "LATENT_DOWN_FACTOR",
     "MAX_ROW_GROUP_SIZE",
+    "LATENT_COMPRESSIONS",
     "parquet_layout",
     "rank_in_group",
     "connected_components",
@@ -334,10 +335,21 @@ class BucketSet:
 @final
 class ParquetWriter:
     """A part file written by a background thread; a context manager. Safe to
-    share between threads (every thread's rows land in the file)."""
+    share between threads (every thread's rows land in the file).
+
+    Every column is zstd-compressed (``zstd_level``) except the latents:
+    ``latent_compression="none"`` (default) stores them uncompressed (zstd
+    saves ~8 % on float latents and halves read speed per core), ``"zstd"``
+    compresses them too."""
 
     def __new__(
-        cls, path: _Path, *, row_group_size: int = 100, queue_size: int = 64, zstd_level: int = 1
+        cls,
+        path: _Path,
+        *,
+        row_group_size: int = 100,
+        queue_size: int = 64,
+        zstd_level: int = 1,
+        latent_compression: str = "none",
     ) -> Self: ...
     @property
     def path(self) -> Path:
@@ -390,6 +402,8 @@ TEMP_FILE_PATTERN: str
 LATENT_DOWN_FACTOR: int
 #: The most rows of a row group; ``ParquetWriter`` refuses a larger ``row_group_size``.
 MAX_ROW_GROUP_SIZE: int
+#: The codecs ``ParquetWriter(latent_compression=...)`` accepts for the latent columns; the first is the default.
+LATENT_COMPRESSIONS: tuple[str, ...]
 
 def parquet_layout(path: _Path) -> tuple[list[int], list[str], int]:
     """``(rows per row group, top-level column names, rows)`` of a Parquet file,

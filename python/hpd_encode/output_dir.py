@@ -292,8 +292,16 @@ def committed_files(output_dir: Path) -> list[dict[str, Any]]:
 class PartRotator:
     """Writes a rank's rows into committed part files of at most ``rows_per_file`` rows."""
 
-    def __init__(self, output_dir: Path, rank: int, rows_per_file: int, queue_size: int = 8) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        rank: int,
+        rows_per_file: int,
+        queue_size: int = 8,
+        latent_compression: str = "none",
+    ) -> None:
         self.output_dir, self.rank = output_dir, rank
+        self.latent_compression = latent_compression
         self.rows_per_file = rows_per_file if rows_per_file > 0 else None
         self.queue_size = queue_size
         taken = [
@@ -313,7 +321,12 @@ class PartRotator:
 
         path = self.output_dir / part_file_name(self.rank, self.next_k)
         self.next_k += 1
-        self.writer = ParquetWriter(path, row_group_size=ROW_GROUP_SIZE, queue_size=self.queue_size)
+        self.writer = ParquetWriter(
+            path,
+            row_group_size=ROW_GROUP_SIZE,
+            queue_size=self.queue_size,
+            latent_compression=self.latent_compression,
+        )
         self.in_file = 0
 
     def submit(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Exception]]:

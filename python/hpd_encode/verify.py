@@ -24,10 +24,11 @@ import os
 import sys
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow.parquet as pq
 
@@ -138,26 +139,37 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
-def _check_file(
-    path: Path, report: VerifyReport, seen: dict[int, tuple[str, int, int]], threads: int | None
-) -> None:
+#: What :func:`_read_file` gives: the Rust checks and the small columns, or why the file is unreadable.
+_Read: TypeAlias = "tuple[list[Any], dict[str, list[Any]]] | Problem"
+
+
+def _read_file(path: Path, threads: int | None) -> _Read:
+    """The reads of one file (no GIL held for long, so it runs on a worker
+    thread ahead of the checks): every latent's check from the Rust reader,
+    and the small columns the checks compare against; or the problem that
+    stops the file from being read."""
     from hpd_encode._core import check_part_file
 
     name = str(path)
     try:
         checks = check_part_file(path, num_threads=threads)
     except (OSError, ValueError) as e:
-        report.problems.append(Problem(name, None, None, "unreadable_file", str(e)))
-        return
+        return Problem(name, None, None, "unreadable_file", str(e))
     try:
         pf = pq.ParquetFile(path)
         cols = [c for c in ("record_index", "latent1_shape", "latent2_shape") if c in pf.schema_arrow.names]
         small = pf.read(columns=cols).to_pydict() if cols else {}
     except (OSError, ValueError) as e:
-        report.problems.append(
-            Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
-        )
+        return Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
+    return checks, small
+
+
+def _check_file(path: Path, read: _Read, report: VerifyReport, seen: dict[int, tuple[str, int, int]]) -> None:
+    name = str(path)
+    if isinstance(read, Problem):
+        report.problems.append(read)
         return
+    checks, small = read
     n = len(checks)
     for c in ("latent1_shape", "latent2_shape"):
         if c not in small:
@@ -206,6 +218,39 @@ def _check_file(
                 )
             else:
                 seen[rec] = (name, group, row)
+
+
+def _account(
+    path: Path,
+    read: _Read,
+    report: VerifyReport,
+    seen: dict[int, tuple[str, int, int]],
+    listed: dict[str, int | None],
+    manifest: dict[str, Any] | None,
+) -> None:
+    """Check one file's rows and compare it with ``manifest.json``."""
+    size = path.stat().st_size
+    rows_before = report.rows
+    _check_file(path, read, report, seen)
+    report.files += 1
+    report.bytes += size
+    if manifest is None:
+        return
+    if path.name not in listed:
+        if manifest.get("status") == "complete":
+            report.problems.append(
+                Problem(str(path), None, None, "unlisted_file", "present but not listed in manifest.json")
+            )
+    elif listed[path.name] is not None and int(listed[path.name] or 0) != report.rows - rows_before:
+        report.problems.append(
+            Problem(
+                str(path),
+                None,
+                None,
+                "row_count",
+                f"{report.rows - rows_before} rows, manifest.json says {listed[path.name]}",
+            )
+        )
 
 
 def verify(
@@ -258,32 +303,18 @@ def verify(
 
         bar = tqdm(total=sum(p.stat().st_size for p in parts), unit="B", unit_scale=True, desc="verify")
     seen: dict[int, tuple[str, int, int]] = {}
-    for path in parts:
-        size = path.stat().st_size
-        rows_before = report.rows
-        _check_file(path, report, seen, num_threads)
-        report.files += 1
-        report.bytes += size
-        if manifest is not None:
-            if path.name not in listed:
-                if manifest.get("status") == "complete":
-                    report.problems.append(
-                        Problem(
-                            str(path), None, None, "unlisted_file", "present but not listed in manifest.json"
-                        )
-                    )
-            elif listed[path.name] is not None and int(listed[path.name] or 0) != report.rows - rows_before:
-                report.problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        None,
-                        "row_count",
-                        f"{report.rows - rows_before} rows, manifest.json says {listed[path.name]}",
-                    )
-                )
-        if bar is not None:
-            bar.update(size)
+    # The next file is read (Rust, GIL released, on the same thread pool) while
+    # this one is read and checked: the disk never waits for the Python side or
+    # for the last column chunks of a file.
+    with ThreadPoolExecutor(2, thread_name_prefix="verify-read") as ahead:
+        reads: dict[int, Future[_Read]] = {}
+        for i, path in enumerate(parts):
+            for j in (i, i + 1):
+                if j < len(parts) and j not in reads:
+                    reads[j] = ahead.submit(_read_file, parts[j], num_threads)
+            _account(path, reads.pop(i).result(), report, seen, listed, manifest)
+            if bar is not None:
+                bar.update(path.stat().st_size)
     if bar is not None:
         bar.close()
     present = {p.name for p in parts}

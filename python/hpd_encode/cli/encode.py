@@ -7,7 +7,13 @@ import json
 import os
 from typing import Any
 
-from hpd_encode.cli._args import add_threads_option, arg_type, non_negative_int, positive_int
+from hpd_encode.cli._args import (
+    add_latent_compression_option,
+    add_threads_option,
+    arg_type,
+    non_negative_int,
+    positive_int,
+)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -39,6 +45,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             num_threads=args.num_threads,
             share=not args.no_share,
             rows_per_file=args.rows_per_file,
+            latent_compression=args.latent_compression,
             alpha=args.alpha,
             progress=not args.quiet,
             dry_run=args.dry_run,
@@ -184,6 +191,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default=2000,
         help="commit a part file every N rows (0: one file per rank per run; default: %(default)s)",
     )
+    add_latent_compression_option(p)
     p.add_argument("--alpha", default="drop", choices=["drop", "white", "black"], help="alpha handling")
     p.add_argument(
         "--max-pixels",

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from hpd_encode.cli._args import add_threads_option
+from hpd_encode.cli._args import add_latent_compression_option, add_threads_option
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -54,13 +54,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="repack a source whose encode run has not completed (what is committed so far)",
     )
-    p.add_argument(
-        "--latent-compression",
-        choices=("zstd", "none"),
-        default="zstd",
-        help="codec of the latent columns: zstd (as the reference) or none (~7%% larger, about twice "
-        "as fast to read per CPU core) (default: %(default)s)",
-    )
+    add_latent_compression_option(p, " (as the reference)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run_repack)
 

@@ -81,7 +81,7 @@ def encode(
     ``options`` are the fields of :class:`EncodeOptions` (``vae_subfolder``,
     ``dtype``, ``device``, ``buckets``, ``batch_size``, ``latent``,
     ``store_dtype``, ``seed``, ``limit``, ``overwrite``, ``num_threads``,
-    ``share``, ``rows_per_file``, ``prefetch``, ``alpha``, ``max_pixels``,
+    ``share``, ``rows_per_file``, ``latent_compression``, ``prefetch``, ``alpha``, ``max_pixels``,
     ``progress``, ``dist_timeout_s``, ``dry_run``), validated before anything
     is read or written.
 
@@ -293,7 +293,9 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
 def _encode_rank(
     opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series, device: str
 ) -> RankResult:
-    rotator = PartRotator(opts.output_dir, dist.rank, opts.rows_per_file)
+    rotator = PartRotator(
+        opts.output_dir, dist.rank, opts.rows_per_file, latent_compression=opts.latent_compression
+    )
     t = time.monotonic()
     if plan.n_rows == 0:
         if rotator.next_k == 0:

@@ -17,7 +17,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from hpd_encode._core import DEFAULT_MAX_PIXELS, BucketSet
+from hpd_encode._core import DEFAULT_MAX_PIXELS, LATENT_COMPRESSIONS, BucketSet
 from hpd_encode.buckets import load_bucket_set
 
 LATENT_MODES = ("sample", "mean")
@@ -120,6 +120,7 @@ class EncodeOptions:
     num_threads: int | None = None  # decode threads; None: cores / local ranks
     share: bool = True
     rows_per_file: int = 2000
+    latent_compression: str = "none"  # codec of the latent columns: "none" or "zstd"
     prefetch: int = 2
     alpha: Literal["drop", "white", "black"] = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -180,6 +181,7 @@ class EncodeOptions:
         _choice("latent", self.latent, LATENT_MODES)
         _choice("store_dtype", self.store_dtype, STORE_DTYPES)
         _choice("alpha", self.alpha, ALPHA_MODES)
+        _choice("latent_compression", self.latent_compression, LATENT_COMPRESSIONS)
         _int("seed", self.seed, -(2**63))
         if self.limit is not None:
             _int("limit", self.limit, 0)
