@@ -71,6 +71,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::read_metadata_entries, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::dense_ids, m)?)?;
     m.add("METADATA_WINDOW", metadata::DEFAULT_WINDOW)?;
     m.add("default_num_threads", pool::default_threads())?;

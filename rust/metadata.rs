@@ -112,6 +112,9 @@ pub struct MetaColumns {
     pub votes_chosen: Vec<i64>,
     pub votes_rejected: Vec<i64>,
     pub confidence: Vec<f64>,
+    /// Where each good record's entry is in the file (offset, length): to read it again.
+    pub entry_offset: Vec<i64>,
+    pub entry_len: Vec<i64>,
     /// Entries for the per-entry path: entry number, file offset, length, and
     /// line number (JSON Lines; 0 for a list element).
     pub slow_index: Vec<i64>,
@@ -125,11 +128,16 @@ pub struct MetaColumns {
     pub list_end: i64,
     /// A list: `limit` elements were delimited before its end.
     pub limit_reached: bool,
+    /// `(k, n)`: only entries whose number is `k` modulo `n` are parsed (the others are counted).
+    part: Option<(i64, i64)>,
 }
 
 impl MetaColumns {
-    fn new() -> Self {
+    fn new(part: Option<(i64, i64)>) -> Self {
         MetaColumns {
+            part,
+            entry_offset: Vec::new(),
+            entry_len: Vec::new(),
             record_index: Vec::new(),
             prompt: StrColumn::new(),
             path1: StrColumn::new(),
@@ -149,8 +157,10 @@ impl MetaColumns {
         }
     }
 
-    fn push_good(&mut self, index: i64, g: &Good<'_>) {
+    fn push_good(&mut self, index: i64, e: &Entry, g: &Good<'_>) {
         self.record_index.push(index);
+        self.entry_offset.push(e.start as i64);
+        self.entry_len.push((e.end - e.start) as i64);
         self.prompt.push(&g.prompt);
         self.path1.push(&g.path1);
         self.path2.push(&g.path2);
@@ -382,17 +392,21 @@ impl Windows {
     }
 }
 
-/// Parse `entries` (all inside `w.buf`) in parallel and add them to `out`.
+/// Parse `entries` (all inside `w.buf`; those of this part) in parallel and add them to `out`.
 fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
-    let parsed: Vec<Option<Good<'_>>> = entries.par_iter().map(|e| fast(w.bytes(e))).collect();
-    for (e, g) in entries.iter().zip(parsed) {
-        let index = out.n_entries;
+    let (first, part) = (out.n_entries, out.part);
+    let mine = |k: usize| part.is_none_or(|(r, n)| (first + k as i64) % n == r);
+    let parsed: Vec<Option<Good<'_>>> =
+        entries.par_iter().enumerate().map(|(k, e)| if mine(k) { fast(w.bytes(e)) } else { None }).collect();
+    for (k, (e, g)) in entries.iter().zip(parsed).enumerate() {
+        let index = first + k as i64;
         match g {
-            Some(g) => out.push_good(index, &g),
-            None => out.push_slow(index, e),
+            Some(g) => out.push_good(index, e, &g),
+            None if mine(k) => out.push_slow(index, e),
+            None => {}
         }
-        out.n_entries += 1;
     }
+    out.n_entries += entries.len() as i64;
 }
 
 /// Read the metadata at `path` laid out as `layout` into columns; at most
@@ -404,14 +418,80 @@ pub fn read_columns(
     window: usize,
     num_threads: Option<usize>,
 ) -> io::Result<MetaColumns> {
+    read_part(path, layout, limit, window, num_threads, None)
+}
+
+/// [`read_columns`], parsing only the entries whose number is `part.0` modulo
+/// `part.1` (one rank's share; the others are only counted).
+pub fn read_part(
+    path: &Path,
+    layout: Layout,
+    limit: Option<u64>,
+    window: usize,
+    num_threads: Option<usize>,
+    part: Option<(u64, u64)>,
+) -> io::Result<MetaColumns> {
+    if let Some((k, n)) = part {
+        if n == 0 || k >= n {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("part {k} of {n} does not exist")));
+        }
+    }
+    let out = MetaColumns::new(part.map(|(k, n)| (k as i64, n as i64)));
     pool(num_threads).install(|| match layout {
-        Layout::Lines(start) => read_lines(path, start, limit, window),
-        Layout::List(open) => read_list(path, open, limit, window),
+        Layout::Lines(start) => read_lines(out, path, start, limit, window),
+        Layout::List(open) => read_list(out, path, open, limit, window),
     })
 }
 
-fn read_lines(path: &Path, start: u64, limit: Option<u64>, window: usize) -> io::Result<MetaColumns> {
-    let mut out = MetaColumns::new();
+/// The entries at `offsets`/`lengths` of the file (good records found by an
+/// earlier read, numbered `indices`), parsed again: what a rank does for the
+/// rows it was given, without reading the rest of the file.
+pub fn read_entries(
+    path: &Path,
+    indices: &[i64],
+    offsets: &[i64],
+    lengths: &[i64],
+    num_threads: Option<usize>,
+) -> io::Result<MetaColumns> {
+    use std::os::unix::fs::FileExt;
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "indices, offsets and lengths differ in length");
+    if indices.len() != offsets.len() || offsets.len() != lengths.len() {
+        return Err(bad());
+    }
+    let file = File::open(path)?;
+    let total: i64 = lengths.iter().map(|&l| l.max(0)).sum();
+    let mut w = Windows { file, size: 0, base: 0, buf: Vec::with_capacity(total as usize), read_to: 0, window: 1 };
+    let mut entries = Vec::with_capacity(indices.len());
+    for (&off, &len) in offsets.iter().zip(lengths) {
+        if off < 0 || len < 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative offset or length"));
+        }
+        let at = w.buf.len();
+        w.buf.resize(at + len as usize, 0);
+        w.file.read_exact_at(&mut w.buf[at..], off as u64)?;
+        entries.push(Entry { start: at as u64, end: (at + len as usize) as u64, line: 0 });
+    }
+    let mut out = MetaColumns::new(None);
+    pool(num_threads).install(|| take(&mut out, &w, &entries));
+    // Number them as asked (they were numbered by position), pointing back into the file.
+    for (k, off) in out.record_index.iter_mut().zip(out.entry_offset.iter_mut()) {
+        *off = offsets[*k as usize];
+        *k = indices[*k as usize];
+    }
+    for (k, off) in out.slow_index.iter_mut().zip(out.slow_offset.iter_mut()) {
+        *off = offsets[*k as usize];
+        *k = indices[*k as usize];
+    }
+    Ok(out)
+}
+
+fn read_lines(
+    mut out: MetaColumns,
+    path: &Path,
+    start: u64,
+    limit: Option<u64>,
+    window: usize,
+) -> io::Result<MetaColumns> {
     let mut w = Windows::open(path, start, window)?;
     let mut line = 1u64;
     let mut entries = Vec::new();
@@ -445,8 +525,13 @@ fn read_lines(path: &Path, start: u64, limit: Option<u64>, window: usize) -> io:
     Ok(out)
 }
 
-fn read_list(path: &Path, open: u64, limit: Option<u64>, window: usize) -> io::Result<MetaColumns> {
-    let mut out = MetaColumns::new();
+fn read_list(
+    mut out: MetaColumns,
+    path: &Path,
+    open: u64,
+    limit: Option<u64>,
+    window: usize,
+) -> io::Result<MetaColumns> {
     if limit == Some(0) {
         return Ok(out);
     }
@@ -651,6 +736,33 @@ mod tests {
             let d = read_columns(&lines, Layout::Lines(0), Some(10), window, None).unwrap();
             assert_eq!(d.n_entries, 10);
         }
+    }
+
+    #[test]
+    fn parts_split_the_entries_and_entries_read_again_give_the_same_records() {
+        let recs: Vec<String> = (0..31).map(|i| GOOD.replace("a.jpg", &format!("{i}.jpg"))).collect();
+        let mut lines = recs.join("\n");
+        lines.push_str("\n[1]\n");
+        let p = file("parts.jsonl", lines.as_bytes());
+        let all = read_columns(&p, Layout::Lines(0), None, 100, None).unwrap();
+        let mut seen = Vec::new();
+        for k in 0..3 {
+            let m = read_part(&p, Layout::Lines(0), None, 100, None, Some((k, 3))).unwrap();
+            assert_eq!(m.n_entries, 32);
+            assert!(m.record_index.iter().chain(&m.slow_index).all(|&i| i % 3 == k as i64));
+            seen.extend(m.record_index.iter().copied());
+            let again = read_entries(&p, &m.record_index, &m.entry_offset, &m.entry_len, None).unwrap();
+            assert_eq!(
+                (again.record_index.clone(), again.entry_offset.clone()),
+                (m.record_index.clone(), m.entry_offset.clone())
+            );
+            for i in 0..m.path1.len() {
+                assert_eq!(again.path1.get(i), m.path1.get(i));
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, all.record_index);
+        assert!(read_part(&p, Layout::Lines(0), None, 100, None, Some((3, 3))).is_err());
     }
 
     #[test]

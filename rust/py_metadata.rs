@@ -9,7 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::Error;
-use crate::metadata::{dense_ids as ids_of, read_columns, value_end, Layout, StrColumn, StrView, DEFAULT_WINDOW};
+use crate::metadata::{
+    dense_ids as ids_of, read_entries, read_part, value_end, Layout, MetaColumns, StrColumn, StrView, DEFAULT_WINDOW,
+};
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::io(path.display().to_string(), e)
@@ -31,7 +33,8 @@ fn put_str<'py>(d: &Bound<'py, PyDict>, name: &str, col: StrColumn) -> PyResult<
 /// or JSON Lines (`mode="lines"`, from `start`) as columns, and where every
 /// other entry is (`slow_*`: entry number, file offset, length, line).
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None))]
+#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn read_metadata_columns<'py>(
     py: Python<'py>,
     path: PathBuf,
@@ -40,13 +43,36 @@ pub fn read_metadata_columns<'py>(
     limit: Option<u64>,
     window: usize,
     num_threads: Option<usize>,
+    part: Option<(u64, u64)>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = match mode {
         "list" => Layout::List(start),
         "lines" => Layout::Lines(start),
         other => return Err(PyValueError::new_err(format!("mode must be 'list' or 'lines', not {other:?}"))),
     };
-    let m = py.detach(|| read_columns(&path, layout, limit, window, num_threads)).map_err(|e| io_error(&path, e))?;
+    let m = py.detach(|| read_part(&path, layout, limit, window, num_threads, part)).map_err(|e| io_error(&path, e))?;
+    columns(py, m)
+}
+
+/// `read_metadata_entries(path, indices, offsets, lengths, *, num_threads=None) -> dict`:
+/// the entries at those byte ranges (good records an earlier read found, with
+/// their numbers) parsed again, as [`read_metadata_columns`] gives them.
+#[pyfunction]
+#[pyo3(signature = (path, indices, offsets, lengths, *, num_threads=None))]
+pub fn read_metadata_entries<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    indices: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    lengths: PyReadonlyArray1<'py, i64>,
+    num_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (i, o, l) = (indices.as_slice()?, offsets.as_slice()?, lengths.as_slice()?);
+    let m = py.detach(|| read_entries(&path, i, o, l, num_threads)).map_err(|e| io_error(&path, e))?;
+    columns(py, m)
+}
+
+fn columns(py: Python<'_>, m: MetaColumns) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("record_index", m.record_index.into_pyarray(py))?;
     put_str(&d, "prompt", m.prompt)?;
@@ -57,6 +83,8 @@ pub fn read_metadata_columns<'py>(
     d.set_item("votes_chosen", m.votes_chosen.into_pyarray(py))?;
     d.set_item("votes_rejected", m.votes_rejected.into_pyarray(py))?;
     d.set_item("confidence", m.confidence.into_pyarray(py))?;
+    d.set_item("entry_offset", m.entry_offset.into_pyarray(py))?;
+    d.set_item("entry_len", m.entry_len.into_pyarray(py))?;
     d.set_item("slow_index", m.slow_index.into_pyarray(py))?;
     d.set_item("slow_offset", m.slow_offset.into_pyarray(py))?;
     d.set_item("slow_len", m.slow_len.into_pyarray(py))?;

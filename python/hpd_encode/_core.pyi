@@ -68,6 +68,7 @@ __all__ = [
     "connected_components",
     "read_metadata_columns",
     "metadata_value_end",
+    "read_metadata_entries",
     "dense_ids",
     "METADATA_WINDOW",
     "read_pairs",
@@ -431,6 +432,7 @@ def read_metadata_columns(
     limit: int | None = None,
     window: int = ...,
     num_threads: int | None = None,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
     byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
@@ -441,8 +443,22 @@ def read_metadata_columns(
     position for the per-entry path
     (``slow_index``, ``slow_offset``, ``slow_len``, ``slow_line``); and
     ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``.
-    Read ``window`` bytes at a time, the entries of a window parsed in
-    parallel, GIL released."""
+    Each good record's ``entry_offset`` and ``entry_len`` say where it is in
+    the file. ``part=(k, n)`` parses only the entries numbered ``k`` modulo
+    ``n`` (one rank's share; the others are counted). Reads ``window`` bytes
+    at a time, the entries of a window parsed in parallel, GIL released."""
+
+def read_metadata_entries(
+    path: str,
+    indices: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    *,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """The entries at those byte ranges (records an earlier read found, with
+    their numbers ``indices``) parsed again, as :func:`read_metadata_columns`
+    gives them."""
 
 def metadata_value_end(path: str, start: int, *, window: int = ...) -> int | None:
     """The offset of the bracket closing the value opened at byte ``start``,

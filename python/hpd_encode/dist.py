@@ -32,6 +32,16 @@ class Dist:
         td.all_gather_object(out, obj)
         return out
 
+    def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's ``obj`` on rank ``dst`` (None on the others)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as td
+
+        out: list[Any] | None = [None] * self.world_size if self.rank == dst else None
+        td.gather_object(obj, out, dst=dst)
+        return out
+
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         if not self.enabled:
             return obj

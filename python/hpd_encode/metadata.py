@@ -41,6 +41,7 @@ from typing import Any
 # pyarrow before polars: with that order the peak RSS of reading 1.17 M records is ~590 MB, the other
 # way round ~750 MB (measured; the allocators each library sets up depend on which loads first).
 import pyarrow as pa
+import numpy as np
 import polars as pl
 
 # isort: on
@@ -90,6 +91,9 @@ class Metadata:
     table: pl.DataFrame
     failures: list[Failure]
     n_entries: int  # entries considered (good + bad), after ``limit``
+    #: Where each good record is in the file: ``entry_offset`` and ``entry_len`` (int64), one row per
+    #: row of :attr:`table`, so that :func:`read_records` can read a few of them again.
+    entries: pl.DataFrame | None = None
 
     def records(self) -> Iterator[Record]:
         """The good records as :class:`Record` objects, for small callers (one object each: not for HPDv3 scale)."""
@@ -321,7 +325,11 @@ def _fast_table(cols: dict[str, Any]) -> pl.DataFrame:
 
 
 def read_metadata(
-    path: str | PathLike[str], limit: int | None = None, *, num_threads: int | None = None
+    path: str | PathLike[str],
+    limit: int | None = None,
+    *,
+    num_threads: int | None = None,
+    part: tuple[int, int] | None = None,
 ) -> Metadata:
     """Read a JSON list or JSON Lines metadata file (a UTF-8 BOM is allowed) into :class:`Metadata`.
 
@@ -330,6 +338,9 @@ def read_metadata(
     ``bad_record``); raises :class:`MetadataError` only when the file as a whole is not a list of
     records or JSON Lines. The file is read a window at a time (in Rust, the entries of a window
     parsed on ``num_threads`` threads): memory is the table plus a few windows.
+
+    ``part=(k, n)``: only the entries numbered ``k`` modulo ``n`` are parsed and reported (one
+    rank's share); ``n_entries`` still counts them all.
     """
     path = Path(path)
     if limit is not None and limit < 0:
@@ -353,6 +364,7 @@ def read_metadata(
             limit=limit,
             window=_WINDOW,
             num_threads=num_threads,
+            part=part,
         )
         if is_list and limit != 0:
             end = cols["list_end"]
@@ -366,17 +378,67 @@ def read_metadata(
     finally:
         file.f.close()
     n_entries = int(cols["n_entries"])
-    table = _fast_table(cols)
+    table, entries = _table_and_entries(cols, rows)
+    return Metadata(table=table, failures=failures, n_entries=n_entries, entries=entries)
+
+
+_ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}
+
+
+def _table_and_entries(
+    cols: dict[str, Any], rows: list[tuple[object, ...]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The fast path's records and the per-entry path's good ``rows`` (each ending with its entry's
+    offset and length) as one table in record order, and where each record's entry is."""
+    where = pl.DataFrame({"entry_offset": cols.pop("entry_offset"), "entry_len": cols.pop("entry_len")})
+    table = pl.concat([_fast_table(cols), where], how="horizontal")
     if rows:
-        slow = pl.DataFrame(rows, schema=TABLE_SCHEMA, orient="row")
+        slow = pl.DataFrame(rows, schema={**TABLE_SCHEMA, **_ENTRY_SCHEMA}, orient="row")
         table = pl.concat([table, slow]).sort("record_index")
-    return Metadata(table=table, failures=failures, n_entries=n_entries)
+    return table.drop(*_ENTRY_SCHEMA), table.select(*_ENTRY_SCHEMA)
+
+
+def read_records(
+    path: str | PathLike[str],
+    record_index: np.ndarray,
+    entry_offset: np.ndarray,
+    entry_len: np.ndarray,
+    *,
+    num_threads: int | None = None,
+) -> pl.DataFrame:
+    """Good records found by an earlier :func:`read_metadata` (their numbers and where their entries
+    are, from :attr:`Metadata.entries`), read again: a table of :data:`TABLE_SCHEMA` in the order
+    asked. Raises :class:`MetadataError` if one is no longer a good record (the file changed)."""
+    path = Path(path)
+    cols = _core.read_metadata_entries(
+        str(path),
+        np.ascontiguousarray(record_index, np.int64),
+        np.ascontiguousarray(entry_offset, np.int64),
+        np.ascontiguousarray(entry_len, np.int64),
+        num_threads=num_threads,
+    )
+    file = _File(path)
+    try:
+        rows, failures = _slow_entries(file, path, cols, True)
+    except MetadataError as e:
+        raise MetadataError(f"metadata '{path}' changed while being read: {e}") from None
+    finally:
+        file.f.close()
+    if failures:
+        raise MetadataError(
+            f"metadata '{path}' changed while being read: record {failures[0].record_index} "
+            f"is no longer a good record ({failures[0].detail})"
+        )
+    table, _ = _table_and_entries(cols, rows)
+    order = pl.DataFrame({"record_index": np.asarray(record_index, np.int64)})
+    return order.join(table, on="record_index", how="left", maintain_order="left")
 
 
 def _slow_entries(
     file: _File, path: Path, cols: dict[str, Any], is_list: bool
 ) -> tuple[list[tuple[object, ...]], list[Failure]]:
-    """The per-entry path over the entries the fast path did not take: their good rows and failures."""
+    """The per-entry path over the entries the fast path did not take: their good rows (each with its
+    entry's offset and length at the end) and failures."""
     rows: list[tuple[object, ...]] = []
     failures: list[Failure] = []
     fields = (cols.pop(f"slow_{k}").tolist() for k in ("index", "offset", "len", "line"))
@@ -389,5 +451,5 @@ def _slow_entries(
         if isinstance(out, Failure):
             failures.append(out)
         else:
-            rows.append(out)
+            rows.append((*out, offset, length))
     return rows, failures

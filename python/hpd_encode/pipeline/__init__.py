@@ -46,6 +46,7 @@ from hpd_encode.output_dir import (
 from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
 from hpd_encode.pipeline.options import EncodeOptions, resolve_device
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
+from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Survey, survey
 
@@ -123,6 +124,15 @@ class _Plan:
     ) -> None:
         self.stages: dict[str, float] = {}
         t = time.monotonic()
+        if dist.world_size > 1:
+            # Each rank its share: see pipeline/shared.py.
+            self.survey, self.kept, self.split, self.rank_plan = plan_shared(
+                opts, dist, done, opts.batch_size_for(device), with_costs=with_costs
+            )
+            self.rows_planned = self.kept.rows.height
+            self.stages["plan"] = time.monotonic() - t
+            self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})
+            return
         self.survey = survey(
             opts.data_root,
             opts.metadata,
@@ -130,9 +140,6 @@ class _Plan:
             done=done,
             num_threads=opts.num_threads,
             max_pixels=opts.max_pixels,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            all_gather=dist.all_gather,
         )
         self.stages["survey"] = time.monotonic() - t
         self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})

@@ -1,0 +1,198 @@
+"""Planning under torchrun, each rank doing its share.
+
+With ``world_size`` > 1 no rank reads, probes or keeps the whole dataset:
+
+1. Rank ``r`` parses the metadata entries numbered ``r`` modulo the world
+   size (the others are only cut and counted, in Rust).
+2. Images are named by a 64-bit hash of their path. The ranks all-gather the
+   hashes they saw; each image is probed by the lowest rank that saw it, and
+   the sizes are all-gathered, so every rank knows every image's size and the
+   image ids (positions among the sorted hashes) are the same everywhere.
+3. Each rank applies the pair rules to its own records, and the kept pairs
+   are all-gathered as a few integer columns (no strings), so every rank makes
+   the same split and its own :class:`RankPlan` exactly as with one rank.
+4. A rank then reads again, by byte offset, only the metadata entries of the
+   rows it encodes (their prompts, paths, models, votes).
+
+Failures and dropped pairs are gathered on rank 0, which writes them.
+
+Plans are identical to those of one process (same rows per rank, same jobs,
+same batches): only the numbering of image ids differs, and the planner uses
+ids only to tell images apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from hpd_encode.dist import Dist
+from hpd_encode.failures import Failure
+from hpd_encode.metadata import read_metadata, read_records
+from hpd_encode.pipeline.options import EncodeOptions
+from hpd_encode.pipeline.plan import (
+    BatchSizeFor,
+    Kept,
+    RankPlan,
+    Split,
+    apply_pair_rules,
+    order_and_batch,
+    partition,
+)
+from hpd_encode.pipeline.survey import PROBE_OK, Survey, _probe_all, _record_failures
+
+_ENTRY = ("entry_offset", "entry_len")
+#: Columns of a planned row, in the order a one-process plan has them.
+_ROW_ORDER = (
+    "record_index",
+    "prompt",
+    "path1",
+    "path2",
+    "model1",
+    "model2",
+    "votes_chosen",
+    "votes_rejected",
+    "confidence",
+    "id1",
+    "id2",
+    "h1",
+    "w1",
+    "h2",
+    "w2",
+    "bucket_id",
+    "height",
+    "width",
+)
+
+
+def plan_shared(
+    opts: EncodeOptions,
+    dist: Dist,
+    done: set[int],
+    batch_size_for: BatchSizeFor,
+    *,
+    with_costs: bool = False,
+) -> tuple[Survey, Kept, Split, RankPlan]:
+    """This rank's survey (its records; on rank 0 every failure), the kept
+    pairs of all ranks (narrow), the split and this rank's plan."""
+    rank, world = dist.rank, dist.world_size
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        timings[name] = now - t
+        t = now
+
+    meta = read_metadata(opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world))
+    assert meta.entries is not None
+    table = pl.concat([meta.table, meta.entries], how="horizontal")
+    n_good = table.height
+    if done:
+        done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
+        table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
+    n_done = n_good - table.height
+    hash1 = table["path1"].hash(seed=0).to_numpy()
+    hash2 = table["path2"].hash(seed=0).to_numpy()
+    seen, first = np.unique(np.concatenate([hash1, hash2]), return_index=True)
+    step("metadata_and_image_ids")
+
+    # Who probes what: each image by the lowest rank that saw it.
+    everyone = dist.all_gather(seen)
+    hashes, first_all = np.unique(np.concatenate(everyone), return_index=True)
+    owner = np.repeat(np.arange(world), [len(s) for s in everyone])[first_all]
+    del everyone, first_all
+    mine = np.flatnonzero(owner == rank)
+    del owner
+    both_paths = pl.concat([table["path1"], table["path2"]])
+    rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])]).to_list()
+    del both_paths, seen, first
+    h, w, kind, errors = _probe_all(Path(opts.data_root), rels, opts.num_threads, opts.max_pixels, False)
+    step("probe")
+
+    n = len(hashes)
+    height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    kinds = np.zeros(n, dtype=np.uint8)
+    error_of: dict[int, str] = {}
+    err_mine = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
+    for idx, ph, pw, pk, perr in dist.all_gather((mine, h, w, kind, err_mine)):
+        height[idx], width[idx], kinds[idx] = ph, pw, pk
+        error_of.update(perr)
+    id1, id2 = np.searchsorted(hashes, hash1), np.searchsorted(hashes, hash2)
+    del hashes, hash1, hash2
+    table = table.with_columns(
+        pl.Series("id1", id1),
+        pl.Series("id2", id2),
+        pl.Series("h1", height[id1]),
+        pl.Series("w1", width[id1]),
+        pl.Series("h2", height[id2]),
+        pl.Series("w2", width[id2]),
+        pl.Series("pairable", (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)),
+    )
+    failures = list(meta.failures) + _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
+    n_entries = meta.n_entries  # all of them, whoever parsed them
+    del meta
+    step("sizes")
+
+    survey = Survey(
+        records=table.drop(*_ENTRY),
+        images=pl.DataFrame(),
+        failures=failures,
+        n_entries=n_entries,
+        n_done=n_done,
+        timings=timings,
+    )
+    kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets)
+    rows_here = kept_here.rows
+    send = pl.concat(
+        [rows_here.drop("_row", "path1", "path2"), table.select(*_ENTRY)[rows_here["_row"].to_numpy()]],
+        how="horizontal",
+    )
+    kept_rows = pl.concat(dist.all_gather(send)).sort("record_index")
+    del send, rows_here
+    split = partition(kept_rows, world, opts.share, with_costs=with_costs)
+    rank_plan = order_and_batch(
+        kept_rows.filter(pl.Series(split.rank_of_row == rank)), opts.share, batch_size_for
+    )
+    rank_plan = replace(rank_plan, rows=_with_records(opts, rank_plan.rows))
+
+    # Every image this rank encodes, by id (the others are not needed here).
+    rows = rank_plan.rows
+    paths = pl.Series("path", [None] * n, dtype=pl.String)
+    if rows.height:
+        ids = np.concatenate([rows["id1"].to_numpy(), rows["id2"].to_numpy()])
+        paths = paths.scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
+    images = pl.DataFrame({"path": paths}).with_row_index("image_id")
+
+    # Rank 0 reports and writes every failure.
+    gathered = dist.gather((failures, kept_here.dropped_rows, n_done))
+    dropped = kept_here.dropped_rows
+    if gathered is not None:
+        failures = sorted((f for fs, _, _ in gathered for f in fs), key=_by_record)
+        dropped = pl.concat([d for _, d, _ in gathered]).sort("record_index")
+        n_done = sum(k for _, _, k in gathered)
+    survey = replace(survey, images=images, failures=failures, n_done=n_done)
+    return survey, Kept(kept_rows, dropped), split, rank_plan
+
+
+def _by_record(f: Failure) -> int:
+    return f.record_index
+
+
+def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:
+    """This rank's planned rows with their records' columns, read again from the metadata file (only
+    those entries), in the order of a one-process plan."""
+    records = read_records(
+        opts.metadata,
+        rows["record_index"].to_numpy(),
+        rows["entry_offset"].to_numpy(),
+        rows["entry_len"].to_numpy(),
+        num_threads=opts.num_threads,
+    )
+    joined = pl.concat([records, rows.drop("record_index", *_ENTRY)], how="horizontal")
+    return joined.select(_ROW_ORDER)

@@ -1,0 +1,154 @@
+"""Under torchrun each rank plans from its share (pipeline/shared.py): its
+metadata entries, the images it probes, the rows it encodes. The result must
+be the plan one process makes: same rows per rank in the same order, same
+jobs, same batches; and rank 0 must report every failure. Real JPEG files,
+real torchrun processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from hpd_encode.dist import Dist
+from hpd_encode.pipeline import _Plan
+from hpd_encode.pipeline.options import EncodeOptions
+from hpd_encode.pipeline.plan import order_and_batch, partition
+
+SIZES = [(1024, 1024), (1216, 832), (832, 1216), (1344, 768), (1200, 800), (512, 512), (200, 200)]
+
+WORKER = r"""
+import json, sys
+from hpd_encode.dist import init_dist
+from hpd_encode.pipeline import _Plan
+from hpd_encode.pipeline.options import EncodeOptions
+
+root, meta, out, share = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+dist = init_dist()
+opts = EncodeOptions.create(root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1)
+plan = _Plan(opts, dist, set(), "cpu", with_costs=True)
+rp = plan.rank_plan
+images = plan.survey.images["path"]
+report = {
+    "rows": rp.rows.drop("id1", "id2").rows(),
+    "jobs": list(zip(images.gather(rp.job_path).to_list(), rp.job_height.tolist(), rp.job_width.tolist())),
+    "row_jobs": rp.row_jobs.tolist(),
+    "batch_start": rp.batch_start.tolist(),
+    "rows_planned": plan.rows_planned,
+    "costs": plan.split.cost_per_rank,
+    "n_entries": plan.survey.n_entries,
+}
+if dist.rank == 0:
+    report["failures"] = sorted((f.record_index, f.stage, f.kind, f.detail) for f in plan.failures)
+with open(f"{out}/rank{dist.rank}.json", "w") as f:
+    json.dump(report, f)
+dist.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Prompts with 2-4 images each and all their pairs, cross-prompt pairs,
+    repeats, and bad records: a missing image, a path escaping the root, a
+    record that is not an object, a negative vote."""
+    rng = random.Random(7)
+    root = tmp_path_factory.mktemp("shared") / "data"
+    paths: list[str] = []
+    recs: list[object] = []
+    for p in range(24):
+        imgs = [f"p{p:02d}/img{k}.jpg" for k in range(rng.randint(2, 4))]
+        base = rng.choice(SIZES)
+        for im in imgs:
+            h, w = base if rng.random() < 0.7 else rng.choice(SIZES)
+            (root / im).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (w, h), (p * 9 % 255, 80, 120)).save(root / im, quality=30)
+        paths += imgs
+        for i, a in enumerate(imgs):
+            for b in imgs[i + 1 :]:
+                recs.append({"prompt": f"prompt {p}", "path1": a, "path2": b, "choice_dist": [3, 1]})
+    for _ in range(8):
+        recs.append({"prompt": "cross", "path1": rng.choice(paths), "path2": rng.choice(paths)})
+    recs += recs[:3]
+    rng.shuffle(recs)
+    recs.insert(5, {"prompt": "gone", "path1": paths[0], "path2": "p99/missing.jpg"})
+    recs.insert(9, {"prompt": "escape", "path1": "../outside.jpg", "path2": paths[1]})
+    recs.insert(13, [1, 2])
+    recs.insert(17, {"prompt": "neg", "path1": paths[2], "path2": paths[3], "choice_dist": [-1, 2]})
+    meta = root.parent / "train.json"
+    meta.write_text(json.dumps(recs, indent=1))
+    return root, meta
+
+
+def _expected(root: Path, meta: Path, world: int, share: bool) -> tuple[list[dict], list[tuple]]:
+    """The plan of one process, split for ``world`` ranks."""
+    opts = EncodeOptions.create(
+        root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1
+    )
+    plan = _Plan(opts, Dist(), set(), "cpu")
+    images = plan.survey.images["path"]
+    split = partition(plan.kept.rows, world, share, with_costs=True)
+    out = []
+    for r in range(world):
+        rp = order_and_batch(
+            plan.kept.rows.filter(pl.Series(split.rank_of_row == r)), share, opts.batch_size_for("cpu")
+        )
+        rows = plan.survey.with_record_columns(rp.rows)
+        out.append(
+            {
+                "rows": [list(x) for x in rows.drop("id1", "id2").rows()],
+                "jobs": [
+                    [p, h, w]
+                    for p, h, w in zip(
+                        images.gather(rp.job_path).to_list(), rp.job_height.tolist(), rp.job_width.tolist()
+                    )
+                ],
+                "row_jobs": rp.row_jobs.tolist(),
+                "batch_start": rp.batch_start.tolist(),
+                "rows_planned": plan.rows_planned,
+                "costs": split.cost_per_rank,
+                "n_entries": plan.survey.n_entries,
+            }
+        )
+    failures = sorted((f.record_index, f.stage, f.kind, f.detail) for f in plan.failures)
+    return out, [list(f) for f in failures]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("world", "share"), [(2, True), (3, True), (3, False)])
+def test_each_rank_plans_from_its_share_as_one_process_would(corpus, tmp_path, world, share):
+    root, meta = corpus
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(world),
+        str(script),
+        str(root),
+        str(meta),
+        str(tmp_path),
+        "1" if share else "0",
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert r.returncode == 0, r.stderr[-6000:]
+    expected, failures = _expected(root, meta, world, share)
+    assert sum(len(e["rows"]) for e in expected) == expected[0]["rows_planned"] > 40
+    assert len(failures) >= 4
+    for rank in range(world):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got.pop("failures", failures) == failures
+        assert got == expected[rank], f"rank {rank}"
+    assert np.sum(expected[0]["costs"]) > 0
