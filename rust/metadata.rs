@@ -395,7 +395,7 @@ impl Windows {
 /// Parse `entries` (all inside `w.buf`; those of this part) in parallel and add them to `out`.
 fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
     let (first, part) = (out.n_entries, out.part);
-    let mine = |k: usize| part.is_none_or(|(r, n)| (first + k as i64) % n == r);
+    let mine = |k: usize| part.map_or(true, |(r, n)| (first + k as i64) % n == r);
     let parsed: Vec<Option<Good<'_>>> =
         entries.par_iter().enumerate().map(|(k, e)| if mine(k) { fast(w.bytes(e)) } else { None }).collect();
     for (k, (e, g)) in entries.iter().zip(parsed).enumerate() {
