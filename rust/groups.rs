@@ -94,6 +94,126 @@ pub fn connected_components(n: usize, a: &[i64], b: &[i64]) -> Result<Vec<i64>> 
     Ok((0..n).map(|x| find(&mut parent, x) as i64).collect())
 }
 
+/// The split of planned rows over ranks (see `hpd_encode.pipeline.plan.partition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub rank_of_row: Vec<i64>,
+    /// Distinct (image, size) jobs over all ranks.
+    pub jobs: usize,
+    /// Pixels each rank encodes, each job once.
+    pub cost_per_rank: Vec<i64>,
+}
+
+/// Each row's rank: rows sharing a job (with `share`, a job is an image id at
+/// the row's bucket; without, every row has two jobs of its own) form
+/// components, and whole components go, largest pixel cost first (ties: the
+/// smaller first record), to the least-loaded rank (ties: the lower rank).
+/// `pixels` is each row's target size in pixels, `record` its record number
+/// (unique per row).
+pub fn partition(
+    id1: &[i64],
+    id2: &[i64],
+    bucket: &[i64],
+    pixels: &[i64],
+    record: &[i64],
+    world: usize,
+    share: bool,
+) -> Result<Split> {
+    let n = id1.len();
+    if [id2.len(), bucket.len(), pixels.len(), record.len()].iter().any(|&k| k != n) {
+        return Err(Error::InvalidArgument("partition: the columns differ in length".into()));
+    }
+    if world == 0 {
+        return Err(Error::InvalidArgument("partition: world size 0".into()));
+    }
+    // Jobs numbered by first use, row by row, chosen side then rejected side.
+    let mut row_jobs = Vec::with_capacity(2 * n);
+    let mut job_pixels: Vec<i64> = Vec::new();
+    if share {
+        let mut number: rustc_hash::FxHashMap<(i64, i64), usize> = Default::default();
+        number.reserve(2 * n);
+        for i in 0..n {
+            for id in [id1[i], id2[i]] {
+                let next = job_pixels.len();
+                let j = *number.entry((id, bucket[i])).or_insert(next);
+                if j == next {
+                    job_pixels.push(pixels[i]);
+                }
+                row_jobs.push(j);
+            }
+        }
+    } else {
+        for (i, &px) in pixels.iter().enumerate() {
+            row_jobs.extend([2 * i, 2 * i + 1]);
+            job_pixels.extend([px, px]);
+        }
+    }
+    let jobs = job_pixels.len();
+    if world == 1 {
+        return Ok(Split { rank_of_row: vec![0; n], jobs, cost_per_rank: vec![job_pixels.iter().sum()] });
+    }
+    let mut parent: Vec<usize> = (0..jobs).collect();
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    for pair in row_jobs.chunks_exact(2) {
+        let (a, b) = (find(&mut parent, pair[0]), find(&mut parent, pair[1]));
+        if a != b {
+            parent[a.max(b)] = a.min(b);
+        }
+    }
+    let root: Vec<usize> = (0..jobs).map(|j| find(&mut parent, j)).collect();
+    // Per component (indexed by its root job): pixels and first record.
+    let mut cost = vec![0i64; jobs];
+    let mut first = vec![i64::MAX; jobs];
+    for (j, &px) in job_pixels.iter().enumerate() {
+        cost[root[j]] += px;
+    }
+    for i in 0..n {
+        let c = root[row_jobs[2 * i]];
+        first[c] = first[c].min(record[i]);
+    }
+    let mut comps: Vec<usize> = (0..jobs).filter(|&j| root[j] == j).collect();
+    comps.sort_unstable_by(|&a, &b| cost[b].cmp(&cost[a]).then(first[a].cmp(&first[b])));
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> =
+        (0..world).map(|r| std::cmp::Reverse((0, r))).collect();
+    let mut rank_of_comp = vec![0usize; jobs];
+    let mut cost_per_rank = vec![0i64; world];
+    for c in comps {
+        let std::cmp::Reverse((load, r)) = heap.pop().expect("world >= 1");
+        rank_of_comp[c] = r;
+        cost_per_rank[r] += cost[c];
+        heap.push(std::cmp::Reverse((load + cost[c], r)));
+    }
+    let rank_of_row = (0..n).map(|i| rank_of_comp[root[row_jobs[2 * i]]] as i64).collect();
+    Ok(Split { rank_of_row, jobs, cost_per_rank })
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::partition;
+
+    #[test]
+    fn shared_jobs_keep_rows_together_and_the_largest_goes_first() {
+        // Rows 0-1 share image 7 at bucket 0: one component of 3 jobs (300 px);
+        // row 2 alone (2 jobs, 2 x 500 px); row 3 alone (2 x 10 px).
+        let s = partition(&[7, 7, 1, 2], &[8, 9, 3, 4], &[0, 0, 1, 2], &[100, 100, 500, 10], &[0, 1, 2, 3], 2, true)
+            .unwrap();
+        assert_eq!(s.jobs, 7);
+        assert_eq!(s.rank_of_row, vec![1, 1, 0, 1]);
+        assert_eq!(s.cost_per_rank, vec![1000, 320]);
+        let alone = partition(&[7, 7], &[8, 9], &[0, 0], &[100, 100], &[0, 1], 2, false).unwrap();
+        assert_eq!((alone.jobs, alone.rank_of_row, alone.cost_per_rank), (4, vec![0, 1], vec![200, 200]));
+        let one = partition(&[7, 7], &[8, 9], &[0, 0], &[100, 100], &[0, 1], 1, true).unwrap();
+        assert_eq!((one.jobs, one.cost_per_rank), (3, vec![300]));
+        assert!(partition(&[1], &[], &[], &[], &[], 2, true).is_err());
+    }
+}
+
 #[cfg(test)]
 mod component_tests {
     use super::connected_components;

@@ -43,3 +43,23 @@ pub fn connected_components<'py>(
     let labels = py.detach(|| groups::connected_components(n, a, b))?;
     Ok(labels.into_pyarray(py))
 }
+
+/// `partition(id1, id2, bucket, pixels, record, world, share) -> (rank_of_row, jobs, cost_per_rank)`:
+/// whole components of rows sharing a job, largest first onto the least-loaded rank.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn partition_rows<'py>(
+    py: Python<'py>,
+    id1: PyReadonlyArray1<'py, i64>,
+    id2: PyReadonlyArray1<'py, i64>,
+    bucket: PyReadonlyArray1<'py, i64>,
+    pixels: PyReadonlyArray1<'py, i64>,
+    record: PyReadonlyArray1<'py, i64>,
+    world: usize,
+    share: bool,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, usize, Vec<i64>)> {
+    let (a, b, k, p, r) =
+        (id1.as_slice()?, id2.as_slice()?, bucket.as_slice()?, pixels.as_slice()?, record.as_slice()?);
+    let split = py.detach(|| groups::partition(a, b, k, p, r, world, share))?;
+    Ok((split.rank_of_row.into_pyarray(py), split.jobs, split.cost_per_rank))
+}

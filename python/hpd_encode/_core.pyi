@@ -66,6 +66,7 @@ __all__ = [
     "parquet_layout",
     "rank_in_group",
     "connected_components",
+    "partition_rows",
     "read_metadata_columns",
     "metadata_value_end",
     "read_metadata_entries",
@@ -473,6 +474,21 @@ def dense_ids(
     """For two string columns (Arrow-style offsets and bytes): each string's
     position among the distinct strings of both, numbered in order of first
     appearance, and those strings (offsets, bytes)."""
+
+def partition_rows(
+    id1: npt.NDArray[np.int64],
+    id2: npt.NDArray[np.int64],
+    bucket: npt.NDArray[np.int64],
+    pixels: npt.NDArray[np.int64],
+    record: npt.NDArray[np.int64],
+    world: int,
+    share: bool,
+) -> tuple[npt.NDArray[np.int64], int, list[int]]:
+    """Each planned row's rank: components of rows sharing a job (an image id
+    at the row's bucket with ``share``; else two jobs per row), largest pixel
+    cost first (ties: smaller first record) onto the least-loaded rank (ties:
+    lower rank). Returns the ranks, the number of distinct jobs and each
+    rank's pixels (each job once)."""
 
 _LatentInfo: TypeAlias = tuple[str, tuple[int, ...], int] | str
 

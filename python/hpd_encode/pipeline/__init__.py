@@ -112,6 +112,12 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     return result
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process so far: user + system, all threads (Rust's included)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -179,7 +185,7 @@ class _Plan:
 def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     """Everything up to the first VAE batch, then a report. Loads no VAE and
     creates or changes nothing in the output directory."""
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _cpu_seconds()
     out = opts.output_dir if str(opts.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
     device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
@@ -204,6 +210,7 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
         pixel_cost_per_rank=costs,
         balance=round(max(costs) / mean, 4) if mean else 1.0,
         plan_seconds=round(time.monotonic() - t0, 3),
+        plan_cpu_seconds=round(_cpu_seconds() - cpu0, 3),
         peak_rss_mb=round(_peak_rss_mb(), 1),
         stages={k: round(v, 3) for k, v in plan.stages.items()},
     )

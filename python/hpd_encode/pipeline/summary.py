@@ -89,6 +89,7 @@ class PlanReport:
     plan_seconds: float
     peak_rss_mb: float
     stages: dict[str, float] = field(default_factory=dict)  # seconds per planning stage
+    plan_cpu_seconds: float = 0.0  # CPU time (user + system, all threads) of this process while planning
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,5 +106,6 @@ class PlanReport:
             f"batches per size: {batches}",
             f"pixel cost/rank:   {', '.join(f'{c / 1e6:.1f} MP' for c in self.pixel_cost_per_rank)} "
             f"(max/mean {self.balance:.3f})",
-            f"planning:          {self.plan_seconds:.2f} s, peak RSS {self.peak_rss_mb:.0f} MB ({stages})",
+            f"planning:          {self.plan_seconds:.2f} s ({self.plan_cpu_seconds:.2f} s of CPU), "
+            f"peak RSS {self.peak_rss_mb:.0f} MB ({stages})",
         ]
