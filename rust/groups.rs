@@ -94,6 +94,19 @@ pub fn connected_components(n: usize, a: &[i64], b: &[i64]) -> Result<Vec<i64>> 
     Ok((0..n).map(|x| find(&mut parent, x) as i64).collect())
 }
 
+/// Each key's number in order of first appearance (0, 1, 2... as a loop over
+/// `keys` hands them out).
+pub fn first_use_numbering(keys: &[i64]) -> Vec<i64> {
+    let mut number: rustc_hash::FxHashMap<i64, i64> = Default::default();
+    number.reserve(keys.len() / 2);
+    keys.iter()
+        .map(|&k| {
+            let next = number.len() as i64;
+            *number.entry(k).or_insert(next)
+        })
+        .collect()
+}
+
 /// The split of planned rows over ranks (see `hpd_encode.pipeline.plan.partition`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
@@ -195,7 +208,13 @@ pub fn partition(
 
 #[cfg(test)]
 mod partition_tests {
-    use super::partition;
+    use super::{first_use_numbering, partition};
+
+    #[test]
+    fn keys_are_numbered_by_first_appearance() {
+        assert_eq!(first_use_numbering(&[50, 7, 50, -3, 7, 9]), vec![0, 1, 0, 2, 1, 3]);
+        assert!(first_use_numbering(&[]).is_empty());
+    }
 
     #[test]
     fn shared_jobs_keep_rows_together_and_the_largest_goes_first() {

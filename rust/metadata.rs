@@ -652,7 +652,7 @@ impl StrColumn {
 /// the position of its string among them.
 pub fn dense_ids<'a>(a: StrView<'a>, b: StrView<'a>) -> (Vec<i64>, Vec<i64>, StrColumn) {
     let mut slot: rustc_hash::FxHashMap<&'a [u8], i64> = Default::default();
-    slot.reserve(a.len() + b.len());
+    slot.reserve(a.len().max(b.len()));
     let mut distinct = StrColumn::new();
     let mut ids = |col: StrView<'a>| -> Vec<i64> {
         (0..col.len())

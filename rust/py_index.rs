@@ -63,3 +63,13 @@ pub fn partition_rows<'py>(
     let split = py.detach(|| groups::partition(a, b, k, p, r, world, share))?;
     Ok((split.rank_of_row.into_pyarray(py), split.jobs, split.cost_per_rank))
 }
+
+/// `first_use_numbering(keys) -> int64 array`: each key's number in order of first appearance.
+#[pyfunction]
+pub fn first_use_numbering<'py>(
+    py: Python<'py>,
+    keys: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let k = keys.as_slice()?;
+    Ok(py.detach(|| groups::first_use_numbering(k)).into_pyarray(py))
+}

@@ -67,6 +67,7 @@ __all__ = [
     "rank_in_group",
     "connected_components",
     "partition_rows",
+    "first_use_numbering",
     "read_metadata_columns",
     "metadata_value_end",
     "read_metadata_entries",
@@ -474,6 +475,10 @@ def dense_ids(
     """For two string columns (Arrow-style offsets and bytes): each string's
     position among the distinct strings of both, numbered in order of first
     appearance, and those strings (offsets, bytes)."""
+
+def first_use_numbering(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each key's number in order of first appearance (0, 1, 2... as a loop
+    over ``keys`` hands them out). A hash map in Rust, GIL released."""
 
 def partition_rows(
     id1: npt.NDArray[np.int64],

@@ -126,14 +126,27 @@ class _Plan:
     """The planning stages shared by a real run and a dry run, timed."""
 
     def __init__(
-        self, opts: EncodeOptions, dist: Dist, done: set[int], device: str, with_costs: bool = False
+        self,
+        opts: EncodeOptions,
+        dist: Dist,
+        done: set[int],
+        device: str,
+        with_costs: bool = False,
+        with_records: bool = True,
     ) -> None:
+        """``with_records``: give this rank's planned rows their prompts, models and votes (what the
+        encoder writes; a dry run, which writes nothing, skips it)."""
         self.stages: dict[str, float] = {}
         t = time.monotonic()
         if dist.world_size > 1:
-            # Each rank its share: see pipeline/shared.py.
+            # Each rank its share (see pipeline/shared.py); one process plans every row here.
             self.survey, self.kept, self.split, self.rank_plan = plan_shared(
-                opts, dist, done, opts.batch_size_for(device), with_costs=with_costs
+                opts,
+                dist,
+                done,
+                opts.batch_size_for(device),
+                with_costs=with_costs,
+                with_records=with_records,
             )
             self.rows_planned = self.kept.rows.height
             self.stages["plan"] = time.monotonic() - t
@@ -146,6 +159,7 @@ class _Plan:
             done=done,
             num_threads=opts.num_threads,
             max_pixels=opts.max_pixels,
+            narrow=True,
         )
         self.stages["survey"] = time.monotonic() - t
         self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})
@@ -155,9 +169,11 @@ class _Plan:
         self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
         self.stages["pair_rules_and_split"] = time.monotonic() - t
         t = time.monotonic()
-        mine = self.kept.rows.filter(pl.Series(self.split.rank_of_row == dist.rank))
-        rank_plan = order_and_batch(mine, opts.share, opts.batch_size_for(device))
-        self.rank_plan = replace(rank_plan, rows=self.survey.with_record_columns(rank_plan.rows))
+        self.rank_plan = order_and_batch(self.kept.rows, opts.share, opts.batch_size_for(device))
+        if with_records:
+            self.rank_plan = replace(
+                self.rank_plan, rows=self.survey.with_record_columns(self.rank_plan.rows)
+            )
         self.stages["order_and_batch"] = time.monotonic() - t
 
     @property
@@ -189,7 +205,7 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     out = opts.output_dir if str(opts.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
     device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
-    plan = _Plan(opts, dist, done, device, with_costs=True)
+    plan = _Plan(opts, dist, done, device, with_costs=True, with_records=False)
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
     mean = sum(costs) / len(costs)

@@ -134,18 +134,21 @@ def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
 
 def _first_use_numbering(keys: np.ndarray) -> np.ndarray:
     """Each key's number in order of first appearance (0, 1, 2... as a loop
-    over ``keys`` would hand them out)."""
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    number = np.empty(len(first), dtype=np.int64)
-    number[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
-    return number[inverse.ravel()]
+    over ``keys`` would hand them out): a hash map in Rust, no sort."""
+    return _core.first_use_numbering(np.ascontiguousarray(keys, dtype=np.int64))
 
 
 def _first_slots(row_jobs: np.ndarray) -> np.ndarray:
-    """For each job, the first position in ``row_jobs.ravel()`` that names it
-    (row ``// 2``, chosen or rejected side ``% 2``)."""
-    _, first = np.unique(row_jobs.ravel(), return_index=True)
-    return first
+    """For jobs numbered by first use, each job's first position in
+    ``row_jobs.ravel()`` (row ``// 2``, chosen or rejected side ``% 2``): where
+    a number exceeds every number before it."""
+    flat = row_jobs.ravel()
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.empty_like(flat)
+    before[0] = -1
+    np.maximum.accumulate(flat[:-1], out=before[1:])
+    return np.flatnonzero(flat > before)
 
 
 def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:

@@ -76,9 +76,11 @@ def plan_shared(
     batch_size_for: BatchSizeFor,
     *,
     with_costs: bool = False,
+    with_records: bool = True,
 ) -> tuple[Survey, Kept, Split, RankPlan]:
     """This rank's survey (its records; on rank 0 every failure), the kept
-    pairs of all ranks (narrow), the split and this rank's plan."""
+    pairs of all ranks (narrow), the split and this rank's plan (its rows with
+    their records' columns when ``with_records``; else the planning columns)."""
     rank, world = dist.rank, dist.world_size
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -110,7 +112,7 @@ def plan_shared(
     mine = np.flatnonzero(owner == rank)
     del owner
     both_paths = pl.concat([table["path1"], table["path2"]])
-    rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])]).to_list()
+    rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])])
     del both_paths, seen, first
     h, w, kind, errors = _probe_all(Path(opts.data_root), rels, opts.num_threads, opts.max_pixels, False)
     step("probe")
@@ -159,15 +161,15 @@ def plan_shared(
     rank_plan = order_and_batch(
         kept_rows.filter(pl.Series(split.rank_of_row == rank)), opts.share, batch_size_for
     )
-    rank_plan = replace(rank_plan, rows=_with_records(opts, rank_plan.rows))
-
-    # Every image this rank encodes, by id (the others are not needed here).
-    rows = rank_plan.rows
-    paths = pl.Series("path", [None] * n, dtype=pl.String)
-    if rows.height:
-        ids = np.concatenate([rows["id1"].to_numpy(), rows["id2"].to_numpy()])
-        paths = paths.scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
-    images = pl.DataFrame({"path": paths}).with_row_index("image_id")
+    images = pl.DataFrame({"path": pl.Series("path", [None] * n, dtype=pl.String)}).with_row_index("image_id")
+    if with_records:
+        rank_plan = replace(rank_plan, rows=_with_records(opts, rank_plan.rows))
+        # Every image this rank encodes, by id (the others are not needed here).
+        rows = rank_plan.rows
+        if rows.height:
+            ids = np.concatenate([rows["id1"].to_numpy(), rows["id2"].to_numpy()])
+            paths = images["path"].scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
+            images = images.with_columns(paths)
 
     # Rank 0 reports and writes every failure.
     gathered = dist.gather((failures, kept_here.dropped_rows, n_done))

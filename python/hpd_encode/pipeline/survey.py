@@ -21,7 +21,7 @@ import pyarrow as pa
 from hpd_encode import _core
 from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
 from hpd_encode.failures import Failure
-from hpd_encode.metadata import read_metadata
+from hpd_encode.metadata import TABLE_SCHEMA, read_metadata, read_records
 
 log = logging.getLogger("hpd_encode.survey")
 
@@ -46,6 +46,9 @@ class Survey:
     n_done: int
     #: Seconds per step: ``metadata``, ``image_ids``, ``probe``, ``sizes``.
     timings: dict[str, float] = field(default_factory=dict)
+    #: Set when ``records`` were kept without their text (``survey(narrow=True)``): the metadata file,
+    #: from which :meth:`with_record_columns` reads the text of the rows planned, by byte offset.
+    metadata: Path | None = None
 
     @property
     def pairable(self) -> pl.DataFrame:
@@ -65,14 +68,31 @@ class Survey:
         )
 
     def with_record_columns(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """``rows`` (planned from :meth:`pairable_for_planning`) with every column of :attr:`records`
-        again, in its order, and without ``_row``."""
-        rest = [c for c in self.records.columns if c not in rows.columns and c != "pairable"]
-        extra = self.records.select(rest)[rows["_row"].cast(pl.Int64).to_numpy()]
-        order = [c for c in self.records.columns if c != "pairable"] + [
-            c for c in rows.columns if c not in self.records.columns and c != "_row"
-        ]
-        return pl.concat([rows, extra], how="horizontal").select(order)
+        """``rows`` (planned from :meth:`pairable_for_planning`) with every column of a record again
+        (read from the metadata file for those rows when :attr:`records` has no text), in the
+        order of :data:`~hpd_encode.metadata.TABLE_SCHEMA` then the survey's and the plan's columns,
+        without ``_row``."""
+        at = rows["_row"].cast(pl.Int64).to_numpy()
+        have = set(rows.columns)
+        keep = [c for c in self.records.columns if c not in have and c not in ("pairable", *_ENTRY)]
+        parts = [rows, self.records.select(keep)[at]]
+        if self.metadata is not None:
+            where = self.records.select(*_ENTRY)[at]
+            text = read_records(
+                self.metadata,
+                rows["record_index"].to_numpy(),
+                where["entry_offset"].to_numpy(),
+                where["entry_len"].to_numpy(),
+            )
+            parts.append(text.select(_TEXT))
+        joined = pl.concat(parts, how="horizontal")
+        order = [*TABLE_SCHEMA] + [c for c in joined.columns if c not in TABLE_SCHEMA and c != "_row"]
+        return joined.select(order)
+
+
+#: The record columns only the writer needs (most of the bytes at HPDv3 scale).
+_TEXT = ("prompt", "model1", "model2")
+_ENTRY = ("entry_offset", "entry_len")
 
 
 def survey(
@@ -87,13 +107,16 @@ def survey(
     world_size: int = 1,
     all_gather: object = None,
     progress: bool = False,
+    narrow: bool = False,
 ) -> Survey:
     """Read ``metadata`` and probe its images under ``data_root``.
 
     ``done`` are record indices already encoded (skipped). With ``world_size``
     > 1, this rank probes every ``world_size``-th image from ``rank`` on and
     ``all_gather`` (``Dist.all_gather``) shares the results. ``progress``
-    shows a progress bar on a terminal while probing.
+    shows a progress bar on a terminal while probing. ``narrow``: keep the
+    records without their prompts and models (where each entry is instead;
+    :meth:`Survey.with_record_columns` reads them again for the rows planned).
     """
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -106,6 +129,11 @@ def survey(
 
     meta = read_metadata(metadata, limit=limit, num_threads=num_threads)
     table = meta.table
+    if narrow and meta.entries is not None:
+        table = pl.concat([table.drop(*_TEXT), meta.entries], how="horizontal")
+    failures = list(meta.failures)
+    n_entries = meta.n_entries
+    del meta
     n_good = table.height
     if done:
         done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
@@ -119,7 +147,7 @@ def survey(
 
     n = images.height
     mine = np.arange(rank, n, world_size, dtype=np.int64)
-    rels = paths.gather(mine).to_list() if world_size > 1 else paths.to_list()
+    rels = paths.gather(mine) if world_size > 1 else paths
     h, w, kind, errors = _probe_all(Path(data_root), rels, num_threads, max_pixels, progress)
     step("probe")
     err_of = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
@@ -145,16 +173,16 @@ def survey(
         pl.Series("w2", width[id2]),
         pl.Series("pairable", ok),
     )
-    failures = list(meta.failures)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
     step("sizes")
     return Survey(
         records=table,
         images=images,
         failures=failures,
-        n_entries=meta.n_entries,
+        n_entries=n_entries,
         n_done=n_done,
         timings=timings,
+        metadata=Path(metadata) if narrow else None,
     )
 
 
@@ -195,16 +223,17 @@ def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, s
 
 
 def _probe_all(
-    root: Path, rels: list[str], num_threads: int | None, max_pixels: int, progress: bool
+    root: Path, rels: pl.Series, num_threads: int | None, max_pixels: int, progress: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
-    """Probe in chunks, with a progress bar when asked for and on a terminal."""
+    """Probe in chunks (only a chunk's paths as Python strings at a time), with a progress bar when
+    asked for and on a terminal."""
     from tqdm.auto import tqdm
 
     step = 1 << 16
     parts = []
     with tqdm(total=len(rels), unit="img", desc="probe", disable=None if progress else True) as bar:
         for a in range(0, len(rels), step):
-            parts.append(_probe(root, rels[a : a + step], num_threads, max_pixels))
+            parts.append(_probe(root, rels.slice(a, step).to_list(), num_threads, max_pixels))
             bar.update(len(parts[-1][0]))
     if not parts:
         return _probe(root, [], num_threads, max_pixels)
