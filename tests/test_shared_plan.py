@@ -35,6 +35,8 @@ root, meta, out, share = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "
 dist = init_dist()
 opts = EncodeOptions.create(root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1)
 plan = _Plan(opts, dist, set(), "cpu", with_costs=True)
+counts = plan.failure_counts(dist)  # what a dry run reports, before any gather of the failures
+plan.gather_failures(dist)
 rp = plan.rank_plan
 images = plan.survey.images["path"]
 report = {
@@ -48,6 +50,7 @@ report = {
 }
 if dist.rank == 0:
     report["failures"] = sorted((f.record_index, f.stage, f.kind, f.detail) for f in plan.failures)
+    report["counts"] = counts
 with open(f"{out}/rank{dist.rank}.json", "w") as f:
     json.dump(report, f)
 dist.close()
@@ -150,5 +153,10 @@ def test_each_rank_plans_from_its_share_as_one_process_would(corpus, tmp_path, w
     for rank in range(world):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got.pop("failures", failures) == failures
+        if rank == 0:
+            kinds: dict[str, int] = {}
+            for f in failures:
+                kinds[f[2]] = kinds.get(f[2], 0) + 1
+            assert got.pop("counts") == [len(failures), dict(sorted(kinds.items())), 0]
         assert got == expected[rank], f"rank {rank}"
     assert np.sum(expected[0]["costs"]) > 0

@@ -191,6 +191,32 @@ class _Plan:
             counts[kind] = counts.get(kind, 0) + n
         return dict(sorted(counts.items()))
 
+    def gather_failures(self, dist: Dist) -> None:
+        """Under torchrun each rank holds the failures of its share: bring them all to rank 0 (every
+        rank calls this), which writes them."""
+        if dist.world_size <= 1:
+            return
+        got = dist.gather((self.survey.failures, self.kept.dropped_rows))
+        if got is not None:
+            failures = sorted((f for fs, _ in got for f in fs), key=lambda f: f.record_index)
+            dropped = pl.concat([d for _, d in got]).sort("record_index")
+            self.survey = replace(self.survey, failures=failures)
+            self.kept = replace(self.kept, dropped_rows=dropped)
+
+    def failure_counts(self, dist: Dist) -> tuple[int, dict[str, int], int]:
+        """Failures, failures by kind and records already done, over all ranks (every rank calls
+        this under torchrun)."""
+        mine = (self.n_failures, self.failures_by_kind(), self.survey.n_done)
+        if dist.world_size <= 1:
+            return mine
+        total, done = 0, 0
+        by_kind: dict[str, int] = {}
+        for n, kinds, d in dist.all_gather(mine):
+            total, done = total + n, done + d
+            for k, v in kinds.items():
+                by_kind[k] = by_kind.get(k, 0) + v
+        return total, dict(sorted(by_kind.items())), done
+
     def keep_only_this_rank(self) -> None:
         """Drop every rank's metadata and pair tables once this rank's plan is
         made: a rank keeps its own rows, the image paths and the failures."""
@@ -209,12 +235,13 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
     mean = sum(costs) / len(costs)
+    n_failures, by_kind, n_done = plan.failure_counts(dist)
     return PlanReport(
         records=plan.survey.n_entries,
-        records_already_done=plan.survey.n_done,
+        records_already_done=n_done,
         rows_planned=plan.rows_planned,
-        dropped=plan.n_failures,
-        dropped_by_reason=plan.failures_by_kind(),
+        dropped=n_failures,
+        dropped_by_reason=by_kind,
         jobs=jobs_all,
         vae_images=jobs_all,
         images_probed=plan.survey.images.height,
@@ -300,6 +327,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
     try:
         done = done_records(opts.output_dir)
         plan = _Plan(opts, dist, done, device)
+        plan.gather_failures(dist)
         if dist.rank == 0:
             log.info(
                 "%d records: %d already done, %d to encode, %d dropped or bad",

@@ -14,7 +14,9 @@ With ``world_size`` > 1 no rank reads, probes or keeps the whole dataset:
 4. A rank then reads again, by byte offset, only the metadata entries of the
    rows it encodes (their prompts, paths, models, votes).
 
-Failures and dropped pairs are gathered on rank 0, which writes them.
+Failures and dropped pairs stay with the rank that found them until
+``_Plan.gather_failures`` brings them to rank 0, which writes them (a dry run
+gathers only their counts).
 
 Plans are identical to those of one process (same rows per rank, same jobs,
 same batches): only the numbering of image ids differs, and the planner uses
@@ -31,7 +33,6 @@ import numpy as np
 import polars as pl
 
 from hpd_encode.dist import Dist
-from hpd_encode.failures import Failure
 from hpd_encode.metadata import read_metadata, read_records
 from hpd_encode.pipeline.options import EncodeOptions
 from hpd_encode.pipeline.plan import (
@@ -78,8 +79,8 @@ def plan_shared(
     with_costs: bool = False,
     with_records: bool = True,
 ) -> tuple[Survey, Kept, Split, RankPlan]:
-    """This rank's survey (its records; on rank 0 every failure), the kept
-    pairs of all ranks (narrow), the split and this rank's plan (its rows with
+    """This rank's survey (its records and failures), the kept
+    pairs of all ranks (narrow; the dropped ones of this rank), the split and this rank's plan (its rows with
     their records' columns when ``with_records``; else the planning columns)."""
     rank, world = dist.rank, dist.world_size
     timings: dict[str, float] = {}
@@ -171,19 +172,8 @@ def plan_shared(
             paths = images["path"].scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
             images = images.with_columns(paths)
 
-    # Rank 0 reports and writes every failure.
-    gathered = dist.gather((failures, kept_here.dropped_rows, n_done))
-    dropped = kept_here.dropped_rows
-    if gathered is not None:
-        failures = sorted((f for fs, _, _ in gathered for f in fs), key=_by_record)
-        dropped = pl.concat([d for _, d, _ in gathered]).sort("record_index")
-        n_done = sum(k for _, _, k in gathered)
-    survey = replace(survey, images=images, failures=failures, n_done=n_done)
-    return survey, Kept(kept_rows, dropped), split, rank_plan
-
-
-def _by_record(f: Failure) -> int:
-    return f.record_index
+    survey = replace(survey, images=images)
+    return survey, Kept(kept_rows, kept_here.dropped_rows), split, rank_plan
 
 
 def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:
