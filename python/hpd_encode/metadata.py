@@ -22,8 +22,9 @@ Every other entry goes through the per-entry path here, ``json.loads`` and
 reasons are the same whichever path saw the entry first, and the good records
 the same as the per-entry path alone would give.
 
-Measured at 1.17 M records (495 MB JSON list, benches/bench_metadata.py): 2.3-2.9 s of
-CPU (about 1.3 s on 2 threads), 380 MB peak RSS for the columns.
+Measured at 1.17 M records (the 495 MB JSON list of benches/bench_plan.py, page
+cache warm, 2 cores): 2.3-2.9 s of CPU, 1.3-1.9 s wall, about 420 MB of RSS for
+the table (its strings are handed to polars as Arrow string views, not copied).
 """
 
 from __future__ import annotations

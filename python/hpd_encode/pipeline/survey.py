@@ -1,9 +1,10 @@
 """Surveying a dataset: read the metadata, and probe every distinct image it
 names (header only, opened beneath the data root in Rust), as columns.
 
-``encode`` and ``check`` both start here. Under torchrun each rank probes a
-slice of the images and the sizes are all-gathered, so every rank plans the
-same way without probing everything.
+``encode`` (one process) and ``check`` start here; under torchrun ``encode``
+plans from each rank's share instead (``pipeline/shared.py``). With
+``world_size`` > 1 this function still works (each rank probes a slice of the
+images and the sizes are all-gathered) but reads the whole metadata.
 """
 
 from __future__ import annotations
