@@ -25,7 +25,6 @@ ids only to tell images apart.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from hpd_encode.pipeline.plan import (
     order_and_batch,
     partition,
 )
-from hpd_encode.pipeline.survey import PROBE_OK, Survey, _probe_all, _record_failures
+from hpd_encode.pipeline.survey import PROBE_OK, Steps, Survey, _probe_all, _record_failures
 
 _ENTRY = ("entry_offset", "entry_len")
 #: Columns of a planned row, in the order a one-process plan has them.
@@ -83,15 +82,8 @@ def plan_shared(
     pairs of all ranks (narrow; the dropped ones of this rank), the split and this rank's plan (its rows with
     their records' columns when ``with_records``; else the planning columns)."""
     rank, world = dist.rank, dist.world_size
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.monotonic()
-        timings[name] = now - t
-        t = now
-
+    step = Steps()
+    timings = step.seconds
     meta = read_metadata(opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world))
     assert meta.entries is not None
     table = pl.concat([meta.table, meta.entries], how="horizontal")

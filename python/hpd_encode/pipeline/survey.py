@@ -27,6 +27,19 @@ from hpd_encode.metadata import TABLE_SCHEMA, read_metadata, read_records
 log = logging.getLogger("hpd_encode.survey")
 
 
+class Steps:
+    """Seconds per named step, each timed from the end of the one before: ``step("probe")``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = now - self._t
+        self._t = now
+
+
 @dataclass(frozen=True)
 class Survey:
     """The metadata and the probed images of the records still to do.
@@ -119,15 +132,8 @@ def survey(
     records without their prompts and models (where each entry is instead;
     :meth:`Survey.with_record_columns` reads them again for the rows planned).
     """
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.monotonic()
-        timings[name] = now - t
-        t = now
-
+    step = Steps()
+    timings = step.seconds
     meta = read_metadata(metadata, limit=limit, num_threads=num_threads)
     table = meta.table
     if narrow and meta.entries is not None:
