@@ -140,24 +140,25 @@ pub fn partition(
         return Err(Error::InvalidArgument("partition: world size 0".into()));
     }
     // Jobs numbered by first use, row by row, chosen side then rejected side.
-    let mut row_jobs = Vec::with_capacity(2 * n);
+    let (mut chosen, mut rejected) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut job_pixels: Vec<i64> = Vec::new();
     if share {
-        let mut number: rustc_hash::FxHashMap<(i64, i64), usize> = Default::default();
+        let mut number: rustc_hash::FxHashMap<(i64, i64), i64> = Default::default();
         number.reserve(2 * n);
         for i in 0..n {
-            for id in [id1[i], id2[i]] {
-                let next = job_pixels.len();
+            for (id, side) in [(id1[i], &mut chosen), (id2[i], &mut rejected)] {
+                let next = job_pixels.len() as i64;
                 let j = *number.entry((id, bucket[i])).or_insert(next);
                 if j == next {
                     job_pixels.push(pixels[i]);
                 }
-                row_jobs.push(j);
+                side.push(j);
             }
         }
     } else {
         for (i, &px) in pixels.iter().enumerate() {
-            row_jobs.extend([2 * i, 2 * i + 1]);
+            chosen.push(2 * i as i64);
+            rejected.push(2 * i as i64 + 1);
             job_pixels.extend([px, px]);
         }
     }
@@ -165,29 +166,16 @@ pub fn partition(
     if world == 1 {
         return Ok(Split { rank_of_row: vec![0; n], jobs, cost_per_rank: vec![job_pixels.iter().sum()] });
     }
-    let mut parent: Vec<usize> = (0..jobs).collect();
-    fn find(parent: &mut [usize], mut x: usize) -> usize {
-        while parent[x] != x {
-            parent[x] = parent[parent[x]];
-            x = parent[x];
-        }
-        x
-    }
-    for pair in row_jobs.chunks_exact(2) {
-        let (a, b) = (find(&mut parent, pair[0]), find(&mut parent, pair[1]));
-        if a != b {
-            parent[a.max(b)] = a.min(b);
-        }
-    }
-    let root: Vec<usize> = (0..jobs).map(|j| find(&mut parent, j)).collect();
-    // Per component (indexed by its root job): pixels and first record.
+    // Each job's component, labelled by its smallest job.
+    let root: Vec<usize> = connected_components(jobs, &chosen, &rejected)?.into_iter().map(|r| r as usize).collect();
+    // Per component (indexed by its label): pixels and first record.
     let mut cost = vec![0i64; jobs];
     let mut first = vec![i64::MAX; jobs];
     for (j, &px) in job_pixels.iter().enumerate() {
         cost[root[j]] += px;
     }
-    for i in 0..n {
-        let c = root[row_jobs[2 * i]];
+    for (i, &job) in chosen.iter().enumerate() {
+        let c = root[job as usize];
         first[c] = first[c].min(record[i]);
     }
     let mut comps: Vec<usize> = (0..jobs).filter(|&j| root[j] == j).collect();
@@ -202,7 +190,7 @@ pub fn partition(
         cost_per_rank[r] += cost[c];
         heap.push(std::cmp::Reverse((load + cost[c], r)));
     }
-    let rank_of_row = (0..n).map(|i| rank_of_comp[root[row_jobs[2 * i]]] as i64).collect();
+    let rank_of_row = chosen.iter().map(|&job| rank_of_comp[root[job as usize]] as i64).collect();
     Ok(Split { rank_of_row, jobs, cost_per_rank })
 }
 
