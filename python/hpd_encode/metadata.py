@@ -384,6 +384,8 @@ def read_metadata(
 
 
 _ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}
+#: Columns of :attr:`Metadata.entries`: where each good record's entry is in the file.
+ENTRY_COLUMNS = tuple(_ENTRY_SCHEMA)
 
 
 def _table_and_entries(

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from hpd_encode.dist import Dist
-from hpd_encode.metadata import read_metadata, read_records
+from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_records
 from hpd_encode.pipeline.options import EncodeOptions
 from hpd_encode.pipeline.plan import (
     BatchSizeFor,
@@ -43,29 +43,14 @@ from hpd_encode.pipeline.plan import (
     order_and_batch,
     partition,
 )
-from hpd_encode.pipeline.survey import PROBE_OK, Steps, Survey, _probe_all, _record_failures
-
-_ENTRY = ("entry_offset", "entry_len")
-#: Columns of a planned row, in the order a one-process plan has them.
-_ROW_ORDER = (
-    "record_index",
-    "prompt",
-    "path1",
-    "path2",
-    "model1",
-    "model2",
-    "votes_chosen",
-    "votes_rejected",
-    "confidence",
-    "id1",
-    "id2",
-    "h1",
-    "w1",
-    "h2",
-    "w2",
-    "bucket_id",
-    "height",
-    "width",
+from hpd_encode.pipeline.survey import (
+    Steps,
+    Survey,
+    _probe_all,
+    _record_failures,
+    in_record_order,
+    with_sizes,
+    without_done,
 )
 
 
@@ -86,12 +71,7 @@ def plan_shared(
     timings = step.seconds
     meta = read_metadata(opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world))
     assert meta.entries is not None
-    table = pl.concat([meta.table, meta.entries], how="horizontal")
-    n_good = table.height
-    if done:
-        done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
-        table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
-    n_done = n_good - table.height
+    table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
     hash1 = table["path1"].hash(seed=0).to_numpy()
     hash2 = table["path2"].hash(seed=0).to_numpy()
     seen, first = np.unique(np.concatenate([hash1, hash2]), return_index=True)
@@ -118,24 +98,18 @@ def plan_shared(
     for idx, ph, pw, pk, perr in dist.all_gather((mine, h, w, kind, err_mine)):
         height[idx], width[idx], kinds[idx] = ph, pw, pk
         error_of.update(perr)
-    id1, id2 = np.searchsorted(hashes, hash1), np.searchsorted(hashes, hash2)
-    del hashes, hash1, hash2
     table = table.with_columns(
-        pl.Series("id1", id1),
-        pl.Series("id2", id2),
-        pl.Series("h1", height[id1]),
-        pl.Series("w1", width[id1]),
-        pl.Series("h2", height[id2]),
-        pl.Series("w2", width[id2]),
-        pl.Series("pairable", (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)),
+        pl.Series("id1", np.searchsorted(hashes, hash1)), pl.Series("id2", np.searchsorted(hashes, hash2))
     )
+    del hashes, hash1, hash2
+    table = with_sizes(table, height, width, kinds)
     failures = list(meta.failures) + _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
     n_entries = meta.n_entries  # all of them, whoever parsed them
     del meta
     step("sizes")
 
     survey = Survey(
-        records=table.drop(*_ENTRY),
+        records=table.drop(*ENTRY_COLUMNS),
         images=pl.DataFrame(),
         failures=failures,
         n_entries=n_entries,
@@ -145,7 +119,10 @@ def plan_shared(
     kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets)
     rows_here = kept_here.rows
     send = pl.concat(
-        [rows_here.drop("_row", "path1", "path2"), table.select(*_ENTRY)[rows_here["_row"].to_numpy()]],
+        [
+            rows_here.drop("_row", "path1", "path2"),
+            table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()],
+        ],
         how="horizontal",
     )
     kept_rows = pl.concat(dist.all_gather(send)).sort("record_index")
@@ -178,5 +155,4 @@ def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:
         rows["entry_len"].to_numpy(),
         num_threads=opts.num_threads,
     )
-    joined = pl.concat([records, rows.drop("record_index", *_ENTRY)], how="horizontal")
-    return joined.select(_ROW_ORDER)
+    return in_record_order(pl.concat([records, rows.drop("record_index", *ENTRY_COLUMNS)], how="horizontal"))

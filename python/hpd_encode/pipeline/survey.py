@@ -2,9 +2,8 @@
 names (header only, opened beneath the data root in Rust), as columns.
 
 ``encode`` (one process) and ``check`` start here; under torchrun ``encode``
-plans from each rank's share instead (``pipeline/shared.py``). With
-``world_size`` > 1 this function still works (each rank probes a slice of the
-images and the sizes are all-gathered) but reads the whole metadata.
+plans from each rank's share instead (``pipeline/shared.py``, which uses the
+helpers here).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pyarrow as pa
 from hpd_encode import _core
 from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
 from hpd_encode.failures import Failure
-from hpd_encode.metadata import TABLE_SCHEMA, read_metadata, read_records
+from hpd_encode.metadata import ENTRY_COLUMNS, TABLE_SCHEMA, read_metadata, read_records
 
 log = logging.getLogger("hpd_encode.survey")
 
@@ -88,10 +87,10 @@ class Survey:
         without ``_row``."""
         at = rows["_row"].cast(pl.Int64).to_numpy()
         have = set(rows.columns)
-        keep = [c for c in self.records.columns if c not in have and c not in ("pairable", *_ENTRY)]
+        keep = [c for c in self.records.columns if c not in have and c not in ("pairable", *ENTRY_COLUMNS)]
         parts = [rows, self.records.select(keep)[at]]
         if self.metadata is not None:
-            where = self.records.select(*_ENTRY)[at]
+            where = self.records.select(*ENTRY_COLUMNS)[at]
             text = read_records(
                 self.metadata,
                 rows["record_index"].to_numpy(),
@@ -99,14 +98,18 @@ class Survey:
                 where["entry_len"].to_numpy(),
             )
             parts.append(text.select(_TEXT))
-        joined = pl.concat(parts, how="horizontal")
-        order = [*TABLE_SCHEMA] + [c for c in joined.columns if c not in TABLE_SCHEMA and c != "_row"]
-        return joined.select(order)
+        return in_record_order(pl.concat(parts, how="horizontal"))
+
+
+def in_record_order(rows: pl.DataFrame) -> pl.DataFrame:
+    """A planned row's columns in one order, however they were put together:
+    :data:`~hpd_encode.metadata.TABLE_SCHEMA`'s first, then the others as they
+    come (the survey's ids and sizes, the plan's bucket and size); no ``_row``."""
+    return rows.select([*TABLE_SCHEMA] + [c for c in rows.columns if c not in TABLE_SCHEMA and c != "_row"])
 
 
 #: The record columns only the writer needs (most of the bytes at HPDv3 scale).
 _TEXT = ("prompt", "model1", "model2")
-_ENTRY = ("entry_offset", "entry_len")
 
 
 def survey(
@@ -117,17 +120,13 @@ def survey(
     done: Collection[int] = (),
     num_threads: int | None = None,
     max_pixels: int = _core.DEFAULT_MAX_PIXELS,
-    rank: int = 0,
-    world_size: int = 1,
-    all_gather: object = None,
     progress: bool = False,
     narrow: bool = False,
 ) -> Survey:
-    """Read ``metadata`` and probe its images under ``data_root``.
+    """Read ``metadata`` and probe its images under ``data_root`` (one process;
+    under torchrun each rank takes its share instead: ``pipeline/shared.py``).
 
-    ``done`` are record indices already encoded (skipped). With ``world_size``
-    > 1, this rank probes every ``world_size``-th image from ``rank`` on and
-    ``all_gather`` (``Dist.all_gather``) shares the results. ``progress``
+    ``done`` are record indices already encoded (skipped). ``progress``
     shows a progress bar on a terminal while probing. ``narrow``: keep the
     records without their prompts and models (where each entry is instead;
     :meth:`Survey.with_record_columns` reads them again for the rows planned).
@@ -141,45 +140,23 @@ def survey(
     failures = list(meta.failures)
     n_entries = meta.n_entries
     del meta
-    n_good = table.height
-    if done:
-        done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
-        table = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
-    n_done = n_good - table.height
+    table, n_done = without_done(table, done)
     # Image ids: each distinct path numbered in order of first appearance (a hash map in Rust).
     id1, id2, paths = _dense_ids(table["path1"], table["path2"])
     images = pl.DataFrame({"path": paths}).with_row_index("image_id")
     table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
     step("metadata_and_image_ids")
 
-    n = images.height
-    mine = np.arange(rank, n, world_size, dtype=np.int64)
-    rels = paths.gather(mine) if world_size > 1 else paths
-    h, w, kind, errors = _probe_all(Path(data_root), rels, num_threads, max_pixels, progress)
+    h, w, kinds, errors = _probe_all(Path(data_root), paths, num_threads, max_pixels, progress)
     step("probe")
-    err_of = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
-    height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    kinds = np.zeros(n, dtype=np.uint8)
-    parts = [(mine, h, w, kind, err_of)] if world_size <= 1 else all_gather((mine, h, w, kind, err_of))  # type: ignore[operator]
-    error_of: dict[int, str] = {}
-    for idx, ph, pw, pk, perr in parts:
-        height[idx], width[idx], kinds[idx] = ph, pw, pk
-        error_of.update(perr)
+    error_of = {i: e for i, e in enumerate(errors) if e is not None}
     images = images.with_columns(
-        pl.Series("height", height),
-        pl.Series("width", width),
+        pl.Series("height", h),
+        pl.Series("width", w),
         pl.Series("kind", kinds),
-        pl.Series("error", [error_of.get(i) for i in range(n)] if error_of else [None] * n, dtype=pl.String),
+        pl.Series("error", errors, dtype=pl.String),
     )
-    id1, id2 = table["id1"].to_numpy(), table["id2"].to_numpy()
-    ok = (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)
-    table = table.with_columns(
-        pl.Series("h1", height[id1]),
-        pl.Series("w1", width[id1]),
-        pl.Series("h2", height[id2]),
-        pl.Series("w2", width[id2]),
-        pl.Series("pairable", ok),
-    )
+    table = with_sizes(table, h, w, kinds)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
     step("sizes")
     return Survey(
@@ -190,6 +167,28 @@ def survey(
         n_done=n_done,
         timings=timings,
         metadata=Path(metadata) if narrow else None,
+    )
+
+
+def without_done(table: pl.DataFrame, done: Collection[int]) -> tuple[pl.DataFrame, int]:
+    """``table`` without the records already done, and how many those were."""
+    if not done:
+        return table, 0
+    done_arr = np.fromiter(done, dtype=np.int64, count=len(done))
+    kept = table.filter(pl.Series(~np.isin(table["record_index"].to_numpy(), done_arr)))
+    return kept, table.height - kept.height
+
+
+def with_sizes(table: pl.DataFrame, height: np.ndarray, width: np.ndarray, kinds: np.ndarray) -> pl.DataFrame:
+    """``table`` (with image ids ``id1``, ``id2``) with its images' sizes ``h1, w1, h2, w2`` and
+    ``pairable`` (both probed ok), from per-image arrays."""
+    id1, id2 = table["id1"].to_numpy(), table["id2"].to_numpy()
+    return table.with_columns(
+        pl.Series("h1", height[id1]),
+        pl.Series("w1", width[id1]),
+        pl.Series("h2", height[id2]),
+        pl.Series("w2", width[id2]),
+        pl.Series("pairable", (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)),
     )
 
 
