@@ -198,10 +198,9 @@ class _Plan:
             return
         got = dist.gather((self.survey.failures, self.kept.dropped_rows))
         if got is not None:
-            failures = sorted((f for fs, _ in got for f in fs), key=lambda f: f.record_index)
-            dropped = pl.concat([d for _, d in got]).sort("record_index")
-            self.survey = replace(self.survey, failures=failures)
-            self.kept = replace(self.kept, dropped_rows=dropped)
+            # (failures.csv is written in record order; nothing else needs an order here)
+            self.survey = replace(self.survey, failures=[f for fs, _ in got for f in fs])
+            self.kept = replace(self.kept, dropped_rows=pl.concat([d for _, d in got]))
 
     def failure_counts(self, dist: Dist) -> tuple[int, dict[str, int], int]:
         """Failures, failures by kind and records already done, over all ranks (every rank calls
