@@ -22,9 +22,8 @@ Then reads shuffled bucket batches (``BucketBatchSampler``, batch 16) with:
 Each cold (the part files' pages dropped from the page cache with
 ``posix_fadvise(DONTNEED)`` before each batch) and warm. Reports pairs/s,
 MB/s of latents delivered, bytes read from storage per pair
-(``/proc/self/io`` ``read_bytes``) and the ratio to the reference. Then
-``verify``'s MB/s on the new files beside a plain sequential read of the
-same files, both cold.
+(``/proc/self/io`` ``read_bytes``) and the ratio to the reference.
+``verify`` beside a plain sequential read is ``benches/bench_verify.py``.
 
 Usage::
 
@@ -194,7 +193,6 @@ def main() -> None:
 
     from hpd_encode.index import build_index
     from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
-    from hpd_encode.verify import verify
 
     root = Path(tempfile.mkdtemp(prefix="bench-reader-", dir=args.data))
     try:
@@ -249,21 +247,6 @@ def main() -> None:
             "GB/CPU-s: GB of latents per CPU-second of the whole process)"
         )
 
-        drop_cache(new)
-        t = time.perf_counter()
-        nbytes = 0
-        for p in new:
-            with open(p, "rb", buffering=0) as f:
-                while chunk := f.read(8 << 20):
-                    nbytes += len(chunk)
-        seq = nbytes / 1e6 / (time.perf_counter() - t)
-        drop_cache(new)
-        report = verify(root / "new", progress=False)
-        assert report.ok, report.summary()
-        print(
-            f"\nverify (new files, cold): {report.mb_per_second:.0f} MB/s; plain sequential read of the same "
-            f"files (8 MiB reads, cold): {seq:.0f} MB/s; verify / sequential = {report.mb_per_second / seq:.0%}"
-        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

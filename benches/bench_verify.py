@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_reader import drop_cache  # benches/ is on sys.path when a bench runs as a script
+
 SHAPE = (16, 128, 128)  # SD3.5, 1024x1024 images
 
 
@@ -73,15 +75,6 @@ def generate(out: Path, pairs: int, files: int, latent_compression: str) -> list
         rec += n
     (out / "manifest.json").write_text(json.dumps({"status": "complete", "files": entries}))
     return paths
-
-
-def drop_cache(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _read_file(p: Path) -> int:
