@@ -272,6 +272,12 @@ def photo():
     return make
 
 
+def torchrun(nproc: int) -> list[str]:
+    """The start of a command line running ``nproc`` processes on this machine under torchrun (a
+    script or ``-m module`` follows)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+
+
 def encode_cmd(root: Path, meta: Path, vae: Path, out: Path, *extra: str) -> list[str]:
     """``python -m hpd_encode encode`` on a dataset, mean latents, quiet; ``extra`` appended."""
     args = [

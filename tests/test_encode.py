@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from PIL import Image
 
 import hpd_encode
-from conftest import encode_cmd
+from conftest import encode_cmd, torchrun
 from hpd_encode.pipeline import encode, list_part_files
 from hpd_encode.schema import PART_SCHEMA
 from hpd_encode.vae import load_vae, make_tiny_vae
@@ -362,17 +361,7 @@ def test_kill_9_then_resume(dataset, tiny_vae, mean_run, tmp_path):
 def test_torchrun_two_ranks_same_rows_as_one(dataset, tiny_vae, mean_run, tmp_path):
     root, meta = dataset
     out = tmp_path / "tr"
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "hpd_encode",
-    ]
-    cmd = torchrun + _encode_cmd(root, meta, tiny_vae, out)[3:]
+    cmd = [*torchrun(2), "-m", "hpd_encode", *_encode_cmd(root, meta, tiny_vae, out)[3:]]
     r = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -403,12 +392,7 @@ def test_torchrun_rank_killed_others_stop_then_resume(dataset, tiny_vae, mean_ru
     root, meta = dataset
     out = tmp_path / "tr-kill"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+        *torchrun(2),
         "-m",
         "hpd_encode",
         *_encode_cmd(root, meta, tiny_vae, out, "--rows-per-file", "2")[3:],

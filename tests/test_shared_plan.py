@@ -10,7 +10,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from conftest import torchrun
 from hpd_encode.dist import Dist
 from hpd_encode.pipeline import _Plan
 from hpd_encode.pipeline.options import EncodeOptions
@@ -131,12 +131,7 @@ def test_each_rank_plans_from_its_share_as_one_process_would(corpus, tmp_path, w
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(world),
+        *torchrun(world),
         str(script),
         str(root),
         str(meta),
