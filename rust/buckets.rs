@@ -46,6 +46,9 @@ pub const DROP_REASONS: [&str; 5] = ["kept", "too_small", "no_bucket", "aspect_m
 #[derive(Debug, Clone, PartialEq)]
 pub struct BucketSet {
     buckets: Vec<(u32, u32)>,
+    /// Each bucket's `ln(h / w)` and `ln(h * w)`, as [`BucketSet::assign`] compares them
+    /// (computed once: a million pairs would otherwise take tens of millions of logarithms).
+    logs: Vec<(f64, f64)>,
     pub aspect_tolerance: f64,
     pub pair_aspect_tolerance: f64,
     pub min_pixels: u64,
@@ -64,8 +67,13 @@ impl BucketSet {
                 return Err(Error::InvalidArgument(format!("bucket {}x{} is listed twice", b.0, b.1)));
             }
         }
+        let logs = buckets
+            .iter()
+            .map(|&(bh, bw)| ((bh as f64 / bw as f64).ln(), ((bh as u64 * bw as u64) as f64).ln()))
+            .collect();
         Ok(Self {
             buckets,
+            logs,
             aspect_tolerance: DEFAULT_ASPECT_TOLERANCE,
             pair_aspect_tolerance: DEFAULT_PAIR_ASPECT_TOLERANCE,
             min_pixels: DEFAULT_MIN_PIXELS,
@@ -118,12 +126,11 @@ impl BucketSet {
         // f64 as Python's `math.log(h * w)` does.
         let area_image = ((h as u128 * w as u128) as f64).ln();
         let mut best: Option<(usize, f64)> = None;
-        for (i, &(bh, bw)) in self.buckets.iter().enumerate() {
-            let ar_bucket = (bh as f64 / bw as f64).ln();
+        for (i, &(ar_bucket, area_bucket)) in self.logs.iter().enumerate() {
             if (ar_bucket - ar_image).abs() > self.aspect_tolerance {
                 continue;
             }
-            let d = (((bh as u64 * bw as u64) as f64).ln() - area_image).abs();
+            let d = (area_bucket - area_image).abs();
             // `map_or`, not `is_none_or`: the crate's MSRV is 1.80.
             if best.map_or(true, |(_, bd)| d < bd) {
                 best = Some((i, d));
