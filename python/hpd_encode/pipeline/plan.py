@@ -222,16 +222,14 @@ def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFo
         )
     keys = _job_keys(rows, share)
     comp = _components(keys)
-    first = pl.DataFrame({"comp": comp, "rec": rows["record_index"].to_numpy()}).with_columns(
-        pl.col("rec").min().over("comp").alias("first")
-    )["first"]
-    rows = rows.with_columns(
-        first.alias("_first"),
-        (pl.col("height") * pl.col("width")).alias("_px"),
-        pl.Series("_pos", np.arange(n, dtype=np.int64)),
-    ).sort(["_px", "height", "_first", "record_index"], descending=[True, False, False, False])
-    order = rows["_pos"].to_numpy()
-    rows = rows.drop("_first", "_px", "_pos")
+    rec = rows["record_index"].to_numpy().astype(np.int64)
+    first = np.full(int(comp.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, comp, rec)  # each component's first record
+    height = rows["height"].to_numpy().astype(np.int64)
+    # By pixels (largest first), height, component's first record, record (the last key first);
+    # the permutation over NumPy columns, then one gather of the table.
+    order = np.lexsort((rec, first[comp], height, -(height * rows["width"].to_numpy().astype(np.int64))))
+    rows = rows[order]
     # The same jobs, renumbered by first use in the new row order.
     row_jobs = _first_use_numbering(keys[order].ravel()).reshape(n, 2)
     n_jobs = int(row_jobs.max()) + 1
