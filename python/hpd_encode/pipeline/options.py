@@ -40,7 +40,9 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
+def _int(name: str, value: Any, minimum: int, maximum: int = 2**63 - 1) -> int:
+    """An integer option in ``[minimum, maximum]`` (at most a signed 64-bit one: what the Rust side
+    takes), or a ValueError that names it."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             value = int(value)
@@ -48,6 +50,8 @@ def _int(name: str, value: Any, minimum: int) -> int:
             raise ValueError(f"{name} must be an integer, not {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, not {value}")
     return value
 
 
