@@ -18,6 +18,7 @@ pub mod reader;
 pub mod recycle;
 pub mod resize;
 pub mod safe_open;
+pub mod survey;
 pub mod writer;
 
 #[cfg(test)]
@@ -74,7 +75,9 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_entries, m)?)?;
-    m.add_function(wrap_pyfunction!(py_metadata::dense_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::survey_metadata, m)?)?;
+    m.add_class::<py_metadata::PyPathIds>()?;
+    m.add_class::<py_metadata::PyCounter>()?;
     m.add("METADATA_WINDOW", metadata::DEFAULT_WINDOW)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())

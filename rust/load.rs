@@ -89,24 +89,38 @@ pub fn probe_columns(
     num_threads: Option<usize>,
     limits: &ProbeLimits,
 ) -> ProbeColumns {
-    let n = paths.len();
-    let mut cols = ProbeColumns {
-        heights: Vec::with_capacity(n),
-        widths: Vec::with_capacity(n),
-        kinds: Vec::with_capacity(n),
-        errors: Vec::with_capacity(n),
-    };
-    for r in probe_many(root, paths, num_threads, limits) {
-        let ((h, w), kind, error) = match r {
-            Ok(hw) => (hw, ProbeKind::Ok, None),
-            Err(e) => ((0, 0), ProbeKind::of(&e), Some(e.to_string())),
-        };
-        cols.heights.push(i64::from(h));
-        cols.widths.push(i64::from(w));
-        cols.kinds.push(kind as u8);
-        cols.errors.push(error);
+    ProbeColumns::of(probe_many(root, paths, num_threads, limits))
+}
+
+impl ProbeColumns {
+    /// Probe outcomes as columns.
+    pub fn of(results: impl IntoIterator<Item = Result<(u32, u32)>>) -> ProbeColumns {
+        let mut cols = ProbeColumns { heights: Vec::new(), widths: Vec::new(), kinds: Vec::new(), errors: Vec::new() };
+        for r in results {
+            let ((h, w), kind, error) = match r {
+                Ok(hw) => (hw, ProbeKind::Ok, None),
+                Err(e) => ((0, 0), ProbeKind::of(&e), Some(e.to_string())),
+            };
+            cols.heights.push(i64::from(h));
+            cols.widths.push(i64::from(w));
+            cols.kinds.push(kind as u8);
+            cols.errors.push(error);
+        }
+        cols
     }
-    cols
+
+    /// `parts` (each the probes of a run of ids, from its first id) one after the other.
+    pub fn concat(mut parts: Vec<(usize, ProbeColumns)>) -> ProbeColumns {
+        parts.sort_by_key(|(start, _)| *start);
+        let mut out = ProbeColumns { heights: Vec::new(), widths: Vec::new(), kinds: Vec::new(), errors: Vec::new() };
+        for (_, p) in parts {
+            out.heights.extend(p.heights);
+            out.widths.extend(p.widths);
+            out.kinds.extend(p.kinds);
+            out.errors.extend(p.errors);
+        }
+        out
+    }
 }
 
 /// How messages name `path`.

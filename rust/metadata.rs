@@ -51,7 +51,7 @@ pub struct StrColumn {
 }
 
 impl StrColumn {
-    fn new() -> Self {
+    pub fn new() -> Self {
         StrColumn { offsets: vec![0], data: Vec::new() }
     }
 
@@ -59,7 +59,7 @@ impl StrColumn {
         self.push_bytes(s.as_bytes());
     }
 
-    fn push_bytes(&mut self, s: &[u8]) {
+    pub fn push_bytes(&mut self, s: &[u8]) {
         self.data.extend_from_slice(s);
         self.offsets.push(self.data.len() as i64);
     }
@@ -392,6 +392,17 @@ impl Windows {
     }
 }
 
+/// Told after each window: the columns so far, and the number of good records
+/// (rows) there were before that window (the rows from there on are new).
+pub type OnWindow<'a> = &'a mut dyn FnMut(&MetaColumns, usize);
+
+/// [`take`], then tell `on_window` about the new rows.
+fn take_and_tell(out: &mut MetaColumns, w: &Windows, entries: &[Entry], on_window: &mut OnWindow<'_>) {
+    let before = out.record_index.len();
+    take(out, w, entries);
+    on_window(out, before);
+}
+
 /// Parse `entries` (all inside `w.buf`; those of this part) in parallel and add them to `out`.
 fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
     let (first, part) = (out.n_entries, out.part);
@@ -431,16 +442,28 @@ pub fn read_part(
     num_threads: Option<usize>,
     part: Option<(u64, u64)>,
 ) -> io::Result<MetaColumns> {
+    pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, &mut |_, _| {}))
+}
+
+/// [`read_part`] on the pool this runs on, telling `on_window` after each window.
+pub fn read_in_pool(
+    path: &Path,
+    layout: Layout,
+    limit: Option<u64>,
+    window: usize,
+    part: Option<(u64, u64)>,
+    mut on_window: OnWindow<'_>,
+) -> io::Result<MetaColumns> {
     if let Some((k, n)) = part {
         if n == 0 || k >= n {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("part {k} of {n} does not exist")));
         }
     }
     let out = MetaColumns::new(part.map(|(k, n)| (k as i64, n as i64)));
-    pool(num_threads).install(|| match layout {
-        Layout::Lines(start) => read_lines(out, path, start, limit, window),
-        Layout::List(open) => read_list(out, path, open, limit, window),
-    })
+    match layout {
+        Layout::Lines(start) => read_lines(out, path, start, limit, window, &mut on_window),
+        Layout::List(open) => read_list(out, path, open, limit, window, &mut on_window),
+    }
 }
 
 /// The entries at `offsets`/`lengths` of the file (good records found by an
@@ -491,6 +514,7 @@ fn read_lines(
     start: u64,
     limit: Option<u64>,
     window: usize,
+    on_window: &mut OnWindow<'_>,
 ) -> io::Result<MetaColumns> {
     let mut w = Windows::open(path, start, window)?;
     let mut line = 1u64;
@@ -519,7 +543,7 @@ fn read_lines(
             line += 1;
             pos = end + 1;
         }
-        take(&mut out, &w, &entries);
+        take_and_tell(&mut out, &w, &entries, on_window);
         w.drop_before(w.base + upto as u64);
     }
     Ok(out)
@@ -531,6 +555,7 @@ fn read_list(
     open: u64,
     limit: Option<u64>,
     window: usize,
+    on_window: &mut OnWindow<'_>,
 ) -> io::Result<MetaColumns> {
     if limit == Some(0) {
         return Ok(out);
@@ -573,7 +598,7 @@ fn read_list(
         // `[]` (or `[ ]`) is a list of no elements: a lone first element waits
         // until the list is known to go on.
         if n_seps > 2 {
-            take(&mut out, &w, &pending);
+            take_and_tell(&mut out, &w, &pending, on_window);
             pending.clear();
         }
         let keep = pending.first().map(|e| e.start - 1).or(last_sep).unwrap_or(w.base).max(w.base);
@@ -585,7 +610,7 @@ fn read_list(
             return Ok(out);
         }
     }
-    take(&mut out, &w, &pending);
+    take_and_tell(&mut out, &w, &pending, on_window);
     Ok(out)
 }
 
@@ -607,68 +632,6 @@ pub fn value_end(path: &Path, start: u64, window: usize) -> io::Result<Option<u6
         w.drop_before(base + len);
     }
     Ok(end)
-}
-
-/// Borrowed strings, Arrow style (`offsets` need not start at 0).
-#[derive(Debug, Clone, Copy)]
-pub struct StrView<'a> {
-    pub offsets: &'a [i64],
-    pub data: &'a [u8],
-}
-
-impl<'a> StrView<'a> {
-    /// A view of `offsets`/`data`, or why they do not make one.
-    pub fn new(offsets: &'a [i64], data: &'a [u8]) -> Result<Self, String> {
-        if offsets.is_empty() {
-            return Err("string offsets are empty (a column of n strings has n + 1)".into());
-        }
-        if offsets.windows(2).any(|p| p[0] > p[1]) || offsets[0] < 0 || offsets[offsets.len() - 1] > data.len() as i64 {
-            return Err("string offsets are not increasing within the data".into());
-        }
-        Ok(StrView { offsets, data })
-    }
-
-    pub fn len(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get(&self, i: usize) -> &'a [u8] {
-        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
-    }
-}
-
-impl StrColumn {
-    pub fn view(&self) -> StrView<'_> {
-        StrView { offsets: &self.offsets, data: &self.data }
-    }
-}
-
-/// Dense ids of the strings of two columns: `(ids_a, ids_b, distinct)`, the
-/// distinct strings in order of first appearance (`a` before `b`) and each id
-/// the position of its string among them.
-pub fn dense_ids<'a>(a: StrView<'a>, b: StrView<'a>) -> (Vec<i64>, Vec<i64>, StrColumn) {
-    let mut slot: rustc_hash::FxHashMap<&'a [u8], i64> = Default::default();
-    slot.reserve(a.len().max(b.len()));
-    let mut distinct = StrColumn::new();
-    let mut ids = |col: StrView<'a>| -> Vec<i64> {
-        (0..col.len())
-            .map(|i| {
-                let s = col.get(i);
-                let next = distinct.len() as i64;
-                *slot.entry(s).or_insert_with(|| {
-                    distinct.push_bytes(s);
-                    next
-                })
-            })
-            .collect()
-    };
-    let ids_a = ids(a);
-    let ids_b = ids(b);
-    (ids_a, ids_b, distinct)
 }
 
 #[cfg(test)]
@@ -796,22 +759,6 @@ mod tests {
         assert_eq!(m.path1.get(0), br#"x]"},{"#);
         assert_eq!(m.path1.get(1), br#"\"["#);
         assert_eq!(value_end(&p, 0, 5).unwrap(), Some(text.len() as u64 - 1));
-    }
-
-    #[test]
-    fn dense_ids_number_strings_by_first_appearance() {
-        let mut a = StrColumn::new();
-        let mut b = StrColumn::new();
-        for s in ["b", "a", "c"] {
-            a.push(s);
-        }
-        for s in ["a", "d", "b"] {
-            b.push(s);
-        }
-        let (ia, ib, d) = dense_ids(a.view(), b.view());
-        assert_eq!((ia, ib), (vec![0, 1, 2], vec![1, 3, 0]));
-        let names: Vec<&[u8]> = (0..d.len()).map(|i| d.get(i)).collect();
-        assert_eq!(names, [b"b", b"a", b"c", b"d"]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn options(alpha: &str, max_pixels: u64, max_file_bytes: Option<u64>) -> PyResul
 
 /// The data root's directory handle, opened once per call (`OSError` when
 /// it cannot be opened: that fails the call, not each item).
-fn open_root(root: Option<&PathBuf>) -> Result<Option<Root>, Error> {
+pub(crate) fn open_root(root: Option<&PathBuf>) -> Result<Option<Root>, Error> {
     root.map(|r| Root::open(r)).transpose()
 }
 
@@ -64,7 +64,7 @@ fn split<T>(results: Vec<Result<T, Error>>) -> (Vec<Option<T>>, Errors) {
         .unzip()
 }
 
-fn probe_limits(max_pixels: Option<u64>, max_file_bytes: Option<u64>) -> ProbeLimits {
+pub(crate) fn probe_limits(max_pixels: Option<u64>, max_file_bytes: Option<u64>) -> ProbeLimits {
     let file_limit = default_max_file_bytes(max_pixels.unwrap_or(DEFAULT_MAX_PIXELS));
     ProbeLimits { max_pixels, max_file_bytes: max_file_bytes.unwrap_or(file_limit) }
 }

@@ -2,16 +2,19 @@
 //! NumPy arrays (strings as Arrow-style offsets + bytes), built without the GIL.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::decode::DEFAULT_MAX_PIXELS;
 use crate::error::Error;
-use crate::metadata::{
-    dense_ids as ids_of, read_entries, read_part, value_end, Layout, MetaColumns, StrColumn, StrView, DEFAULT_WINDOW,
-};
+use crate::metadata::{read_entries, read_part, value_end, Layout, MetaColumns, StrColumn, DEFAULT_WINDOW};
+use crate::py_images::{open_root, probe_limits};
+use crate::survey::{read_and_probe, PathIds, Surveyed};
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::io(path.display().to_string(), e)
@@ -45,11 +48,7 @@ pub fn read_metadata_columns<'py>(
     num_threads: Option<usize>,
     part: Option<(u64, u64)>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let layout = match mode {
-        "list" => Layout::List(start),
-        "lines" => Layout::Lines(start),
-        other => return Err(PyValueError::new_err(format!("mode must be 'list' or 'lines', not {other:?}"))),
-    };
+    let layout = layout_of(mode, start)?;
     let m = py.detach(|| read_part(&path, layout, limit, window, num_threads, part)).map_err(|e| io_error(&path, e))?;
     columns(py, m)
 }
@@ -70,6 +69,114 @@ pub fn read_metadata_entries<'py>(
     let (i, o, l) = (indices.as_slice()?, offsets.as_slice()?, lengths.as_slice()?);
     let m = py.detach(|| read_entries(&path, i, o, l, num_threads)).map_err(|e| io_error(&path, e))?;
     columns(py, m)
+}
+
+/// `survey_metadata(path, mode, start, root, *, limit=None, window=..., num_threads=None,
+/// max_pixels=..., skip=None) -> dict`: [`read_metadata_columns`]'s columns, and meanwhile the
+/// distinct image paths of the good records numbered and probed beneath `root` (see
+/// `survey.rs`): `id1`, `id2` (per good row; -1 for the records in `skip`, a sorted int64
+/// array), `ids` (a `PathIds`: more paths can be numbered after), and `probe_heights`,
+/// `probe_widths`, `probe_kinds`, `probe_errors` by id.
+#[pyfunction]
+#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn survey_metadata<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    mode: &str,
+    start: u64,
+    root: PathBuf,
+    limit: Option<u64>,
+    window: usize,
+    num_threads: Option<usize>,
+    max_pixels: u64,
+    skip: Option<PyReadonlyArray1<'py, i64>>,
+    counter: Option<PyRef<'py, PyCounter>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let layout = layout_of(mode, start)?;
+    let counter = counter.map(|c| c.n.clone());
+    let skip = match &skip {
+        Some(a) => a.as_slice()?,
+        None => &[],
+    };
+    if skip.windows(2).any(|p| p[0] > p[1]) {
+        return Err(PyValueError::new_err("skip must be sorted"));
+    }
+    let limits = probe_limits(Some(max_pixels), None);
+    let found = py.detach(|| -> PyResult<Surveyed> {
+        let root = open_root(Some(&root))?;
+        Ok(read_and_probe(&path, layout, limit, window, num_threads, root.as_ref(), &limits, skip, counter.as_deref())
+            .map_err(|e| io_error(&path, e))?)
+    })?;
+    let Surveyed { meta, ids, id1, id2, probe } = found;
+    let d = columns(py, meta)?;
+    d.set_item("id1", id1.into_pyarray(py))?;
+    d.set_item("id2", id2.into_pyarray(py))?;
+    d.set_item("ids", PyPathIds { inner: ids })?;
+    d.set_item("probe_heights", probe.heights.into_pyarray(py))?;
+    d.set_item("probe_widths", probe.widths.into_pyarray(py))?;
+    d.set_item("probe_kinds", probe.kinds.into_pyarray(py))?;
+    d.set_item("probe_errors", probe.errors)?;
+    Ok(d)
+}
+
+/// A count another thread adds to (`survey_metadata`: the images probed so far), read with `value`.
+#[pyclass(name = "Counter", module = "hpd_encode._core")]
+#[derive(Default)]
+pub struct PyCounter {
+    n: Arc<AtomicU64>,
+}
+
+#[pymethods]
+impl PyCounter {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    #[getter]
+    fn value(&self) -> u64 {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
+/// Distinct paths numbered in order of first appearance (what `survey_metadata` numbered).
+#[pyclass(name = "PathIds", module = "hpd_encode._core")]
+pub struct PyPathIds {
+    inner: PathIds,
+}
+
+#[pymethods]
+impl PyPathIds {
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The ids of `paths` (int64), numbering those not seen before.
+    fn number<'py>(&mut self, py: Python<'py>, paths: Vec<String>) -> Bound<'py, PyArray1<i64>> {
+        paths.iter().map(|p| self.inner.id(p.as_bytes())).collect::<Vec<i64>>().into_pyarray(py)
+    }
+
+    /// The paths of ids `start` on.
+    fn paths_from(&self, start: usize) -> Vec<String> {
+        (start..self.inner.len()).map(|i| String::from_utf8_lossy(self.inner.paths.get(i)).into_owned()).collect()
+    }
+
+    /// Every path, by id, as `read_metadata_columns` gives a string column (`path_views` or
+    /// `path_offsets`, and `path_data`); this object is empty after.
+    fn take_paths<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        put_str(&d, "path", std::mem::take(&mut self.inner).paths)?;
+        Ok(d)
+    }
+}
+
+fn layout_of(mode: &str, start: u64) -> PyResult<Layout> {
+    match mode {
+        "list" => Ok(Layout::List(start)),
+        "lines" => Ok(Layout::Lines(start)),
+        other => Err(PyValueError::new_err(format!("mode must be 'list' or 'lines', not {other:?}"))),
+    }
 }
 
 fn columns(py: Python<'_>, m: MetaColumns) -> PyResult<Bound<'_, PyDict>> {
@@ -102,25 +209,4 @@ fn columns(py: Python<'_>, m: MetaColumns) -> PyResult<Bound<'_, PyDict>> {
 #[pyo3(signature = (path, start, *, window=DEFAULT_WINDOW))]
 pub fn metadata_value_end(py: Python<'_>, path: PathBuf, start: u64, window: usize) -> PyResult<Option<u64>> {
     Ok(py.detach(|| value_end(&path, start, window)).map_err(|e| io_error(&path, e))?)
-}
-
-type Ids<'py> =
-    (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<u8>>);
-
-/// `dense_ids(offsets_a, data_a, offsets_b, data_b) -> (ids_a, ids_b, offsets, data)`:
-/// for two string columns (Arrow-style offsets + bytes), each string's
-/// position among the distinct strings of both, returned in order of first
-/// appearance.
-#[pyfunction]
-pub fn dense_ids<'py>(
-    py: Python<'py>,
-    offsets_a: PyReadonlyArray1<'py, i64>,
-    data_a: PyReadonlyArray1<'py, u8>,
-    offsets_b: PyReadonlyArray1<'py, i64>,
-    data_b: PyReadonlyArray1<'py, u8>,
-) -> PyResult<Ids<'py>> {
-    let a = StrView::new(offsets_a.as_slice()?, data_a.as_slice()?).map_err(PyValueError::new_err)?;
-    let b = StrView::new(offsets_b.as_slice()?, data_b.as_slice()?).map_err(PyValueError::new_err)?;
-    let (ia, ib, d) = py.detach(|| ids_of(a, b));
-    Ok((ia.into_pyarray(py), ib.into_pyarray(py), d.offsets.into_pyarray(py), d.data.into_pyarray(py)))
 }

@@ -71,7 +71,9 @@ __all__ = [
     "read_metadata_columns",
     "metadata_value_end",
     "read_metadata_entries",
-    "dense_ids",
+    "survey_metadata",
+    "Counter",
+    "PathIds",
     "METADATA_WINDOW",
     "read_pairs",
     "latent_layout",
@@ -466,15 +468,47 @@ def metadata_value_end(path: str, start: int, *, window: int = ...) -> int | Non
     """The offset of the bracket closing the value opened at byte ``start``,
     or None when the file ends first."""
 
-def dense_ids(
-    offsets_a: npt.NDArray[np.int64],
-    data_a: npt.NDArray[np.uint8],
-    offsets_b: npt.NDArray[np.int64],
-    data_b: npt.NDArray[np.uint8],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
-    """For two string columns (Arrow-style offsets and bytes): each string's
-    position among the distinct strings of both, numbered in order of first
-    appearance, and those strings (offsets, bytes)."""
+def survey_metadata(
+    path: str,
+    mode: str,
+    start: int,
+    root: str,
+    *,
+    limit: int | None = None,
+    window: int = ...,
+    num_threads: int | None = None,
+    max_pixels: int = ...,
+    skip: npt.NDArray[np.int64] | None = None,
+    counter: Counter | None = None,
+) -> dict[str, Any]:
+    """:func:`read_metadata_columns`'s columns, and meanwhile the distinct
+    image paths of the good records numbered (in order of first appearance,
+    a record's ``path1`` then its ``path2``) and probed beneath ``root`` as
+    :func:`probe_paths` does, each window's new paths while the next windows
+    are read: ``id1``, ``id2`` (int64 per good row of the fast path; -1 for
+    the records in ``skip``, sorted record numbers), ``ids`` (a
+    :class:`PathIds`), ``probe_heights``, ``probe_widths``, ``probe_kinds``
+    and ``probe_errors`` (by id). ``counter`` counts the images probed."""
+
+@final
+class Counter:
+    """A count the Rust side adds to while Python reads it (``value``)."""
+
+    def __new__(cls) -> Counter: ...
+    @property
+    def value(self) -> int: ...
+
+@final
+class PathIds:
+    """Distinct paths numbered in order of first appearance."""
+
+    def __len__(self) -> int: ...
+    def number(self, paths: list[str]) -> npt.NDArray[np.int64]:
+        """The ids of ``paths``, numbering those not seen before."""
+    def paths_from(self, start: int) -> list[str]:
+        """The paths of ids ``start`` on."""
+    def take_paths(self) -> dict[str, Any]:
+        """Every path by id (``path_views`` or ``path_offsets``, and ``path_data``); empty after."""
 
 def first_use_numbering(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each key's number in order of first appearance (0, 1, 2... as a loop

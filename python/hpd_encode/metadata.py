@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -343,6 +343,69 @@ def read_metadata(
     ``part=(k, n)``: only the entries numbered ``k`` modulo ``n`` are parsed and reported (one
     rank's share); ``n_entries`` still counts them all.
     """
+    meta, _ = read_metadata_via(
+        path,
+        limit,
+        lambda p, mode, start: _core.read_metadata_columns(
+            p, mode, start, limit=limit, window=_WINDOW, num_threads=num_threads, part=part
+        ),
+    )
+    return meta
+
+
+def read_metadata_and_probe(
+    path: str | PathLike[str],
+    root: str | PathLike[str],
+    limit: int | None = None,
+    *,
+    skip: np.ndarray | None = None,
+    num_threads: int | None = None,
+    max_pixels: int = _core.DEFAULT_MAX_PIXELS,
+    counter: _core.Counter | None = None,
+) -> tuple[Metadata, dict[str, Any]]:
+    """:func:`read_metadata`, and meanwhile the distinct image paths of the good records numbered
+    and probed beneath ``root`` (``_core.survey_metadata``): the table has image ids ``id1``,
+    ``id2`` (null where the per-entry path read the record, -1 for the records in ``skip``,
+    sorted record numbers), and the dict ``ids`` (a ``_core.PathIds``), ``probe_heights``,
+    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id)."""
+    return read_metadata_via(
+        path,
+        limit,
+        lambda p, mode, start: _core.survey_metadata(
+            p,
+            mode,
+            start,
+            str(root),
+            limit=limit,
+            window=_WINDOW,
+            num_threads=num_threads,
+            max_pixels=max_pixels,
+            skip=skip,
+            counter=counter,
+        ),
+        fast_columns=("id1", "id2"),
+    )
+
+
+def path_column(ids: Any) -> pl.Series:
+    """Every path of a ``_core.PathIds``, by id, as a string column (the object is empty after)."""
+    return pl.Series("path", _strings(ids.take_paths(), "path"), dtype=pl.String)
+
+
+#: ``read_columns(path, mode, start) -> dict`` for :func:`read_metadata_via`.
+ReadColumns = Callable[[str, str, int], dict[str, Any]]
+
+
+def read_metadata_via(
+    path: str | PathLike[str],
+    limit: int | None,
+    read_columns: ReadColumns,
+    fast_columns: tuple[str, ...] = (),
+) -> tuple[Metadata, dict[str, Any]]:
+    """:func:`read_metadata` with ``read_columns`` in place of ``_core.read_metadata_columns`` (which
+    it must call in effect: ``_core.survey_metadata`` does, and probes too). ``fast_columns``: more
+    columns it gives, one value per plainly good record, to add to the table (null in the rows
+    the per-entry path read). Returns the metadata and what else ``read_columns`` gave."""
     path = Path(path)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
@@ -358,15 +421,7 @@ def read_metadata(
             raise MetadataError(
                 f"metadata '{path}' must be a JSON list of records or JSON Lines, not an object"
             )
-        cols = _core.read_metadata_columns(
-            str(path),
-            "list" if is_list else "lines",
-            first if is_list else start,
-            limit=limit,
-            window=_WINDOW,
-            num_threads=num_threads,
-            part=part,
-        )
+        cols = read_columns(str(path), "list" if is_list else "lines", first if is_list else start)
         if is_list and limit != 0:
             end = cols["list_end"]
             if end == -1 and not cols["limit_reached"]:
@@ -379,8 +434,9 @@ def read_metadata(
     finally:
         file.f.close()
     n_entries = int(cols["n_entries"])
-    table, entries = _table_and_entries(cols, rows)
-    return Metadata(table=table, failures=failures, n_entries=n_entries, entries=entries)
+    extra = {name: cols.pop(name) for name in fast_columns}
+    table, entries = _table_and_entries(cols, rows, extra)
+    return Metadata(table=table, failures=failures, n_entries=n_entries, entries=entries), cols
 
 
 _ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}
@@ -389,15 +445,18 @@ ENTRY_COLUMNS = tuple(_ENTRY_SCHEMA)
 
 
 def _table_and_entries(
-    cols: dict[str, Any], rows: list[tuple[object, ...]]
+    cols: dict[str, Any], rows: list[tuple[object, ...]], extra: dict[str, np.ndarray] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The fast path's records and the per-entry path's good ``rows`` (each ending with its entry's
-    offset and length) as one table in record order, and where each record's entry is."""
+    """The fast path's records (with the ``extra`` columns, null for the others) and the per-entry
+    path's good ``rows`` (each ending with its entry's offset and length) as one table in record
+    order, and where each record's entry is."""
     where = pl.DataFrame({"entry_offset": cols.pop("entry_offset"), "entry_len": cols.pop("entry_len")})
     table = pl.concat([_fast_table(cols), where], how="horizontal")
+    if extra:
+        table = table.with_columns(pl.Series(name, values) for name, values in extra.items())
     if rows:
         slow = pl.DataFrame(rows, schema={**TABLE_SCHEMA, **_ENTRY_SCHEMA}, orient="row")
-        table = pl.concat([table, slow]).sort("record_index")
+        table = pl.concat([table, slow], how="diagonal_relaxed").sort("record_index")
     return table.drop(*_ENTRY_SCHEMA), table.select(*_ENTRY_SCHEMA)
 
 

@@ -48,7 +48,7 @@ from hpd_encode.pipeline.options import EncodeOptions, resolve_device
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
-from hpd_encode.pipeline.survey import Survey, survey
+from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -112,12 +112,6 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     return result
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process so far: user + system, all threads (Rust's included)."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -136,8 +130,7 @@ class _Plan:
     ) -> None:
         """``with_records``: give this rank's planned rows their prompts, models and votes (what the
         encoder writes; a dry run, which writes nothing, skips it)."""
-        self.stages: dict[str, float] = {}
-        t = time.monotonic()
+        t, cpu = time.monotonic(), cpu_seconds()
         if dist.world_size > 1:
             # Each rank its share (see pipeline/shared.py); one process plans every row here.
             self.survey, self.kept, self.split, self.rank_plan = plan_shared(
@@ -149,8 +142,9 @@ class _Plan:
                 with_records=with_records,
             )
             self.rows_planned = self.kept.rows.height
-            self.stages["plan"] = time.monotonic() - t
-            self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})
+            #: Seconds and CPU seconds per stage.
+            self.stages = {"plan": time.monotonic() - t, **self.survey.timings}
+            self.stages_cpu = {"plan": cpu_seconds() - cpu, **self.survey.cpu_timings}
             return
         self.survey = survey(
             opts.data_root,
@@ -161,20 +155,27 @@ class _Plan:
             max_pixels=opts.max_pixels,
             narrow=True,
         )
-        self.stages["survey"] = time.monotonic() - t
-        self.stages.update({f"survey.{k}": v for k, v in self.survey.timings.items()})
-        t = time.monotonic()
+        step = Steps()
+        self.stages = {
+            "survey": time.monotonic() - t,
+            **{f"survey.{k}": v for k, v in self.survey.timings.items()},
+        }
+        self.stages_cpu = {
+            "survey": cpu_seconds() - cpu,
+            **{f"survey.{k}": v for k, v in self.survey.cpu_timings.items()},
+        }
         self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets)
         self.rows_planned = self.kept.rows.height
         self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
-        self.stages["pair_rules_and_split"] = time.monotonic() - t
-        t = time.monotonic()
+        step("pair_rules_and_split")
         self.rank_plan = order_and_batch(self.kept.rows, opts.share, opts.batch_size_for(device))
         if with_records:
             self.rank_plan = replace(
                 self.rank_plan, rows=self.survey.with_record_columns(self.rank_plan.rows)
             )
-        self.stages["order_and_batch"] = time.monotonic() - t
+        step("order_and_batch")
+        self.stages.update(step.seconds)
+        self.stages_cpu.update(step.cpu)
 
     @property
     def failures(self) -> list[Failure]:
@@ -226,7 +227,7 @@ class _Plan:
 def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     """Everything up to the first VAE batch, then a report. Loads no VAE and
     creates or changes nothing in the output directory."""
-    t0, cpu0 = time.monotonic(), _cpu_seconds()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     out = opts.output_dir if str(opts.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
     device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
@@ -252,9 +253,10 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
         pixel_cost_per_rank=costs,
         balance=round(max(costs) / mean, 4) if mean else 1.0,
         plan_seconds=round(time.monotonic() - t0, 3),
-        plan_cpu_seconds=round(_cpu_seconds() - cpu0, 3),
+        plan_cpu_seconds=round(cpu_seconds() - cpu0, 3),
         peak_rss_mb=round(_peak_rss_mb(), 1),
         stages={k: round(v, 3) for k, v in plan.stages.items()},
+        stages_cpu={k: round(v, 3) for k, v in plan.stages_cpu.items()},
     )
 
 

@@ -5,7 +5,7 @@ With ``world_size`` > 1 no rank reads, probes or keeps the whole dataset:
 1. Rank ``r`` parses the metadata entries numbered ``r`` modulo the world
    size (the others are only cut and counted, in Rust).
 2. Images are named by a 64-bit hash of their path. The ranks all-gather the
-   hashes they saw; each image is probed by the lowest rank that saw it, and
+   hashes they saw; each image is probed by one of the ranks that saw it (picked by its hash), and
    the sizes are all-gathered, so every rank knows every image's size and the
    image ids (positions among the sorted hashes) are the same everywhere.
 3. Each rank applies the pair rules to its own records, and the kept pairs
@@ -71,18 +71,19 @@ def plan_shared(
     timings = step.seconds
     meta = read_metadata(opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world))
     assert meta.entries is not None
+    step("read_metadata")
     table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
     hash1 = table["path1"].hash(seed=0).to_numpy()
     hash2 = table["path2"].hash(seed=0).to_numpy()
     seen, first = np.unique(np.concatenate([hash1, hash2]), return_index=True)
-    step("metadata_and_image_ids")
+    step("image_hashes")
 
-    # Who probes what: each image by the lowest rank that saw it.
+    # Who probes what: each image by one of the ranks that saw it, picked by its hash.
     everyone = dist.all_gather(seen)
-    hashes, first_all = np.unique(np.concatenate(everyone), return_index=True)
-    owner = np.repeat(np.arange(world), [len(s) for s in everyone])[first_all]
-    del everyone, first_all
+    hashes, owner = _owners(everyone)
+    del everyone
     mine = np.flatnonzero(owner == rank)
+    step("gather_hashes")
     del owner
     both_paths = pl.concat([table["path1"], table["path2"]])
     rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])])
@@ -115,6 +116,7 @@ def plan_shared(
         n_entries=n_entries,
         n_done=n_done,
         timings=timings,
+        cpu_timings=step.cpu,
     )
     kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets)
     rows_here = kept_here.rows
@@ -125,12 +127,16 @@ def plan_shared(
         ],
         how="horizontal",
     )
+    step("pair_rules")
     kept_rows = pl.concat(dist.all_gather(send)).sort("record_index")
     del send, rows_here
+    step("gather_kept")
     split = partition(kept_rows, world, opts.share, with_costs=with_costs)
+    step("partition")
     rank_plan = order_and_batch(
         kept_rows.filter(pl.Series(split.rank_of_row == rank)), opts.share, batch_size_for
     )
+    step("order_and_batch")
     images = pl.DataFrame({"path": pl.Series("path", [None] * n, dtype=pl.String)}).with_row_index("image_id")
     if with_records:
         rank_plan = replace(rank_plan, rows=_with_records(opts, rank_plan.rows))
@@ -143,6 +149,22 @@ def plan_shared(
 
     survey = replace(survey, images=images)
     return survey, Kept(kept_rows, kept_here.dropped_rows), split, rank_plan
+
+
+def _owners(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct hashes of every rank's ``seen`` (each sorted, distinct), sorted, and the rank
+    that probes each: one of those that saw it, chosen by the hash (so that a rank's share of the
+    probe is about its share of the images; the lowest rank would take every image it saw)."""
+    every = np.concatenate(seen)
+    rank_of = np.repeat(np.arange(len(seen), dtype=np.int64), [len(s) for s in seen])
+    order = np.argsort(every, kind="stable")
+    every, rank_of = every[order], rank_of[order]
+    del order
+    starts = np.flatnonzero(np.r_[True, every[1:] != every[:-1]])
+    counts = np.diff(np.r_[starts, len(every)])
+    hashes = every[starts]
+    pick = starts + (hashes % counts.astype(np.uint64)).astype(np.int64)
+    return hashes, rank_of[pick]
 
 
 def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:

@@ -90,6 +90,7 @@ class PlanReport:
     peak_rss_mb: float
     stages: dict[str, float] = field(default_factory=dict)  # seconds per planning stage
     plan_cpu_seconds: float = 0.0  # CPU time (user + system, all threads) of this process while planning
+    stages_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per planning stage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,34 +9,52 @@ helpers here).
 from __future__ import annotations
 
 import logging
+import resource
+import sys
+import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from hpd_encode import _core
 from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
 from hpd_encode.failures import Failure
-from hpd_encode.metadata import ENTRY_COLUMNS, TABLE_SCHEMA, read_metadata, read_records
+from hpd_encode.metadata import (
+    ENTRY_COLUMNS,
+    TABLE_SCHEMA,
+    Metadata,
+    path_column,
+    read_metadata_and_probe,
+    read_records,
+)
 
 log = logging.getLogger("hpd_encode.survey")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far: user + system, all threads (Rust's included)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 class Steps:
-    """Seconds per named step, each timed from the end of the one before: ``step("probe")``."""
+    """Seconds and CPU seconds per named step, each from the end of the one before: ``step("probe")``."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._t = time.monotonic()
+        self.cpu: dict[str, float] = {}
+        self._t, self._c = time.monotonic(), cpu_seconds()
 
     def __call__(self, name: str) -> None:
-        now = time.monotonic()
+        now, cpu = time.monotonic(), cpu_seconds()
         self.seconds[name] = now - self._t
-        self._t = now
+        self.cpu[name] = cpu - self._c
+        self._t, self._c = now, cpu
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,10 @@ class Survey:
     failures: list[Failure]
     n_entries: int
     n_done: int
-    #: Seconds per step: ``metadata``, ``image_ids``, ``probe``, ``sizes``.
+    #: Seconds per step (``metadata_and_image_ids``, ``probe``, ``sizes``; under torchrun more), and
+    #: the CPU seconds of the process in each.
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
     #: Set when ``records`` were kept without their text (``survey(narrow=True)``): the metadata file,
     #: from which :meth:`with_record_columns` reads the text of the rows planned, by byte offset.
     metadata: Path | None = None
@@ -133,7 +153,9 @@ def survey(
     """
     step = Steps()
     timings = step.seconds
-    meta = read_metadata(metadata, limit=limit, num_threads=num_threads)
+    meta, images, h, w, kinds, errors = _read_and_probe(
+        Path(data_root), metadata, limit, done, num_threads, max_pixels, progress
+    )
     table = meta.table
     if narrow and meta.entries is not None:
         table = pl.concat([table.drop(*_TEXT), meta.entries], how="horizontal")
@@ -141,14 +163,7 @@ def survey(
     n_entries = meta.n_entries
     del meta
     table, n_done = without_done(table, done)
-    # Image ids: each distinct path numbered in order of first appearance (a hash map in Rust).
-    id1, id2, paths = _dense_ids(table["path1"], table["path2"])
-    images = pl.DataFrame({"path": paths}).with_row_index("image_id")
-    table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
-    step("metadata_and_image_ids")
-
-    h, w, kinds, errors = _probe_all(Path(data_root), paths, num_threads, max_pixels, progress)
-    step("probe")
+    step("metadata_ids_and_probe")
     error_of = {i: e for i, e in enumerate(errors) if e is not None}
     images = images.with_columns(
         pl.Series("height", h),
@@ -166,8 +181,84 @@ def survey(
         n_entries=n_entries,
         n_done=n_done,
         timings=timings,
+        cpu_timings=step.cpu,
         metadata=Path(metadata) if narrow else None,
     )
+
+
+def _read_and_probe(
+    root: Path,
+    metadata: str | Path,
+    limit: int | None,
+    done: Collection[int],
+    num_threads: int | None,
+    max_pixels: int,
+    progress: bool,
+) -> tuple[Metadata, pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """The metadata (its table with image ids ``id1``, ``id2``), the distinct image paths (``image_id``,
+    ``path``) and their probes (heights, widths, kinds, reasons), in one pass: Rust probes the
+    images of each window of the metadata while it reads the next (``_core.survey_metadata``). The
+    records in ``done`` get no ids (their images are not probed)."""
+    skip = np.sort(np.fromiter(done, dtype=np.int64, count=len(done)))
+    counter = _core.Counter()
+    with _ProbeProgress(counter, progress):
+        meta, cols = read_metadata_and_probe(
+            metadata, root, limit, skip=skip, num_threads=num_threads, max_pixels=max_pixels, counter=counter
+        )
+    ids = cols["ids"]
+    h, w, kinds, errors = (
+        cols["probe_heights"],
+        cols["probe_widths"],
+        cols["probe_kinds"],
+        cols["probe_errors"],
+    )
+    table = meta.table
+    # The records the per-entry path read (no ids yet), except those already done.
+    todo = table["id1"].is_null() & ~table["record_index"].is_in(skip)
+    if todo.any():
+        where = np.flatnonzero(todo.to_numpy())
+        slow = table.filter(todo)
+        n_before = len(ids)
+        id1 = table["id1"].fill_null(-1).to_numpy().copy()
+        id2 = table["id2"].fill_null(-1).to_numpy().copy()
+        id1[where] = ids.number(slow["path1"].to_list())
+        id2[where] = ids.number(slow["path2"].to_list())
+        table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
+        more = _probe(root, ids.paths_from(n_before), num_threads, max_pixels)
+        h, w, kinds = (np.concatenate([a, b]) for a, b in zip((h, w, kinds), more[:3]))
+        errors = errors + more[3]
+    table = table.with_columns(pl.col("id1", "id2").fill_null(-1))
+    images = pl.DataFrame({"path": path_column(ids)}).with_row_index("image_id")
+    return replace(meta, table=table), images, h, w, kinds, errors
+
+
+class _ProbeProgress:
+    """A progress bar of the images probed so far (``counter``) while the survey runs, on a
+    terminal and when asked for (the total is not known until the metadata is read)."""
+
+    def __init__(self, counter: Any, enabled: bool) -> None:
+        self.counter, self.enabled = counter, enabled and sys.stderr.isatty()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _ProbeProgress:
+        if self.enabled:
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        from tqdm.auto import tqdm
+
+        with tqdm(unit="img", desc="probe") as bar:
+            while not self.stop.wait(0.2):
+                bar.update(self.counter.value - bar.n)
+            bar.update(self.counter.value - bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def without_done(table: pl.DataFrame, done: Collection[int]) -> tuple[pl.DataFrame, int]:
@@ -190,23 +281,6 @@ def with_sizes(table: pl.DataFrame, height: np.ndarray, width: np.ndarray, kinds
         pl.Series("w2", width[id2]),
         pl.Series("pairable", (kinds[id1] == PROBE_OK) & (kinds[id2] == PROBE_OK)),
     )
-
-
-def _string_buffers(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A string column's Arrow offsets (int64) and bytes, without nulls (paths never are)."""
-    arr = col.to_arrow(compat_level=pl.CompatLevel.oldest())
-    assert isinstance(arr, pa.LargeStringArray) and arr.null_count == 0
-    _, offsets, data = arr.buffers()
-    off = np.frombuffer(offsets, np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    return off, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-
-
-def _dense_ids(a: pl.Series, b: pl.Series) -> tuple[np.ndarray, np.ndarray, pl.Series]:
-    """Ids of the strings of ``a`` and ``b`` (positions among the distinct ones, numbered in order
-    of first appearance, ``a`` before ``b``) and the distinct strings."""
-    ids_a, ids_b, offsets, data = _core.dense_ids(*_string_buffers(a), *_string_buffers(b))
-    distinct = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
-    return ids_a, ids_b, pl.Series("path", distinct, dtype=pl.String)
 
 
 def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, str]) -> list[Failure]:
