@@ -8,6 +8,15 @@ of their own.
 
 from __future__ import annotations
 
+import os
+
+# NumPy's OpenBLAS starts one thread per core, and they spin for a while after NumPy is loaded and
+# after each BLAS call. The command line does no linear algebra in NumPy (the VAE runs in torch, with
+# its own threads), and on a small machine those spinning threads take CPU from the planning and
+# the decode (about 0.5 s of a dry run at HPDv3 scale on 2 cores): one BLAS thread, unless the
+# user's environment says otherwise. Set before NumPy is first imported, below.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import logging
 import sys
