@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from hpd_encode._core import BucketSet
 from hpd_encode.dist import Dist
 from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_records
 from hpd_encode.pipeline.options import EncodeOptions
@@ -120,15 +121,10 @@ def plan_shared(
     )
     kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets)
     rows_here = kept_here.rows
-    send = pl.concat(
-        [
-            rows_here.drop("_row", "path1", "path2"),
-            table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()],
-        ],
-        how="horizontal",
-    )
+    layout = _kept_layout(n)
+    send = _pack(rows_here, table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()], layout)
     step("pair_rules")
-    kept_rows = pl.concat(dist.all_gather(send)).sort("record_index")
+    kept_rows = _unpack(dist.all_gather(send), layout, opts.buckets)
     del send, rows_here
     step("gather_kept")
     split = partition(kept_rows, world, opts.share, with_costs=with_costs)
@@ -149,6 +145,51 @@ def plan_shared(
 
     survey = replace(survey, images=images)
     return survey, Kept(kept_rows, kept_here.dropped_rows), split, rank_plan
+
+
+#: The kept pairs' columns as the ranks exchange them, packed (about half the bytes of int64
+#: columns; height and width are the bucket's, so they are not sent).
+_KEPT_COLUMNS = ("record_index", "id1", "id2", "h1", "w1", "h2", "w2", "bucket_id", *ENTRY_COLUMNS)
+_KEPT_SCHEMA = {
+    "record_index": pl.Int64,
+    "id1": pl.Int64,
+    "id2": pl.Int64,
+    "h1": pl.Int64,
+    "w1": pl.Int64,
+    "h2": pl.Int64,
+    "w2": pl.Int64,
+    "bucket_id": pl.Int32,
+    "height": pl.Int64,
+    "width": pl.Int64,
+    "entry_offset": pl.Int64,
+    "entry_len": pl.Int64,
+}
+
+
+def _kept_layout(n_images: int) -> np.dtype:
+    """The packed row of a kept pair (image ids in 32 bits while there are fewer than 2**31 images;
+    sizes are what the probe gives, unsigned 32-bit)."""
+    ids = np.int32 if n_images < 2**31 else np.int64
+    kinds = [np.int64, ids, ids, np.uint32, np.uint32, np.uint32, np.uint32, np.int32, np.int64, np.int64]
+    return np.dtype(list(zip(_KEPT_COLUMNS, kinds)))
+
+
+def _pack(rows: pl.DataFrame, where: pl.DataFrame, layout: np.dtype) -> np.ndarray:
+    out = np.empty(rows.height, dtype=layout)
+    for name in _KEPT_COLUMNS:
+        out[name] = (where if name in ENTRY_COLUMNS else rows)[name].to_numpy()
+    return out
+
+
+def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl.DataFrame:
+    """Every rank's kept pairs as one table in record order (as a one-process plan has them)."""
+    packed = np.concatenate(parts) if parts else np.empty(0, dtype=layout)
+    packed = packed[np.argsort(packed["record_index"], kind="stable")]
+    sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
+    bucket = packed["bucket_id"]
+    columns = {name: packed[name] for name in _KEPT_COLUMNS}
+    columns["height"], columns["width"] = sizes[bucket, 0], sizes[bucket, 1]
+    return pl.DataFrame({name: columns[name] for name in _KEPT_SCHEMA}).cast(_KEPT_SCHEMA)  # type: ignore[arg-type]
 
 
 def _owners(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
