@@ -130,12 +130,16 @@ pub struct MetaColumns {
     pub limit_reached: bool,
     /// `(k, n)`: only entries whose number is `k` modulo `n` are parsed (the others are counted).
     part: Option<(i64, i64)>,
+    /// Keep the prompts and models (else they are checked but stored empty: a caller that reads
+    /// them again later, for the few rows it needs, saves most of the table's bytes).
+    keep_text: bool,
 }
 
 impl MetaColumns {
     fn new(part: Option<(i64, i64)>) -> Self {
         MetaColumns {
             part,
+            keep_text: true,
             entry_offset: Vec::new(),
             entry_len: Vec::new(),
             record_index: Vec::new(),
@@ -161,11 +165,19 @@ impl MetaColumns {
         self.record_index.push(index);
         self.entry_offset.push(e.start as i64);
         self.entry_len.push((e.end - e.start) as i64);
-        self.prompt.push(&g.prompt);
+        fn text(keep: bool, s: &str) -> &str {
+            if keep {
+                s
+            } else {
+                ""
+            }
+        }
+        let keep = self.keep_text;
+        self.prompt.push(text(keep, &g.prompt));
         self.path1.push(&g.path1);
         self.path2.push(&g.path2);
-        self.model1.push(g.model1.as_deref().unwrap_or(""));
-        self.model2.push(g.model2.as_deref().unwrap_or(""));
+        self.model1.push(text(keep, g.model1.as_deref().unwrap_or("")));
+        self.model2.push(text(keep, g.model2.as_deref().unwrap_or("")));
         self.votes_chosen.push(g.votes.0);
         self.votes_rejected.push(g.votes.1);
         self.confidence.push(g.confidence);
@@ -442,16 +454,18 @@ pub fn read_part(
     num_threads: Option<usize>,
     part: Option<(u64, u64)>,
 ) -> io::Result<MetaColumns> {
-    pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, &mut |_, _| {}))
+    pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, true, &mut |_, _| {}))
 }
 
-/// [`read_part`] on the pool this runs on, telling `on_window` after each window.
+/// [`read_part`] on the pool this runs on, telling `on_window` after each window; without
+/// `keep_text` the prompts and models are checked but stored as empty strings.
 pub fn read_in_pool(
     path: &Path,
     layout: Layout,
     limit: Option<u64>,
     window: usize,
     part: Option<(u64, u64)>,
+    keep_text: bool,
     mut on_window: OnWindow<'_>,
 ) -> io::Result<MetaColumns> {
     if let Some((k, n)) = part {
@@ -459,7 +473,8 @@ pub fn read_in_pool(
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("part {k} of {n} does not exist")));
         }
     }
-    let out = MetaColumns::new(part.map(|(k, n)| (k as i64, n as i64)));
+    let mut out = MetaColumns::new(part.map(|(k, n)| (k as i64, n as i64)));
+    out.keep_text = keep_text;
     match layout {
         Layout::Lines(start) => read_lines(out, path, start, limit, window, &mut on_window),
         Layout::List(open) => read_list(out, path, open, limit, window, &mut on_window),

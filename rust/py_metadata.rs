@@ -76,9 +76,10 @@ pub fn read_metadata_entries<'py>(
 /// distinct image paths of the good records numbered and probed beneath `root` (see
 /// `survey.rs`): `id1`, `id2` (per good row; -1 for the records in `skip`, a sorted int64
 /// array), `ids` (a `PathIds`: more paths can be numbered after), and `probe_heights`,
-/// `probe_widths`, `probe_kinds`, `probe_errors` by id.
+/// `probe_widths`, `probe_kinds`, `probe_errors` by id. Without `text` the prompts and models
+/// of the fast path's records are empty strings (checked, not kept).
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None))]
+#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn survey_metadata<'py>(
     py: Python<'py>,
@@ -92,6 +93,7 @@ pub fn survey_metadata<'py>(
     max_pixels: u64,
     skip: Option<PyReadonlyArray1<'py, i64>>,
     counter: Option<PyRef<'py, PyCounter>>,
+    text: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
     let counter = counter.map(|c| c.n.clone());
@@ -105,8 +107,19 @@ pub fn survey_metadata<'py>(
     let limits = probe_limits(Some(max_pixels), None);
     let found = py.detach(|| -> PyResult<Surveyed> {
         let root = open_root(Some(&root))?;
-        Ok(read_and_probe(&path, layout, limit, window, num_threads, root.as_ref(), &limits, skip, counter.as_deref())
-            .map_err(|e| io_error(&path, e))?)
+        Ok(read_and_probe(
+            &path,
+            layout,
+            limit,
+            window,
+            num_threads,
+            root.as_ref(),
+            &limits,
+            skip,
+            counter.as_deref(),
+            text,
+        )
+        .map_err(|e| io_error(&path, e))?)
     })?;
     let Surveyed { meta, ids, id1, id2, probe } = found;
     let d = columns(py, meta)?;

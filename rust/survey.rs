@@ -85,7 +85,8 @@ pub struct Surveyed {
 /// Read the metadata as [`crate::metadata::read_columns`] does and probe every
 /// distinct path of its good records beneath `root` meanwhile, except the
 /// records in `skip` (sorted record numbers: already done), which get no ids.
-/// `counter` counts the images probed so far (for a progress bar).
+/// `counter` counts the images probed so far (for a progress bar). Without `keep_text` the
+/// prompts and models are stored empty (see [`read_in_pool`]).
 #[allow(clippy::too_many_arguments)]
 pub fn read_and_probe(
     path: &Path,
@@ -97,6 +98,7 @@ pub fn read_and_probe(
     limits: &ProbeLimits,
     skip: &[i64],
     counter: Option<&AtomicU64>,
+    keep_text: bool,
 ) -> io::Result<Surveyed> {
     let probed: Mutex<Vec<(usize, ProbeColumns)>> = Mutex::new(Vec::new());
     let mut ids = PathIds::default();
@@ -128,12 +130,24 @@ pub fn read_and_probe(
                     });
                 }
             };
-            read_in_pool(path, layout, limit, window, None, &mut on_window)
+            read_in_pool(path, layout, limit, window, None, keep_text, &mut on_window)
         })
     })?;
     let probe = ProbeColumns::concat(probed.into_inner().unwrap_or_else(|e| e.into_inner()));
     debug_assert_eq!(probe.kinds.len(), ids.len());
+    give_back_freed_memory();
     Ok(Surveyed { meta, ids, id1, id2, probe })
+}
+
+/// Return the memory freed here to the system: glibc keeps what the pool's threads freed (the
+/// windows, the parsed entries, the probe's paths) in their arenas, about 130 MB at HPDv3 scale,
+/// which then adds to the peak of the planning that follows (measured: 1050 -> 912 MB).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]

@@ -480,6 +480,7 @@ def survey_metadata(
     max_pixels: int = ...,
     skip: npt.NDArray[np.int64] | None = None,
     counter: Counter | None = None,
+    text: bool = True,
 ) -> dict[str, Any]:
     """:func:`read_metadata_columns`'s columns, and meanwhile the distinct
     image paths of the good records numbered (in order of first appearance,
@@ -488,7 +489,9 @@ def survey_metadata(
     are read: ``id1``, ``id2`` (int64 per good row of the fast path; -1 for
     the records in ``skip``, sorted record numbers), ``ids`` (a
     :class:`PathIds`), ``probe_heights``, ``probe_widths``, ``probe_kinds``
-    and ``probe_errors`` (by id). ``counter`` counts the images probed."""
+    and ``probe_errors`` (by id). ``counter`` counts the images probed.
+    Without ``text`` the fast path's prompts and models are checked but
+    returned as empty strings."""
 
 @final
 class Counter:

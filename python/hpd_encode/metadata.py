@@ -362,12 +362,15 @@ def read_metadata_and_probe(
     num_threads: int | None = None,
     max_pixels: int = _core.DEFAULT_MAX_PIXELS,
     counter: _core.Counter | None = None,
+    text: bool = True,
 ) -> tuple[Metadata, dict[str, Any]]:
     """:func:`read_metadata`, and meanwhile the distinct image paths of the good records numbered
     and probed beneath ``root`` (``_core.survey_metadata``): the table has image ids ``id1``,
     ``id2`` (null where the per-entry path read the record, -1 for the records in ``skip``,
     sorted record numbers), and the dict ``ids`` (a ``_core.PathIds``), ``probe_heights``,
-    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id)."""
+    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id). Without ``text`` the
+    prompts and models are checked but left empty (in the records the Rust fast path read: for
+    a caller that drops them and reads them again, by byte offset, for the rows it needs)."""
     return read_metadata_via(
         path,
         limit,
@@ -382,6 +385,7 @@ def read_metadata_and_probe(
             max_pixels=max_pixels,
             skip=skip,
             counter=counter,
+            text=text,
         ),
         fast_columns=("id1", "id2"),
     )

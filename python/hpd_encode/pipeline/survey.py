@@ -1,6 +1,13 @@
 """Surveying a dataset: read the metadata, and probe every distinct image it
 names (header only, opened beneath the data root in Rust), as columns.
 
+Both in one pass (``metadata.read_metadata_and_probe``, ``rust/survey.rs``):
+the Rust reader numbers each window's new image paths and probes them as tasks
+on the pool while it cuts and parses the next windows, so the metadata's serial
+part (following a JSON list's structure) and the probe's kernel work overlap
+instead of one leaving a core idle while the other runs. The few good records
+only the per-entry Python path reads are numbered and probed after.
+
 ``encode`` (one process) and ``check`` start here; under torchrun ``encode``
 plans from each rank's share instead (``pipeline/shared.py``, which uses the
 helpers here).
@@ -154,7 +161,7 @@ def survey(
     step = Steps()
     timings = step.seconds
     meta, images, h, w, kinds, errors = _read_and_probe(
-        Path(data_root), metadata, limit, done, num_threads, max_pixels, progress
+        Path(data_root), metadata, limit, done, num_threads, max_pixels, progress, not narrow
     )
     table = meta.table
     if narrow and meta.entries is not None:
@@ -194,16 +201,25 @@ def _read_and_probe(
     num_threads: int | None,
     max_pixels: int,
     progress: bool,
+    text: bool,
 ) -> tuple[Metadata, pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
     """The metadata (its table with image ids ``id1``, ``id2``), the distinct image paths (``image_id``,
     ``path``) and their probes (heights, widths, kinds, reasons), in one pass: Rust probes the
     images of each window of the metadata while it reads the next (``_core.survey_metadata``). The
-    records in ``done`` get no ids (their images are not probed)."""
+    records in ``done`` get no ids (their images are not probed). Without ``text`` the prompts and
+    models are not kept (a narrow survey drops them)."""
     skip = np.sort(np.fromiter(done, dtype=np.int64, count=len(done)))
     counter = _core.Counter()
     with _ProbeProgress(counter, progress):
         meta, cols = read_metadata_and_probe(
-            metadata, root, limit, skip=skip, num_threads=num_threads, max_pixels=max_pixels, counter=counter
+            metadata,
+            root,
+            limit,
+            skip=skip,
+            num_threads=num_threads,
+            max_pixels=max_pixels,
+            counter=counter,
+            text=text,
         )
     ids = cols["ids"]
     h, w, kinds, errors = (
