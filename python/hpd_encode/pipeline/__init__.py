@@ -164,7 +164,8 @@ class _Plan:
             "survey": cpu_seconds() - cpu,
             **{f"survey.{k}": v for k, v in self.survey.cpu_timings.items()},
         }
-        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets)
+        # Rows without their paths while planning (with_record_columns gives them back).
+        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets, keep_paths=False)
         self.rows_planned = self.kept.rows.height
         self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
         step("pair_rules_and_split")

@@ -104,19 +104,26 @@ class RankPlan:
         return {f"{h}x{w}": n for h, w, n in counts.iter_rows()}
 
 
-def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet) -> Kept:
+def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet, *, keep_paths: bool = True) -> Kept:
     """The reference's pair rules (``REFERENCE.md`` §2) on the pairable records
-    (:attr:`Survey.pairable`)."""
+    (:attr:`Survey.pairable`). Without ``keep_paths`` the kept rows have no ``path1``/``path2``
+    (the planner does not need them, and at HPDv3 scale each reordering of their strings costs a
+    tenth of a second); the dropped ones always have them (``failures.csv`` names the images)."""
     t = pairable
     h1, w1, h2, w2 = (t[c].to_numpy() for c in ("h1", "w1", "h2", "w2"))
     ids, reasons = buckets.assign_pairs(h1, w1, h2, w2)
     ids = np.asarray(ids, dtype=np.int64)
     keep = ids >= 0
     sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
-    kept = t.filter(pl.Series(keep)).with_columns(
-        pl.Series("bucket_id", ids[keep].astype(np.int32)),
-        pl.Series("height", sizes[ids[keep], 0]),
-        pl.Series("width", sizes[ids[keep], 1]),
+    kept_columns = [c for c in t.columns if keep_paths or c not in ("path1", "path2")]
+    kept = (
+        t.select(kept_columns)
+        .filter(pl.Series(keep))
+        .with_columns(
+            pl.Series("bucket_id", ids[keep].astype(np.int32)),
+            pl.Series("height", sizes[ids[keep], 0]),
+            pl.Series("width", sizes[ids[keep], 1]),
+        )
     )
     names = pl.Series(buckets.DROP_REASONS, dtype=pl.String)
     dropped = t.filter(pl.Series(~keep)).select(

@@ -119,7 +119,7 @@ def plan_shared(
         timings=timings,
         cpu_timings=step.cpu,
     )
-    kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets)
+    kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets, keep_paths=False)
     rows_here = kept_here.rows
     layout = _kept_layout(n)
     send = _pack(rows_here, table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()], layout)
