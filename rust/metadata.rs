@@ -275,6 +275,18 @@ fn fast(bytes: &[u8]) -> Option<Good<'_>> {
     Some(Good { prompt, path1, path2, model1: raw.model1, model2: raw.model2, votes, confidence })
 }
 
+/// The bytes [`StructScan`] looks at outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let marks = *b"\"\\[]{},";
+    while k < marks.len() {
+        t[marks[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 /// The structure of a JSON value followed byte by byte (strings, escapes, depth).
 #[derive(Debug, Default, Clone)]
 pub struct StructScan {
@@ -319,6 +331,19 @@ impl StructScan {
                     }
                 }
                 continue;
+            }
+            // Outside a string only quotes, backslashes, brackets and commas matter: skip the rest
+            // (a pretty-printed file's indentation, the numbers) by table lookup, which is most of
+            // the bytes outside strings (a boring byte also ends an escape, as below).
+            let from = i;
+            while i < n && !STRUCTURAL[buf[i] as usize] {
+                i += 1;
+            }
+            if i > from {
+                self.escaped = false;
+            }
+            if i == n {
+                break;
             }
             let c = buf[i];
             i += 1;
