@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class Dist:
@@ -31,6 +33,46 @@ class Dist:
         out: list[Any] = [None] * self.world_size
         td.all_gather_object(out, obj)
         return out
+
+    def all_gather_array(self, arr: np.ndarray) -> list[np.ndarray]:
+        """Every rank's ``arr`` (1-D, the same dtype on every rank, any length), as raw bytes
+        over gloo: no pickling, which copies a large array several times."""
+        if not self.enabled:
+            return [arr]
+        import torch
+        import torch.distributed as td
+
+        data = _as_bytes(arr)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        td.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
+        most = max(int(t) for t in sizes)
+        padded = torch.zeros(most, dtype=torch.uint8)
+        padded[: len(data)] = torch.from_numpy(data)
+        out = [torch.empty(most, dtype=torch.uint8) for _ in range(self.world_size)]
+        td.all_gather(out, padded)
+        return [_from_bytes(t.numpy()[: int(k)], arr.dtype) for t, k in zip(out, sizes)]
+
+    def all_to_all_arrays(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """Send ``parts[k]`` to rank ``k`` (1-D arrays of one dtype, the same on every rank);
+        returns what each rank sent to this one, by rank. Raw bytes over gloo."""
+        if not self.enabled:
+            return list(parts)
+        import torch
+        import torch.distributed as td
+
+        if len(parts) != self.world_size:
+            raise ValueError(f"{len(parts)} parts for {self.world_size} ranks")
+        dtype = parts[0].dtype
+        chunks = [_as_bytes(p) for p in parts]
+        send_sizes = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
+        recv_sizes = torch.empty(self.world_size, dtype=torch.int64)
+        td.all_to_all_single(recv_sizes, send_sizes)
+        data = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.empty(0, dtype=torch.uint8)
+        out = torch.empty(int(recv_sizes.sum()), dtype=torch.uint8)
+        td.all_to_all_single(out, data, recv_sizes.tolist(), send_sizes.tolist())
+        got = out.numpy()
+        bounds = np.concatenate([[0], np.cumsum(recv_sizes.numpy())])
+        return [_from_bytes(got[a:b], dtype) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
         """Every rank's ``obj`` on rank ``dst`` (None on the others)."""
@@ -70,6 +112,16 @@ class Dist:
                         td.barrier()
                 finally:
                     td.destroy_process_group()
+
+
+def _as_bytes(arr: np.ndarray) -> np.ndarray:
+    """A 1-D array's bytes as a uint8 array (a view when contiguous)."""
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
+def _from_bytes(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """:func:`_as_bytes` undone (a copy: the received buffer is shared)."""
+    return data.copy().view(dtype)
 
 
 def init_dist(timeout_s: float = 7200.0) -> Dist:

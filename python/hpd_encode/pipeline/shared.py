@@ -80,7 +80,7 @@ def plan_shared(
     step("image_hashes")
 
     # Who probes what: each image by one of the ranks that saw it, picked by its hash.
-    everyone = dist.all_gather(seen)
+    everyone = dist.all_gather_array(seen)
     hashes, owner = _owners(everyone)
     del everyone
     mine = np.flatnonzero(owner == rank)
@@ -93,13 +93,16 @@ def plan_shared(
     step("probe")
 
     n = len(hashes)
+    probed = np.empty(len(mine), dtype=_probe_layout(n))
+    probed["image"], probed["height"], probed["width"], probed["kind"] = mine, h, w, kind
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.uint8)
+    for got in dist.all_gather_array(probed):
+        idx = got["image"]
+        height[idx], width[idx], kinds[idx] = got["height"], got["width"], got["kind"]
     error_of: dict[int, str] = {}
-    err_mine = {int(mine[i]): e for i, e in enumerate(errors) if e is not None}
-    for idx, ph, pw, pk, perr in dist.all_gather((mine, h, w, kind, err_mine)):
-        height[idx], width[idx], kinds[idx] = ph, pw, pk
-        error_of.update(perr)
+    for errs in dist.all_gather({int(mine[i]): e for i, e in enumerate(errors) if e is not None}):
+        error_of.update(errs)
     table = table.with_columns(
         pl.Series("id1", np.searchsorted(hashes, hash1)), pl.Series("id2", np.searchsorted(hashes, hash2))
     )
@@ -121,17 +124,30 @@ def plan_shared(
     )
     kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets, keep_paths=False)
     rows_here = kept_here.rows
-    layout = _kept_layout(n)
-    send = _pack(rows_here, table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()], layout)
     step("pair_rules")
-    kept_rows = _unpack(dist.all_gather(send), layout, opts.buckets)
-    del send, rows_here
+    # What the split needs, from every rank (the rest goes, after it, only to the rank that encodes
+    # each pair).
+    key_layout = _split_layout(n)
+    kept_rows = _unpack(dist.all_gather_array(_pack(rows_here, key_layout)), key_layout, opts.buckets)
     step("gather_kept")
     split = partition(kept_rows, world, opts.share, with_costs=with_costs)
     step("partition")
-    rank_plan = order_and_batch(
-        kept_rows.filter(pl.Series(split.rank_of_row == rank)), opts.share, batch_size_for
+    ranks_here = split.rank_of_row[
+        np.searchsorted(kept_rows["record_index"].to_numpy(), rows_here["record_index"].to_numpy())
+    ]
+    rest = _pack(
+        pl.concat([rows_here, table.select(*ENTRY_COLUMNS)[rows_here["_row"].to_numpy()]], how="horizontal"),
+        _REST_LAYOUT,
     )
+    got = np.concatenate(dist.all_to_all_arrays([rest[ranks_here == r] for r in range(world)]))
+    got = got[np.argsort(got["record_index"], kind="stable")]
+    del rows_here, rest
+    own = kept_rows.filter(pl.Series(split.rank_of_row == rank))
+    if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
+        raise RuntimeError("rank plan: the pairs received are not those the split gave this rank")
+    own = own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
+    step("exchange_rows")
+    rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), opts.share, batch_size_for)
     step("order_and_batch")
     images = pl.DataFrame({"path": pl.Series("path", [None] * n, dtype=pl.String)}).with_row_index("image_id")
     if with_records:
@@ -147,9 +163,7 @@ def plan_shared(
     return survey, Kept(kept_rows, kept_here.dropped_rows), split, rank_plan
 
 
-#: The kept pairs' columns as the ranks exchange them, packed (about half the bytes of int64
-#: columns; height and width are the bucket's, so they are not sent).
-_KEPT_COLUMNS = ("record_index", "id1", "id2", "h1", "w1", "h2", "w2", "bucket_id", *ENTRY_COLUMNS)
+#: A kept pair's columns, in the order of a one-process plan's planning rows.
 _KEPT_SCHEMA = {
     "record_index": pl.Int64,
     "id1": pl.Int64,
@@ -164,32 +178,60 @@ _KEPT_SCHEMA = {
     "entry_offset": pl.Int64,
     "entry_len": pl.Int64,
 }
+#: What the split needs of a kept pair, sent to every rank (packed: about a fifth of the bytes of
+#: the whole row as int64 columns; height and width are the bucket's, so they are not sent).
+_SPLIT_COLUMNS = ("record_index", "id1", "id2", "bucket_id")
+#: The rest of a kept pair, sent only to the rank the split gives it (image sizes as the probe
+#: gives them, unsigned 32-bit).
+_REST_COLUMNS = ("h1", "w1", "h2", "w2", *ENTRY_COLUMNS)
+_REST_LAYOUT = np.dtype(
+    [("record_index", np.int64)]
+    + [(c, np.uint32) for c in ("h1", "w1", "h2", "w2")]
+    + [(c, np.int64) for c in ENTRY_COLUMNS]
+)
 
 
-def _kept_layout(n_images: int) -> np.dtype:
-    """The packed row of a kept pair (image ids in 32 bits while there are fewer than 2**31 images;
-    sizes are what the probe gives, unsigned 32-bit)."""
-    ids = np.int32 if n_images < 2**31 else np.int64
-    kinds = [np.int64, ids, ids, np.uint32, np.uint32, np.uint32, np.uint32, np.int32, np.int64, np.int64]
-    return np.dtype(list(zip(_KEPT_COLUMNS, kinds)))
+def _ids(n_images: int) -> type[np.signedinteger]:
+    """Image ids in 32 bits while there are fewer than 2**31 images."""
+    return np.int32 if n_images < 2**31 else np.int64
 
 
-def _pack(rows: pl.DataFrame, where: pl.DataFrame, layout: np.dtype) -> np.ndarray:
+def _split_layout(n_images: int) -> np.dtype:
+    return np.dtype(
+        [
+            ("record_index", np.int64),
+            ("id1", _ids(n_images)),
+            ("id2", _ids(n_images)),
+            ("bucket_id", np.int32),
+        ]
+    )
+
+
+def _probe_layout(n_images: int) -> np.dtype:
+    """One image's probe as the ranks exchange it (its id, its size, its outcome code)."""
+    return np.dtype(
+        [("image", _ids(n_images)), ("height", np.uint32), ("width", np.uint32), ("kind", np.uint8)]
+    )
+
+
+def _pack(rows: pl.DataFrame, layout: np.dtype) -> np.ndarray:
+    """The columns of ``rows`` that ``layout`` names, as one packed record array."""
     out = np.empty(rows.height, dtype=layout)
-    for name in _KEPT_COLUMNS:
-        out[name] = (where if name in ENTRY_COLUMNS else rows)[name].to_numpy()
+    for name in layout.names or ():
+        out[name] = rows[name].to_numpy()
     return out
 
 
 def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl.DataFrame:
-    """Every rank's kept pairs as one table in record order (as a one-process plan has them)."""
+    """Every rank's kept pairs (what the split needs) as one table in record order, as a
+    one-process plan has them, with each pair's target size."""
     packed = np.concatenate(parts) if parts else np.empty(0, dtype=layout)
     packed = packed[np.argsort(packed["record_index"], kind="stable")]
     sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
     bucket = packed["bucket_id"]
-    columns = {name: packed[name] for name in _KEPT_COLUMNS}
+    columns = {name: packed[name] for name in _SPLIT_COLUMNS}
     columns["height"], columns["width"] = sizes[bucket, 0], sizes[bucket, 1]
-    return pl.DataFrame({name: columns[name] for name in _KEPT_SCHEMA}).cast(_KEPT_SCHEMA)  # type: ignore[arg-type]
+    return pl.DataFrame(columns).cast({k: v for k, v in _KEPT_SCHEMA.items() if k in columns})
 
 
 def _owners(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
