@@ -197,15 +197,24 @@ impl PyBucketSet {
             return Err(Error::InvalidArgument("h1, w1, h2 and w2 must have the same length".into()).into());
         }
         let (ids, reasons): (Vec<i32>, Vec<i8>) = py.detach(|| {
-            (0..n)
-                .map(|i| {
-                    match self.inner.assign_pair(side(cols[0][i]), side(cols[1][i]), side(cols[2][i]), side(cols[3][i]))
-                    {
-                        Ok(b) => (b as i32, 0),
-                        Err(d) => (-1, d as i8),
-                    }
-                })
-                .unzip()
+            use rayon::prelude::*;
+            // On the shared pool: a million pairs are a tenth of a second on one core.
+            crate::pool::pool(None).install(|| {
+                (0..n)
+                    .into_par_iter()
+                    .map(|i| {
+                        match self.inner.assign_pair(
+                            side(cols[0][i]),
+                            side(cols[1][i]),
+                            side(cols[2][i]),
+                            side(cols[3][i]),
+                        ) {
+                            Ok(b) => (b as i32, 0),
+                            Err(d) => (-1, d as i8),
+                        }
+                    })
+                    .unzip()
+            })
         });
         Ok((ids.into_pyarray(py), reasons.into_pyarray(py)))
     }

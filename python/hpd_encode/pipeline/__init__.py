@@ -20,6 +20,7 @@ from dataclasses import replace
 from os import PathLike
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from hpd_encode import _core
@@ -167,9 +168,15 @@ class _Plan:
         # Rows without their paths while planning (with_record_columns gives them back).
         self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets, keep_paths=False)
         self.rows_planned = self.kept.rows.height
-        self.split = partition(self.kept.rows, dist.world_size, opts.share, with_costs=with_costs)
-        step("pair_rules_and_split")
+        step("pair_rules")
         self.rank_plan = order_and_batch(self.kept.rows, opts.share, opts.batch_size_for(device))
+        # One rank: every row is its own, and its plan has every job (what partition would count).
+        rp = self.rank_plan
+        self.split = Split(
+            np.zeros(rp.n_rows, dtype=np.int64),
+            rp.n_jobs if with_costs else None,
+            [int(np.dot(rp.job_height, rp.job_width))] if with_costs else None,
+        )
         if with_records:
             self.rank_plan = replace(
                 self.rank_plan, rows=self.survey.with_record_columns(self.rank_plan.rows)
