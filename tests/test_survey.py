@@ -103,3 +103,21 @@ def test_the_counter_counts_the_images_probed(dataset) -> None:
     assert meta_.table.height > 0
     # The per-entry path's records get ids only once asked: the two duplicate-key records.
     assert meta_.table["id1"].null_count() == 2
+
+
+def test_a_progress_bar_counts_the_probe_on_a_terminal(dataset, monkeypatch) -> None:
+    """On a terminal (``check`` asks for it) the probe shows a running count of images."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    root, meta, _ = dataset
+    survey(root, meta, progress=True)
+    shown = err.getvalue()
+    assert "probe" in shown
+    assert "40img" in shown.replace(" ", "")  # the images of the fast path's records (the 3 others after)
