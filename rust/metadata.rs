@@ -444,14 +444,15 @@ fn take_and_tell(out: &mut MetaColumns, w: &Windows, entries: &[Entry], on_windo
 fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
     let (first, part) = (out.n_entries, out.part);
     let mine = |k: usize| part.map_or(true, |(r, n)| (first + k as i64) % n == r);
-    let parsed: Vec<Option<Good<'_>>> =
-        entries.par_iter().enumerate().map(|(k, e)| if mine(k) { fast(w.bytes(e)) } else { None }).collect();
-    for (k, (e, g)) in entries.iter().zip(parsed).enumerate() {
+    // Only this part's entries are parsed (and only their results held: a rank of 8 would
+    // otherwise write a `None` the size of a parsed record for each of the others).
+    let picked: Vec<usize> = (0..entries.len()).filter(|&k| mine(k)).collect();
+    let parsed: Vec<Option<Good<'_>>> = picked.par_iter().map(|&k| fast(w.bytes(&entries[k]))).collect();
+    for (&k, g) in picked.iter().zip(parsed) {
         let index = first + k as i64;
         match g {
-            Some(g) => out.push_good(index, e, &g),
-            None if mine(k) => out.push_slow(index, e),
-            None => {}
+            Some(g) => out.push_good(index, &entries[k], &g),
+            None => out.push_slow(index, &entries[k]),
         }
     }
     out.n_entries += entries.len() as i64;
