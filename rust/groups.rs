@@ -117,6 +117,35 @@ pub struct Split {
     pub cost_per_rank: Vec<i64>,
 }
 
+/// Each row's two jobs, numbered by first use (row by row, chosen side then rejected side), and
+/// the row that first used each job. With `share` a job is an image id at the row's bucket (rows
+/// comparing an image at one size share its job); without, every row has two jobs of its own.
+pub fn number_jobs(id1: &[i64], id2: &[i64], bucket: &[i64], share: bool) -> (Vec<i64>, Vec<i64>, Vec<usize>) {
+    let n = id1.len();
+    let (mut chosen, mut rejected) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut first_row: Vec<usize> = Vec::new();
+    if share {
+        let mut jobs = JobNumbers::new(id1, id2, n);
+        for i in 0..n {
+            for (id, side) in [(id1[i], &mut chosen), (id2[i], &mut rejected)] {
+                let next = first_row.len() as i64;
+                let j = jobs.number(id, bucket[i], next);
+                if j == next {
+                    first_row.push(i);
+                }
+                side.push(j);
+            }
+        }
+    } else {
+        for i in 0..n {
+            chosen.push(2 * i as i64);
+            rejected.push(2 * i as i64 + 1);
+            first_row.extend([i, i]);
+        }
+    }
+    (chosen, rejected, first_row)
+}
+
 /// Jobs `(image id, bucket)` numbered by first use. Image ids are dense in practice (positions in
 /// an image list): then each image keeps the job of the first bucket it was used at in a slot, and
 /// only an image used at a second bucket goes to a hash map, so that numbering a million rows
@@ -177,28 +206,8 @@ pub fn partition(
     if world == 0 {
         return Err(Error::InvalidArgument("partition: world size 0".into()));
     }
-    // Jobs numbered by first use, row by row, chosen side then rejected side.
-    let (mut chosen, mut rejected) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut job_pixels: Vec<i64> = Vec::new();
-    if share {
-        let mut jobs = JobNumbers::new(id1, id2, n);
-        for i in 0..n {
-            for (id, side) in [(id1[i], &mut chosen), (id2[i], &mut rejected)] {
-                let next = job_pixels.len() as i64;
-                let j = jobs.number(id, bucket[i], next);
-                if j == next {
-                    job_pixels.push(pixels[i]);
-                }
-                side.push(j);
-            }
-        }
-    } else {
-        for (i, &px) in pixels.iter().enumerate() {
-            chosen.push(2 * i as i64);
-            rejected.push(2 * i as i64 + 1);
-            job_pixels.extend([px, px]);
-        }
-    }
+    let (chosen, rejected, first_row) = number_jobs(id1, id2, bucket, share);
+    let job_pixels: Vec<i64> = first_row.iter().map(|&i| pixels[i]).collect();
     let jobs = job_pixels.len();
     if world == 1 {
         return Ok(Split { rank_of_row: vec![0; n], jobs, cost_per_rank: vec![job_pixels.iter().sum()] });

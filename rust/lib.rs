@@ -72,6 +72,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_index::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::partition_rows, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::first_use_numbering, m)?)?;
+    m.add_function(wrap_pyfunction!(py_index::number_jobs, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_entries, m)?)?;

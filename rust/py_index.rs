@@ -64,6 +64,24 @@ pub fn partition_rows<'py>(
     Ok((split.rank_of_row.into_pyarray(py), split.jobs, split.cost_per_rank))
 }
 
+/// `number_jobs(id1, id2, bucket, share) -> (chosen, rejected)`: each row's two jobs (an image id
+/// at the row's bucket with `share`, else two of its own), numbered by first use, row by row.
+#[pyfunction]
+pub fn number_jobs<'py>(
+    py: Python<'py>,
+    id1: PyReadonlyArray1<'py, i64>,
+    id2: PyReadonlyArray1<'py, i64>,
+    bucket: PyReadonlyArray1<'py, i64>,
+    share: bool,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+    let (a, b, k) = (id1.as_slice()?, id2.as_slice()?, bucket.as_slice()?);
+    if b.len() != a.len() || k.len() != a.len() {
+        return Err(crate::error::Error::InvalidArgument("number_jobs: the columns differ in length".into()).into());
+    }
+    let (chosen, rejected, _) = py.detach(|| groups::number_jobs(a, b, k, share));
+    Ok((chosen.into_pyarray(py), rejected.into_pyarray(py)))
+}
+
 /// `first_use_numbering(keys) -> int64 array`: each key's number in order of first appearance.
 #[pyfunction]
 pub fn first_use_numbering<'py>(

@@ -68,6 +68,7 @@ __all__ = [
     "connected_components",
     "partition_rows",
     "first_use_numbering",
+    "number_jobs",
     "read_metadata_columns",
     "metadata_value_end",
     "read_metadata_entries",
@@ -512,6 +513,13 @@ class PathIds:
         """The paths of ids ``start`` on."""
     def take_paths(self) -> dict[str, Any]:
         """Every path by id (``path_views`` or ``path_offsets``, and ``path_data``); empty after."""
+
+def number_jobs(
+    id1: npt.NDArray[np.int64], id2: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], share: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's chosen and rejected job, numbered by first use (row by row):
+    with ``share`` a job is an image id at the row's bucket, else each row has
+    two of its own. The numbering :func:`partition_rows` uses."""
 
 def first_use_numbering(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each key's number in order of first appearance (0, 1, 2... as a loop

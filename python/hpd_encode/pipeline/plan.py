@@ -104,6 +104,11 @@ class RankPlan:
         return {f"{h}x{w}": n for h, w, n in counts.iter_rows()}
 
 
+def bucket_sizes(buckets: BucketSet) -> np.ndarray:
+    """(n_buckets, 2) int64: each bucket id's (height, width)."""
+    return np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
+
+
 def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet, *, keep_paths: bool = True) -> Kept:
     """The reference's pair rules (``REFERENCE.md`` §2) on the pairable records
     (:attr:`Survey.pairable`). Without ``keep_paths`` the kept rows have no ``path1``/``path2``
@@ -114,7 +119,7 @@ def apply_pair_rules(pairable: pl.DataFrame, buckets: BucketSet, *, keep_paths: 
     ids, reasons = buckets.assign_pairs(h1, w1, h2, w2)
     ids = np.asarray(ids, dtype=np.int64)
     keep = ids >= 0
-    sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
+    sizes = bucket_sizes(buckets)
     kept_columns = [c for c in t.columns if keep_paths or c not in ("path1", "path2")]
     kept = (
         t.select(kept_columns)
@@ -158,18 +163,18 @@ def _first_slots(row_jobs: np.ndarray) -> np.ndarray:
     return np.flatnonzero(flat > before)
 
 
+def _int64(rows: pl.DataFrame, name: str) -> np.ndarray:
+    return np.ascontiguousarray(rows[name].to_numpy(), dtype=np.int64)
+
+
 def _job_keys(rows: pl.DataFrame, share: bool) -> np.ndarray:
-    """(n_rows, 2) job ids, numbered in order of first use (row by row, chosen then rejected)."""
-    n = rows.height
-    if not share or n == 0:
-        return np.arange(2 * n, dtype=np.int64).reshape(n, 2)
-    # A job is (image, target size); the target size is the row's bucket.
-    bucket = rows["bucket_id"].to_numpy().astype(np.int64)
-    keys = np.empty((n, 2), dtype=np.int64)
-    n_buckets = int(bucket.max()) + 1
-    keys[:, 0] = rows["id1"].to_numpy() * n_buckets + bucket
-    keys[:, 1] = rows["id2"].to_numpy() * n_buckets + bucket
-    return _first_use_numbering(keys.ravel()).reshape(n, 2)
+    """(n_rows, 2) job ids, numbered in order of first use (row by row, chosen then rejected): a job
+    is an image at the row's bucket (its target size) with ``share``, else each row has two of its
+    own. The numbering :func:`partition` makes too (one Rust function, ``_core.number_jobs``)."""
+    chosen, rejected = _core.number_jobs(
+        _int64(rows, "id1"), _int64(rows, "id2"), _int64(rows, "bucket_id"), share
+    )
+    return np.stack([chosen, rejected], axis=1)
 
 
 def _components(row_jobs: np.ndarray) -> np.ndarray:
@@ -203,13 +208,10 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
 
     # In Rust: job numbering, union-find, per-component costs and the LPT loop (a Python heap over a
     # quarter of a million components, and the NumPy numbering, took most of a second at HPDv3 scale).
-    def col(name: str) -> np.ndarray:
-        return np.ascontiguousarray(kept[name].to_numpy(), dtype=np.int64)
-
     rank_of_row, jobs, costs = _core.partition_rows(
-        col("id1"),
-        col("id2"),
-        col("bucket_id"),
+        _int64(kept, "id1"),
+        _int64(kept, "id2"),
+        _int64(kept, "bucket_id"),
         (kept["height"] * kept["width"]).to_numpy().astype(np.int64),
         kept["record_index"].to_numpy().astype(np.int64),
         max(world_size, 1),
