@@ -155,3 +155,34 @@ def test_each_rank_plans_from_its_share_as_one_process_would(corpus, tmp_path, w
             assert got.pop("counts") == [len(failures), dict(sorted(kinds.items())), 0]
         assert got == expected[rank], f"rank {rank}"
     assert np.sum(expected[0]["costs"]) > 0
+
+
+def test_probe_owners_are_ranks_that_saw_the_image() -> None:
+    from hpd_encode.pipeline.shared import _owners
+
+    rng = np.random.default_rng(3)
+    seen = [np.unique(rng.integers(0, 2**63, 50, dtype=np.uint64) % 300) for _ in range(4)]
+    hashes, owner = _owners(seen)
+    assert hashes.tolist() == sorted(set(np.concatenate(seen).tolist()))
+    for h, r in zip(hashes, owner):
+        assert h in seen[r]
+    # No image anywhere (every record done, or none good): nothing to probe, not an IndexError.
+    hashes, owner = _owners([np.zeros(0, np.uint64)] * 3)
+    assert len(hashes) == len(owner) == 0
+
+
+@pytest.mark.slow
+def test_a_dry_run_with_no_records_under_torchrun_is_an_empty_plan(corpus) -> None:
+    root, meta = corpus
+    args = ["--data-root", str(root), "--metadata", str(meta), "--dry-run", "--json", "--limit", "0"]
+    r = subprocess.run(
+        [*torchrun(2), "-m", "hpd_encode", "encode", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(r.stdout)
+    assert (report["records"], report["rows_planned"], report["jobs"]) == (0, 0, 0)
+    assert report["pixel_cost_per_rank"] == [0, 0]

@@ -46,6 +46,8 @@ class Dist:
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
         td.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
         most = max(int(t) for t in sizes)
+        if most == 0:  # every rank's is empty (all know it): nothing to send
+            return [arr[:0].copy() for _ in range(self.world_size)]
         padded = torch.zeros(most, dtype=torch.uint8)
         padded[: len(data)] = torch.from_numpy(data)
         out = [torch.empty(most, dtype=torch.uint8) for _ in range(self.world_size)]

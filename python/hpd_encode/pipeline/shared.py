@@ -41,6 +41,7 @@ from hpd_encode.pipeline.plan import (
     RankPlan,
     Split,
     apply_pair_rules,
+    bucket_sizes,
     order_and_batch,
     partition,
 )
@@ -89,7 +90,7 @@ def plan_shared(
     both_paths = pl.concat([table["path1"], table["path2"]])
     rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])])
     del both_paths, seen, first
-    h, w, kind, errors = _probe_all(Path(opts.data_root), rels, opts.num_threads, opts.max_pixels, False)
+    h, w, kind, errors = _probe_all(Path(opts.data_root), rels, opts.num_threads, opts.max_pixels)
     step("probe")
 
     n = len(hashes)
@@ -227,7 +228,7 @@ def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl
     one-process plan has them, with each pair's target size."""
     packed = np.concatenate(parts) if parts else np.empty(0, dtype=layout)
     packed = packed[np.argsort(packed["record_index"], kind="stable")]
-    sizes = np.asarray(buckets.buckets, dtype=np.int64).reshape(-1, 2)
+    sizes = bucket_sizes(buckets)
     bucket = packed["bucket_id"]
     columns = {name: packed[name] for name in _SPLIT_COLUMNS}
     columns["height"], columns["width"] = sizes[bucket, 0], sizes[bucket, 1]
@@ -243,6 +244,8 @@ def _owners(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(every, kind="stable")
     every, rank_of = every[order], rank_of[order]
     del order
+    if not len(every):  # no image anywhere (every record done, or none good)
+        return every, rank_of
     starts = np.flatnonzero(np.r_[True, every[1:] != every[:-1]])
     counts = np.diff(np.r_[starts, len(every)])
     hashes = every[starts]
