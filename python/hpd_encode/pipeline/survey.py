@@ -82,8 +82,9 @@ class Survey:
     failures: list[Failure]
     n_entries: int
     n_done: int
-    #: Seconds per step (``metadata_and_image_ids``, ``probe``, ``sizes``; under torchrun more), and
-    #: the CPU seconds of the process in each.
+    #: Seconds per step (``metadata_ids_and_probe``, ``sizes``; under torchrun those of
+    #: ``plan_shared``, from ``read_metadata`` to ``order_and_batch``), and the CPU seconds of the
+    #: process in each.
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
     #: Set when ``records`` were kept without their text (``survey(narrow=True)``): the metadata file,
@@ -319,18 +320,14 @@ def _record_failures(bad: pl.DataFrame, kinds: np.ndarray, error_of: dict[int, s
 
 
 def _probe_all(
-    root: Path, rels: pl.Series, num_threads: int | None, max_pixels: int, progress: bool
+    root: Path, rels: pl.Series, num_threads: int | None, max_pixels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
-    """Probe in chunks (only a chunk's paths as Python strings at a time), with a progress bar when
-    asked for and on a terminal."""
-    from tqdm.auto import tqdm
-
+    """Probe in chunks (only a chunk's paths as Python strings at a time)."""
     step = 1 << 16
-    parts = []
-    with tqdm(total=len(rels), unit="img", desc="probe", disable=None if progress else True) as bar:
-        for a in range(0, len(rels), step):
-            parts.append(_probe(root, rels.slice(a, step).to_list(), num_threads, max_pixels))
-            bar.update(len(parts[-1][0]))
+    parts = [
+        _probe(root, rels.slice(a, step).to_list(), num_threads, max_pixels)
+        for a in range(0, len(rels), step)
+    ]
     if not parts:
         return _probe(root, [], num_threads, max_pixels)
     return (
