@@ -64,6 +64,9 @@ pub fn partition_rows<'py>(
     Ok((split.rank_of_row.into_pyarray(py), split.jobs, split.cost_per_rank))
 }
 
+/// Each row's chosen and rejected job numbers.
+type JobPair<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+
 /// `number_jobs(id1, id2, bucket, share) -> (chosen, rejected)`: each row's two jobs (an image id
 /// at the row's bucket with `share`, else two of its own), numbered by first use, row by row.
 #[pyfunction]
@@ -73,7 +76,7 @@ pub fn number_jobs<'py>(
     id2: PyReadonlyArray1<'py, i64>,
     bucket: PyReadonlyArray1<'py, i64>,
     share: bool,
-) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+) -> PyResult<JobPair<'py>> {
     let (a, b, k) = (id1.as_slice()?, id2.as_slice()?, bucket.as_slice()?);
     if b.len() != a.len() || k.len() != a.len() {
         return Err(crate::error::Error::InvalidArgument("number_jobs: the columns differ in length".into()).into());
