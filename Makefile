@@ -22,9 +22,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Pinned dependencies, reinstalled only when requirements.lock changes.
+# A cold pip cache keeps a second copy of every wheel (about 3.5 GB for torch's CUDA ones) beside
+# the ~6.5 GB virtualenv: with under 16 GB free there, install without it rather than fill the disk.
+PIP_CACHE_MIN_FREE_MB ?= 16384
 $(DEPS_STAMP): requirements.lock | $(PY)
 	$(PY) -m pip install -q pip==26.3
-	$(PY) -m pip install -q -r requirements.lock
+	@mkdir -p "$(PIP_CACHE_DIR)"; \
+	free_mb=$$(df -Pk "$(PIP_CACHE_DIR)" | awk 'NR==2 {print int($$4 / 1024)}'); \
+	if [ "$$free_mb" -lt $(PIP_CACHE_MIN_FREE_MB) ]; then \
+		echo "only $$free_mb MB free for $(PIP_CACHE_DIR): installing without pip's cache"; \
+		no_cache=--no-cache-dir; \
+	fi; \
+	$(PY) -m pip install -q $$no_cache -r requirements.lock
 	touch $@
 
 venv: $(DEPS_STAMP)
