@@ -1,7 +1,7 @@
 //! hpd-encode's Rust core.
 //!
 //! The pure-Rust layer (`decode`, `resize`, `load`, `recycle`, `buckets`, `npy`, `metadata`,
-//! `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
+//! `structure`, `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
 //! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
 //! (maturin turns it on).
 
@@ -18,6 +18,7 @@ pub mod reader;
 pub mod recycle;
 pub mod resize;
 pub mod safe_open;
+pub mod structure;
 pub mod survey;
 pub mod writer;
 

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::pool::pool;
+use crate::structure::{Mark, StructScan};
 
 /// Bytes of the file read at a time (plus the unfinished entry carried over).
 pub const DEFAULT_WINDOW: usize = 16 << 20;
@@ -273,106 +274,6 @@ fn fast(bytes: &[u8]) -> Option<Good<'_>> {
         return None;
     }
     Some(Good { prompt, path1, path2, model1: raw.model1, model2: raw.model2, votes, confidence })
-}
-
-/// The bytes [`StructScan`] looks at outside strings.
-const STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut k = 0;
-    let marks = *b"\"\\[]{},";
-    while k < marks.len() {
-        t[marks[k] as usize] = true;
-        k += 1;
-    }
-    t
-};
-
-/// The structure of a JSON value followed byte by byte (strings, escapes, depth).
-#[derive(Debug, Default, Clone)]
-pub struct StructScan {
-    depth: i64,
-    in_string: bool,
-    escaped: bool,
-}
-
-/// What the scan met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    /// A separator of a list's elements: its opening bracket or a comma at depth 1.
-    Separator(usize),
-    /// The bracket that closes the scanned value.
-    Close(usize),
-}
-
-impl StructScan {
-    /// Scan `buf` (the continuation of what was scanned before), calling `mark`
-    /// for each separator and for the closing bracket; stops after the closing
-    /// bracket or when `mark` returns false. Returns the position scanned up to.
-    pub fn scan(&mut self, buf: &[u8], mut mark: impl FnMut(Mark) -> bool) -> usize {
-        let mut i = 0;
-        let n = buf.len();
-        while i < n {
-            if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                    i += 1;
-                    continue;
-                }
-                match memchr::memchr2(b'"', b'\\', &buf[i..]) {
-                    None => return n,
-                    Some(k) => {
-                        i += k;
-                        if buf[i] == b'\\' {
-                            self.escaped = true;
-                        } else {
-                            self.in_string = false;
-                        }
-                        i += 1;
-                    }
-                }
-                continue;
-            }
-            // Outside a string only quotes, backslashes, brackets and commas matter: skip the rest
-            // (a pretty-printed file's indentation, the numbers) by table lookup, which is most of
-            // the bytes outside strings (a boring byte also ends an escape, as below).
-            let from = i;
-            while i < n && !STRUCTURAL[buf[i] as usize] {
-                i += 1;
-            }
-            if i > from {
-                self.escaped = false;
-            }
-            if i == n {
-                break;
-            }
-            let c = buf[i];
-            i += 1;
-            if c == b'\\' {
-                self.escaped = !self.escaped;
-                continue;
-            }
-            let was_escaped = std::mem::take(&mut self.escaped);
-            match c {
-                b'"' if !was_escaped => self.in_string = true,
-                b'[' | b'{' => {
-                    self.depth += 1;
-                    if self.depth == 1 && !mark(Mark::Separator(i - 1)) {
-                        return i;
-                    }
-                }
-                b']' | b'}' => {
-                    self.depth -= 1;
-                    if self.depth <= 0 {
-                        mark(Mark::Close(i - 1));
-                        return i;
-                    }
-                }
-                b',' if self.depth == 1 && !mark(Mark::Separator(i - 1)) => return i,
-                _ => {}
-            }
-        }
-        n
-    }
 }
 
 /// The file read forward a window at a time; `buf` holds bytes from file offset `base`.
