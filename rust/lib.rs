@@ -1,7 +1,7 @@
 //! hpd-encode's Rust core.
 //!
 //! The pure-Rust layer (`decode`, `resize`, `load`, `recycle`, `buckets`, `npy`, `metadata`,
-//! `structure`, `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
+//! `owners`, `structure`, `writer`, `footer`, `groups`) knows nothing of Python and is tested with `cargo test`. The
 //! `py_*` modules are thin PyO3 wrappers, built with the `python` feature
 //! (maturin turns it on).
 
@@ -13,6 +13,7 @@ pub mod groups;
 pub mod load;
 pub mod metadata;
 pub mod npy;
+pub mod owners;
 pub mod pool;
 pub mod reader;
 pub mod recycle;
@@ -74,6 +75,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_index::partition_rows, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::first_use_numbering, m)?)?;
     m.add_function(wrap_pyfunction!(py_index::number_jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(py_index::image_owners, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_entries, m)?)?;

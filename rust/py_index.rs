@@ -94,3 +94,29 @@ pub fn first_use_numbering<'py>(
     let k = keys.as_slice()?;
     Ok(py.detach(|| groups::first_use_numbering(k)).into_pyarray(py))
 }
+
+/// What `image_owners` returns: `(n_images, ids, probe, seer_start, seers)`.
+type OwnersOut<'py> =
+    (usize, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i32>>);
+
+/// `image_owners(seen, rank) -> (n_images, ids, probe, seer_start, seers)`: from every rank's
+/// distinct image hashes (sorted uint64 arrays, by rank), this rank's view: the number of distinct
+/// images, the id of each of its hashes (its position among all of them, sorted), the positions of
+/// the images it probes, and for each of those the ranks that saw it
+/// (`seers[seer_start[k]:seer_start[k + 1]]`).
+#[pyfunction]
+pub fn image_owners<'py>(
+    py: Python<'py>,
+    seen: Vec<PyReadonlyArray1<'py, u64>>,
+    rank: usize,
+) -> PyResult<OwnersOut<'py>> {
+    let lists = seen.iter().map(|s| s.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let o = py.detach(|| crate::owners::owners(&lists, rank))?;
+    Ok((
+        o.n_images,
+        o.ids.into_pyarray(py),
+        o.probe.into_pyarray(py),
+        o.seer_start.into_pyarray(py),
+        o.seers.into_pyarray(py),
+    ))
+}

@@ -158,17 +158,27 @@ def test_each_rank_plans_from_its_share_as_one_process_would(corpus, tmp_path, w
 
 
 def test_probe_owners_are_ranks_that_saw_the_image() -> None:
-    from hpd_encode.pipeline.shared import _owners
+    from hpd_encode._core import image_owners
 
     rng = np.random.default_rng(3)
     seen = [np.unique(rng.integers(0, 2**63, 50, dtype=np.uint64) % 300) for _ in range(4)]
-    hashes, owner = _owners(seen)
-    assert hashes.tolist() == sorted(set(np.concatenate(seen).tolist()))
-    for h, r in zip(hashes, owner):
-        assert h in seen[r]
-    # No image anywhere (every record done, or none good): nothing to probe, not an IndexError.
-    hashes, owner = _owners([np.zeros(0, np.uint64)] * 3)
-    assert len(hashes) == len(owner) == 0
+    every = np.unique(np.concatenate(seen))
+    probed = np.zeros(len(every), dtype=np.int64)
+    for rank in range(4):
+        n, ids, probe, seer_start, seers = image_owners(seen, rank)
+        assert n == len(every)
+        assert ids.tolist() == np.searchsorted(every, seen[rank]).tolist()  # the same ids on every rank
+        for k, p in enumerate(probe):
+            h = seen[rank][p]
+            saw = [r for r in range(4) if h in seen[r]]
+            assert seers[seer_start[k] : seer_start[k + 1]].tolist() == saw  # sizes go to those
+            probed[ids[p]] += 1
+    assert (probed == 1).all()  # each image probed once, by a rank that saw it
+    # No image anywhere (every record done, or none good): nothing to probe.
+    n, ids, probe, _, _ = image_owners([np.zeros(0, np.uint64)] * 3, 2)
+    assert (n, len(ids), len(probe)) == (0, 0, 0)
+    with pytest.raises(ValueError, match="not sorted"):
+        image_owners([np.array([3, 1], dtype=np.uint64)], 0)
 
 
 @pytest.mark.slow

@@ -521,6 +521,18 @@ def number_jobs(
     with ``share`` a job is an image id at the row's bucket, else each row has
     two of its own. The numbering :func:`partition_rows` uses."""
 
+def image_owners(
+    seen: list[npt.NDArray[np.uint64]], rank: int
+) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Under torchrun, from every rank's distinct image hashes (sorted, by
+    rank), this rank's view: ``(n_images, ids, probe, seer_start, seers)``:
+    the number of distinct images, the id of each of this rank's hashes (its
+    position among all of them, sorted), the positions (in this rank's
+    hashes) of the images it probes (each image is probed by one of the
+    ranks that saw it, picked by its hash), and for each of those the ranks
+    that saw it, ``seers[seer_start[k]:seer_start[k + 1]]``, in rank order.
+    Raises ``ValueError`` when a list is not sorted and distinct."""
+
 def first_use_numbering(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each key's number in order of first appearance (0, 1, 2... as a loop
     over ``keys`` hands them out). A hash map in Rust, GIL released."""

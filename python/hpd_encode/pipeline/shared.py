@@ -5,9 +5,10 @@ With ``world_size`` > 1 no rank reads, probes or keeps the whole dataset:
 1. Rank ``r`` parses the metadata entries numbered ``r`` modulo the world
    size (the others are only cut and counted, in Rust).
 2. Images are named by a 64-bit hash of their path. The ranks all-gather the
-   hashes they saw; each image is probed by one of the ranks that saw it (picked by its hash), and
-   the sizes are all-gathered, so every rank knows every image's size and the
-   image ids (positions among the sorted hashes) are the same everywhere.
+   distinct hashes they saw, so the image ids (positions among all the sorted
+   hashes) are the same everywhere; each image is probed by one of the ranks
+   that saw it (picked by its hash, ``_core.image_owners``), which sends the
+   size to the ranks that saw it.
 3. Each rank applies the pair rules to its own records, and the kept pairs
    are all-gathered as a few integer columns (no strings), so every rank makes
    the same split and its own :class:`RankPlan` exactly as with one rank.
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from hpd_encode._core import BucketSet
+from hpd_encode._core import BucketSet, image_owners
 from hpd_encode.dist import Dist
 from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_records
 from hpd_encode.pipeline.options import EncodeOptions
@@ -77,37 +78,39 @@ def plan_shared(
     table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
     hash1 = table["path1"].hash(seed=0).to_numpy()
     hash2 = table["path2"].hash(seed=0).to_numpy()
-    seen, first = np.unique(np.concatenate([hash1, hash2]), return_index=True)
+    seen, first, inverse = np.unique(np.concatenate([hash1, hash2]), return_index=True, return_inverse=True)
+    n_rows = len(hash1)
+    del hash1, hash2
     step("image_hashes")
 
     # Who probes what: each image by one of the ranks that saw it, picked by its hash.
-    everyone = dist.all_gather_array(seen)
-    hashes, owner = _owners(everyone)
-    del everyone
-    mine = np.flatnonzero(owner == rank)
+    n, ids, probe, seer_start, seers = image_owners(dist.all_gather_array(seen), rank)
     step("gather_hashes")
-    del owner
-    both_paths = pl.concat([table["path1"], table["path2"]])
-    rels = both_paths.gather(first[np.searchsorted(seen, hashes[mine])])
-    del both_paths, seen, first
+    rels = pl.concat([table["path1"], table["path2"]]).gather(first[probe])
+    del seen, first
     h, w, kind, errors = _probe_all(Path(opts.data_root), rels, opts.num_threads, opts.max_pixels)
     step("probe")
 
-    n = len(hashes)
-    probed = np.empty(len(mine), dtype=_probe_layout(n))
-    probed["image"], probed["height"], probed["width"], probed["kind"] = mine, h, w, kind
+    # Each size goes to the ranks that saw the image (this one too), not to every rank.
+    probed = np.empty(len(probe), dtype=_probe_layout(n))
+    probed["image"], probed["height"], probed["width"], probed["kind"] = ids[probe], h, w, kind
+    copies = np.repeat(probed, np.diff(seer_start))
+    order = np.argsort(seers, kind="stable")
+    copies, bounds = copies[order], np.searchsorted(seers[order], np.arange(world + 1))
+    got = np.concatenate(dist.all_to_all_arrays([copies[bounds[r] : bounds[r + 1]] for r in range(world)]))
+    if len(got) != len(ids):
+        raise RuntimeError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.uint8)
-    for got in dist.all_gather_array(probed):
-        idx = got["image"]
-        height[idx], width[idx], kinds[idx] = got["height"], got["width"], got["kind"]
+    idx = got["image"]
+    height[idx], width[idx], kinds[idx] = got["height"], got["width"], got["kind"]
+    del probed, copies, got, idx
     error_of: dict[int, str] = {}
-    for errs in dist.all_gather({int(mine[i]): e for i, e in enumerate(errors) if e is not None}):
+    for errs in dist.all_gather({int(ids[probe[i]]): e for i, e in enumerate(errors) if e is not None}):
         error_of.update(errs)
-    table = table.with_columns(
-        pl.Series("id1", np.searchsorted(hashes, hash1)), pl.Series("id2", np.searchsorted(hashes, hash2))
-    )
-    del hashes, hash1, hash2
+    id_of = ids[inverse]
+    table = table.with_columns(pl.Series("id1", id_of[:n_rows]), pl.Series("id2", id_of[n_rows:]))
+    del ids, inverse, id_of
     table = with_sizes(table, height, width, kinds)
     failures = list(meta.failures) + _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
     n_entries = meta.n_entries  # all of them, whoever parsed them
@@ -233,24 +236,6 @@ def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl
     columns = {name: packed[name] for name in _SPLIT_COLUMNS}
     columns["height"], columns["width"] = sizes[bucket, 0], sizes[bucket, 1]
     return pl.DataFrame(columns).cast({k: v for k, v in _KEPT_SCHEMA.items() if k in columns})
-
-
-def _owners(seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct hashes of every rank's ``seen`` (each sorted, distinct), sorted, and the rank
-    that probes each: one of those that saw it, chosen by the hash (so that a rank's share of the
-    probe is about its share of the images; the lowest rank would take every image it saw)."""
-    every = np.concatenate(seen)
-    rank_of = np.repeat(np.arange(len(seen), dtype=np.int64), [len(s) for s in seen])
-    order = np.argsort(every, kind="stable")
-    every, rank_of = every[order], rank_of[order]
-    del order
-    if not len(every):  # no image anywhere (every record done, or none good)
-        return every, rank_of
-    starts = np.flatnonzero(np.r_[True, every[1:] != every[:-1]])
-    counts = np.diff(np.r_[starts, len(every)])
-    hashes = every[starts]
-    pick = starts + (hashes % counts.astype(np.uint64)).astype(np.int64)
-    return hashes, rank_of[pick]
 
 
 def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:
