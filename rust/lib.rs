@@ -78,6 +78,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py_index::image_owners, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::metadata_value_end, m)?)?;
+    m.add_function(wrap_pyfunction!(py_metadata::metadata_range_summary, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::read_metadata_entries, m)?)?;
     m.add_function(wrap_pyfunction!(py_metadata::survey_metadata, m)?)?;
     m.add_class::<py_metadata::PyPathIds>()?;

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::pool::pool;
-use crate::structure::{Mark, StructScan};
+use crate::structure::{ChunkScan, Mark, StructScan};
 
 /// Bytes of the file read at a time (plus the unfinished entry carried over).
 pub const DEFAULT_WINDOW: usize = 16 << 20;
@@ -42,6 +42,21 @@ pub enum Layout {
     List(u64),
     /// JSON Lines from this file offset (after a byte-order mark).
     Lines(u64),
+}
+
+/// Which entries a read parses (the others it only counts, or does not reach).
+#[derive(Debug, Clone, Default)]
+pub enum Part {
+    /// All of them.
+    #[default]
+    All,
+    /// Those numbered `k` modulo `n`: `Modulo(k, n)`.
+    Modulo(u64, u64),
+    /// One rank's byte range: the entries that start before `until` (in a list: those whose
+    /// separator, the opening bracket or a comma, is before it), the read starting at the
+    /// layout's offset in the state `scan` (a list; found by [`crate::structure::ChunkScan`]
+    /// summaries of the ranges before). Entries and lines are numbered from 0 and 1 in the range.
+    Bytes { until: u64, scan: StructScan },
 }
 
 /// A column of strings, Arrow style: value `i` is `data[offsets[i]..offsets[i + 1]]`.
@@ -129,6 +144,8 @@ pub struct MetaColumns {
     pub list_end: i64,
     /// A list: `limit` elements were delimited before its end.
     pub limit_reached: bool,
+    /// JSON Lines: the lines read (blank ones too).
+    pub n_lines: i64,
     /// `(k, n)`: only entries whose number is `k` modulo `n` are parsed (the others are counted).
     part: Option<(i64, i64)>,
     /// Keep the prompts and models (else they are checked but stored empty: a caller that reads
@@ -159,6 +176,7 @@ impl MetaColumns {
             n_entries: 0,
             list_end: -1,
             limit_reached: false,
+            n_lines: 0,
         }
     }
 
@@ -362,18 +380,17 @@ pub fn read_columns(
     window: usize,
     num_threads: Option<usize>,
 ) -> io::Result<MetaColumns> {
-    read_part(path, layout, limit, window, num_threads, None)
+    read_part(path, layout, limit, window, num_threads, Part::All)
 }
 
-/// [`read_columns`], parsing only the entries whose number is `part.0` modulo
-/// `part.1` (one rank's share; the others are only counted).
+/// [`read_columns`], parsing only the entries of `part` (one rank's share).
 pub fn read_part(
     path: &Path,
     layout: Layout,
     limit: Option<u64>,
     window: usize,
     num_threads: Option<usize>,
-    part: Option<(u64, u64)>,
+    part: Part,
 ) -> io::Result<MetaColumns> {
     pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, true, &mut |_, _| {}))
 }
@@ -385,20 +402,23 @@ pub fn read_in_pool(
     layout: Layout,
     limit: Option<u64>,
     window: usize,
-    part: Option<(u64, u64)>,
+    part: Part,
     keep_text: bool,
     mut on_window: OnWindow<'_>,
 ) -> io::Result<MetaColumns> {
-    if let Some((k, n)) = part {
-        if n == 0 || k >= n {
+    let (modulo, until, scan) = match part {
+        Part::All => (None, None, None),
+        Part::Modulo(k, n) if n == 0 || k >= n => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("part {k} of {n} does not exist")));
         }
-    }
-    let mut out = MetaColumns::new(part.map(|(k, n)| (k as i64, n as i64)));
+        Part::Modulo(k, n) => (Some((k as i64, n as i64)), None, None),
+        Part::Bytes { until, scan } => (None, Some(until), Some(scan)),
+    };
+    let mut out = MetaColumns::new(modulo);
     out.keep_text = keep_text;
     match layout {
-        Layout::Lines(start) => read_lines(out, path, start, limit, window, &mut on_window),
-        Layout::List(open) => read_list(out, path, open, limit, window, &mut on_window),
+        Layout::Lines(start) => read_lines(out, path, start, until, limit, window, &mut on_window),
+        Layout::List(open) => read_list(out, path, open, scan, until, limit, window, &mut on_window),
     }
 }
 
@@ -444,10 +464,13 @@ pub fn read_entries(
     Ok(out)
 }
 
+/// The lines of a JSON Lines file from `start` (a line's start); with `until`, only the lines that
+/// start before it.
 fn read_lines(
     mut out: MetaColumns,
     path: &Path,
     start: u64,
+    until: Option<u64>,
     limit: Option<u64>,
     window: usize,
     on_window: &mut OnWindow<'_>,
@@ -456,7 +479,9 @@ fn read_lines(
     let mut line = 1u64;
     let mut entries = Vec::new();
     let limit = limit.unwrap_or(u64::MAX);
-    while (out.n_entries as u64) < limit && w.more()? {
+    let until = until.unwrap_or(u64::MAX);
+    let mut past = start >= until;
+    while !past && (out.n_entries as u64) < limit && w.more()? {
         let at_end = w.read_to >= w.size;
         // Whole lines only (the last one may lack its newline at the end of the file).
         let upto = if at_end {
@@ -471,6 +496,10 @@ fn read_lines(
         let mut pos = 0;
         let budget = limit - out.n_entries as u64;
         while pos < upto && (entries.len() as u64) < budget {
+            if w.base + pos as u64 >= until {
+                past = true;
+                break;
+            }
             let end = memchr::memchr(b'\n', &w.buf[pos..upto]).map_or(upto, |k| pos + k);
             let text = &w.buf[pos..end];
             if !text.iter().all(|&b| is_py_space(b)) {
@@ -482,13 +511,20 @@ fn read_lines(
         take_and_tell(&mut out, &w, &entries, on_window);
         w.drop_before(w.base + upto as u64);
     }
+    out.n_lines = line as i64 - 1;
     Ok(out)
 }
 
+/// The elements of a JSON list whose opening bracket is at `open`; or, with `from`, those of a
+/// byte range of it: the scan starts at `open` in the state `from`, and only the elements whose
+/// separator is before `until` are taken.
+#[allow(clippy::too_many_arguments)]
 fn read_list(
     mut out: MetaColumns,
     path: &Path,
     open: u64,
+    from: Option<StructScan>,
+    until: Option<u64>,
     limit: Option<u64>,
     window: usize,
     on_window: &mut OnWindow<'_>,
@@ -497,7 +533,10 @@ fn read_list(
         return Ok(out);
     }
     let mut w = Windows::open(path, open, window)?;
-    let mut scan = StructScan::default();
+    // Only a read from the opening bracket can see `[]`, a list of no elements (below).
+    let whole = from.is_none() || from == Some(StructScan::default());
+    let mut scan = from.unwrap_or_default();
+    let until = until.unwrap_or(u64::MAX);
     let max_seps = limit.map(|l| l + 1);
     let mut n_seps = 0u64;
     let mut last_sep: Option<u64> = None;
@@ -516,6 +555,12 @@ fn read_list(
             n_seps
         };
         scanned += scan.scan(&w.buf[scanned..], |m| match m {
+            // A separator at `until` or after ends the range's last element.
+            Mark::Separator(p) if offset + p as u64 >= until => {
+                on_sep(p);
+                done = true;
+                false
+            }
             Mark::Separator(p) => {
                 if max_seps == Some(on_sep(p)) {
                     out.limit_reached = true;
@@ -526,7 +571,10 @@ fn read_list(
             }
             Mark::Close(p) => {
                 on_sep(p);
-                out.list_end = (offset + p as u64) as i64;
+                if offset + (p as u64) < until {
+                    // (in the range: the range before also meets it, ending its last element there)
+                    out.list_end = (offset + p as u64) as i64;
+                }
                 done = true;
                 false
             }
@@ -542,12 +590,25 @@ fn read_list(
         w.drop_before(keep);
     }
     if let [only] = pending[..] {
-        if n_seps == 2 && w.bytes(&only).iter().all(|&b| is_json_ws(b)) {
+        if whole && n_seps == 2 && w.bytes(&only).iter().all(|&b| is_json_ws(b)) {
             return Ok(out);
         }
     }
     take_and_tell(&mut out, &w, &pending, on_window);
     Ok(out)
+}
+
+/// The [`ChunkScan`] summary of bytes `[from, to)` of the file (fewer when it is shorter).
+pub fn summarize_range(path: &Path, from: u64, to: u64, window: usize) -> io::Result<ChunkScan> {
+    let mut w = Windows::open(path, from, window)?;
+    w.size = w.size.min(to);
+    let mut summary = ChunkScan::default();
+    while w.more()? {
+        summary.feed(&w.buf);
+        let end = w.base + w.buf.len() as u64;
+        w.drop_before(end);
+    }
+    Ok(summary)
 }
 
 /// The offset of the bracket that closes the value opened at `start`, or
@@ -646,7 +707,7 @@ mod tests {
         let all = read_columns(&p, Layout::Lines(0), None, 100, None).unwrap();
         let mut seen = Vec::new();
         for k in 0..3 {
-            let m = read_part(&p, Layout::Lines(0), None, 100, None, Some((k, 3))).unwrap();
+            let m = read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(k, 3)).unwrap();
             assert_eq!(m.n_entries, 32);
             assert!(m.record_index.iter().chain(&m.slow_index).all(|&i| i % 3 == k as i64));
             seen.extend(m.record_index.iter().copied());
@@ -661,7 +722,93 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, all.record_index);
-        assert!(read_part(&p, Layout::Lines(0), None, 100, None, Some((3, 3))).is_err());
+        assert!(read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(3, 3)).is_err());
+    }
+
+    /// Read `path` (a list opening at 0) in `n` byte ranges as `n` ranks would: cut points not
+    /// right after a backslash, the state at each from the summaries of the ranges before.
+    fn read_in_ranges(path: &Path, text: &[u8], n: u64, window: usize) -> Vec<MetaColumns> {
+        let size = text.len() as u64;
+        let cut = |k: u64| {
+            let mut c = if k == 0 { 0 } else { (k * size / n).max(1) };
+            while c > 0 && c < size && text[c as usize - 1] == b'\\' {
+                c += 1;
+            }
+            c
+        };
+        let mut state = StructScan::default();
+        (0..n)
+            .map(|k| {
+                let (from, to) = (cut(k), if k + 1 == n { size } else { cut(k + 1) });
+                let part = Part::Bytes { until: to, scan: state.clone() };
+                state = summarize_range(path, from, to, window).unwrap().after(&state);
+                read_part(path, Layout::List(from), None, window, Some(2), part).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_list_read_in_byte_ranges_gives_each_entry_once() {
+        let recs: Vec<String> = (0..40)
+            .map(|i| match i % 5 {
+                0 => GOOD.replace("a.jpg", &format!("{i}\\\\\\\",[{{x.jpg")),
+                1 => format!(
+                    "{{\"prompt\": \"p\", \"path1\": \"{i}.jpg\", \"path2\": \"b\", \"x\": [[1, {{}}], \"]\"]}}"
+                ),
+                2 => "  ".to_string(), // an empty element: a bad record
+                _ => GOOD.replace("a.jpg", &format!("{i}.jpg")),
+            })
+            .collect();
+        let text = format!("[{}]\n", recs.join(",\n    "));
+        let p = file("ranges.json", text.as_bytes());
+        let whole = read_columns(&p, Layout::List(0), None, 64, None).unwrap();
+        assert_eq!((whole.n_entries, whole.slow_index.len()), (40, 8));
+        for n in [1, 2, 3, 7, 40, 300] {
+            for window in [5, 64, 4096] {
+                let parts = read_in_ranges(&p, text.as_bytes(), n, window);
+                let (mut good, mut slow, mut first) = (Vec::new(), Vec::new(), 0);
+                for m in &parts {
+                    good.extend(m.record_index.iter().map(|i| i + first));
+                    slow.extend(m.slow_index.iter().map(|i| i + first));
+                    first += m.n_entries;
+                }
+                assert_eq!((first, &good, &slow), (40, &whole.record_index, &whole.slow_index), "{n} ranks");
+                let offsets: Vec<i64> = parts.iter().flat_map(|m| m.entry_offset.iter().copied()).collect();
+                assert_eq!(offsets, whole.entry_offset);
+                let ends: Vec<i64> = parts.iter().map(|m| m.list_end).filter(|&e| e >= 0).collect();
+                assert_eq!(ends, vec![whole.list_end]);
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_read_in_byte_ranges_give_each_line_once() {
+        let text = format!("{GOOD}\n\n{GOOD}\nnot json\n  \n{GOOD}\n{GOOD}");
+        let p = file("ranges.jsonl", text.as_bytes());
+        let whole = read_columns(&p, Layout::Lines(0), None, 64, None).unwrap();
+        for n in [1u64, 2, 3, 9, 200] {
+            let size = text.len() as u64;
+            // Each cut just after a newline, as the ranks make them.
+            let cut = |k: u64| match k {
+                0 => 0,
+                k if k >= n => size,
+                k => text.as_bytes()[(k * size / n) as usize..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(size, |q| k * size / n + q as u64 + 1),
+            };
+            let (mut good, mut lines, mut first, mut line0) = (Vec::new(), Vec::new(), 0, 0);
+            for k in 0..n {
+                let part = Part::Bytes { until: cut(k + 1), scan: StructScan::default() };
+                let m = read_part(&p, Layout::Lines(cut(k)), None, 16, None, part).unwrap();
+                good.extend(m.record_index.iter().map(|i| i + first));
+                lines.extend(m.slow_line.iter().map(|l| l + line0));
+                first += m.n_entries;
+                line0 += m.n_lines;
+            }
+            assert_eq!((first, &good, &lines), (whole.n_entries, &whole.record_index, &whole.slow_line), "{n}");
+            assert_eq!(line0, 7);
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@ use pyo3::types::PyDict;
 
 use crate::decode::DEFAULT_MAX_PIXELS;
 use crate::error::Error;
-use crate::metadata::{read_entries, read_part, value_end, Layout, MetaColumns, StrColumn, DEFAULT_WINDOW};
+use crate::metadata::{
+    read_entries, read_part, summarize_range, value_end, Layout, MetaColumns, Part, StrColumn, DEFAULT_WINDOW,
+};
 use crate::py_images::{open_root, probe_limits};
+use crate::structure::StructScan;
 use crate::survey::{read_and_probe, PathIds, Surveyed};
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
@@ -31,12 +34,14 @@ fn put_str<'py>(d: &Bound<'py, PyDict>, name: &str, col: StrColumn) -> PyResult<
     Ok(())
 }
 
-/// `read_metadata_columns(path, mode, start, *, limit=None, window=..., num_threads=None) -> dict`:
-/// the plainly good records of a JSON list (`mode="list"`, its `[` at `start`)
-/// or JSON Lines (`mode="lines"`, from `start`) as columns, and where every
-/// other entry is (`slow_*`: entry number, file offset, length, line).
+/// `read_metadata_columns(path, mode, start, *, limit=None, window=..., num_threads=None,
+/// part=None, until=None, depth=0, in_string=False) -> dict`: the plainly good records of a JSON
+/// list (`mode="list"`, its `[` at `start`) or JSON Lines (`mode="lines"`, from `start`) as
+/// columns, and where every other entry is (`slow_*`: entry number, file offset, length, line).
+/// `part=(k, n)`: only the entries numbered `k` modulo `n`. `until`: one byte range, from
+/// `start` (a list: scanned from there at `depth`, inside a string or not) to `until`.
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None))]
+#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None, until=None, depth=0, in_string=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn read_metadata_columns<'py>(
     py: Python<'py>,
@@ -47,8 +52,17 @@ pub fn read_metadata_columns<'py>(
     window: usize,
     num_threads: Option<usize>,
     part: Option<(u64, u64)>,
+    until: Option<u64>,
+    depth: i64,
+    in_string: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
+    let part = match (part, until) {
+        (Some(_), Some(_)) => return Err(PyValueError::new_err("part and until are two ways to split: give one")),
+        (Some((k, n)), None) => Part::Modulo(k, n),
+        (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
+        (None, None) => Part::All,
+    };
     let m = py.detach(|| read_part(&path, layout, limit, window, num_threads, part)).map_err(|e| io_error(&path, e))?;
     columns(py, m)
 }
@@ -212,7 +226,25 @@ fn columns(py: Python<'_>, m: MetaColumns) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("n_entries", m.n_entries)?;
     d.set_item("list_end", m.list_end)?;
     d.set_item("limit_reached", m.limit_reached)?;
+    d.set_item("n_lines", m.n_lines)?;
     Ok(d)
+}
+
+/// `metadata_range_summary(path, start, end, *, window=...) -> (odd_quotes, depth_change_outside,
+/// depth_change_inside)`: what bytes `[start, end)` of a JSON list do to its structure, whether
+/// the range starts outside or inside a string (it must not start right after a backslash): the
+/// parity of its string delimiters, and the change of depth outside strings in either case.
+#[pyfunction]
+#[pyo3(signature = (path, start, end, *, window=DEFAULT_WINDOW))]
+pub fn metadata_range_summary(
+    py: Python<'_>,
+    path: PathBuf,
+    start: u64,
+    end: u64,
+    window: usize,
+) -> PyResult<(bool, i64, i64)> {
+    let s = py.detach(|| summarize_range(&path, start, end, window)).map_err(|e| io_error(&path, e))?;
+    Ok((s.odd_quotes, s.depth_change[0], s.depth_change[1]))
 }
 
 /// `metadata_value_end(path, start, *, window=...) -> int | None`: the offset

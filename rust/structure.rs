@@ -53,6 +53,11 @@ enum Step {
 }
 
 impl StructScan {
+    /// The state of a scan at `depth`, inside a string or not, nothing escaped.
+    pub fn at(depth: i64, in_string: bool) -> Self {
+        StructScan { depth, in_string, escaped: false }
+    }
+
     /// Scan `buf` (the continuation of what was scanned before), calling `mark`
     /// for each separator and for the closing bracket; stops after the closing
     /// bracket or when `mark` returns false. Returns the position scanned up to.
@@ -188,27 +193,94 @@ impl StructScan {
         (at, false)
     }
 
-    /// The bytes of a block that an odd run of backslashes escapes (the first one too when the
-    /// last block ended in one); leaves in `self.escaped` whether the next block's first is.
     #[cfg(target_arch = "x86_64")]
     fn escaped_bits(&mut self, backslash: u64) -> u64 {
-        let mut escaped = u64::from(self.escaped);
-        self.escaped = false;
-        let mut rest = backslash;
-        while rest != 0 {
-            let j = rest.trailing_zeros();
-            rest &= rest - 1;
-            let bit = 1u64 << j;
-            if escaped & bit != 0 {
-                continue; // an escaped backslash escapes nothing
+        escaped_bits(backslash, &mut self.escaped)
+    }
+}
+
+/// The bytes of a block that an odd run of backslashes escapes (the first one too when the last
+/// block ended in one, `carry`); leaves in `carry` whether the next block's first is.
+#[cfg(target_arch = "x86_64")]
+fn escaped_bits(backslash: u64, carry: &mut bool) -> u64 {
+    let mut escaped = u64::from(*carry);
+    *carry = false;
+    let mut rest = backslash;
+    while rest != 0 {
+        let j = rest.trailing_zeros();
+        rest &= rest - 1;
+        let bit = 1u64 << j;
+        if escaped & bit != 0 {
+            continue; // an escaped backslash escapes nothing
+        }
+        if j == 63 {
+            *carry = true;
+        } else {
+            escaped |= bit << 1;
+        }
+    }
+    escaped
+}
+
+/// What a byte range of a JSON list does to the scan, whatever the state it starts in (bar an
+/// escape: the range must not start right after a backslash): fed the range's bytes in order,
+/// it gives the parity of the string delimiters in it and the change of depth outside strings
+/// for each of the two cases, the range starting outside or inside a string. From these, the
+/// ranks of a torchrun job that each summarised one range of the file find the state each range
+/// starts in, without any of them scanning the whole file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChunkScan {
+    escaped: bool,
+    /// An odd number of string delimiters so far.
+    pub odd_quotes: bool,
+    /// Depth change over the bytes after an even (`[0]`) or odd (`[1]`) number of delimiters:
+    /// outside strings when the range starts outside (`[0]`) or inside (`[1]`) a string.
+    pub depth_change: [i64; 2],
+}
+
+impl ChunkScan {
+    /// The state a range starts in, given the state the range before it (summarised as `self`)
+    /// started in.
+    pub fn after(&self, before: &StructScan) -> StructScan {
+        let inside = usize::from(before.in_string);
+        StructScan {
+            depth: before.depth + self.depth_change[inside],
+            in_string: before.in_string != self.odd_quotes,
+            escaped: false,
+        }
+    }
+
+    /// Take in the next bytes of the range.
+    pub fn feed(&mut self, buf: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        let buf = {
+            let whole = buf.len() / 64 * 64;
+            for block in buf[..whole].chunks_exact(64) {
+                let m = sse2::masks(block.try_into().expect("64 bytes"));
+                let quotes = m.quote & !escaped_bits(m.backslash, &mut self.escaped);
+                // Bit j: an odd number of delimiters up to byte j (quotes are not brackets).
+                let odd = prefix_xor(quotes) ^ if self.odd_quotes { u64::MAX } else { 0 };
+                let count = |x: u64| i64::from(x.count_ones());
+                self.depth_change[0] += count(m.open & !odd) - count(m.close & !odd);
+                self.depth_change[1] += count(m.open & odd) - count(m.close & odd);
+                self.odd_quotes ^= quotes.count_ones() % 2 == 1;
             }
-            if j == 63 {
-                self.escaped = true;
-            } else {
-                escaped |= bit << 1;
+            &buf[whole..]
+        };
+        for &c in buf {
+            if c == b'\\' {
+                self.escaped = !self.escaped;
+                continue;
+            }
+            let was_escaped = std::mem::take(&mut self.escaped);
+            let side = usize::from(self.odd_quotes);
+            match c {
+                b'"' if !was_escaped => self.odd_quotes = !self.odd_quotes,
+                b'[' | b'{' => self.depth_change[side] += 1,
+                b']' | b'}' => self.depth_change[side] -= 1,
+                _ => {}
             }
         }
-        escaped
     }
 }
 
@@ -229,25 +301,31 @@ mod sse2 {
     pub struct Masks {
         pub quote: u64,
         pub backslash: u64,
+        /// `[ {`
+        pub open: u64,
+        /// `] }`
+        pub close: u64,
         /// `[ ] { } ,`
         pub structural: u64,
     }
 
     pub fn masks(block: &[u8; 64]) -> Masks {
-        let mut m = Masks { quote: 0, backslash: 0, structural: 0 };
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0, structural: 0 };
         for k in 0..4 {
             // SAFETY: SSE2 is part of x86-64, and the 16 bytes read are inside `block`
             // (unaligned loads are allowed).
-            let (q, b, s) = unsafe {
+            let (q, b, o, c, comma) = unsafe {
                 let v = _mm_loadu_si128(block.as_ptr().add(16 * k) as *const __m128i);
                 let eq = |c: u8, x| _mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(c as i8))) as u16;
                 // With bit 5 set, `[` is `{` and `]` is `}`.
                 let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
-                (eq(b'"', v), eq(b'\\', v), eq(b'{', folded) | eq(b'}', folded) | eq(b',', v))
+                (eq(b'"', v), eq(b'\\', v), eq(b'{', folded), eq(b'}', folded), eq(b',', v))
             };
             m.quote |= u64::from(q) << (16 * k);
             m.backslash |= u64::from(b) << (16 * k);
-            m.structural |= u64::from(s) << (16 * k);
+            m.open |= u64::from(o) << (16 * k);
+            m.close |= u64::from(c) << (16 * k);
+            m.structural |= u64::from(o | c | comma) << (16 * k);
         }
         m
     }
@@ -312,6 +390,43 @@ mod tests {
             let mut cuts = cuts;
             cuts.sort();
             prop_assert_eq!(run(&buf, &cuts, stop_at, true), run(&buf, &cuts, stop_at, false));
+        }
+    }
+
+    proptest! {
+        /// The state at each cut, from the summaries of the ranges before it, is the scan's.
+        #[test]
+        fn range_summaries_give_the_state_at_each_cut(
+            buf in json_ish(),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            pieces in 1usize..5,
+            inside in any::<bool>(),
+        ) {
+            // Cuts as the ranks make them: never right after a backslash.
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(buf.len())).collect();
+            for c in cuts.iter_mut() {
+                while *c > 0 && *c < buf.len() && buf[*c - 1] == b'\\' {
+                    *c += 1;
+                }
+            }
+            cuts.sort();
+            cuts.push(buf.len());
+            // Deep enough that the scan never closes the value (it would stop there).
+            let start = StructScan::at(1000, inside);
+            let (mut state, mut from) = (start.clone(), 0);
+            for &cut in &cuts {
+                let mut summary = ChunkScan::default();
+                let step = ((cut - from) / pieces).max(1);
+                for piece in buf[from..cut].chunks(step) {
+                    summary.feed(piece);
+                }
+                state = summary.after(&state);
+                let mut scanned = start.clone();
+                scanned.scan(&buf[..cut], |_| true);
+                scanned.escaped = false; // a cut is never right after a backslash
+                prop_assert_eq!(&state, &scanned);
+                from = cut;
+            }
         }
     }
 

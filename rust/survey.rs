@@ -22,7 +22,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::decode::{probe_file, ProbeLimits};
 use crate::load::ProbeColumns;
-use crate::metadata::{read_in_pool, Layout, MetaColumns, StrColumn};
+use crate::metadata::{read_in_pool, Layout, MetaColumns, Part, StrColumn};
 use crate::pool::pool;
 use crate::safe_open::Root;
 
@@ -130,7 +130,7 @@ pub fn read_and_probe(
                     });
                 }
             };
-            read_in_pool(path, layout, limit, window, None, keep_text, &mut on_window)
+            read_in_pool(path, layout, limit, window, Part::All, keep_text, &mut on_window)
         })
     })?;
     let probe = ProbeColumns::concat(probed.into_inner().unwrap_or_else(|e| e.into_inner()));

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
@@ -564,3 +565,87 @@ def test_property_bad_records_among_long_good_runs(tmp_path, entries, good_runs)
     lines = tmp_path / "p.jsonl"
     lines.write_bytes(b"".join(b + b"\n" for b, _ in encoded))
     _check(read_metadata(lines), padded, [ok for _, ok in encoded])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One rank's byte range of the file (torchrun), ranks as threads.
+
+
+def _read_as_ranks(path: Path, world: int) -> list[Metadata | Exception]:
+    """:func:`read_metadata_shared` on ``world`` threads, one per rank, with a real all-gather."""
+    slots: list[object] = [None] * world
+    barrier = threading.Barrier(world)
+    out: list[Metadata | Exception] = [RuntimeError("not run")] * world
+
+    def rank(r: int) -> None:
+        def all_gather(obj: object) -> list[object]:
+            slots[r] = obj
+            barrier.wait()
+            got = list(slots)
+            barrier.wait()
+            return got
+
+        try:
+            out[r] = md.read_metadata_shared(path, r, world, all_gather, num_threads=1)
+        except (MetadataError, threading.BrokenBarrierError) as e:  # every rank must raise the same
+            out[r] = e
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def _same_as_one_reader(path: Path, world: int) -> None:
+    whole = read_metadata(path)
+    parts = _read_as_ranks(path, world)
+    assert all(isinstance(p, Metadata) for p in parts), parts
+    got = [p for p in parts if isinstance(p, Metadata)]
+    assert {p.n_entries for p in got} == {whole.n_entries}
+    table = pl.concat([p.table for p in got])
+    assert_frame_equal(table, whole.table)
+    assert_frame_equal(pl.concat([p.entries for p in got if p.entries is not None]), whole.entries)
+    failures = sorted((f.record_index, f.stage, f.kind, f.detail) for p in got for f in p.failures)
+    assert failures == sorted((f.record_index, f.stage, f.kind, f.detail) for f in whole.failures)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    entries=st.lists(_records(), max_size=25),
+    indent=st.sampled_from([None, 2]),
+    world=st.sampled_from([2, 3, 8, 40]),
+    bom=st.booleans(),
+)
+def test_property_ranks_reading_byte_ranges_get_what_one_reader_gets(tmp_path, entries, indent, world, bom):
+    """Every entry read by exactly one rank, with its number, its record or its failure (line
+    numbers too), whatever the cuts hit: strings with brackets, quotes and backslashes."""
+    entries = [GOOD, *entries]
+    head = b"\xef\xbb\xbf" if bom else b""
+    lst = tmp_path / "r.json"
+    lst.write_bytes(head + b"[" + b",\n".join(_encode(e, False, indent)[0] for e in entries) + b"]\n")
+    lines = tmp_path / "r.jsonl"
+    lines.write_bytes(head + b"".join(_encode(e, True, None)[0] + b"\n\n" for e in entries))
+    _same_as_one_reader(lst, world)
+    _same_as_one_reader(lines, world)
+
+
+def test_ranks_reading_byte_ranges_refuse_a_bad_list_alike(tmp_path):
+    good = json.dumps([GOOD] * 30)
+    for text, message in [
+        (good[:-1], "the list is not closed"),
+        (good + ' {"a": 1}', "extra data after the list"),
+        (good[:-1] + '], "x"]', "extra data after the list"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(md.MetadataError, match=message):
+            read_metadata(path)
+        for world in (2, 5):
+            errors = _read_as_ranks(path, world)
+            assert all(isinstance(e, md.MetadataError) and message in str(e) for e in errors), errors
+    for text in ("[]", "[ \n ]", "  [\n]\n"):
+        path = tmp_path / "empty.json"
+        path.write_text(text)
+        assert [p.n_entries for p in _read_as_ranks(path, 3)] == [0, 0, 0]  # type: ignore[union-attr]

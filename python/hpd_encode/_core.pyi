@@ -438,6 +438,9 @@ def read_metadata_columns(
     window: int = ...,
     num_threads: int | None = None,
     part: tuple[int, int] | None = None,
+    until: int | None = None,
+    depth: int = 0,
+    in_string: bool = False,
 ) -> dict[str, Any]:
     """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
     byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
@@ -447,11 +450,17 @@ def read_metadata_columns(
     ``votes_chosen``, ``votes_rejected``, ``confidence``; every other entry by
     position for the per-entry path
     (``slow_index``, ``slow_offset``, ``slow_len``, ``slow_line``); and
-    ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``.
+    ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``,
+    ``n_lines`` (JSON Lines: lines read, blank ones too).
     Each good record's ``entry_offset`` and ``entry_len`` say where it is in
     the file. ``part=(k, n)`` parses only the entries numbered ``k`` modulo
-    ``n`` (one rank's share; the others are counted). Reads ``window`` bytes
-    at a time, the entries of a window parsed in parallel, GIL released."""
+    ``n`` (one rank's share; the others are counted). ``until``: one byte
+    range instead, from ``start`` to ``until``: the lines that start in it, or
+    the list elements whose separator is in it, the list scanned from
+    ``start`` at ``depth``, inside a string or not (entries and lines are
+    numbered from the range's start; a list's ``list_end`` only when its
+    bracket is in the range). Reads ``window`` bytes at a time, the entries
+    of a window parsed in parallel, GIL released."""
 
 def read_metadata_entries(
     path: str,
@@ -464,6 +473,13 @@ def read_metadata_entries(
     """The entries at those byte ranges (records an earlier read found, with
     their numbers ``indices``) parsed again, as :func:`read_metadata_columns`
     gives them."""
+
+def metadata_range_summary(path: str, start: int, end: int, *, window: int = ...) -> tuple[bool, int, int]:
+    """What bytes ``[start, end)`` of a JSON list do to its structure, for a
+    range that does not start right after a backslash: ``(odd_quotes,
+    depth_change_outside, depth_change_inside)``, the parity of its string
+    delimiters and the change of depth outside strings when the range starts
+    outside, or inside, a string."""
 
 def metadata_value_end(path: str, start: int, *, window: int = ...) -> int | None:
     """The offset of the bracket closing the value opened at byte ``start``,

@@ -417,23 +417,10 @@ def read_metadata_via(
         raise FileNotFoundError(f"metadata file '{path}' does not exist")
     file = _File(path)
     try:
-        start = 3 if file.read(0, 3) == b"\xef\xbb\xbf" else 0
-        first = file.first_non_space(start)
-        opening = file.read(first, 1)
-        is_list = opening == b"["
-        if not is_list and opening == b"{" and _multi_line_object(file, path, first):
-            raise MetadataError(
-                f"metadata '{path}' must be a JSON list of records or JSON Lines, not an object"
-            )
+        start, first, is_list = _layout(file, path)
         cols = read_columns(str(path), "list" if is_list else "lines", first if is_list else start)
         if is_list and limit != 0:
-            end = cols["list_end"]
-            if end == -1 and not cols["limit_reached"]:
-                raise MetadataError(f"cannot parse metadata '{path}' as JSON: the list is not closed")
-            if end >= 0 and (after := file.first_non_space(end + 1)) < file.size:
-                raise MetadataError(
-                    f"cannot parse metadata '{path}' as JSON: extra data after the list at byte {after}"
-                )
+            _check_list_end(file, path, cols["list_end"], cols["limit_reached"])
         rows, failures = _slow_entries(file, path, cols, is_list)
     finally:
         file.f.close()
@@ -441,6 +428,100 @@ def read_metadata_via(
     extra = {name: cols.pop(name) for name in fast_columns}
     table, entries = _table_and_entries(cols, rows, extra)
     return Metadata(table=table, failures=failures, n_entries=n_entries, entries=entries), cols
+
+
+def read_metadata_shared(
+    path: str | PathLike[str],
+    rank: int,
+    world_size: int,
+    all_gather: Callable[[Any], list[Any]],
+    *,
+    num_threads: int | None = None,
+) -> Metadata:
+    """One rank's share of the metadata, every rank of ``world_size`` calling this with its
+    ``rank`` (``all_gather(obj)``: every rank's ``obj``, in rank order): the entries in its byte
+    range of the file, so that no rank reads or scans the whole of it. The records, numbers,
+    failures (with their line numbers) and errors are those :func:`read_metadata` gives for the
+    same entries; ``n_entries`` counts every rank's.
+
+    A JSON Lines range starts after a newline. A list's range starts anywhere but right after a
+    backslash, in a state (depth, inside a string or not) that the ranks work out together from
+    a summary of each range (``_core.metadata_range_summary``); a rank takes the elements whose
+    separator (the opening bracket or a comma) is in its range."""
+    path = Path(path)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of {world_size}")
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file '{path}' does not exist")
+    file = _File(path)
+    try:
+        start, first, is_list = _layout(file, path)
+        lo, hi = (_cut(file, first if is_list else start, k, world_size, is_list) for k in (rank, rank + 1))
+        state: dict[str, Any] = {}
+        if is_list:
+            depth, inside = 0, False
+            summary = _core.metadata_range_summary(str(path), lo, hi, window=_WINDOW)
+            for odd, change_outside, change_inside in all_gather(summary)[:rank]:
+                depth += change_inside if inside else change_outside
+                inside ^= odd
+            state = {"depth": depth, "in_string": inside}
+        mode = "list" if is_list else "lines"
+        cols = _core.read_metadata_columns(
+            str(path), mode, lo, window=_WINDOW, num_threads=num_threads, until=hi, **state
+        )
+        counts = all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
+        entries_before = sum(c[0] for c in counts[:rank])
+        cols["record_index"] += entries_before
+        cols["slow_index"] += entries_before
+        cols["slow_line"] += sum(c[1] for c in counts[:rank]) if not is_list else 0
+        if is_list:
+            ends = [c[2] for c in counts if c[2] >= 0]  # the range with the closing bracket
+            _check_list_end(file, path, ends[0] if ends else -1, False)
+        rows, failures = _slow_entries(file, path, cols, is_list)
+    finally:
+        file.f.close()
+    table, entries = _table_and_entries(cols, rows)
+    return Metadata(table=table, failures=failures, n_entries=sum(c[0] for c in counts), entries=entries)
+
+
+def _layout(file: _File, path: Path) -> tuple[int, int, bool]:
+    """Where the metadata starts (after a byte-order mark), its first non-space byte, and whether
+    it is a list (else JSON Lines; one object over several lines is refused)."""
+    start = 3 if file.read(0, 3) == b"\xef\xbb\xbf" else 0
+    first = file.first_non_space(start)
+    opening = file.read(first, 1)
+    is_list = opening == b"["
+    if not is_list and opening == b"{" and _multi_line_object(file, path, first):
+        raise MetadataError(f"metadata '{path}' must be a JSON list of records or JSON Lines, not an object")
+    return start, first, is_list
+
+
+def _check_list_end(file: _File, path: Path, end: int, limit_reached: bool) -> None:
+    """Refuse a list that is not closed (its end not reached for a ``limit``) or has more after it."""
+    if end == -1 and not limit_reached:
+        raise MetadataError(f"cannot parse metadata '{path}' as JSON: the list is not closed")
+    if end >= 0 and (after := file.first_non_space(end + 1)) < file.size:
+        raise MetadataError(
+            f"cannot parse metadata '{path}' as JSON: extra data after the list at byte {after}"
+        )
+
+
+def _cut(file: _File, start: int, k: int, world_size: int, is_list: bool) -> int:
+    """Where rank ``k``'s byte range starts (``k == world_size``: the end of the file): rank 0 at
+    ``start`` (the list's bracket, or the first line), the others about ``k / world_size`` into
+    the file: a list's not right after a backslash, a line's just after a newline."""
+    if k == 0:
+        return start
+    if k >= world_size:
+        return file.size
+    at = max(start + 1, k * file.size // world_size)
+    if at >= file.size:
+        return file.size
+    if not is_list:
+        return min(file.find(at - 1, b"\n") + 1, file.size)
+    while at < file.size and file.read(at - 1, 1) == b"\\":
+        at += 1
+    return at
 
 
 _ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}

@@ -2,8 +2,10 @@
 
 With ``world_size`` > 1 no rank reads, probes or keeps the whole dataset:
 
-1. Rank ``r`` parses the metadata entries numbered ``r`` modulo the world
-   size (the others are only cut and counted, in Rust).
+1. Rank ``r`` reads the metadata entries in its byte range of the file
+   (``metadata.read_metadata_shared``: no rank reads or scans the whole
+   file); with ``--limit``, the entries numbered ``r`` modulo the world size
+   among the first ``limit`` (the others are only cut and counted, in Rust).
 2. Images are named by a 64-bit hash of their path. The ranks all-gather the
    distinct hashes they saw, so the image ids (positions among all the sorted
    hashes) are the same everywhere; each image is probed by one of the ranks
@@ -34,7 +36,7 @@ import polars as pl
 
 from hpd_encode._core import BucketSet, image_owners
 from hpd_encode.dist import Dist
-from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_records
+from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_metadata_shared, read_records
 from hpd_encode.pipeline.options import EncodeOptions
 from hpd_encode.pipeline.plan import (
     BatchSizeFor,
@@ -72,7 +74,12 @@ def plan_shared(
     rank, world = dist.rank, dist.world_size
     step = Steps()
     timings = step.seconds
-    meta = read_metadata(opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world))
+    if opts.limit is None:  # each rank its byte range of the file
+        meta = read_metadata_shared(opts.metadata, rank, world, dist.all_gather, num_threads=opts.num_threads)
+    else:  # the first `limit` entries: each rank every world-th of them
+        meta = read_metadata(
+            opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world)
+        )
     assert meta.entries is not None
     step("read_metadata")
     table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
