@@ -380,10 +380,11 @@ pub fn read_columns(
     window: usize,
     num_threads: Option<usize>,
 ) -> io::Result<MetaColumns> {
-    read_part(path, layout, limit, window, num_threads, Part::All)
+    read_part(path, layout, limit, window, num_threads, Part::All, true)
 }
 
-/// [`read_columns`], parsing only the entries of `part` (one rank's share).
+/// [`read_columns`], parsing only the entries of `part` (one rank's share); without `keep_text`
+/// the prompts and models are checked but stored as empty strings.
 pub fn read_part(
     path: &Path,
     layout: Layout,
@@ -391,8 +392,9 @@ pub fn read_part(
     window: usize,
     num_threads: Option<usize>,
     part: Part,
+    keep_text: bool,
 ) -> io::Result<MetaColumns> {
-    pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, true, &mut |_, _| {}))
+    pool(num_threads).install(|| read_in_pool(path, layout, limit, window, part, keep_text, &mut |_, _| {}))
 }
 
 /// [`read_part`] on the pool this runs on, telling `on_window` after each window; without
@@ -707,7 +709,7 @@ mod tests {
         let all = read_columns(&p, Layout::Lines(0), None, 100, None).unwrap();
         let mut seen = Vec::new();
         for k in 0..3 {
-            let m = read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(k, 3)).unwrap();
+            let m = read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(k, 3), true).unwrap();
             assert_eq!(m.n_entries, 32);
             assert!(m.record_index.iter().chain(&m.slow_index).all(|&i| i % 3 == k as i64));
             seen.extend(m.record_index.iter().copied());
@@ -722,7 +724,7 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, all.record_index);
-        assert!(read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(3, 3)).is_err());
+        assert!(read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(3, 3), true).is_err());
     }
 
     /// Read `path` (a list opening at 0) in `n` byte ranges as `n` ranks would: cut points not
@@ -742,7 +744,7 @@ mod tests {
                 let (from, to) = (cut(k), if k + 1 == n { size } else { cut(k + 1) });
                 let part = Part::Bytes { until: to, scan: state.clone() };
                 state = summarize_range(path, from, to, window).unwrap().after(&state);
-                read_part(path, Layout::List(from), None, window, Some(2), part).unwrap()
+                read_part(path, Layout::List(from), None, window, Some(2), part, true).unwrap()
             })
             .collect()
     }
@@ -800,7 +802,7 @@ mod tests {
             let (mut good, mut lines, mut first, mut line0) = (Vec::new(), Vec::new(), 0, 0);
             for k in 0..n {
                 let part = Part::Bytes { until: cut(k + 1), scan: StructScan::default() };
-                let m = read_part(&p, Layout::Lines(cut(k)), None, 16, None, part).unwrap();
+                let m = read_part(&p, Layout::Lines(cut(k)), None, 16, None, part, true).unwrap();
                 good.extend(m.record_index.iter().map(|i| i + first));
                 lines.extend(m.slow_line.iter().map(|l| l + line0));
                 first += m.n_entries;

@@ -39,9 +39,10 @@ fn put_str<'py>(d: &Bound<'py, PyDict>, name: &str, col: StrColumn) -> PyResult<
 /// list (`mode="list"`, its `[` at `start`) or JSON Lines (`mode="lines"`, from `start`) as
 /// columns, and where every other entry is (`slow_*`: entry number, file offset, length, line).
 /// `part=(k, n)`: only the entries numbered `k` modulo `n`. `until`: one byte range, from
-/// `start` (a list: scanned from there at `depth`, inside a string or not) to `until`.
+/// `start` (a list: scanned from there at `depth`, inside a string or not) to `until`. Without
+/// `text` the prompts and models are checked but returned empty.
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None, until=None, depth=0, in_string=false))]
+#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None, until=None, depth=0, in_string=false, text=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn read_metadata_columns<'py>(
     py: Python<'py>,
@@ -55,6 +56,7 @@ pub fn read_metadata_columns<'py>(
     until: Option<u64>,
     depth: i64,
     in_string: bool,
+    text: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
     let part = match (part, until) {
@@ -63,7 +65,9 @@ pub fn read_metadata_columns<'py>(
         (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
         (None, None) => Part::All,
     };
-    let m = py.detach(|| read_part(&path, layout, limit, window, num_threads, part)).map_err(|e| io_error(&path, e))?;
+    let m = py
+        .detach(|| read_part(&path, layout, limit, window, num_threads, part, text))
+        .map_err(|e| io_error(&path, e))?;
     columns(py, m)
 }
 

@@ -441,6 +441,7 @@ def read_metadata_columns(
     until: int | None = None,
     depth: int = 0,
     in_string: bool = False,
+    text: bool = True,
 ) -> dict[str, Any]:
     """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
     byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
@@ -459,8 +460,9 @@ def read_metadata_columns(
     the list elements whose separator is in it, the list scanned from
     ``start`` at ``depth``, inside a string or not (entries and lines are
     numbered from the range's start; a list's ``list_end`` only when its
-    bracket is in the range). Reads ``window`` bytes at a time, the entries
-    of a window parsed in parallel, GIL released."""
+    bracket is in the range). Without ``text`` the prompts and models are
+    checked but returned as empty strings. Reads ``window`` bytes at a time,
+    the entries of a window parsed in parallel, GIL released."""
 
 def read_metadata_entries(
     path: str,

@@ -437,6 +437,7 @@ def read_metadata_shared(
     all_gather: Callable[[Any], list[Any]],
     *,
     num_threads: int | None = None,
+    text: bool = True,
 ) -> Metadata:
     """One rank's share of the metadata, every rank of ``world_size`` calling this with its
     ``rank`` (``all_gather(obj)``: every rank's ``obj``, in rank order): the entries in its byte
@@ -447,7 +448,9 @@ def read_metadata_shared(
     A JSON Lines range starts after a newline. A list's range starts anywhere but right after a
     backslash, in a state (depth, inside a string or not) that the ranks work out together from
     a summary of each range (``_core.metadata_range_summary``); a rank takes the elements whose
-    separator (the opening bracket or a comma) is in its range."""
+    separator (the opening bracket or a comma) is in its range. Without ``text`` the prompts and
+    models of the records the Rust fast path read are left empty (for a caller that reads them
+    again, by byte offset, for the rows it needs)."""
     path = Path(path)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of {world_size}")
@@ -467,7 +470,7 @@ def read_metadata_shared(
             state = {"depth": depth, "in_string": inside}
         mode = "list" if is_list else "lines"
         cols = _core.read_metadata_columns(
-            str(path), mode, lo, window=_WINDOW, num_threads=num_threads, until=hi, **state
+            str(path), mode, lo, window=_WINDOW, num_threads=num_threads, until=hi, text=text, **state
         )
         counts = all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
         entries_before = sum(c[0] for c in counts[:rank])

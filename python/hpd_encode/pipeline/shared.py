@@ -75,7 +75,10 @@ def plan_shared(
     step = Steps()
     timings = step.seconds
     if opts.limit is None:  # each rank its byte range of the file
-        meta = read_metadata_shared(opts.metadata, rank, world, dist.all_gather, num_threads=opts.num_threads)
+        # (no prompts or models: the rows planned are read again, by byte offset, with them)
+        meta = read_metadata_shared(
+            opts.metadata, rank, world, dist.all_gather, num_threads=opts.num_threads, text=False
+        )
     else:  # the first `limit` entries: each rank every world-th of them
         meta = read_metadata(
             opts.metadata, limit=opts.limit, num_threads=opts.num_threads, part=(rank, world)
