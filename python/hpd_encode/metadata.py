@@ -250,6 +250,13 @@ class _File:
         self.f = open(path, "rb")  # closed by read_metadata
         self.size = os.fstat(self.f.fileno()).st_size
 
+    @classmethod
+    def open(cls, path: Path) -> _File:
+        """The metadata file; ``FileNotFoundError`` naming it when it is not a file."""
+        if not path.is_file():
+            raise FileNotFoundError(f"metadata file '{path}' does not exist")
+        return cls(path)
+
     def read(self, start: int, n: int) -> bytearray:
         """Bytes [start, start + n) (fewer at the end of the file)."""
         data = bytearray(max(0, min(n, self.size - start)))
@@ -413,9 +420,7 @@ def read_metadata_via(
     path = Path(path)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file '{path}' does not exist")
-    file = _File(path)
+    file = _File.open(path)
     try:
         start, first, is_list = _layout(file, path)
         cols = read_columns(str(path), "list" if is_list else "lines", first if is_list else start)
@@ -454,9 +459,7 @@ def read_metadata_shared(
     path = Path(path)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} of {world_size}")
-    if not path.is_file():
-        raise FileNotFoundError(f"metadata file '{path}' does not exist")
-    file = _File(path)
+    file = _File.open(path)
     try:
         start, first, is_list = _layout(file, path)
         lo, hi = (_cut(file, first if is_list else start, k, world_size, is_list) for k in (rank, rank + 1))
