@@ -152,16 +152,19 @@ pub fn number_jobs(id1: &[i64], id2: &[i64], bucket: &[i64], share: bool) -> (Ve
 /// touches a few MB rather than a hash table of every job (a tenth of a second at HPDv3 scale, and
 /// more with eight ranks sharing the caches).
 struct JobNumbers {
-    /// Per image id: (bucket, job) of its first use, or `(i64::MIN, _)`; empty when ids are sparse.
-    first: Vec<(i64, i64)>,
+    /// Per image id: (bucket, job) of its first use, or `(i32::MIN, _)`; empty when ids are sparse
+    /// (8 bytes a slot: under torchrun the ids are in hash order, so the slots are met at random,
+    /// and a smaller table misses the caches less).
+    first: Vec<(i32, u32)>,
     others: rustc_hash::FxHashMap<(i64, i64), i64>,
 }
 
 impl JobNumbers {
     fn new(id1: &[i64], id2: &[i64], n: usize) -> Self {
         let (lo, hi) = id1.iter().chain(id2).fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let dense = n > 0 && lo >= 0 && (hi as u64) < 4 * n as u64 + 1024;
-        let first = if dense { vec![(i64::MIN, 0); hi as usize + 1] } else { Vec::new() };
+        // (job numbers, at most 2n, must fit the slot's u32)
+        let dense = n > 0 && lo >= 0 && (hi as u64) < 4 * n as u64 + 1024 && 2 * (n as u64) < u32::MAX as u64;
+        let first = if dense { vec![(i32::MIN, 0); hi as usize + 1] } else { Vec::new() };
         let mut others: rustc_hash::FxHashMap<(i64, i64), i64> = Default::default();
         if !dense {
             others.reserve(2 * n);
@@ -171,12 +174,14 @@ impl JobNumbers {
 
     /// The number of job `(id, bucket)`: `next` when it is new.
     fn number(&mut self, id: i64, bucket: i64, next: i64) -> i64 {
-        if let Some(slot) = usize::try_from(id).ok().and_then(|k| self.first.get_mut(k)) {
-            if slot.0 == bucket {
-                return slot.1;
+        // A bucket outside i32 (or i32::MIN itself, the empty mark) goes to the map.
+        let slot = usize::try_from(id).ok().and_then(|k| self.first.get_mut(k));
+        if let (Some(slot), Ok(b)) = (slot, i32::try_from(bucket)) {
+            if slot.0 == b && b != i32::MIN {
+                return i64::from(slot.1);
             }
-            if slot.0 == i64::MIN {
-                *slot = (bucket, next);
+            if slot.0 == i32::MIN && b != i32::MIN {
+                *slot = (b, next as u32);
                 return next;
             }
         }
@@ -207,36 +212,38 @@ pub fn partition(
         return Err(Error::InvalidArgument("partition: world size 0".into()));
     }
     let (chosen, rejected, first_row) = number_jobs(id1, id2, bucket, share);
-    let job_pixels: Vec<i64> = first_row.iter().map(|&i| pixels[i]).collect();
-    let jobs = job_pixels.len();
+    let jobs = first_row.len();
+    // A job's pixels are those of the row that first uses it.
     if world == 1 {
-        return Ok(Split { rank_of_row: vec![0; n], jobs, cost_per_rank: vec![job_pixels.iter().sum()] });
+        let total = first_row.iter().map(|&i| pixels[i]).sum();
+        return Ok(Split { rank_of_row: vec![0; n], jobs, cost_per_rank: vec![total] });
     }
     // Each job's component, labelled by its smallest job.
-    let root: Vec<usize> = connected_components(jobs, &chosen, &rejected)?.into_iter().map(|r| r as usize).collect();
+    let root = connected_components(jobs, &chosen, &rejected)?;
     // Per component (indexed by its label): pixels and first record.
     let mut cost = vec![0i64; jobs];
     let mut first = vec![i64::MAX; jobs];
-    for (j, &px) in job_pixels.iter().enumerate() {
-        cost[root[j]] += px;
+    for (&r, &i) in root.iter().zip(&first_row) {
+        cost[r as usize] += pixels[i];
     }
+    drop(first_row);
     for (i, &job) in chosen.iter().enumerate() {
-        let c = root[job as usize];
+        let c = root[job as usize] as usize;
         first[c] = first[c].min(record[i]);
     }
-    let mut comps: Vec<usize> = (0..jobs).filter(|&j| root[j] == j).collect();
+    let mut comps: Vec<usize> = (0..jobs).filter(|&j| root[j] == j as i64).collect();
     comps.sort_unstable_by(|&a, &b| cost[b].cmp(&cost[a]).then(first[a].cmp(&first[b])));
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> =
         (0..world).map(|r| std::cmp::Reverse((0, r))).collect();
-    let mut rank_of_comp = vec![0usize; jobs];
+    let mut rank_of_comp = vec![0u32; jobs];
     let mut cost_per_rank = vec![0i64; world];
     for c in comps {
         let std::cmp::Reverse((load, r)) = heap.pop().expect("world >= 1");
-        rank_of_comp[c] = r;
+        rank_of_comp[c] = r as u32;
         cost_per_rank[r] += cost[c];
         heap.push(std::cmp::Reverse((load + cost[c], r)));
     }
-    let rank_of_row = chosen.iter().map(|&job| rank_of_comp[root[job as usize]] as i64).collect();
+    let rank_of_row = chosen.iter().map(|&job| i64::from(rank_of_comp[root[job as usize] as usize])).collect();
     Ok(Split { rank_of_row, jobs, cost_per_rank })
 }
 
@@ -255,7 +262,14 @@ mod partition_tests {
             let n = 400;
             let ids1: Vec<i64> = (0..n).map(|_| rnd(span) as i64 + offset).collect();
             let ids2: Vec<i64> = (0..n).map(|_| rnd(span) as i64 + offset).collect();
-            let buckets: Vec<i64> = (0..n).map(|_| rnd(3) as i64).collect();
+            // Buckets mostly small; a few outside i32 (and i32::MIN, the slot's empty mark).
+            let buckets: Vec<i64> = (0..n)
+                .map(|_| match rnd(20) {
+                    0 => 1 << 40,
+                    1 => i32::MIN as i64,
+                    k => (k % 3) as i64,
+                })
+                .collect();
             let mut jobs = JobNumbers::new(&ids1, &ids2, n);
             let mut map = std::collections::HashMap::new();
             for i in 0..n {
