@@ -170,13 +170,10 @@ impl StructScan {
         let mut at = 0;
         while let Some(block) = buf.get(at..at + 64) {
             let block: &[u8; 64] = block.try_into().expect("64 bytes");
-            let m = sse2::masks(block);
-            let escaped = self.escaped_bits(m.backslash);
-            let quotes = m.quote & !escaped;
-            // Bit j: byte j is inside a string (a quote counts with what it opens, not what it closes;
-            // only structural bytes are asked about, and they are never quotes).
-            let inside = prefix_xor(quotes) ^ if self.in_string { u64::MAX } else { 0 };
-            let mut outside = m.structural & !inside;
+            // `odd` bit j: byte j is inside a string (a quote counts with what it opens, not what
+            // it closes; only structural bytes are asked about, and they are never quotes).
+            let (m, odd) = strings(block, &mut self.escaped, self.in_string);
+            let mut outside = m.structural & !odd;
             while outside != 0 {
                 let j = outside.trailing_zeros() as usize;
                 outside &= outside - 1;
@@ -187,16 +184,22 @@ impl StructScan {
                     return (at + j + 1, true);
                 }
             }
-            self.in_string ^= quotes.count_ones() % 2 == 1;
+            self.in_string = odd >> 63 == 1;
             at += 64;
         }
         (at, false)
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    fn escaped_bits(&mut self, backslash: u64) -> u64 {
-        escaped_bits(backslash, &mut self.escaped)
-    }
+/// One block's masks, and bit j set where an odd number of string delimiters (unescaped quotes)
+/// come before byte j or at it, counting `odd_before` (an odd number before the block). `escaped`
+/// carries a run of backslashes from one block to the next.
+#[cfg(target_arch = "x86_64")]
+fn strings(block: &[u8; 64], escaped: &mut bool, odd_before: bool) -> (sse2::Masks, u64) {
+    let m = sse2::masks(block);
+    let quotes = m.quote & !escaped_bits(m.backslash, escaped);
+    let odd = prefix_xor(quotes) ^ if odd_before { u64::MAX } else { 0 };
+    (m, odd)
 }
 
 /// The bytes of a block that an odd run of backslashes escapes (the first one too when the last
@@ -256,14 +259,11 @@ impl ChunkScan {
         let buf = {
             let whole = buf.len() / 64 * 64;
             for block in buf[..whole].chunks_exact(64) {
-                let m = sse2::masks(block.try_into().expect("64 bytes"));
-                let quotes = m.quote & !escaped_bits(m.backslash, &mut self.escaped);
-                // Bit j: an odd number of delimiters up to byte j (quotes are not brackets).
-                let odd = prefix_xor(quotes) ^ if self.odd_quotes { u64::MAX } else { 0 };
+                let (m, odd) = strings(block.try_into().expect("64 bytes"), &mut self.escaped, self.odd_quotes);
                 let count = |x: u64| i64::from(x.count_ones());
                 self.depth_change[0] += count(m.open & !odd) - count(m.close & !odd);
                 self.depth_change[1] += count(m.open & odd) - count(m.close & odd);
-                self.odd_quotes ^= quotes.count_ones() % 2 == 1;
+                self.odd_quotes = odd >> 63 == 1;
             }
             &buf[whole..]
         };
