@@ -5,7 +5,7 @@
 //! numbered (dense ids, in order of first appearance: a record's `path1` then
 //! its `path2`), and the paths seen for the first time are probed as tasks on
 //! the same pool while the next windows are cut and parsed. Reading the
-//! metadata is partly serial (the list's structure is followed byte by byte)
+//! metadata is partly serial (the list's structure is followed in one pass)
 //! and probing is mostly the kernel's work: together they keep the cores busy
 //! where one after the other left one idle for seconds at HPDv3 scale.
 
