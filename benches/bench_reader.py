@@ -7,7 +7,7 @@ default 1024 pairs = 2 GiB per layout) in several part files, twice:
   reference and earlier hpd-encode write them: a row group's latent column is
   one large page;
 * ``new`` layout: one data page per latent value with the offset index
-  (``hpd_encode.repack.write_paged_table``; latents uncompressed, the
+  (``hpd_encode.latents.repack.write_paged_table``; latents uncompressed, the
   default, or zstd with ``--latent-compression zstd``).
 
 Then reads shuffled bucket batches (``BucketBatchSampler``, batch 16) with:
@@ -59,7 +59,7 @@ def npy(a: np.ndarray) -> bytes:
 
 def generate(root: Path, pairs: int, files: int, paged: bool, latent_compression: str = "none") -> list[Path]:
     """Part files of random float32 latents (each value distinct, so pages do not share bytes)."""
-    from hpd_encode.repack import write_paged_table
+    from hpd_encode.latents.repack import write_paged_table
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from hpd_encode.index import build_index
-    from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
+    from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
 
     root = Path(tempfile.mkdtemp(prefix="bench-reader-", dir=args.data))
     try:

@@ -10,7 +10,7 @@ directory with a complete ``manifest.json``, then, ``--repeat`` times:
   does nothing with the bytes), one file at a time and then two at a time
   (dropped again before each: the disk of a VM often gives more to two
   streams than to one);
-* drops the pages again and runs ``hpd_encode.verify`` on the directory.
+* drops the pages again and runs ``hpd_encode.latents.verify`` on the directory.
 
 Prints the MB/s and verify's ratio to the faster plain read, each pass and
 the best. ``--warm`` also times
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()
 
-    from hpd_encode.verify import verify
+    from hpd_encode.latents.verify import verify
 
     root = Path(tempfile.mkdtemp(prefix="bench-verify-", dir=args.data))
     try:

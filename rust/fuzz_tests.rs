@@ -19,11 +19,11 @@ use image::{ExtendedColorType, ImageEncoder};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::decode::{decode_bytes, probe_file, LoadOptions, ProbeLimits};
 use crate::error::{Error, ImageFailure};
-use crate::footer::read_layout;
-use crate::npy::{npy_bytes, py_float_repr};
-use crate::safe_open::Root;
+use crate::image::decode::{decode_bytes, probe_file, LoadOptions, ProbeLimits};
+use crate::image::safe_open::Root;
+use crate::parts::footer::read_layout;
+use crate::parts::npy::{npy_bytes, py_float_repr};
 
 /// Cases per property: `HPD_FUZZ_CASES` or the default given.
 fn cases(default: u32) -> u32 {
@@ -188,8 +188,8 @@ fn random_bytes_behind_real_signatures_never_panic() {
 /// fails on those given too. (Where it is unsure, zune-jpeg decides.)
 #[test]
 fn the_jpeg_marker_walk_never_accepts_what_zune_jpeg_refuses() {
-    use crate::decode::tests::{jpeg_with, marker_at, zune_says};
-    use crate::decode::{jpeg_walk, Walk};
+    use crate::image::decode::tests::{jpeg_with, marker_at, zune_says};
+    use crate::image::decode::{jpeg_walk, Walk};
     // Real headers (plain, grey, EXIF orientations, an ICC profile, SOF2,
     // DRI) and a few bytes of scan: the walk and the header pass read no further.
     let mut seeds = Vec::new();
@@ -279,8 +279,8 @@ fn npy_bytes_and_float_repr_hold_for_any_input() {
 
 #[test]
 fn damaged_parquet_footers_are_errors_not_panics() {
-    use crate::writer::tests::row;
-    use crate::writer::{PartWriter, WriterOptions};
+    use crate::parts::writer::tests::row;
+    use crate::parts::writer::{PartWriter, WriterOptions};
     let scratch = Scratch::new("footer");
     let good = scratch.0.join("good.parquet");
     let opts = WriterOptions { row_group_size: 3, ..WriterOptions::default() };

@@ -51,3 +51,20 @@ pub fn pool(num_threads: Option<usize>) -> Arc<ThreadPool> {
         })
         .clone()
 }
+
+/// Memory this machine has (RAM plus swap), in bytes; `u64::MAX` where it
+/// cannot be told. A single allocation larger than that cannot succeed (and
+/// Rust's allocator aborts the process on failure), so such requests are
+/// refused up front as errors.
+pub fn machine_memory() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysinfo fills the struct it is given.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sysinfo(&mut info) } == 0 {
+            let unit = u64::from(info.mem_unit.max(1));
+            return (info.totalram as u64).saturating_add(info.totalswap as u64).saturating_mul(unit);
+        }
+    }
+    u64::MAX
+}

@@ -767,7 +767,7 @@ def test_outputs_never_overwrite_part_files(
 
 def test_reading_an_index_does_not_load_the_builder() -> None:
     code = (
-        "import sys, hpd_encode.index.table, hpd_encode.reader; "
+        "import sys, hpd_encode.index.table, hpd_encode.latents.reader; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('hpd_encode.index'))))"
     )
     loaded = subprocess.run(

@@ -21,7 +21,7 @@ from conftest import SMALL_BUCKETS, PartRecord
 from hpd_encode._core import latent_layout, read_pairs
 from hpd_encode.errors import PartFileError
 from hpd_encode.index import build_index, read_index, write_index
-from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
+from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_dataloader_with_workers(ref_index: Path) -> None:
 
 def paged_copy(src: Path, dest: Path) -> Path:
     """``src``'s part files rewritten with one page per latent value (same row groups)."""
-    from hpd_encode.repack import write_paged_table
+    from hpd_encode.latents.repack import write_paged_table
 
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(src.glob("*.parquet")):
@@ -294,7 +294,7 @@ def seeded_parts(
 
     Returns ``{(path, row_group, row): (latent1, latent2)}``.
     """
-    from hpd_encode.repack import write_paged_table
+    from hpd_encode.latents.repack import write_paged_table
 
     rng = np.random.default_rng(1234)
     root.mkdir(parents=True, exist_ok=True)
@@ -453,7 +453,7 @@ def test_truncated_and_corrupt_part_files_are_named_errors(tmp_path: Path, codec
     ],
 )
 def test_bad_npy_bytes_name_file_row_group_and_row(tmp_path: Path, value: object, reason: str) -> None:
-    from hpd_encode.repack import write_paged_table
+    from hpd_encode.latents.repack import write_paged_table
 
     good = np.zeros((2, 3, 3), np.float32)
     bad = {

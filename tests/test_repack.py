@@ -1,4 +1,4 @@
-"""hpd_encode.repack and ``hpd-encode repack``: same values in the random-access layout."""
+"""hpd_encode.latents.repack and ``hpd-encode repack``: same values in the random-access layout."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hpd_encode._core import latent_layout
 from hpd_encode.cli import main
 from hpd_encode.errors import OutputBusyError, PartialOutputError
 from hpd_encode.index import build_index
+from hpd_encode.latents.repack import repack
+from hpd_encode.latents.verify import verify
 from hpd_encode.output_dir import MANIFEST, OutputLock
-from hpd_encode.repack import repack
-from hpd_encode.verify import verify
 
 
 @pytest.mark.parametrize("layout", ["reference", "encoder", "ours"])

@@ -1,4 +1,4 @@
-"""hpd_encode.verify and ``hpd-encode verify``: every problem found and named, refusals."""
+"""hpd_encode.latents.verify and ``hpd-encode verify``: every problem found and named, refusals."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from conftest import PART_SPLIT, PartRecord, write_ours_part
 from hpd_encode.cli import main
 from hpd_encode.errors import OutputBusyError, PartialOutputError
+from hpd_encode.latents.repack import write_paged_table
+from hpd_encode.latents.verify import verify
 from hpd_encode.output_dir import MANIFEST, OutputLock
-from hpd_encode.repack import write_paged_table
-from hpd_encode.verify import verify
 
 
 def _npy(a: np.ndarray) -> bytes:

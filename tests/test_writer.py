@@ -142,7 +142,7 @@ def test_latent_compression(tmp_path, codec):
 
 def test_latent_compression_names_agree():
     from hpd_encode.cli._args import LATENT_COMPRESSIONS as CLI_CHOICES
-    from hpd_encode.repack import LATENT_CODECS
+    from hpd_encode.latents.repack import LATENT_CODECS
 
     assert _core.LATENT_COMPRESSIONS == schema.LATENT_COMPRESSIONS == CLI_CHOICES == LATENT_CODECS
     assert _core.LATENT_COMPRESSIONS[0] == "none", "the first is the default"

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from hpd_encode.fetch.download import download
     from hpd_encode.fetch.extract import extract
     from hpd_encode.index import build_index, read_index, write_index
+    from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
-    from hpd_encode.reader import BucketBatchSampler, LatentPairDataset
 
 # Name -> module that defines it; imported on first use.
 _LAZY = {
@@ -53,8 +53,8 @@ _LAZY = {
     "build_index": "hpd_encode.index",
     "read_index": "hpd_encode.index",
     "write_index": "hpd_encode.index",
-    "LatentPairDataset": "hpd_encode.reader",
-    "BucketBatchSampler": "hpd_encode.reader",
+    "LatentPairDataset": "hpd_encode.latents.reader",
+    "BucketBatchSampler": "hpd_encode.latents.reader",
     "download": "hpd_encode.fetch",
     "extract": "hpd_encode.fetch",
     "check_dataset": "hpd_encode.check",

@@ -60,7 +60,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from hpd_encode.verify import verify
+    from hpd_encode.latents.verify import verify
 
     report = verify(
         args.output_dir,
@@ -76,7 +76,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_repack(args: argparse.Namespace) -> int:
-    from hpd_encode.repack import repack
+    from hpd_encode.latents.repack import repack
 
     report = repack(
         args.src,

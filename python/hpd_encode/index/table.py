@@ -1,6 +1,6 @@
 """The index CSV itself: its columns, reading and writing.
 
-Kept apart from the builder so that :mod:`hpd_encode.reader` (and trainers)
+Kept apart from the builder so that :mod:`hpd_encode.latents.reader` (and trainers)
 can read an index without importing the scan, the parsers or the filters.
 """
 

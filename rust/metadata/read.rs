@@ -26,8 +26,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::metadata::structure::{ChunkScan, Mark, StructScan};
 use crate::pool::pool;
-use crate::structure::{ChunkScan, Mark, StructScan};
 
 /// Bytes of the file read at a time (plus the unfinished entry carried over).
 pub const DEFAULT_WINDOW: usize = 16 << 20;
@@ -54,7 +54,7 @@ pub enum Part {
     Modulo(u64, u64),
     /// One rank's byte range: the entries that start before `until` (in a list: those whose
     /// separator, the opening bracket or a comma, is before it), the read starting at the
-    /// layout's offset in the state `scan` (a list; found by [`crate::structure::ChunkScan`]
+    /// layout's offset in the state `scan` (a list; found by [`crate::metadata::structure::ChunkScan`]
     /// summaries of the ranges before). Entries and lines are numbered from 0 and 1 in the range.
     Bytes { until: u64, scan: StructScan },
 }

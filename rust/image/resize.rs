@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use crate::decode::RgbImage;
 use crate::error::ImageFailure;
+use crate::image::decode::RgbImage;
 
 thread_local! {
     // One resizer per worker thread keeps its scratch buffers between images.

@@ -8,13 +8,13 @@ use numpy::{Element, IntoPyArray, PyArray1, PyArray3, PyArray4, PyArrayMethods, 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::decode::{default_max_file_bytes, AlphaMode, LoadOptions, ProbeLimits, DEFAULT_MAX_PIXELS};
 use crate::error::Error;
-use crate::load::{
+use crate::image::decode::{default_max_file_bytes, AlphaMode, LoadOptions, ProbeLimits, DEFAULT_MAX_PIXELS};
+use crate::image::load::{
     load_batch_into, load_batch_normalized, load_batch_normalized_over, load_many, probe_columns, probe_many, ProbeKind,
 };
-use crate::recycle::{F32_BATCHES, U8_BATCHES};
-use crate::safe_open::Root;
+use crate::image::recycle::{F32_BATCHES, U8_BATCHES};
+use crate::image::safe_open::Root;
 
 type Sizes = Vec<Option<(u32, u32)>>;
 type Errors = Vec<Option<String>>;
@@ -180,7 +180,7 @@ pub fn load_batch<'py>(
         let (buffer, errs) = py.detach(|| load_batch_normalized(root, &paths, (h, w), num_threads, &opts))?;
         (kept_array(py, buffer, [n, 3, h, w], Kept::F32)?, errs)
     } else {
-        let (buffer, errs) = py.detach(|| crate::load::load_batch(root, &paths, (h, w), num_threads, &opts))?;
+        let (buffer, errs) = py.detach(|| crate::image::load::load_batch(root, &paths, (h, w), num_threads, &opts))?;
         (kept_array(py, buffer, [n, h, w, 3], Kept::U8)?, errs)
     };
     Ok((batch, errors(errs)))
@@ -272,7 +272,7 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
-fn to_array(py: Python<'_>, img: crate::decode::RgbImage) -> Bound<'_, PyArray3<u8>> {
+fn to_array(py: Python<'_>, img: crate::image::decode::RgbImage) -> Bound<'_, PyArray3<u8>> {
     Array3::from_shape_vec((img.height, img.width, 3), img.data)
         .expect("decoded buffer matches its shape")
         .into_pyarray(py)
@@ -294,7 +294,7 @@ pub fn load_image<'py>(
     let size = size.map(|hw| check_target(hw, max_pixels)).transpose()?;
     let img = py.detach(|| -> Result<_, Error> {
         let root = open_root(root.as_ref())?;
-        crate::load::load_one(root.as_ref(), &path, size, &opts)
+        crate::image::load::load_one(root.as_ref(), &path, size, &opts)
     })?;
     Ok(to_array(py, img))
 }
@@ -311,6 +311,6 @@ pub fn probe_image(
     let limits = probe_limits(None, max_file_bytes);
     Ok(py.detach(|| -> Result<_, Error> {
         let root = open_root(root.as_ref())?;
-        crate::decode::probe_file(root.as_ref(), &path, &limits)
+        crate::image::decode::probe_file(root.as_ref(), &path, &limits)
     })?)
 }

@@ -42,7 +42,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
-use crate::npy::{npy_header, py_float_repr};
+use crate::parts::npy::{npy_header, py_float_repr};
 
 /// An image's height and width over its latent's (8 for every VAE family we
 /// support); readers derive the image size from `latent1_shape` with it.
@@ -1073,7 +1073,7 @@ pub(crate) mod tests {
         assert_eq!(kept.len(), 10);
         let again = w.latent(LatentDtype::F32, vec![4, 4, 4], &data).unwrap();
         assert!(kept.contains(&again.npy().as_ptr()), "a spare buffer is filled again");
-        assert_eq!(again.npy(), crate::npy::npy_bytes("<f4", &[4, 4, 4], &data));
+        assert_eq!(again.npy(), crate::parts::npy::npy_bytes("<f4", &[4, 4, 4], &data));
         assert_eq!(w.close().unwrap().rows, 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1169,7 +1169,7 @@ pub(crate) mod tests {
     fn latent_bytes_are_npy() {
         let data: Vec<u8> = (0..24u8).collect();
         let l = Latent::from_bytes(LatentDtype::F16, vec![3, 4], &data).unwrap();
-        assert_eq!(l.npy(), crate::npy::npy_bytes("<f2", &[3, 4], &data));
+        assert_eq!(l.npy(), crate::parts::npy::npy_bytes("<f2", &[3, 4], &data));
         assert!(Latent::from_bytes(LatentDtype::F32, vec![3, 4], &data).is_err());
     }
 }

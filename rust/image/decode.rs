@@ -16,7 +16,7 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
 use crate::error::{Error, ImageFailure, Result};
-use crate::safe_open::{open_image, FileLimit, Opened, Root};
+use crate::image::safe_open::{open_image, FileLimit, Opened, Root};
 
 /// Default pixel limit: about 128 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
@@ -30,26 +30,9 @@ pub const fn default_max_file_bytes(max_pixels: u64) -> u64 {
     max_pixels.saturating_mul(8).saturating_add(16 << 20)
 }
 
-/// Memory this machine has (RAM plus swap), in bytes; `u64::MAX` where it
-/// cannot be told. A single allocation larger than that cannot succeed (and
-/// Rust's allocator aborts the process on failure), so such requests are
-/// refused up front as errors.
-pub fn machine_memory() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: sysinfo fills the struct it is given.
-        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-        if unsafe { libc::sysinfo(&mut info) } == 0 {
-            let unit = u64::from(info.mem_unit.max(1));
-            return (info.totalram as u64).saturating_add(info.totalswap as u64).saturating_mul(unit);
-        }
-    }
-    u64::MAX
-}
-
 /// An error unless `bytes` can possibly be allocated on this machine.
 pub(crate) fn check_memory(bytes: u64) -> Failure<()> {
-    let available = machine_memory();
+    let available = crate::pool::machine_memory();
     if bytes > available {
         return Err(ImageFailure::OutOfMemory { bytes, available });
     }

@@ -5,7 +5,7 @@ by earlier versions of hpd-encode store a row group's latents in one or a few
 large pages, so reading one pair decodes the whole row group. :func:`repack`
 rewrites them so that every ``latent1``/``latent2`` value is its own data page
 and the offset index (page index) is written: one pair is then two small
-positional reads (see :mod:`hpd_encode.reader`).
+positional reads (see :mod:`hpd_encode.latents.reader`).
 
 Every column's values are kept as they are (the latent ``.npy`` bytes are
 identical), and so are the schema and the row-group boundaries, so an index
@@ -157,7 +157,7 @@ def _repack_file(src_path: Path, dest_path: Path, latent_compression: str) -> in
 
 def _refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> None:
     """Refuse a directory whose lock another process holds (an encode writing it)."""
-    from hpd_encode.verify import lock_holder_if_busy
+    from hpd_encode.latents.verify import lock_holder_if_busy
 
     holder = lock_holder_if_busy(directory)
     if holder is None:

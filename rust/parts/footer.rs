@@ -57,8 +57,8 @@ pub fn read_layout(path: &Path) -> Result<Layout> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::tests::row;
-    use crate::writer::{PartWriter, WriterOptions};
+    use crate::parts::writer::tests::row;
+    use crate::parts::writer::{PartWriter, WriterOptions};
 
     #[test]
     fn layout_of_a_written_part_file() {

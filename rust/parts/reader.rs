@@ -1134,9 +1134,9 @@ fn scan_input(file: &PartFile) -> Result<PosFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::npy::npy_bytes;
-    use crate::writer::tests::row;
-    use crate::writer::{PartWriter, WriterOptions};
+    use crate::parts::npy::npy_bytes;
+    use crate::parts::writer::tests::row;
+    use crate::parts::writer::{PartWriter, WriterOptions};
 
     fn npy_f32(shape: &[usize], values: &[f32]) -> Vec<u8> {
         let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1238,7 +1238,7 @@ mod tests {
 
     #[test]
     fn full_scan_equals_row_reads_for_both_codecs() {
-        use crate::writer::{Latent as WLatent, LatentCompression, LatentDtype};
+        use crate::parts::writer::{Latent as WLatent, LatentCompression, LatentDtype};
         let dir = temp_dir("scan");
         for codec in [LatentCompression::None, LatentCompression::Zstd] {
             let path = dir.join(format!("{codec:?}.parquet"));
@@ -1253,7 +1253,7 @@ mod tests {
                     }
                     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                     let latent1 = WLatent::from_bytes(LatentDtype::F32, vec![3, 4, 4], &data).unwrap();
-                    crate::writer::Row { latent1, ..row(i) }
+                    crate::parts::writer::Row { latent1, ..row(i) }
                 })
                 .collect();
             writer.submit(rows, || Ok(())).unwrap();

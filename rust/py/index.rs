@@ -5,8 +5,8 @@
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
-use crate::footer::read_layout;
-use crate::groups;
+use crate::parts::footer::read_layout;
+use crate::plan::groups;
 
 /// `parquet_layout(path) -> (row_group_rows, columns, num_rows)`: a Parquet
 /// file's rows per row group and top-level column names, from its footer.
@@ -111,7 +111,7 @@ pub fn image_owners<'py>(
     rank: usize,
 ) -> PyResult<OwnersOut<'py>> {
     let lists = seen.iter().map(|s| s.as_slice()).collect::<Result<Vec<_>, _>>()?;
-    let o = py.detach(|| crate::owners::owners(&lists, rank))?;
+    let o = py.detach(|| crate::metadata::owners::owners(&lists, rank))?;
     Ok((
         o.n_images,
         o.ids.into_pyarray(py),

@@ -431,7 +431,7 @@ impl Opened {
         bytes.try_reserve_exact(cap as usize).map_err(|_| Error::OutOfMemory {
             what: format!("reading '{}'", self.shown),
             bytes: cap as u128,
-            available: crate::decode::machine_memory(),
+            available: crate::pool::machine_memory(),
         })?;
         (&mut self.file).take(cap).read_to_end(&mut bytes).map_err(|e| Error::io(&self.shown, e))?;
         if bytes.len() as u64 > self.size {

@@ -1,4 +1,4 @@
-//! One process's survey in one pass: the metadata read (see [`crate::metadata`])
+//! One process's survey in one pass: the metadata read (see [`crate::metadata::read`])
 //! while the images it names are probed.
 //!
 //! After each window of the metadata, the paths of its new good records are
@@ -20,11 +20,11 @@ use std::sync::Mutex;
 use hashbrown::hash_table::{Entry, HashTable};
 use rustc_hash::FxBuildHasher;
 
-use crate::decode::{probe_file, ProbeLimits};
-use crate::load::ProbeColumns;
-use crate::metadata::{read_in_pool, Layout, MetaColumns, Part, StrColumn};
+use crate::image::decode::{probe_file, ProbeLimits};
+use crate::image::load::ProbeColumns;
+use crate::image::safe_open::Root;
+use crate::metadata::read::{read_in_pool, Layout, MetaColumns, Part, StrColumn};
 use crate::pool::pool;
-use crate::safe_open::Root;
 
 /// Paths probed per task: small enough that a thread waiting on the reader's
 /// parsing picks one up without holding the reader back for long.
@@ -82,7 +82,7 @@ pub struct Surveyed {
     pub probe: ProbeColumns,
 }
 
-/// Read the metadata as [`crate::metadata::read_columns`] does and probe every
+/// Read the metadata as [`crate::metadata::read::read_columns`] does and probe every
 /// distinct path of its good records beneath `root` meanwhile, except the
 /// records in `skip` (sorted record numbers: already done), which get no ids.
 /// `counter` counts the images probed so far (for a progress bar). Without `keep_text` the

@@ -10,14 +10,14 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::decode::DEFAULT_MAX_PIXELS;
 use crate::error::Error;
-use crate::metadata::{
+use crate::image::decode::DEFAULT_MAX_PIXELS;
+use crate::metadata::read::{
     read_entries, read_part, summarize_range, value_end, Layout, MetaColumns, Part, StrColumn, DEFAULT_WINDOW,
 };
-use crate::py_images::{open_root, probe_limits};
-use crate::structure::StructScan;
-use crate::survey::{read_and_probe, PathIds, Surveyed};
+use crate::metadata::structure::StructScan;
+use crate::metadata::survey::{read_and_probe, PathIds, Surveyed};
+use crate::py::images::{open_root, probe_limits};
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::io(path.display().to_string(), e)

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::decode::{
-    check_memory, decode_file, guarded, machine_memory, probe_file, LoadOptions, ProbeLimits, RgbImage,
-};
 use crate::error::{Error, Result};
+use crate::image::decode::{check_memory, decode_file, guarded, probe_file, LoadOptions, ProbeLimits, RgbImage};
+use crate::image::recycle::{F32_BATCHES, U8_BATCHES};
+use crate::image::resize::{resize, resize_into};
+use crate::image::safe_open::Root;
+use crate::pool::machine_memory;
 use crate::pool::pool;
-use crate::recycle::{F32_BATCHES, U8_BATCHES};
-use crate::resize::{resize, resize_into};
-use crate::safe_open::Root;
 
 /// Header-only sizes `(height, width)` of many files, each relative to `root`
 /// (opened beneath it) when given.

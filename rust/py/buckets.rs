@@ -1,10 +1,10 @@
-//! Python wrapper of [`crate::buckets::BucketSet`].
+//! Python wrapper of [`crate::plan::buckets::BucketSet`].
 
 use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayLike1};
 use pyo3::prelude::*;
 
-use crate::buckets::{self, DROP_REASONS};
 use crate::error::Error;
+use crate::plan::buckets::{self, DROP_REASONS};
 
 #[pyclass(name = "BucketSet", module = "hpd_encode._core", frozen)]
 pub struct PyBucketSet {

@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyPermissio
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::reader::{self, Latent, LatentData, LatentInfo, ReadError, Request};
+use crate::parts::reader::{self, Latent, LatentData, LatentInfo, ReadError, Request};
 
 /// `hpd_encode.errors.PartFileError` (a `ValueError` and an `HpdError`),
 /// looked up when raised: it is defined on the Python side.

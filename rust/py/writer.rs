@@ -17,11 +17,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple};
 
 use crate::error::Error;
-use crate::py_errors::INVALID_ROW;
-use crate::writer::{
+use crate::parts::writer::{
     reference_columns, temp_path, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
     LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
 };
+use crate::py::errors::INVALID_ROW;
 
 /// What is wrong with one row: the field (or unknown key) and why.
 struct Bad {

@@ -1,0 +1,10 @@
+//! Part files: the Parquet layout hpd-encode writes (`writer`, which owns the
+//! schema), reads back a page at a time (`reader`), reads footers of
+//! (`footer`), and the `.npy` bytes of each latent (`npy`).
+//!
+//! (Named `parts`, not `parquet`, so that it never shadows the `parquet` crate.)
+
+pub mod footer;
+pub mod npy;
+pub mod reader;
+pub mod writer;
