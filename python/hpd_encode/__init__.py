@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.transfer import PushReport, pull, push
 
 # Name -> module that defines it; imported on first use.
 _LAZY = {
@@ -59,6 +60,9 @@ _LAZY = {
     "extract": "hpd_encode.fetch",
     "check_dataset": "hpd_encode.check",
     "CheckReport": "hpd_encode.check",
+    "push": "hpd_encode.transfer",
+    "pull": "hpd_encode.transfer",
+    "PushReport": "hpd_encode.transfer",
 }
 
 
@@ -81,6 +85,7 @@ __all__ = [
     "ParquetWriter",
     "PartialOutputError",
     "PlanReport",
+    "PushReport",
     "ResumeMismatchError",
     "UnsafePathError",
     "WriterError",
@@ -95,6 +100,8 @@ __all__ = [
     "load_image",
     "load_images",
     "probe_image",
+    "pull",
+    "push",
     "probe_images",
     "read_index",
     "write_index",

@@ -1,8 +1,8 @@
 """Every exception hpd-encode raises derives from :class:`HpdError`.
 
 The Rust core defines the root and the errors it raises (image, path
-containment, non-regular files, memory, writer); the Python-side ones are
-here. Each keeps the built-in base it had before (``ValueError``,
+containment, non-regular files, memory, writer, object store requests); the
+Python-side ones are here. Each keeps the built-in base it had before (``ValueError``,
 ``RuntimeError``), so callers' existing ``except`` clauses still work.
 """
 
@@ -17,6 +17,10 @@ from hpd_encode._core import (
     ImageTooLargeError,
     InvalidRowError,
     NotRegularFileError,
+    ObjectNotFoundError,
+    ObjectStoreAuthError,
+    ObjectStoreConfigError,
+    ObjectStoreError,
     OutOfMemoryError,
     UnsafePathError,
     WriterError,
@@ -77,6 +81,11 @@ class PartFileError(HpdError, ValueError):
     malformed ``.npy`` bytes); the message names the file, row group and row."""
 
 
+class UploadCheckError(HpdError, OSError):
+    """An uploaded object does not match the local file it came from (size,
+    checksum or ETag, checked by a HEAD after the upload); run push again."""
+
+
 __all__ = [
     "ArchiveError",
     "ExtractLimitError",
@@ -88,6 +97,10 @@ __all__ = [
     "MetadataError",
     "MissingExtraError",
     "NotRegularFileError",
+    "ObjectNotFoundError",
+    "ObjectStoreAuthError",
+    "ObjectStoreConfigError",
+    "ObjectStoreError",
     "OutOfMemoryError",
     "OutputBusyError",
     "OutputOverwritesInputError",
@@ -96,5 +109,6 @@ __all__ = [
     "PartialOutputError",
     "ResumeMismatchError",
     "UnsafePathError",
+    "UploadCheckError",
     "WriterError",
 ]

@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyErr;
 
 use crate::error::{Error, ImageFailure};
+use crate::parts::store::{StoreError, StoreErrorKind};
 
 create_exception!(hpd_encode._core, HpdError, PyException, "Base class of hpd-encode's errors.");
 create_exception!(hpd_encode._core, ImageDecodeError, HpdError, "An image could not be decoded.");
@@ -71,6 +72,66 @@ static OUT_OF_MEMORY: MultiBase = MultiBase {
     cell: PyOnceLock::new(),
 };
 
+/// A request to the object store that failed (after its retries).
+pub(crate) static OBJECT_STORE: MultiBase = MultiBase {
+    name: "ObjectStoreError",
+    doc: "A request to the object store (s3://) failed, after its retries. ``url`` is the object or \
+          prefix, ``status`` the HTTP status (None when the server never answered).",
+    base: |py| py.get_type::<PyOSError>(),
+    ours: hpd_error,
+    attrs: &["url", "status"],
+    cell: PyOnceLock::new(),
+};
+/// No such object or bucket (HTTP 404).
+static OBJECT_NOT_FOUND: MultiBase = MultiBase {
+    name: "ObjectNotFoundError",
+    doc: "The object store has no such object, or no such bucket (HTTP 404).",
+    base: |py| py.get_type::<PyFileNotFoundError>(),
+    ours: |py| OBJECT_STORE.get(py).map(|t| t.clone()).unwrap_or_else(|_| py.get_type::<HpdError>()),
+    attrs: &["url", "status"],
+    cell: PyOnceLock::new(),
+};
+/// The credentials were refused (HTTP 401/403).
+static OBJECT_DENIED: MultiBase = MultiBase {
+    name: "ObjectStoreAuthError",
+    doc: "The object store refused the credentials (HTTP 401 or 403).",
+    base: |py| py.get_type::<PyPermissionError>(),
+    ours: |py| OBJECT_STORE.get(py).map(|t| t.clone()).unwrap_or_else(|_| py.get_type::<HpdError>()),
+    attrs: &["url", "status"],
+    cell: PyOnceLock::new(),
+};
+/// A bad s3:// URL, endpoint or setting.
+static OBJECT_CONFIG: MultiBase = MultiBase {
+    name: "ObjectStoreConfigError",
+    doc: "An s3:// URL, endpoint, credential or object store setting that cannot be used.",
+    base: |py| py.get_type::<PyValueError>(),
+    ours: hpd_error,
+    attrs: &[],
+    cell: PyOnceLock::new(),
+};
+
+/// The exception of a failed object store request or setting.
+pub(crate) fn store_error(e: StoreError) -> PyErr {
+    let class = match e.kind {
+        StoreErrorKind::Config => return OBJECT_CONFIG.err(e.message),
+        StoreErrorKind::NotFound => &OBJECT_NOT_FOUND,
+        StoreErrorKind::Denied => &OBJECT_DENIED,
+        _ => &OBJECT_STORE,
+    };
+    Python::attach(|py| {
+        let ty = match class.get(py) {
+            Ok(ty) => ty.clone(),
+            Err(err) => return err,
+        };
+        let err = PyErr::from_type(ty, e.message.clone());
+        let value = err.value(py);
+        match value.setattr("url", &e.url).and_then(|_| value.setattr("status", e.status)) {
+            Ok(()) => err,
+            Err(set) => set,
+        }
+    })
+}
+
 impl MultiBase {
     pub(crate) fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyType>> {
         let ty = self.cell.get_or_try_init(py, || -> PyResult<Py<PyType>> {
@@ -97,7 +158,16 @@ impl MultiBase {
 
 /// Add the two-base classes to the module.
 pub fn add_multi_base_errors(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for class in [&UNSAFE_PATH, &NOT_REGULAR, &OUT_OF_MEMORY, &INVALID_ROW] {
+    for class in [
+        &UNSAFE_PATH,
+        &NOT_REGULAR,
+        &OUT_OF_MEMORY,
+        &INVALID_ROW,
+        &OBJECT_STORE,
+        &OBJECT_NOT_FOUND,
+        &OBJECT_DENIED,
+        &OBJECT_CONFIG,
+    ] {
         m.add(class.name, class.get(m.py())?)?;
     }
     Ok(())
@@ -124,6 +194,7 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(_) => PyValueError::new_err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
             Error::Parquet { .. } => PyValueError::new_err(msg),
+            Error::Store(e) => store_error(e),
         }
     }
 }

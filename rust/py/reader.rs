@@ -25,6 +25,11 @@ fn part_file_error(py: Python<'_>, msg: String) -> PyErr {
     }
 }
 
+/// The exception of a failed read.
+pub(crate) fn read_error(py: Python<'_>, e: ReadError) -> PyErr {
+    to_pyerr(py, e)
+}
+
 fn to_pyerr(py: Python<'_>, e: ReadError) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -34,6 +39,7 @@ fn to_pyerr(py: Python<'_>, e: ReadError) -> PyErr {
             _ => PyOSError::new_err(msg),
         },
         ReadError::OutOfRange(_) => PyIndexError::new_err(msg),
+        ReadError::Store(e) => crate::py::errors::store_error(e),
         ReadError::File { .. } | ReadError::Row { .. } => part_file_error(py, msg),
     }
 }
@@ -77,6 +83,14 @@ pub fn read_pairs<'py>(
 pub fn latent_layout(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<i64>, bool)> {
     let file = py.detach(|| reader::open_cached(&path)).map_err(|e| to_pyerr(py, e))?;
     Ok((file.row_group_rows(), file.paged()))
+}
+
+/// `part_columns(path) -> list[str]`: the top-level column names of a part
+/// file (local or s3://), from the reader's cached footer.
+#[pyfunction]
+pub fn part_columns(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+    let file = py.detach(|| reader::open_cached(&path)).map_err(|e| to_pyerr(py, e))?;
+    Ok(file.column_names())
 }
 
 /// `check_part_file(path, *, num_threads=None)`: read every latent of a

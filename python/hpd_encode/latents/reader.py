@@ -35,16 +35,25 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpd_encode.errors import PartFileError
 from hpd_encode.index.table import read_index
 from hpd_encode.schema import LATENT_DOWN_FACTOR
+from hpd_encode.store import is_remote
+from hpd_encode.store import join as join_url
 
 IndexLike = str | PathLike[str] | pl.DataFrame
 
 _TYPED_VOTES = ("votes_chosen", "votes_rejected", "confidence")
 
 
-def _resolve_part(path: str, root: Path | None, index_dir: Path | None) -> str:
-    """Where a part file named in the index is: as written, under ``root``, or beside the index."""
+def _resolve_part(path: str, root: Path | str | None, index_dir: Path | None) -> str:
+    """Where a part file named in the index is: as written, under ``root``, or beside the index.
+    An ``s3://`` URL is taken as it is (a missing object is an error at its first read); a
+    relative path under an ``s3://`` root is joined to it."""
+    if is_remote(path):
+        return path
+    if isinstance(root, str):
+        return join_url(root, path)
     p = Path(path)
     if root is not None and not p.is_absolute():
         candidate = root / p
@@ -122,7 +131,9 @@ class LatentPairDataset:
             raise ValueError(f"num_threads must be at least 1, not {num_threads}")
         df = read_index(index)
         index_dir = None if isinstance(index, pl.DataFrame) else Path(index).resolve().parent
-        root_dir = None if root is None else Path(root)
+        root_dir: Path | str | None = (
+            None if root is None else os.fspath(root) if is_remote(os.fspath(root)) else Path(root)
+        )
         names = df["parquet_path"].unique(maintain_order=True).to_list()
         self._paths = [_resolve_part(p, root_dir, index_dir) for p in names]
         file_of = {p: i for i, p in enumerate(names)}
@@ -165,6 +176,7 @@ class LatentPairDataset:
             for f in self._files.values():
                 f.close()
             self._files.clear()
+            self._columns.clear()
             self._cache.clear()
             self._small.clear()
 
@@ -179,6 +191,29 @@ class LatentPairDataset:
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and caches
             self._reset()
+
+    def _remote_columns(self, file_idx: int) -> list[str]:
+        """The small columns read from an ``s3://`` part file (under ``self._lock``): the
+        reference's ``prompt, model1, model2, detailed_results``, which lie side by side
+        (one GET per row group), else the typed vote columns."""
+        wanted = self._columns.get(file_idx)
+        if wanted is None:
+            from hpd_encode._core import part_columns
+
+            names = set(part_columns(self._paths[file_idx]))
+            wanted = ["prompt", "model1", "model2"]
+            wanted += ["detailed_results"] if "detailed_results" in names else list(_TYPED_VOTES)
+            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
+            if missing:
+                raise PartFileError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
+            self._columns[file_idx] = wanted
+        return wanted
+
+    def _read_remote(self, file_idx: int, group: int, columns: list[str]) -> _RowGroup:
+        """A row group's ``columns`` of an ``s3://`` part file, through the Rust reader."""
+        from hpd_encode._core import read_row_group_columns
+
+        return _RowGroup(pa.table(read_row_group_columns(self._paths[file_idx], group, columns)))
 
     def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
         """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
@@ -218,10 +253,13 @@ class LatentPairDataset:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            columns = [*self._columns[file_idx], "latent1", "latent2"]
-            rg = _RowGroup(pf.read_row_group(group, columns=columns))
+            if is_remote(self._paths[file_idx]):
+                rg = self._read_remote(file_idx, group, [*self._remote_columns(file_idx), "latent1", "latent2"])
+            else:
+                pf = self._parquet_file(file_idx)
+                self._check_group(pf, file_idx, group)
+                columns = [*self._columns[file_idx], "latent1", "latent2"]
+                rg = _RowGroup(pf.read_row_group(group, columns=columns))
             self.row_group_reads += 1
             self._cache[key] = rg
             while len(self._cache) > self.cache_row_groups:
@@ -236,9 +274,12 @@ class LatentPairDataset:
             if hit is not None:
                 self._small.move_to_end(key)
                 return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
+            if is_remote(self._paths[file_idx]):
+                rg = self._read_remote(file_idx, group, self._remote_columns(file_idx))
+            else:
+                pf = self._parquet_file(file_idx)
+                self._check_group(pf, file_idx, group)
+                rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
             self._small[key] = rg
             while len(self._small) > _SMALL_CACHE_GROUPS:
                 self._small.popitem(last=False)
