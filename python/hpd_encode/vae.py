@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from hpd_encode.errors import VaeError, VaeLoadError
+
 log = logging.getLogger("hpd_encode.vae")
 
 SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderKLQwenImage")
@@ -43,7 +45,7 @@ def resolve_dtype(dtype: str, device: str):
         "fp16": torch.float16,
     }
     if dtype not in table:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+        raise VaeError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     return table[dtype]
 
 
@@ -115,7 +117,7 @@ def load_vae(
         config = _read_config(source, subfolder)
         if config is None:
             where = Path(source) / (subfolder or "")
-            raise ValueError(f"'{where}' has no config.json: not a diffusers VAE folder")
+            raise VaeError(f"'{where}' has no config.json: not a diffusers VAE folder")
         candidates = [subfolder]
     else:
         config = None
@@ -131,7 +133,7 @@ def load_vae(
                 config = json.loads(Path(cfg_path).read_text())
             class_name = config.get("_class_name", "AutoencoderKL")
             if class_name not in SUPPORTED_CLASSES:
-                raise ValueError(
+                raise VaeError(
                     f"VAE class {class_name!r} is not supported (supported: {', '.join(SUPPORTED_CLASSES)})"
                 )
             cls = getattr(diffusers, class_name)
@@ -144,7 +146,7 @@ def load_vae(
             last_error = e
             config = None
     else:
-        raise OSError(f"cannot load VAE '{source}': {last_error}") from last_error
+        raise VaeLoadError(f"cannot load VAE '{source}': {last_error}") from last_error
     model = model.to(device).eval().requires_grad_(False)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
@@ -172,7 +174,7 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
 
     if pixels.is_floating_point():
         if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"float pixels must be (B, 3, H, W) in [-1, 1], not {tuple(pixels.shape)}")
+            raise VaeError(f"float pixels must be (B, 3, H, W) in [-1, 1], not {tuple(pixels.shape)}")
         x = pixels.to(vae.device, vae.dtype, non_blocking=True)
     else:
         x = pixels.to(vae.device, non_blocking=True).permute(0, 3, 1, 2)
@@ -192,7 +194,7 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
             z = mean
         elif mode == "sample":
             if seeds is None or len(seeds) != mean.shape[0]:
-                raise ValueError("sample mode needs one seed per item")
+                raise VaeError("sample mode needs one seed per item")
             std = dist.std.float()
             noise = torch.stack(
                 [
@@ -204,7 +206,7 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
             ).to(mean.device)
             z = mean + std * noise
         else:
-            raise ValueError(f"latent mode must be 'sample' or 'mean', not {mode!r}")
+            raise VaeError(f"latent mode must be 'sample' or 'mean', not {mode!r}")
         if vae.frame_axis:
             z = z[:, :, 0]
         return vae.normalize(z)
@@ -263,7 +265,7 @@ def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
             temperal_downsample=[False, True, True],
         )
     else:
-        raise ValueError(f"kind must be 'kl', 'sd35' or 'qwen', not {kind!r}")
+        raise VaeError(f"kind must be 'kl', 'sd35' or 'qwen', not {kind!r}")
     model.save_pretrained(out)
     return Path(path)
 
@@ -277,5 +279,5 @@ def torch_dtype_of(store_dtype: str):
     import torch
 
     if store_dtype not in ("float32", "float16"):
-        raise ValueError(f"store dtype must be float32 or float16, not {store_dtype!r}")
+        raise VaeError(f"store dtype must be float32 or float16, not {store_dtype!r}")
     return torch.float32 if store_dtype == "float32" else torch.float16

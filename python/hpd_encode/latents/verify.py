@@ -33,7 +33,7 @@ from typing import Any, TypeAlias
 import pyarrow.parquet as pq
 
 from hpd_encode import store
-from hpd_encode.errors import OutputBusyError, PartFilesNotFoundError
+from hpd_encode.errors import InputNotFoundError, OutputBusyError
 from hpd_encode.output_dir import LOCK_FILE, list_part_files, list_part_urls, read_lock_holder, require_complete
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def verify(
         return _verify(str(output_dir), allow_partial, progress, num_threads)
     out = Path(output_dir)
     if not out.is_dir():
-        raise PartFilesNotFoundError(f"output directory '{out}' does not exist")
+        raise InputNotFoundError(f"output directory '{out}' does not exist")
     return _verify(out, allow_partial, progress, num_threads)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from hpd_encode._core import DEFAULT_MAX_PIXELS, LATENT_COMPRESSIONS, BucketSet
 from hpd_encode.buckets import load_bucket_set
+from hpd_encode.errors import InputNotFoundError, OptionError, UsageError
 
 LATENT_MODES = ("sample", "mean")
 STORE_DTYPES = ("float32", "float16")
@@ -36,7 +37,7 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        raise OptionError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
 
 
@@ -47,11 +48,11 @@ def _int(name: str, value: Any, minimum: int, maximum: int = 2**63 - 1) -> int:
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             value = int(value)
         else:
-            raise ValueError(f"{name} must be an integer, not {value!r}")
+            raise OptionError(f"{name} must be an integer, not {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+        raise OptionError(f"{name} must be >= {minimum}, not {value}")
     if value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, not {value}")
+        raise OptionError(f"{name} must be <= {maximum}, not {value}")
     return value
 
 
@@ -68,7 +69,7 @@ def parse_device(value: str | None) -> str | None:
     if value in (None, "", "auto"):
         return None
     if not _DEVICE_RE.match(value):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, not {value!r}")
+        raise OptionError(f"device must be cpu, cuda or cuda:N, not {value!r}")
     return value
 
 
@@ -81,10 +82,12 @@ def resolve_device(device: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+            raise OptionError(
+                f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+            )
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(
+            raise OptionError(
                 f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     return device
@@ -96,10 +99,10 @@ def check_vae_source(value: str | PathLike[str]) -> str:
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"VAE '{text}' is a file; pass the diffusers folder that holds config.json")
+            raise OptionError(f"VAE '{text}' is a file; pass the diffusers folder that holds config.json")
         return text
     if not _HUB_ID_RE.match(text):
-        raise ValueError(f"VAE '{text}' is neither an existing folder nor a hub repository id (owner/name)")
+        raise OptionError(f"VAE '{text}' is neither an existing folder nor a hub repository id (owner/name)")
     return text
 
 
@@ -152,20 +155,20 @@ class EncodeOptions:
             kwargs.setdefault("num_threads", workers)
         unknown = set(kwargs) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise TypeError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
+            raise UsageError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
         dry_run = bool(kwargs.get("dry_run", False))
         data_root, metadata = Path(data_root), Path(metadata)
         if not data_root.is_dir():
-            raise FileNotFoundError(f"data root '{data_root}' is not a directory")
+            raise InputNotFoundError(f"data root '{data_root}' is not a directory")
         if not metadata.is_file():
-            raise FileNotFoundError(f"metadata file '{metadata}' does not exist")
+            raise InputNotFoundError(f"metadata file '{metadata}' does not exist")
         if output_dir is None:
             if not dry_run:
-                raise ValueError("output_dir is required (unless dry_run)")
+                raise OptionError("output_dir is required (unless dry_run)")
             output_dir = ""
         if vae is None:
             if not dry_run:
-                raise ValueError("vae is required (unless dry_run)")
+                raise OptionError("vae is required (unless dry_run)")
             vae = ""
         opts = cls(
             data_root=data_root,
@@ -195,7 +198,7 @@ class EncodeOptions:
         _int("prefetch", self.prefetch, 1)
         _int("max_pixels", self.max_pixels, 1)
         if not self.dist_timeout_s > 0:
-            raise ValueError(f"dist_timeout_s must be > 0, not {self.dist_timeout_s}")
+            raise OptionError(f"dist_timeout_s must be > 0, not {self.dist_timeout_s}")
 
     def batch_size_for(self, device: str) -> Any:
         """Images per VAE call for a target size: fixed, or the pixel budget's share."""

@@ -36,6 +36,7 @@ import polars as pl
 
 from hpd_encode._core import BucketSet, image_owners
 from hpd_encode.dist import Dist
+from hpd_encode.errors import DistError
 from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_metadata_shared, read_records
 from hpd_encode.pipeline.options import EncodeOptions
 from hpd_encode.pipeline.plan import (
@@ -109,7 +110,7 @@ def plan_shared(
     copies, bounds = copies[order], np.searchsorted(seers[order], np.arange(world + 1))
     got = np.concatenate(dist.all_to_all_arrays([copies[bounds[r] : bounds[r + 1]] for r in range(world)]))
     if len(got) != len(ids):
-        raise RuntimeError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
+        raise DistError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.uint8)
     idx = got["image"]
@@ -158,7 +159,7 @@ def plan_shared(
     del rows_here, rest
     own = kept_rows.filter(pl.Series(split.rank_of_row == rank))
     if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
-        raise RuntimeError("rank plan: the pairs received are not those the split gave this rank")
+        raise DistError("rank plan: the pairs received are not those the split gave this rank")
     own = own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
     step("exchange_rows")
     rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), opts.share, batch_size_for)
