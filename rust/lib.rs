@@ -66,7 +66,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         wrap_pyfunction!(py::store::reset_object_store, m)?,
         wrap_pyfunction!(py::store::reset_object_store_stats, m)?,
         wrap_pyfunction!(py::store::read_row_group_columns, m)?,
-        wrap_pyfunction!(py::reader::part_columns, m)?,
+        wrap_pyfunction!(py::reader::part_file_columns, m)?,
     ] {
         m.add_function(f)?;
     }

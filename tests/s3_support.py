@@ -144,17 +144,17 @@ class SeaweedServer:
         raise RuntimeError(f"weed mini did not serve S3 within {timeout} s: {self.tail_log()}")
 
     def _bucket_ready(self) -> bool:
-        """A signed LIST of the bucket answers (the bucket exists and the identities are loaded)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports["s3"], timeout=2)
+        """The bucket exists (a directory under the filer's ``/buckets``) and S3 answers."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["filer"], timeout=2)
         try:
-            conn.request("GET", f"/{self.bucket}?list-type=2&max-keys=1")
-            status = conn.getresponse().status
+            conn.request("GET", f"/buckets/{self.bucket}/?limit=1", headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            return response.status == 200
         except OSError:
             return False
         finally:
             conn.close()
-        # Anonymous: 403 once identities are loaded (the bucket exists); 404 while it does not.
-        return status in (200, 403)
 
     def tail_log(self) -> str:
         if self.log_path is None or not self.log_path.is_file():

@@ -1164,7 +1164,8 @@ pub fn upload_file(
                 .map_err(|e| StoreError::from_store("PUT (part)", &shown, &e))?;
             let n = (s.part_size as u64).min(size - sent) as usize;
             let block = read_block(&mut file, n).map_err(io)?;
-            writer.put(Bytes::from(block));
+            // `put` starts the part's upload as a task: inside the runtime.
+            block_on(async { writer.put(Bytes::from(block)) });
             sent += n as u64;
             parts += 1;
             PUTS.fetch_add(1, Ordering::Relaxed);

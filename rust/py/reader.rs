@@ -64,10 +64,10 @@ pub fn latent_layout(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<i64>, bool)
     Ok((file.row_group_rows(), file.paged()))
 }
 
-/// `part_columns(path) -> list[str]`: the top-level column names of a part
+/// `part_file_columns(path) -> list[str]`: the top-level column names of a part
 /// file (local or s3://), from the reader's cached footer.
 #[pyfunction]
-pub fn part_columns(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+pub fn part_file_columns(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
     let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
     Ok(file.column_names())
 }

@@ -235,9 +235,7 @@ pub fn read_row_group_columns<'py>(
     row_group: usize,
     columns: Vec<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let read = py
-        .detach(|| columns::read_columns(&path, row_group, &columns))
-        .map_err(crate::py::reader::to_pyerr)?;
+    let read = py.detach(|| columns::read_columns(&path, row_group, &columns)).map_err(crate::py::reader::to_pyerr)?;
     let d = PyDict::new(py);
     for (name, values) in read {
         let list = match values {

@@ -198,9 +198,9 @@ class LatentPairDataset:
         (one GET per row group), else the typed vote columns."""
         wanted = self._columns.get(file_idx)
         if wanted is None:
-            from hpd_encode._core import part_columns
+            from hpd_encode._core import part_file_columns
 
-            names = set(part_columns(self._paths[file_idx]))
+            names = set(part_file_columns(self._paths[file_idx]))
             wanted = ["prompt", "model1", "model2"]
             wanted += ["detailed_results"] if "detailed_results" in names else list(_TYPED_VOTES)
             missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]

@@ -152,9 +152,9 @@ _SMALL = ("record_index", "latent1_shape", "latent2_shape")
 def _remote_small_columns(url: str) -> dict[str, list[Any]]:
     """The small columns of an ``s3://`` part file, a row group at a time through the Rust
     reader (the three lie side by side after the latents: one GET per row group)."""
-    from hpd_encode._core import latent_layout, part_columns, read_row_group_columns
+    from hpd_encode._core import latent_layout, part_file_columns, read_row_group_columns
 
-    cols = [c for c in _SMALL if c in set(part_columns(url))]
+    cols = [c for c in _SMALL if c in set(part_file_columns(url))]
     out: dict[str, list[Any]] = {c: [] for c in cols}
     if cols:
         for group in range(len(latent_layout(url)[0])):
