@@ -128,11 +128,10 @@ class SeaweedServer:
             f"-s3.metricsPort={p['s3.metrics']}",
         ]
         self.log_path = self.data_dir / "weed.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.data_dir
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.data_dir
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -125,7 +125,11 @@ def pushed(s3: S3, output: Path) -> str:
 
 
 def puts(proxy: FaultProxy) -> list[str]:
-    return [path.split("?")[0].rsplit("/", 1)[-1] for method, path, _ in proxy.requests if method in ("PUT", "POST")]
+    return [
+        path.split("?")[0].rsplit("/", 1)[-1]
+        for method, path, _ in proxy.requests
+        if method in ("PUT", "POST")
+    ]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -156,10 +160,10 @@ def test_push_then_index_verify_and_train_from_the_bucket(
     assert main(["index", "--parquet-dir", str(output), "--output", str(local_csv), *buckets]) == 0
     remote_rows, local_rows = read_csv(remote_csv), read_csv(local_csv)
     assert len(remote_rows) == len(local_rows) > 100
-    for r, l in zip(remote_rows, local_rows):
-        assert r["parquet_path"] == store.join(pushed, Path(l["parquet_path"]).name)
+    for r, loc in zip(remote_rows, local_rows):
+        assert r["parquet_path"] == store.join(pushed, Path(loc["parquet_path"]).name)
         assert {k: v for k, v in r.items() if k != "parquet_path"} == {
-            k: v for k, v in l.items() if k != "parquet_path"
+            k: v for k, v in loc.items() if k != "parquet_path"
         }
 
     # verify the bucket: every row read and checked.
@@ -185,7 +189,11 @@ def test_push_then_index_verify_and_train_from_the_bucket(
     for context, workers in (("fork", 2), ("spawn", 1)):
         sampler = BucketBatchSampler(remote, batch_size=8, shuffle=True, seed=1)
         loader = torch.utils.data.DataLoader(
-            remote, batch_sampler=sampler, num_workers=workers, multiprocessing_context=context, collate_fn=list
+            remote,
+            batch_sampler=sampler,
+            num_workers=workers,
+            multiprocessing_context=context,
+            collate_fn=list,
         )
         seen = 0
         for batch, _ in zip(loader, range(6)):
@@ -278,7 +286,9 @@ def test_push_uploads_large_files_in_parts(s3: S3, tmp_path: Path) -> None:
     assert len(part_puts) == 3
     assert _core.get_object(s3.url("runs/big/part_rank00.parquet")) == blob
     head = _core.head_object(s3.url("runs/big/part_rank00.parquet"))
-    assert head is not None and head["metadata"]["hpd-crc64nvme"] == _core.file_crc64nvme(out / "part_rank00.parquet")
+    assert head is not None and head["metadata"]["hpd-crc64nvme"] == _core.file_crc64nvme(
+        out / "part_rank00.parquet"
+    )
 
 
 def test_push_refuses_an_output_being_written(s3: S3, tmp_path: Path, records: list[PartRecord]) -> None:
@@ -441,7 +451,9 @@ def test_profile_and_settings(s3: S3, tmp_path: Path) -> None:
     assert store.settings()["max_retries"] == TEST_SETTINGS["max_retries"]
 
 
-def test_an_object_replaced_under_the_reader(s3: S3, output: Path, tmp_path: Path, records: list[PartRecord]) -> None:
+def test_an_object_replaced_under_the_reader(
+    s3: S3, output: Path, tmp_path: Path, records: list[PartRecord]
+) -> None:
     """Reads carry the ETag of the footer they use: a replaced object is an error, then reopened."""
     url = s3.url("replaced/part_rank00.parquet")
     _core.put_object(url, (output / "part_rank00.parquet").read_bytes())

@@ -71,7 +71,9 @@ def configure(**settings: Any) -> dict[str, Any]:
 
     unknown = sorted(set(settings) - set(SETTINGS_ENV))
     if unknown:
-        raise ObjectStoreConfigError(f"unknown object store setting(s) {unknown}; known: {sorted(SETTINGS_ENV)}")
+        raise ObjectStoreConfigError(
+            f"unknown object store setting(s) {unknown}; known: {sorted(SETTINGS_ENV)}"
+        )
     new = configure_object_store(**settings)
     for key, value in settings.items():
         if value is not None:

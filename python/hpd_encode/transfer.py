@@ -93,7 +93,9 @@ def _shared_lock(directory: Path, allow_partial: bool) -> Iterator[None]:
     if holder is not None:
         msg = f"'{directory}' is in use: {holder}"
         if not allow_partial:
-            raise OutputBusyError(f"{msg}; wait for it to finish, or pass --allow-partial to push what is committed")
+            raise OutputBusyError(
+                f"{msg}; wait for it to finish, or pass --allow-partial to push what is committed"
+            )
         log.warning("%s; pushing what is committed so far (--allow-partial)", msg)
     fd = None
     if holder is None:
@@ -106,7 +108,9 @@ def _shared_lock(directory: Path, allow_partial: bool) -> Iterator[None]:
                 os.close(fd)
                 fd = None
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or not allow_partial:
-                    raise OutputBusyError(f"'{directory}' is in use by another run; wait for it to finish") from e
+                    raise OutputBusyError(
+                        f"'{directory}' is in use by another run; wait for it to finish"
+                    ) from e
     try:
         yield
     finally:
@@ -268,7 +272,9 @@ def repack_remote(
     if store.is_remote(s) and store.is_remote(d):
         a, b = s.rstrip("/") + "/", d.rstrip("/") + "/"
         if a == b or b.startswith(a):
-            raise ObjectStoreConfigError(f"destination '{d}' is or is inside the source '{s}'; choose another prefix")
+            raise ObjectStoreConfigError(
+                f"destination '{d}' is or is inside the source '{s}'; choose another prefix"
+            )
     with tempfile.TemporaryDirectory(prefix="hpd-repack-", dir=staging_dir) as tmp:
         local_src = Path(s)
         if store.is_remote(s):

@@ -112,7 +112,9 @@ def run_push(args: argparse.Namespace) -> int:
             f"in {report.seconds:.1f} s"
         )
         if report.extra:
-            print(f"note: {len(report.extra)} other objects under the prefix were left as they are: {report.extra[:5]}")
+            print(
+                f"note: {len(report.extra)} other objects under the prefix were left as they are: {report.extra[:5]}"
+            )
     return 0
 
 

@@ -166,7 +166,9 @@ def check_outputs_complete(paths: Sequence[str], allow_partial: bool) -> dict[st
     Returns ``{directory: manifest status}`` of the incomplete ones allowed.
     """
     incomplete: dict[str, str] = {}
-    for directory in sorted({store.parent_of(p) if store.is_remote(p) else os.path.dirname(p) or "." for p in paths}):
+    for directory in sorted(
+        {store.parent_of(p) if store.is_remote(p) else os.path.dirname(p) or "." for p in paths}
+    ):
         if store.is_remote(directory):
             if read_manifest(directory) is None:
                 continue

@@ -254,7 +254,9 @@ class LatentPairDataset:
                 self._cache.move_to_end(key)
                 return hit
             if is_remote(self._paths[file_idx]):
-                rg = self._read_remote(file_idx, group, [*self._remote_columns(file_idx), "latent1", "latent2"])
+                rg = self._read_remote(
+                    file_idx, group, [*self._remote_columns(file_idx), "latent1", "latent2"]
+                )
             else:
                 pf = self._parquet_file(file_idx)
                 self._check_group(pf, file_idx, group)

@@ -201,7 +201,11 @@ def repack(
         from hpd_encode.transfer import repack_remote
 
         return repack_remote(
-            src_dir, dest_dir, allow_partial=allow_partial, progress=progress, latent_compression=latent_compression
+            src_dir,
+            dest_dir,
+            allow_partial=allow_partial,
+            progress=progress,
+            latent_compression=latent_compression,
         )
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)

@@ -34,7 +34,13 @@ import pyarrow.parquet as pq
 
 from hpd_encode import store
 from hpd_encode.errors import InputNotFoundError, OutputBusyError
-from hpd_encode.output_dir import LOCK_FILE, list_part_files, list_part_urls, read_lock_holder, require_complete
+from hpd_encode.output_dir import (
+    LOCK_FILE,
+    list_part_files,
+    list_part_urls,
+    read_lock_holder,
+    require_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +193,9 @@ def _read_file(path: _Part, threads: int | None) -> _Read:
     return checks, small
 
 
-def _check_file(path: _Part, read: _Read, report: VerifyReport, seen: dict[int, tuple[str, int, int]]) -> None:
+def _check_file(
+    path: _Part, read: _Read, report: VerifyReport, seen: dict[int, tuple[str, int, int]]
+) -> None:
     name = str(path)
     if isinstance(read, Problem):
         report.problems.append(read)
@@ -305,9 +313,7 @@ def verify(
     return _verify(out, allow_partial, progress, num_threads)
 
 
-def _verify(
-    out: Path | str, allow_partial: bool, progress: bool, num_threads: int | None
-) -> VerifyReport:
+def _verify(out: Path | str, allow_partial: bool, progress: bool, num_threads: int | None) -> VerifyReport:
     manifest = require_complete(out, allow_partial, "verify")
     holder = None if isinstance(out, str) else lock_holder_if_busy(out)
     if holder is not None:
@@ -323,8 +329,8 @@ def _verify(
         listing = store.sizes(out)
         sizes = [listing[_name(p)] for p in parts]
     else:
-        parts = list(list_part_files(out))
-        sizes = [p.stat().st_size for p in parts]
+        local = list_part_files(out)
+        parts, sizes = list(local), [p.stat().st_size for p in local]
     report = VerifyReport(
         output_dir=str(out), manifest_status=None if manifest is None else manifest.get("status")
     )
