@@ -58,23 +58,47 @@ log = logging.getLogger(__name__)
 CHECKSUM_KEY = "hpd-crc64nvme"
 
 
+@dataclass(frozen=True)
+class PushedObject:
+    """One file of a push: its name, size, and whether it was ``uploaded`` (in ``parts`` parts,
+    0 for one PUT) or ``skipped`` (already there with the same size and checksum)."""
+
+    name: str
+    size: int
+    action: str
+    parts: int = 0
+
+
 @dataclass
 class PushReport:
-    """What :func:`push` did."""
+    """What :func:`push` did: every file in upload order, and the objects under the prefix
+    that the output directory does not have (``extra``, left as they are)."""
 
     output_dir: str
     url: str
-    uploaded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    #: Objects under the prefix that the output directory does not have (left as they are).
-    extra: list[str] = field(default_factory=list)
-    bytes_uploaded: int = 0
-    bytes_skipped: int = 0
-    seconds: float = 0.0
     manifest_status: str | None = None
+    objects: list[PushedObject] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def names(self, action: str) -> list[str]:
+        return [o.name for o in self.objects if o.action == action]
+
+    @property
+    def uploaded(self) -> list[str]:
+        return self.names("uploaded")
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.names("skipped")
+
+    def bytes(self, action: str) -> int:
+        return sum(o.size for o in self.objects if o.action == action)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.update(uploaded=self.uploaded, skipped=self.skipped, bytes_uploaded=self.bytes("uploaded"))
+        return d
 
 
 def _require_url(url: str, what: str) -> str:
@@ -87,18 +111,10 @@ def _require_url(url: str, what: str) -> str:
 def _shared_lock(directory: Path, allow_partial: bool) -> Iterator[None]:
     """Refuse ``directory`` when a run holds its lock (unless ``allow_partial``),
     and hold a shared lock meanwhile so that no encode starts writing it."""
-    from hpd_encode.latents.verify import lock_holder_if_busy
+    from hpd_encode.latents.verify import refuse_if_busy
 
-    holder = lock_holder_if_busy(directory)
-    if holder is not None:
-        msg = f"'{directory}' is in use: {holder}"
-        if not allow_partial:
-            raise OutputBusyError(
-                f"{msg}; wait for it to finish, or pass --allow-partial to push what is committed"
-            )
-        log.warning("%s; pushing what is committed so far (--allow-partial)", msg)
     fd = None
-    if holder is None:
+    if not refuse_if_busy(directory, allow_partial, "push"):
         with contextlib.suppress(OSError):
             fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
         if fd is not None:
@@ -196,16 +212,14 @@ def push(
             for path, size in zip(files, sizes):
                 target = store.join(prefix, path.name)
                 if path.name in remote and remote[path.name] == size and _same_object(path, target, size):
-                    report.skipped.append(path.name)
-                    report.bytes_skipped += size
+                    report.objects.append(PushedObject(path.name, size, "skipped"))
                     if bar is not None:
                         bar.update(size)
                     continue
                 t = time.monotonic()
                 done = upload_file(path, target, progress=bar.update if bar is not None else None)
                 _check_upload(path, target, done)
-                report.uploaded.append(path.name)
-                report.bytes_uploaded += size
+                report.objects.append(PushedObject(path.name, size, "uploaded", done["parts"]))
                 if bar is None and progress:
                     log.info(
                         "pushed %s (%.1f MB, %s) in %.1f s",
@@ -254,18 +268,15 @@ def pull(url: str, dest_dir: str | PathLike[str], *, threads: int = 4) -> list[P
 def repack_remote(
     src: str | PathLike[str],
     dest: str | PathLike[str],
-    *,
-    allow_partial: bool = False,
-    progress: bool = True,
-    latent_compression: str = "none",
     staging_dir: str | PathLike[str] | None = None,
+    **options: Any,
 ) -> Any:
-    """:func:`~hpd_encode.latents.repack.repack` where ``src`` or ``dest`` (or
-    both) is an ``s3://`` prefix: the source is pulled into a local staging
-    directory, repacked there, and the result pushed (resumable: a rerun
-    skips the objects already pushed). Staging needs local room for the
-    source and the result (under ``staging_dir``, default the system's
-    temporary directory)."""
+    """:func:`~hpd_encode.latents.repack.repack` (``options`` are its keyword
+    arguments) where ``src`` or ``dest`` (or both) is an ``s3://`` prefix: the
+    source is pulled into a local staging directory, repacked there, and the
+    result pushed (resumable: a rerun skips the objects already pushed).
+    Staging needs local room for the source and the result (under
+    ``staging_dir``, default the system's temporary directory)."""
     from hpd_encode.latents.repack import repack
 
     s, d = os.fspath(src), os.fspath(dest)
@@ -281,14 +292,13 @@ def repack_remote(
             local_src = Path(tmp) / "src"
             pull(s, local_src)
         local_dest = Path(tmp) / "dest" if store.is_remote(d) else Path(d)
-        report = repack(
-            local_src,
-            local_dest,
-            allow_partial=allow_partial,
-            progress=progress,
-            latent_compression=latent_compression,
-        )
+        report = repack(local_src, local_dest, **options)
         if store.is_remote(d):
-            push(local_dest, d, allow_partial=allow_partial, progress=progress)
+            push(
+                local_dest,
+                d,
+                allow_partial=options.get("allow_partial", False),
+                progress=options.get("progress", True),
+            )
     report.src_dir, report.dest_dir = s, d
     return report

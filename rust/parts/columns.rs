@@ -30,41 +30,27 @@ pub enum Values {
 
 fn convert(name: &str, col: &dyn Array) -> std::result::Result<Values, String> {
     let n = col.len();
-    macro_rules! prim {
-        ($t:ty, $variant:ident, $conv:expr) => {{
-            let a = col.as_primitive::<$t>();
+    // `$array`'s values (None for nulls), each through `$conv`, as `Values::$variant`.
+    macro_rules! each {
+        ($array:expr, $variant:ident, $conv:expr) => {{
+            let a = $array;
             Values::$variant((0..n).map(|i| (!a.is_null(i)).then(|| $conv(a.value(i)))).collect())
         }};
     }
     Ok(match col.data_type() {
-        DataType::Utf8 => {
-            let a = col.as_string::<i32>();
-            Values::Str((0..n).map(|i| (!a.is_null(i)).then(|| a.value(i).to_owned())).collect())
-        }
-        DataType::LargeUtf8 => {
-            let a = col.as_string::<i64>();
-            Values::Str((0..n).map(|i| (!a.is_null(i)).then(|| a.value(i).to_owned())).collect())
-        }
-        DataType::Utf8View => {
-            let a = col.as_string_view();
-            Values::Str((0..n).map(|i| (!a.is_null(i)).then(|| a.value(i).to_owned())).collect())
-        }
-        DataType::Binary => {
-            let a = col.as_binary::<i32>();
-            Values::Bytes((0..n).map(|i| (!a.is_null(i)).then(|| a.value(i).to_vec())).collect())
-        }
-        DataType::LargeBinary => {
-            let a = col.as_binary::<i64>();
-            Values::Bytes((0..n).map(|i| (!a.is_null(i)).then(|| a.value(i).to_vec())).collect())
-        }
-        DataType::Int8 => prim!(Int8Type, Int, i64::from),
-        DataType::Int16 => prim!(Int16Type, Int, i64::from),
-        DataType::Int32 => prim!(Int32Type, Int, i64::from),
-        DataType::Int64 => prim!(Int64Type, Int, |v| v),
-        DataType::UInt32 => prim!(UInt32Type, Int, i64::from),
-        DataType::UInt64 => prim!(UInt64Type, Int, |v: u64| v as i64),
-        DataType::Float32 => prim!(Float32Type, Float, f64::from),
-        DataType::Float64 => prim!(Float64Type, Float, |v| v),
+        DataType::Utf8 => each!(col.as_string::<i32>(), Str, str::to_owned),
+        DataType::LargeUtf8 => each!(col.as_string::<i64>(), Str, str::to_owned),
+        DataType::Utf8View => each!(col.as_string_view(), Str, str::to_owned),
+        DataType::Binary => each!(col.as_binary::<i32>(), Bytes, <[u8]>::to_vec),
+        DataType::LargeBinary => each!(col.as_binary::<i64>(), Bytes, <[u8]>::to_vec),
+        DataType::Int8 => each!(col.as_primitive::<Int8Type>(), Int, i64::from),
+        DataType::Int16 => each!(col.as_primitive::<Int16Type>(), Int, i64::from),
+        DataType::Int32 => each!(col.as_primitive::<Int32Type>(), Int, i64::from),
+        DataType::Int64 => each!(col.as_primitive::<Int64Type>(), Int, |v: i64| v),
+        DataType::UInt32 => each!(col.as_primitive::<UInt32Type>(), Int, i64::from),
+        DataType::UInt64 => each!(col.as_primitive::<UInt64Type>(), Int, |v: u64| v as i64),
+        DataType::Float32 => each!(col.as_primitive::<Float32Type>(), Float, f64::from),
+        DataType::Float64 => each!(col.as_primitive::<Float64Type>(), Float, |v: f64| v),
         DataType::List(_) | DataType::LargeList(_) => {
             let lists: Vec<Option<Arc<dyn Array>>> = match col.data_type() {
                 DataType::List(_) => {
@@ -108,6 +94,7 @@ pub fn read_columns(path: &Path, row_group: usize, names: &[String]) -> Result<V
         roots.push(i);
     }
     let mask = ProjectionMask::roots(schema, roots.iter().copied());
+    let rows = md.row_group(row_group).num_rows() as usize;
     let view = match file.input().remote() {
         None => file.clone(),
         Some(remote) => {
@@ -138,46 +125,23 @@ pub fn read_columns(path: &Path, row_group: usize, names: &[String]) -> Result<V
         ParquetRecordBatchReaderBuilder::new_with_metadata(view.input().clone(), view.metadata().clone())
             .with_row_groups(vec![row_group])
             .with_projection(mask)
-            .with_batch_size(1 << 16)
+            .with_batch_size(rows.max(1))
             .build()
             .map_err(|e| e.to_string())
             .and_then(|r| r.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| e.to_string()))
     }))
     .map_err(|_| failed("the Parquet reader crashed (caught panic)".into()))?
     .map_err(failed)?;
+    // One batch: the row group's rows (a row group is read whole).
+    let batch = match reader.as_slice() {
+        [] => return Ok(names.iter().map(|n| (n.clone(), Values::Int(Vec::new()))).collect()), // no rows
+        [one] => one,
+        _ => return Err(failed("the reader returned the row group in several batches".into())),
+    };
     let mut out: Vec<(String, Values)> = Vec::with_capacity(names.len());
     for name in names {
-        let mut parts = Vec::new();
-        for batch in &reader {
-            let col = batch.column_by_name(name).ok_or_else(|| failed(format!("the reader returned no '{name}'")))?;
-            parts.push(convert(name, col.as_ref()).map_err(failed)?);
-        }
-        let mut merged = parts.into_iter();
-        let first = merged.next().unwrap_or(Values::Int(Vec::new()));
-        let all = merged.fold(first, |acc, next| match (acc, next) {
-            (Values::Str(mut a), Values::Str(b)) => {
-                a.extend(b);
-                Values::Str(a)
-            }
-            (Values::Int(mut a), Values::Int(b)) => {
-                a.extend(b);
-                Values::Int(a)
-            }
-            (Values::Float(mut a), Values::Float(b)) => {
-                a.extend(b);
-                Values::Float(a)
-            }
-            (Values::Bytes(mut a), Values::Bytes(b)) => {
-                a.extend(b);
-                Values::Bytes(a)
-            }
-            (Values::IntList(mut a), Values::IntList(b)) => {
-                a.extend(b);
-                Values::IntList(a)
-            }
-            (a, _) => a,
-        });
-        out.push((name.clone(), all));
+        let col = batch.column_by_name(name).ok_or_else(|| failed(format!("the reader returned no '{name}'")))?;
+        out.push((name.clone(), convert(name, col.as_ref()).map_err(failed)?));
     }
     Ok(out)
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{StreamExt, TryStreamExt};
+use futures_util::stream::StreamExt;
 use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -588,6 +588,31 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     runtime.block_on(fut)
 }
 
+/// An object (or prefix) to act on: its URL split and shown, its bucket's client, the permits.
+struct Target {
+    url: ObjectUrl,
+    shown: String,
+    store: Arc<dyn ObjectStore>,
+    limit: Arc<Semaphore>,
+}
+
+impl Target {
+    fn of(url: &str) -> Result<Self, StoreError> {
+        let url = ObjectUrl::parse(url)?;
+        let (store, limit) = client(&url.bucket)?;
+        Ok(Target { shown: url.url(), url, store, limit })
+    }
+
+    /// A local file failure while moving this object.
+    fn local(&self, what: String) -> StoreError {
+        StoreError { url: self.shown.clone(), status: None, kind: StoreErrorKind::Other, message: what }
+    }
+
+    fn failed(&self, op: &str, e: &object_store::Error) -> StoreError {
+        StoreError::from_store(op, &self.shown, e)
+    }
+}
+
 /// The client of `bucket` (built on first use from the environment and the
 /// settings then in force; [`reset`] drops them) and the permits.
 fn client(bucket: &str) -> Result<(Arc<dyn ObjectStore>, Arc<Semaphore>), StoreError> {
@@ -647,22 +672,25 @@ impl RemoteObject {
     /// Open `url`, fetching its last `tail` bytes (which also tell its size
     /// and ETag): one GET.
     pub async fn open(url: &str, tail: u64) -> Result<(Arc<RemoteObject>, u64, Bytes), StoreError> {
-        let parsed = ObjectUrl::parse(url)?;
-        let (store, limit) = client(&parsed.bucket)?;
-        let shown = parsed.url();
-        let _permit = limit.acquire().await.expect("the semaphore is never closed");
+        let t = Target::of(url)?;
+        let _permit = t.limit.acquire().await.expect("the semaphore is never closed");
         let options = GetOptions { range: Some(GetRange::Suffix(tail)), ..GetOptions::default() };
-        let result =
-            store.get_opts(&parsed.path(), options).await.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
+        let result = t.store.get_opts(&t.url.path(), options).await.map_err(|e| t.failed("GET", &e))?;
         let (meta, range) = (result.meta.clone(), result.range.clone());
-        let bytes = result.bytes().await.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
+        let bytes = result.bytes().await.map_err(|e| t.failed("GET", &e))?;
         GETS.fetch_add(1, Ordering::Relaxed);
         GET_BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if (bytes.len() as u64) != range.end - range.start {
-            return Err(StoreError::truncated(&shown, "GET", range.end - range.start, bytes.len() as u64));
+            return Err(StoreError::truncated(&t.shown, "GET", range.end - range.start, bytes.len() as u64));
         }
-        let object =
-            RemoteObject { url: parsed, shown, store, limit: limit.clone(), size: meta.size, etag: meta.e_tag };
+        let object = RemoteObject {
+            url: t.url,
+            shown: t.shown,
+            store: t.store,
+            limit: t.limit.clone(),
+            size: meta.size,
+            etag: meta.e_tag,
+        };
         Ok((Arc::new(object), range.start, bytes))
     }
 
@@ -942,119 +970,105 @@ pub struct ObjectInfo {
 /// `s3://bucket/dir/`; not those in deeper "directories"), as
 /// `(url, size)` sorted by URL. One LIST request per 1,000 objects.
 pub fn list(url: &str) -> Result<Vec<(String, u64)>, StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, _) = client(&parsed.bucket)?;
-    let prefix = parsed.key.trim_end_matches('/');
-    let shown =
-        format!("{SCHEME}{}/{}", parsed.bucket, if prefix.is_empty() { String::new() } else { format!("{prefix}/") });
+    let t = Target::of(url)?;
+    let prefix = t.url.key.trim_end_matches('/');
+    let bucket = &t.url.bucket;
+    let shown = format!("{SCHEME}{bucket}/{prefix}{}", if prefix.is_empty() { "" } else { "/" });
     let path = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
     let listed =
-        block_on(store.list_with_delimiter(path.as_ref())).map_err(|e| StoreError::from_store("LIST", &shown, &e))?;
+        block_on(t.store.list_with_delimiter(path.as_ref())).map_err(|e| StoreError::from_store("LIST", &shown, &e))?;
     let mut out: Vec<(String, u64)> =
-        listed.objects.into_iter().map(|m| (format!("{SCHEME}{}/{}", parsed.bucket, m.location), m.size)).collect();
+        listed.objects.into_iter().map(|m| (format!("{SCHEME}{bucket}/{}", m.location), m.size)).collect();
     out.sort();
     Ok(out)
 }
 
 /// HEAD `url`: `None` when there is no such object.
 pub fn head(url: &str) -> Result<Option<ObjectInfo>, StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, limit) = client(&parsed.bucket)?;
-    let shown = parsed.url();
+    let t = Target::of(url)?;
     block_on(async {
-        let _permit = limit.acquire().await.expect("the semaphore is never closed");
+        let _permit = t.limit.acquire().await.expect("the semaphore is never closed");
         let options = GetOptions { head: true, ..GetOptions::default() };
-        match store.get_opts(&parsed.path(), options).await {
-            Ok(r) => Ok(Some(ObjectInfo {
-                url: shown.clone(),
-                size: r.meta.size,
-                etag: r.meta.e_tag.clone(),
-                metadata: r
-                    .attributes
-                    .iter()
-                    .filter_map(|(k, v)| match k {
-                        Attribute::Metadata(key) => Some((key.to_string(), v.to_string())),
-                        _ => None,
-                    })
-                    .collect(),
-            })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(StoreError::from_store("HEAD", &shown, &e)),
+        let r = match t.store.get_opts(&t.url.path(), options).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(t.failed("HEAD", &e)),
+        };
+        let metadata = r.attributes.iter().filter_map(|(k, v)| match k {
+            Attribute::Metadata(key) => Some((key.to_string(), v.to_string())),
+            _ => None,
+        });
+        Ok(Some(ObjectInfo {
+            url: t.shown.clone(),
+            size: r.meta.size,
+            etag: r.meta.e_tag,
+            metadata: metadata.collect(),
+        }))
+    })
+}
+
+/// Stream the whole object at `url` into `sink` (chunk by chunk); its size.
+fn get_into(t: &Target, sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<u64, StoreError> {
+    block_on(async {
+        let _permit = t.limit.acquire().await.expect("the semaphore is never closed");
+        let result = t.store.get(&t.url.path()).await.map_err(|e| t.failed("GET", &e))?;
+        let size = result.meta.size;
+        let mut stream = result.into_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| t.failed("GET", &e))?;
+            got += chunk.len() as u64;
+            sink(&chunk)?;
         }
+        GETS.fetch_add(1, Ordering::Relaxed);
+        GET_BYTES.fetch_add(got, Ordering::Relaxed);
+        if got != size {
+            return Err(StoreError::truncated(&t.shown, "GET", size, got));
+        }
+        Ok(size)
     })
 }
 
 /// The whole object at `url` (small objects: manifests, summaries).
 pub fn get(url: &str) -> Result<Bytes, StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, limit) = client(&parsed.bucket)?;
-    let shown = parsed.url();
-    block_on(async {
-        let _permit = limit.acquire().await.expect("the semaphore is never closed");
-        let result = store.get(&parsed.path()).await.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
-        let size = result.meta.size;
-        let bytes = result.bytes().await.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
-        GETS.fetch_add(1, Ordering::Relaxed);
-        GET_BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if bytes.len() as u64 != size {
-            return Err(StoreError::truncated(&shown, "GET", size, bytes.len() as u64));
-        }
-        Ok(bytes)
-    })
+    let t = Target::of(url)?;
+    let mut data = Vec::new();
+    get_into(&t, &mut |chunk| {
+        data.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(data.into())
 }
 
 /// Copy the object at `url` into the local file `dest` (written whole, then
 /// fsynced), streaming; returns its size.
 pub fn download(url: &str, dest: &Path) -> Result<u64, StoreError> {
     use std::io::Write;
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, limit) = client(&parsed.bucket)?;
-    let shown = parsed.url();
-    let io = |e: std::io::Error| StoreError {
-        url: shown.clone(),
-        status: None,
-        kind: StoreErrorKind::Other,
-        message: format!("cannot write '{}' (downloading {shown}): {e}", dest.display()),
-    };
-    block_on(async {
-        let _permit = limit.acquire().await.expect("the semaphore is never closed");
-        let result = store.get(&parsed.path()).await.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
-        let size = result.meta.size;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(dest).map_err(io)?);
-        let mut stream = result.into_stream();
-        let mut got = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| StoreError::from_store("GET", &shown, &e))?;
-            got += chunk.len() as u64;
-            out.write_all(&chunk).map_err(io)?;
-        }
-        GETS.fetch_add(1, Ordering::Relaxed);
-        GET_BYTES.fetch_add(got, Ordering::Relaxed);
-        if got != size {
-            return Err(StoreError::truncated(&shown, "GET", size, got));
-        }
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        Ok(size)
-    })
+    let t = Target::of(url)?;
+    let io = |e: std::io::Error| t.local(format!("cannot write '{}' (downloading {}): {e}", dest.display(), t.shown));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(dest).map_err(io)?);
+    let size = get_into(&t, &mut |chunk| out.write_all(chunk).map_err(io))?;
+    out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    Ok(size)
 }
 
-/// Store `data` at `url` in one PUT.
-pub fn put(url: &str, data: Bytes) -> Result<Option<String>, StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, limit) = client(&parsed.bucket)?;
-    let shown = parsed.url();
+/// Store `data` at `url` in one PUT (with `attributes`); the ETag.
+fn put_with(t: &Target, data: Bytes, attributes: Attributes) -> Result<Option<String>, StoreError> {
     let n = data.len() as u64;
-    block_on(async {
-        let _permit = limit.acquire().await.expect("the semaphore is never closed");
-        let r = store
-            .put(&parsed.path(), PutPayload::from_bytes(data))
-            .await
-            .map_err(|e| StoreError::from_store("PUT", &shown, &e))?;
-        PUTS.fetch_add(1, Ordering::Relaxed);
-        PUT_BYTES.fetch_add(n, Ordering::Relaxed);
-        Ok(r.e_tag)
+    let options = PutOptions { attributes, ..PutOptions::default() };
+    let r = block_on(async {
+        let _permit = t.limit.acquire().await.expect("the semaphore is never closed");
+        t.store.put_opts(&t.url.path(), PutPayload::from_bytes(data), options).await
     })
+    .map_err(|e| t.failed("PUT", &e))?;
+    PUTS.fetch_add(1, Ordering::Relaxed);
+    PUT_BYTES.fetch_add(n, Ordering::Relaxed);
+    Ok(r.e_tag)
+}
+
+/// Store `data` at `url` in one PUT; the ETag.
+pub fn put(url: &str, data: Bytes) -> Result<Option<String>, StoreError> {
+    put_with(&Target::of(url)?, data, Attributes::new())
 }
 
 /// CRC-64/NVME of bytes, as `push` records it (16 hex digits).
@@ -1087,53 +1101,39 @@ pub struct Uploaded {
     pub parts: usize,
 }
 
+fn checksum_metadata(crc: &str) -> Attributes {
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::Metadata(CHECKSUM_KEY.into()), AttributeValue::from(crc.to_owned()));
+    attributes
+}
+
 /// Upload the local file `path` to `url`: one PUT up to
 /// [`Settings::part_size`], a multipart upload in parts of that size above
-/// (parts in flight bounded by the permits; an upload that fails is
-/// aborted). The CRC-64/NVME of the content is computed while it is read and
-/// stored as user metadata (`hpd-crc64nvme`); each PUT and part also carries
-/// its own CRC-64/NVME checksum header, which S3 checks on arrival.
-/// `progress(bytes)` is called as parts are read; `interrupted()` is polled
-/// between parts (an interrupted upload is aborted).
+/// (at most 8 parts in flight; an upload that fails is aborted). The
+/// CRC-64/NVME of the content is stored as user metadata (`hpd-crc64nvme`);
+/// each PUT and part also carries its own CRC-64/NVME checksum header, which
+/// S3 checks on arrival. `progress(bytes)` is called as parts are read;
+/// `interrupted()` is polled between parts (an interrupted upload is aborted).
 pub fn upload_file(
     path: &Path,
     url: &str,
     progress: &mut dyn FnMut(u64),
     interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<Uploaded, StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, limit) = client(&parsed.bucket)?;
+    let t = Target::of(url)?;
     let s = try_settings()?;
-    let shown = parsed.url();
-    let io = |e: std::io::Error| StoreError {
-        url: shown.clone(),
-        status: None,
-        kind: StoreErrorKind::Other,
-        message: format!("cannot read '{}' (uploading to {shown}): {e}", path.display()),
-    };
+    let io = |e: std::io::Error| t.local(format!("cannot read '{}' (uploading to {}): {e}", path.display(), t.shown));
     let mut file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
-    let read_block = |file: &mut File, n: usize| -> std::io::Result<Vec<u8>> {
+    let mut read_block = |n: usize| -> Result<Vec<u8>, StoreError> {
         let mut buf = vec![0u8; n];
-        file.read_exact(&mut buf)?;
+        file.read_exact(&mut buf).map_err(io)?;
         Ok(buf)
     };
     if size <= s.part_size as u64 {
-        let data = read_block(&mut file, size as usize).map_err(io)?;
-        digest.update(&data);
-        let crc = crc64_hex(digest.finalize());
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::Metadata(CHECKSUM_KEY.into()), AttributeValue::from(crc.clone()));
-        let options = PutOptions { attributes, ..PutOptions::default() };
-        let etag = block_on(async {
-            let _permit = limit.acquire().await.expect("the semaphore is never closed");
-            store.put_opts(&parsed.path(), PutPayload::from(data), options).await
-        })
-        .map_err(|e| StoreError::from_store("PUT", &shown, &e))?
-        .e_tag;
-        PUTS.fetch_add(1, Ordering::Relaxed);
-        PUT_BYTES.fetch_add(size, Ordering::Relaxed);
+        let data = read_block(size as usize)?;
+        let crc = crc64_hex(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data));
+        let etag = put_with(&t, data.into(), checksum_metadata(&crc))?;
         progress(size);
         return Ok(Uploaded { size, etag, crc64: crc, parts: 0 });
     }
@@ -1141,29 +1141,20 @@ pub fn upload_file(
     // metadata), so the file is read once for it first: local reads are far
     // faster than the upload.
     let crc = crc64_hex(file_crc64(path).map_err(io)?);
-    let mut attributes = Attributes::new();
-    attributes.insert(Attribute::Metadata(CHECKSUM_KEY.into()), AttributeValue::from(crc.clone()));
-    let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-    let upload = block_on(store.put_multipart_opts(&parsed.path(), options))
-        .map_err(|e| StoreError::from_store("PUT (create multipart upload)", &shown, &e))?;
+    let options = PutMultipartOptions { attributes: checksum_metadata(&crc), ..PutMultipartOptions::default() };
+    let upload = block_on(t.store.put_multipart_opts(&t.url.path(), options))
+        .map_err(|e| t.failed("PUT (create multipart upload)", &e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, s.part_size);
-    let mut sent = 0u64;
-    let mut parts = 0usize;
+    let (mut sent, mut parts) = (0u64, 0usize);
     let max_in_flight = s.max_concurrency.clamp(1, 8);
-    let outcome: Result<(), StoreError> = (|| {
+    let mut send_all = || -> Result<(), StoreError> {
         while sent < size {
             if interrupted() {
-                return Err(StoreError {
-                    url: shown.clone(),
-                    status: None,
-                    kind: StoreErrorKind::Other,
-                    message: format!("upload to {shown} interrupted; the partial upload was aborted"),
-                });
+                return Err(t.local(format!("upload to {} interrupted; the partial upload was aborted", t.shown)));
             }
-            block_on(writer.wait_for_capacity(max_in_flight))
-                .map_err(|e| StoreError::from_store("PUT (part)", &shown, &e))?;
+            block_on(writer.wait_for_capacity(max_in_flight)).map_err(|e| t.failed("PUT (part)", &e))?;
             let n = (s.part_size as u64).min(size - sent) as usize;
-            let block = read_block(&mut file, n).map_err(io)?;
+            let block = read_block(n)?;
             // `put` starts the part's upload as a task: inside the runtime.
             block_on(async { writer.put(Bytes::from(block)) });
             sent += n as u64;
@@ -1173,25 +1164,21 @@ pub fn upload_file(
             progress(n as u64);
         }
         Ok(())
-    })();
-    if let Err(e) = outcome {
+    };
+    if let Err(e) = send_all() {
         let _ = block_on(writer.abort());
         return Err(e);
     }
-    let etag = block_on(writer.finish())
-        .map_err(|e| StoreError::from_store("PUT (complete multipart upload)", &shown, &e))?
-        .e_tag;
+    let etag = block_on(writer.finish()).map_err(|e| t.failed("PUT (complete multipart upload)", &e))?.e_tag;
     Ok(Uploaded { size, etag, crc64: crc, parts })
 }
 
 /// Delete the object at `url` (no error when it does not exist).
 pub fn delete(url: &str) -> Result<(), StoreError> {
-    let parsed = ObjectUrl::parse(url)?;
-    let (store, _) = client(&parsed.bucket)?;
-    let shown = parsed.url();
-    match block_on(store.delete(&parsed.path())) {
+    let t = Target::of(url)?;
+    match block_on(t.store.delete(&t.url.path())) {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(StoreError::from_store("DELETE", &shown, &e)),
+        Err(e) => Err(t.failed("DELETE", &e)),
     }
 }
 
@@ -1199,17 +1186,6 @@ pub fn delete(url: &str) -> Result<(), StoreError> {
 /// all objects share the permits): per object, `(start, bytes)` sorted.
 pub fn fetch_all(jobs: &[(Arc<RemoteObject>, Vec<Range<u64>>)]) -> Vec<Result<Vec<(u64, Bytes)>, StoreError>> {
     block_on(futures_util::future::join_all(jobs.iter().map(|(object, ranges)| object.get_ranges(ranges))))
-}
-
-/// Stream `f` over `items` with at most `n` at once (a helper for callers
-/// that fan out whole-object work, such as downloads).
-pub async fn for_each_bounded<T, F, Fut>(items: Vec<T>, n: usize, f: F) -> Result<(), StoreError>
-where
-    F: Fn(T) -> Fut,
-    Fut: Future<Output = Result<(), StoreError>>,
-{
-    futures_util::stream::iter(items.into_iter().map(f)).buffer_unordered(n.max(1)).try_collect::<Vec<()>>().await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1250,9 +1226,8 @@ mod tests {
     #[test]
     fn config_from_variables_and_profiles() {
         let dir = std::env::temp_dir().join(format!("hpd-store-cfg-{}", std::process::id()));
+        let (creds, config) = (dir.join("credentials"), dir.join("config"));
         std::fs::create_dir_all(&dir).unwrap();
-        let creds = dir.join("credentials");
-        let config = dir.join("config");
         std::fs::write(&creds, "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n[work]\naws_access_key_id=W\naws_secret_access_key=WS\naws_session_token = WT\n").unwrap();
         std::fs::write(
             &config,

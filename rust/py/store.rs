@@ -7,21 +7,34 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyList};
+use pyo3::IntoPyObjectExt;
 
 use crate::parts::columns::{self, Values};
 use crate::parts::store::{self, Settings, StoreError};
 use crate::py::errors::store_error;
 
-fn settings_dict<'py>(py: Python<'py>, s: &Settings) -> PyResult<Bound<'py, PyDict>> {
+/// A dict of `items`, each value converted to Python.
+fn dict<'py>(py: Python<'py>, items: Vec<(&str, PyResult<Bound<'py, PyAny>>)>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("max_concurrency", s.max_concurrency)?;
-    d.set_item("max_retries", s.max_retries)?;
-    d.set_item("retry_timeout", s.retry_timeout.as_secs_f64())?;
-    d.set_item("timeout", s.timeout.as_secs_f64())?;
-    d.set_item("connect_timeout", s.connect_timeout.as_secs_f64())?;
-    d.set_item("part_size", s.part_size)?;
+    for (key, value) in items {
+        d.set_item(key, value?)?;
+    }
     Ok(d)
+}
+
+fn settings_dict<'py>(py: Python<'py>, s: &Settings) -> PyResult<Bound<'py, PyDict>> {
+    dict(
+        py,
+        vec![
+            ("max_concurrency", s.max_concurrency.into_bound_py_any(py)),
+            ("max_retries", s.max_retries.into_bound_py_any(py)),
+            ("retry_timeout", s.retry_timeout.as_secs_f64().into_bound_py_any(py)),
+            ("timeout", s.timeout.as_secs_f64().into_bound_py_any(py)),
+            ("connect_timeout", s.connect_timeout.as_secs_f64().into_bound_py_any(py)),
+            ("part_size", s.part_size.into_bound_py_any(py)),
+        ],
+    )
 }
 
 fn seconds(name: &str, v: f64) -> PyResult<Duration> {
@@ -108,16 +121,14 @@ pub fn list_objects(py: Python<'_>, url: String) -> PyResult<Vec<(String, u64)>>
 #[pyfunction]
 pub fn head_object(py: Python<'_>, url: String) -> PyResult<Option<Bound<'_, PyDict>>> {
     let Some(info) = py.detach(|| store::head(&url)).map_err(store_error)? else { return Ok(None) };
-    let d = PyDict::new(py);
-    d.set_item("url", info.url)?;
-    d.set_item("size", info.size)?;
-    d.set_item("etag", info.etag)?;
-    let meta = PyDict::new(py);
-    for (k, v) in info.metadata {
-        meta.set_item(k, v)?;
-    }
-    d.set_item("metadata", meta)?;
-    Ok(Some(d))
+    let metadata = info.metadata.into_py_dict(py).map(Bound::into_any);
+    let items = vec![
+        ("url", info.url.into_bound_py_any(py)),
+        ("size", info.size.into_bound_py_any(py)),
+        ("etag", info.etag.into_bound_py_any(py)),
+        ("metadata", metadata),
+    ];
+    dict(py, items).map(Some)
 }
 
 /// `get_object(url) -> bytes`: the whole object (small ones: manifests).
@@ -190,12 +201,13 @@ pub fn upload_file<'py>(
             return Err(store_error(e));
         }
     };
-    let d = PyDict::new(py);
-    d.set_item("size", up.size)?;
-    d.set_item("etag", up.etag)?;
-    d.set_item("crc64nvme", up.crc64)?;
-    d.set_item("parts", up.parts)?;
-    Ok(d)
+    let items = vec![
+        ("size", up.size.into_bound_py_any(py)),
+        ("etag", up.etag.into_bound_py_any(py)),
+        ("crc64nvme", up.crc64.into_bound_py_any(py)),
+        ("parts", up.parts.into_bound_py_any(py)),
+    ];
+    dict(py, items)
 }
 
 /// `reset_object_store()`: drop this process's clients; the next request
@@ -210,12 +222,7 @@ pub fn reset_object_store(py: Python<'_>) {
 #[pyfunction]
 pub fn object_store_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let (gets, get_bytes, puts, put_bytes) = store::stats();
-    let d = PyDict::new(py);
-    d.set_item("gets", gets)?;
-    d.set_item("get_bytes", get_bytes)?;
-    d.set_item("puts", puts)?;
-    d.set_item("put_bytes", put_bytes)?;
-    Ok(d)
+    [("gets", gets), ("get_bytes", get_bytes), ("puts", puts), ("put_bytes", put_bytes)].into_py_dict(py)
 }
 
 /// `reset_object_store_stats()`: zero the counters.

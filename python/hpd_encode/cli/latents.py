@@ -103,18 +103,14 @@ def run_push(args: argparse.Namespace) -> int:
     from hpd_encode.transfer import push
 
     report = push(args.output_dir, args.url, allow_partial=args.allow_partial, progress=not args.json)
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(
-            f"pushed '{report.output_dir}' to {report.url}: {len(report.uploaded)} objects uploaded "
-            f"({report.bytes_uploaded / 1e6:.1f} MB), {len(report.skipped)} already there, "
-            f"in {report.seconds:.1f} s"
-        )
-        if report.extra:
-            print(
-                f"note: {len(report.extra)} other objects under the prefix were left as they are: {report.extra[:5]}"
-            )
+    text = (
+        f"pushed '{report.output_dir}' to {report.url}: {len(report.uploaded)} objects uploaded "
+        f"({report.bytes('uploaded') / 1e6:.1f} MB), {len(report.skipped)} already there, "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.extra:
+        text += f"\nnote: {len(report.extra)} other objects under the prefix were left as they are: {report.extra[:5]}"
+    print(json.dumps(report.to_dict()) if args.json else text)
     return 0
 
 

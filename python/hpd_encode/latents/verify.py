@@ -142,6 +142,21 @@ def lock_holder_if_busy(directory: str | PathLike[str]) -> str | None:
     return None
 
 
+def refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> bool:
+    """Refuse ``directory`` when a run holds its lock (an encode or repack writing it), with
+    :class:`OutputBusyError`; with ``allow_partial``, warn and go on. True when it is busy."""
+    holder = lock_holder_if_busy(directory)
+    if holder is None:
+        return False
+    msg = f"'{directory}' is in use: {holder}"
+    if not allow_partial:
+        raise OutputBusyError(
+            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
+        )
+    log.warning("%s; going on with what is committed so far (--allow-partial)", msg)
+    return True
+
+
 def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
@@ -315,14 +330,8 @@ def verify(
 
 def _verify(out: Path | str, allow_partial: bool, progress: bool, num_threads: int | None) -> VerifyReport:
     manifest = require_complete(out, allow_partial, "verify")
-    holder = None if isinstance(out, str) else lock_holder_if_busy(out)
-    if holder is not None:
-        msg = f"'{out}' is in use: {holder}"
-        if not allow_partial:
-            raise OutputBusyError(
-                f"{msg}; wait for it to finish, or pass --allow-partial to verify what is committed"
-            )
-        log.warning("%s; verifying what is committed so far (--allow-partial)", msg)
+    if not isinstance(out, str):  # a bucket has no lock
+        refuse_if_busy(out, allow_partial, "verify")
     parts: list[_Part]
     if isinstance(out, str):
         parts = list(list_part_urls(out))
