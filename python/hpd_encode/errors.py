@@ -77,6 +77,16 @@ class PartFileError(HpdError, ValueError):
     malformed ``.npy`` bytes); the message names the file, row group and row."""
 
 
+class VaeError(HpdError, ValueError):
+    """A VAE or encoder object that cannot be used: no ``config.json``, an
+    unsupported class, an object lacking what ``LatentEncoder`` asks for, latents
+    of the wrong shape, pixels of the wrong layout (the message says which)."""
+
+
+class VaeLoadError(HpdError, OSError):
+    """A VAE's files cannot be read or downloaded (the message names the folder or hub id)."""
+
+
 __all__ = [
     "ArchiveError",
     "ExtractLimitError",
@@ -96,5 +106,7 @@ __all__ = [
     "PartialOutputError",
     "ResumeMismatchError",
     "UnsafePathError",
+    "VaeError",
+    "VaeLoadError",
     "WriterError",
 ]

@@ -45,11 +45,12 @@ from hpd_encode.output_dir import (
     write_json_atomic,
 )
 from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
-from hpd_encode.pipeline.options import EncodeOptions, resolve_device
+from hpd_encode.pipeline.options import EncodeOptions, resolve_device, vae_is_object
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
+from hpd_encode.vae import VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -238,7 +239,10 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     t0, cpu0 = time.monotonic(), cpu_seconds()
     out = opts.output_dir if str(opts.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
-    device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
+    if vae_is_object(opts.vae):
+        device = opts.vae.device
+    else:
+        device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
     plan = _Plan(opts, dist, done, device, with_costs=True, with_records=False)
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
@@ -274,14 +278,24 @@ def _cuda_available() -> bool:
     return os.path.exists("/proc/driver/nvidia/version")
 
 
-def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
-    """The settings that change latents: a rerun with other values refuses to resume."""
+def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict[str, Any]:
+    """The settings that change latents: a rerun with other values refuses to resume.
+
+    ``vae_identity`` is the encoder's identity: for a diffusers folder its class, config digest and
+    the digest of each weight file (``found``), so new weights in the same folder refuse to resume;
+    for an encoder object its ``identity`` as given."""
     from hpd_encode.vae import resolve_dtype
 
+    if vae_is_object(opts.vae):
+        vae, identity, dtype = type(opts.vae).__qualname__, opts.vae.identity, opts.vae.dtype
+    else:
+        assert found is not None
+        vae, identity, dtype = vae_identity(opts.vae), found.identity, resolve_dtype(opts.dtype, device)
     return {
-        "vae": vae_identity(opts.vae),
+        "vae": vae,
+        "vae_identity": identity,
         "vae_subfolder": opts.vae_subfolder,
-        "dtype": str(resolve_dtype(opts.dtype, device)).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "latent": opts.latent,
         "seed": opts.seed,
         "store_dtype": opts.store_dtype,
@@ -324,14 +338,18 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
 
 def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
     t0 = time.monotonic()
-    device = resolve_device(opts.device)
-    if device == "cuda" and dist.enabled:
-        device = f"cuda:{dist.local_rank}"
+    if vae_is_object(opts.vae):
+        device, found = opts.vae.device, None
+    else:
+        device = resolve_device(opts.device)
+        if device == "cuda" and dist.enabled:
+            device = f"cuda:{dist.local_rank}"
+        found = find_vae(opts.vae, opts.vae_subfolder)
     if device == "cpu" and dist.local_world_size > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
-    settings = _settings(opts, device)
+    settings = _settings(opts, device, found)
     lock = _take_output_dir(opts, dist, settings)
     try:
         done = done_records(opts.output_dir)
@@ -346,7 +364,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, found)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:
@@ -358,7 +376,12 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
 
 
 def _encode_rank(
-    opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series, device: str
+    opts: EncodeOptions,
+    dist: Dist,
+    plan: RankPlan,
+    image_paths: pl.Series,
+    device: str,
+    found: VaeFolder | None,
 ) -> RankResult:
     rotator = PartRotator(
         opts.output_dir, dist.rank, opts.rows_per_file, latent_compression=opts.latent_compression
@@ -371,9 +394,12 @@ def _encode_rank(
             rotator.open()
             rotator.commit()
         return RankResult(dist.rank, {}, rotator.files, 0.0, rotator.blocked_s, [])
-    from hpd_encode.vae import load_vae
+    if found is None:
+        vae = opts.vae
+    else:
+        from hpd_encode.vae import load_vae
 
-    vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
+        vae = load_vae(found, device=device, dtype=opts.dtype)
     encoder = Encoder(
         opts,
         plan,
@@ -392,7 +418,7 @@ def _encode_rank(
     finally:
         progress.close()
     result = encoder.result(time.monotonic() - t)
-    result.stats["vae_class"] = vae.class_name  # type: ignore[assignment]
+    result.stats["vae_class"] = getattr(vae, "class_name", type(vae).__qualname__)  # type: ignore[arg-type]
     return result
 
 

@@ -103,6 +103,31 @@ def check_vae_source(value: str | PathLike[str]) -> str:
     return text
 
 
+def _check_vae(vae: Any, device: str | None, dtype: str) -> Any:
+    """A VAE folder or hub id (checked by :func:`check_vae_source`), or an encoder object (checked
+    by :func:`~hpd_encode.vae.check_encoder`) whose device and dtype the options do not contradict."""
+    if isinstance(vae, (str, PathLike)):
+        return check_vae_source(vae) if os.fspath(vae) else ""
+    from hpd_encode.errors import VaeError
+    from hpd_encode.vae import check_encoder
+
+    enc = check_encoder(vae)
+    name = type(enc).__qualname__
+    if device not in (None, "", "auto") and device != enc.device:
+        raise VaeError(f"device {device!r} asked for, but the encoder object {name} runs on {enc.device!r}")
+    if dtype != "auto":
+        from hpd_encode.vae import resolve_dtype
+
+        if resolve_dtype(dtype, enc.device) != enc.dtype:
+            raise VaeError(f"dtype {dtype!r} asked for, but the encoder object {name} takes {enc.dtype}")
+    return enc
+
+
+def vae_is_object(vae: Any) -> bool:
+    """Whether an encode's ``vae`` is an encoder object rather than a folder or hub id."""
+    return not isinstance(vae, (str, PathLike))
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
     """Everything an encode run needs, validated. Build with :meth:`create`."""
@@ -110,7 +135,7 @@ class EncodeOptions:
     data_root: Path
     metadata: Path
     output_dir: Path
-    vae: str
+    vae: Any  # a diffusers folder or hub id (str), or an object implementing LatentEncoder
     vae_subfolder: str | None = None
     dtype: str = "auto"
     device: str | None = None
@@ -138,7 +163,7 @@ class EncodeOptions:
         data_root: str | PathLike[str],
         metadata: str | PathLike[str],
         output_dir: str | PathLike[str] | None,
-        vae: str | PathLike[str] | None,
+        vae: Any,
         *,
         buckets: str | PathLike[str] | BucketSet = "hpdv3",
         batch_size: int | str | None = "auto",
@@ -171,7 +196,7 @@ class EncodeOptions:
             data_root=data_root,
             metadata=metadata,
             output_dir=Path(output_dir),
-            vae=check_vae_source(vae) if vae else "",
+            vae=_check_vae(vae, device, kwargs.get("dtype", "auto")),
             buckets=load_bucket_set(buckets),
             batch_size=parse_batch_size(batch_size),
             device=parse_device(device),
