@@ -52,11 +52,13 @@ from hpd_encode.pipeline.options import (
     PlanOptions,
     SurveyOptions,
     resolve_device,
+    vae_is_object,
 )
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
+from hpd_encode.vae import VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -251,7 +253,7 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     t0, cpu0 = time.monotonic(), cpu_seconds()
     out = opts.output.output_dir if str(opts.output.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
-    device = resolve_device(opts.encoder.device, import_torch=False)
+    device = resolve_device(opts.encoder.device, import_torch=False, encoder=_encoder_object(opts.encoder))
     plan = _Plan(opts.survey, opts.plan, dist, done, device, with_costs=True, with_records=False)
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
@@ -281,15 +283,29 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     )
 
 
-def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
-    """The settings that change latents: a rerun with other values refuses to resume."""
+def _encoder_object(e: EncoderOptions) -> Any:
+    """The encoder object the options name, or None for a folder or hub id."""
+    return e.vae if vae_is_object(e.vae) else None
+
+
+def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict[str, Any]:
+    """The settings that change latents: a rerun with other values refuses to resume.
+
+    ``vae_identity`` is the encoder's identity: for a diffusers folder its class, config digest and
+    the digest of each weight file (``found``), so new weights in the same folder refuse to resume;
+    for an encoder object its ``identity`` as given."""
     from hpd_encode.vae import resolve_dtype
 
     e = opts.encoder
+    if found is None:
+        vae, identity, dtype = type(e.vae).__qualname__, e.vae.identity, e.vae.dtype
+    else:
+        vae, identity, dtype = vae_identity(e.vae), found.identity, resolve_dtype(e.dtype, device)
     return {
-        "vae": vae_identity(e.vae),
+        "vae": vae,
+        "vae_identity": identity,
         "vae_subfolder": e.vae_subfolder,
-        "dtype": str(resolve_dtype(e.dtype, device)).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "latent": e.latent,
         "seed": e.seed,
         "store_dtype": e.store_dtype,
@@ -332,12 +348,19 @@ def _take_output_dir(out: OutputOptions, dist: Dist, settings: dict[str, Any]) -
 
 def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
     t0 = time.monotonic()
-    device = resolve_device(opts.encoder.device, local_rank=dist.local_rank if dist.enabled else None)
+    device = resolve_device(
+        opts.encoder.device,
+        local_rank=dist.local_rank if dist.enabled else None,
+        encoder=_encoder_object(opts.encoder),
+    )
+    found = (
+        None if vae_is_object(opts.encoder.vae) else find_vae(opts.encoder.vae, opts.encoder.vae_subfolder)
+    )
     if device == "cpu" and dist.local_world_size > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
-    settings = _settings(opts, device)
+    settings = _settings(opts, device, found)
     lock = _take_output_dir(opts.output, dist, settings)
     try:
         done = done_records(opts.output.output_dir)
@@ -352,7 +375,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, found)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:
@@ -364,7 +387,12 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
 
 
 def _encode_rank(
-    opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series, device: str
+    opts: EncodeOptions,
+    dist: Dist,
+    plan: RankPlan,
+    image_paths: pl.Series,
+    device: str,
+    found: VaeFolder | None,
 ) -> RankResult:
     out = opts.output
     rotator = PartRotator(
@@ -381,7 +409,7 @@ def _encode_rank(
     from hpd_encode.vae import load_vae
 
     enc = opts.encoder
-    vae = load_vae(enc.vae, subfolder=enc.vae_subfolder, device=device, dtype=enc.dtype)
+    vae = enc.vae if found is None else load_vae(found, device=device, dtype=enc.dtype)
     encoder = Encoder(enc, plan, image_paths, vae, rotator, rank=dist.rank)
     progress = Progress(plan.n_rows, opts.progress, dist.rank)
     try:
@@ -393,7 +421,7 @@ def _encode_rank(
     finally:
         progress.close()
     result = encoder.result(time.monotonic() - t)
-    result.stats["vae_class"] = vae.class_name  # type: ignore[assignment]
+    result.stats["vae_class"] = getattr(vae, "class_name", type(vae).__qualname__)  # type: ignore[arg-type]
     return result
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpd_encode._core import DEFAULT_MAX_PIXELS, LATENT_COMPRESSIONS, BucketSet
 from hpd_encode.buckets import load_bucket_set
-from hpd_encode.errors import InputNotFoundError, MissingNameError, OptionError, UsageError
+from hpd_encode.errors import InputNotFoundError, MissingNameError, OptionError, UsageError, VaeError
 
 LATENT_MODES = ("sample", "mean")
 STORE_DTYPES = ("float32", "float16")
@@ -122,13 +122,23 @@ def _cuda_available(import_torch: bool) -> bool:
     return os.path.exists("/proc/driver/nvidia/version")
 
 
-def resolve_device(requested: str | None, *, local_rank: int | None = None, import_torch: bool = True) -> str:
+def resolve_device(
+    requested: str | None,
+    *,
+    local_rank: int | None = None,
+    import_torch: bool = True,
+    encoder: Any = None,
+) -> str:
     """The device this process runs on, the one rule for real runs and dry runs.
 
-    ``requested`` (from :func:`parse_device`): None means CUDA when it is available, else the CPU.
-    Under torchrun (``local_rank`` given) a bare ``cuda`` means this rank's GPU, ``cuda:LOCAL_RANK``.
-    Refuses CUDA that is not there (before any output is written). ``import_torch=False`` (a dry
-    run) decides without importing torch and checks nothing it would need torch for."""
+    An encoder object (``encoder``, see :class:`~hpd_encode.vae.LatentEncoder`) runs on its own
+    device. Else ``requested`` (from :func:`parse_device`): None means CUDA when it is available,
+    else the CPU; under torchrun (``local_rank`` given) a bare ``cuda`` means this rank's GPU,
+    ``cuda:LOCAL_RANK``. Refuses CUDA that is not there (before any output is written).
+    ``import_torch=False`` (a dry run) decides without importing torch and checks nothing it would
+    need torch for."""
+    if encoder is not None:
+        return str(encoder.device)
     available = _cuda_available(import_torch)
     device = requested or ("cuda" if available else "cpu")
     if device.startswith("cuda"):
@@ -164,6 +174,27 @@ def check_vae_source(value: str | PathLike[str]) -> str:
     return text
 
 
+def _check_vae(vae: Any, device: str | None, dtype: str) -> Any:
+    """A VAE folder or hub id (checked by :func:`check_vae_source`), or an encoder object (checked
+    by :func:`~hpd_encode.vae.check_encoder`) whose device and dtype the options do not contradict."""
+    if isinstance(vae, (str, PathLike)):
+        return check_vae_source(vae)
+    from hpd_encode.vae import check_encoder, resolve_dtype
+
+    enc = check_encoder(vae)
+    name = type(enc).__qualname__
+    if device not in (None, "", "auto") and device != enc.device:
+        raise VaeError(f"device {device!r} asked for, but the encoder object {name} runs on {enc.device!r}")
+    if dtype != "auto" and resolve_dtype(dtype, enc.device) != enc.dtype:
+        raise VaeError(f"dtype {dtype!r} asked for, but the encoder object {name} takes {enc.dtype}")
+    return enc
+
+
+def vae_is_object(vae: Any) -> bool:
+    """Whether an encode's ``vae`` is an encoder object rather than a folder or hub id."""
+    return not isinstance(vae, (str, PathLike))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The stages' options.
 
@@ -193,7 +224,7 @@ class EncoderOptions:
     """How pixels are decoded and latents made."""
 
     data_root: Path
-    vae: str
+    vae: Any  # a diffusers folder or hub id (str), or an object implementing LatentEncoder
     vae_subfolder: str | None = None
     dtype: str = "auto"
     device: str | None = None  # as asked; resolve_device() gives the one used
@@ -265,7 +296,7 @@ class EncodeOptions:
         data_root: str | PathLike[str],
         metadata: str | PathLike[str],
         output_dir: str | PathLike[str] | None,
-        vae: str | PathLike[str] | None,
+        vae: Any,
         *,
         workers: int | None = None,
         **kwargs: Any,
@@ -304,7 +335,7 @@ class EncodeOptions:
             plan=PlanOptions(buckets=load_bucket_set(p.pop("buckets", "hpdv3")), batch_size=batch, **p),
             encoder=EncoderOptions(
                 data_root=data_root,
-                vae=check_vae_source(vae) if vae is not None else "",
+                vae=_check_vae(vae, e.get("device"), e.get("dtype", "auto")) if vae is not None else "",
                 device=parse_device(e.pop("device", None)),
                 batch_size=batch,
                 num_threads=num_threads,
