@@ -82,6 +82,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py::metadata::survey_metadata, m)?)?;
     m.add_class::<py::metadata::PyPathIds>()?;
     m.add_class::<py::metadata::PyCounter>()?;
+    m.add("METADATA_WINDOW", metadata::read::DEFAULT_WINDOW)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())
 }

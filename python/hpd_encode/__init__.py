@@ -33,6 +33,8 @@ from hpd_encode.errors import (
     PartialOutputError,
     ResumeMismatchError,
     UnsafePathError,
+    VaeError,
+    VaeLoadError,
     WriterError,
 )
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
     from hpd_encode.transfer import PushReport, pull, push
+    from hpd_encode.vae import DiffusersVae, LatentEncoder, load_vae
 
 # Name -> module that defines it; imported on first use.
 _LAZY = {
@@ -59,6 +62,9 @@ _LAZY = {
     "download": "hpd_encode.fetch",
     "extract": "hpd_encode.fetch",
     "check_dataset": "hpd_encode.check",
+    "LatentEncoder": "hpd_encode.vae",
+    "DiffusersVae": "hpd_encode.vae",
+    "load_vae": "hpd_encode.vae",
     "CheckReport": "hpd_encode.check",
     "push": "hpd_encode.transfer",
     "pull": "hpd_encode.transfer",
@@ -74,12 +80,14 @@ __all__ = [
     "BucketBatchSampler",
     "BucketSet",
     "CheckReport",
+    "DiffusersVae",
     "EncodeOptions",
     "EncodeSummary",
     "HpdError",
     "ImageDecodeError",
     "ImageTooLargeError",
     "InvalidRowError",
+    "LatentEncoder",
     "LatentPairDataset",
     "OutputBusyError",
     "ParquetWriter",
@@ -88,6 +96,8 @@ __all__ = [
     "PushReport",
     "ResumeMismatchError",
     "UnsafePathError",
+    "VaeError",
+    "VaeLoadError",
     "WriterError",
     "build_index",
     "check_dataset",
@@ -99,6 +109,7 @@ __all__ = [
     "load_bucket_set",
     "load_image",
     "load_images",
+    "load_vae",
     "probe_image",
     "pull",
     "push",

@@ -51,6 +51,7 @@ __all__ = [
     "ObjectStoreAuthError",
     "ObjectStoreConfigError",
     "DEFAULT_MAX_FILE_BYTES",
+    "METADATA_WINDOW",
     "PROBE_OK",
     "PROBE_UNSAFE_PATH",
     "PROBE_UNREADABLE",
@@ -496,6 +497,9 @@ def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int
     """Each node's component label (the smallest node id in its component) in
     the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
     released; ``ValueError`` for an edge end outside ``0..n``."""
+
+#: Bytes of a metadata file the reader holds at a time (``metadata._WINDOW``).
+METADATA_WINDOW: int
 
 def read_metadata_columns(
     path: str,

@@ -104,6 +104,11 @@ class Metadata:
 # The per-entry path: the authority on what is good and on the reasons.
 
 
+#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry): Rust's
+#: ``DEFAULT_WINDOW`` (tests set smaller windows here to cross window edges).
+_WINDOW = _core.METADATA_WINDOW
+
+
 class _BadRecord(ValueError):
     """A record that is not good (internal: it becomes the record's failure, never escapes)."""
 
@@ -304,7 +309,7 @@ def _multi_line_object(file: _File, path: Path, first: int) -> bool:
     eol = file.find(first, b"\n")
     if _is_json(file.read(first, eol - first)):
         return False
-    end = _core.metadata_value_end(str(path), first)
+    end = _core.metadata_value_end(str(path), first, window=_WINDOW)
     return end is not None and end > eol and _is_json(file.read(first, end + 1 - first))
 
 
@@ -356,7 +361,7 @@ def read_metadata(
         path,
         limit,
         lambda p, mode, start: _core.read_metadata_columns(
-            p, mode, start, limit=limit, num_threads=num_threads, part=part
+            p, mode, start, limit=limit, window=_WINDOW, num_threads=num_threads, part=part
         ),
     )
     return meta
@@ -389,6 +394,7 @@ def read_metadata_and_probe(
             start,
             str(root),
             limit=limit,
+            window=_WINDOW,
             num_threads=num_threads,
             max_pixels=max_pixels,
             skip=skip,
@@ -467,14 +473,14 @@ def read_metadata_shared(
         state: dict[str, Any] = {}
         if is_list:
             depth, inside = 0, False
-            summary = _core.metadata_range_summary(str(path), lo, hi)
+            summary = _core.metadata_range_summary(str(path), lo, hi, window=_WINDOW)
             for odd, change_outside, change_inside in all_gather(summary)[:rank]:
                 depth += change_inside if inside else change_outside
                 inside ^= odd
             state = {"depth": depth, "in_string": inside}
         mode = "list" if is_list else "lines"
         cols = _core.read_metadata_columns(
-            str(path), mode, lo, num_threads=num_threads, until=hi, text=text, **state
+            str(path), mode, lo, window=_WINDOW, num_threads=num_threads, until=hi, text=text, **state
         )
         counts = all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
         entries_before = sum(c[0] for c in counts[:rank])
