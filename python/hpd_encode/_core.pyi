@@ -198,8 +198,14 @@ class ObjectStoreError(HpdError, OSError):
 class ObjectNotFoundError(ObjectStoreError, FileNotFoundError):
     """The object store has no such object, or no such bucket (HTTP 404)."""
 
+    url: str | None
+    status: int | None
+
 class ObjectStoreAuthError(ObjectStoreError, PermissionError):
     """The object store refused the credentials (HTTP 401 or 403)."""
+
+    url: str | None
+    status: int | None
 
 class ObjectStoreConfigError(HpdError, ValueError):
     """An s3:// URL, endpoint, credential or object store setting that cannot be used."""
