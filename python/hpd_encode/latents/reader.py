@@ -73,13 +73,22 @@ def _resolve_part(path: str, root: Path | str | None, index_dir: Path | None) ->
 
 
 class _RowGroup:
-    """One decoded row group: the needed columns as Arrow arrays."""
+    """One decoded row group: the needed columns, as Arrow arrays (pyarrow's reads) or Python
+    lists (the Rust reader's); :meth:`value` reads one cell of either."""
 
     __slots__ = ("columns", "num_rows")
 
-    def __init__(self, table: pa.Table) -> None:
-        self.num_rows = table.num_rows
-        self.columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+        self.num_rows = len(next(iter(columns.values()), []))
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> _RowGroup:
+        return cls({name: table.column(name).combine_chunks() for name in table.column_names})
+
+    def value(self, name: str, row: int) -> Any:
+        v = self.columns[name][row]
+        return v.as_py() if isinstance(v, pa.Scalar) else v
 
 
 #: Row groups whose small columns (prompt, models, votes) are kept per process.
@@ -213,7 +222,7 @@ class LatentPairDataset:
         """A row group's ``columns`` of an ``s3://`` part file, through the Rust reader."""
         from hpd_encode._core import read_row_group_columns
 
-        return _RowGroup(pa.table(read_row_group_columns(self._paths[file_idx], group, columns)))
+        return _RowGroup(read_row_group_columns(self._paths[file_idx], group, columns))
 
     def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
         """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
@@ -261,7 +270,7 @@ class LatentPairDataset:
                 pf = self._parquet_file(file_idx)
                 self._check_group(pf, file_idx, group)
                 columns = [*self._columns[file_idx], "latent1", "latent2"]
-                rg = _RowGroup(pf.read_row_group(group, columns=columns))
+                rg = _RowGroup.from_table(pf.read_row_group(group, columns=columns))
             self.row_group_reads += 1
             self._cache[key] = rg
             while len(self._cache) > self.cache_row_groups:
@@ -281,7 +290,7 @@ class LatentPairDataset:
             else:
                 pf = self._parquet_file(file_idx)
                 self._check_group(pf, file_idx, group)
-                rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
+                rg = _RowGroup.from_table(pf.read_row_group(group, columns=self._columns[file_idx]))
             self._small[key] = rg
             while len(self._small) > _SMALL_CACHE_GROUPS:
                 self._small.popitem(last=False)
@@ -338,8 +347,8 @@ class LatentPairDataset:
             pair = latents.get(k)
             if pair is None:
                 pair = (
-                    _load_npy(cols["latent1"][r].as_py(), where, "latent1"),
-                    _load_npy(cols["latent2"][r].as_py(), where, "latent2"),
+                    _load_npy(rg.value("latent1", r), where, "latent1"),
+                    _load_npy(rg.value("latent2", r), where, "latent2"),
                 )
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
@@ -353,15 +362,15 @@ class LatentPairDataset:
                         "rebuild the index"
                     )
             if "detailed_results" in cols:
-                votes = _parse_votes(cols["detailed_results"][r].as_py(), where)
+                votes = _parse_votes(rg.value("detailed_results", r), where)
             else:
-                votes = {c: cols[c][r].as_py() for c in _TYPED_VOTES}
+                votes = {c: rg.value(c, r) for c in _TYPED_VOTES}
             items.append(
                 {
                     "global_id": int(self._global_id[i]),
-                    "prompt": cols["prompt"][r].as_py(),
-                    "model1": cols["model1"][r].as_py(),
-                    "model2": cols["model2"][r].as_py(),
+                    "prompt": rg.value("prompt", r),
+                    "model1": rg.value("model1", r),
+                    "model2": rg.value("model2", r),
                     "latent1": torch.from_numpy(pair[0]),
                     "latent2": torch.from_numpy(pair[1]),
                     "height": height,
