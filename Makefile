@@ -68,6 +68,7 @@ bench: build
 	$(PY) benches/bench_index.py
 	$(PY) benches/bench_metadata.py
 	$(PY) benches/bench_plan.py --skip-old
+	$(PY) benches/bench_s3.py
 
 # Rust: rustfmt + clippy; Python: ruff (lint and format) and mypy, pinned in requirements.lock.
 lint: $(DEPS_STAMP)

@@ -86,6 +86,9 @@ pub enum Error {
     Writer(String),
     #[error("cannot read the Parquet footer of '{path}': {message}")]
     Parquet { path: String, message: String },
+    /// A request to the object store failed (names the URL and HTTP status).
+    #[error("{0}")]
+    Store(crate::parts::store::StoreError),
 }
 
 impl Error {

@@ -50,6 +50,26 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py::reader::latent_layout, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::check_part_file, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::clear_reader_cache, m)?)?;
+    for f in [
+        wrap_pyfunction!(py::store::object_store_settings, m)?,
+        wrap_pyfunction!(py::store::configure_object_store, m)?,
+        wrap_pyfunction!(py::store::s3_storage_options, m)?,
+        wrap_pyfunction!(py::store::list_objects, m)?,
+        wrap_pyfunction!(py::store::head_object, m)?,
+        wrap_pyfunction!(py::store::get_object, m)?,
+        wrap_pyfunction!(py::store::put_object, m)?,
+        wrap_pyfunction!(py::store::delete_object, m)?,
+        wrap_pyfunction!(py::store::download_object, m)?,
+        wrap_pyfunction!(py::store::upload_file, m)?,
+        wrap_pyfunction!(py::store::file_crc64nvme, m)?,
+        wrap_pyfunction!(py::store::object_store_stats, m)?,
+        wrap_pyfunction!(py::store::reset_object_store, m)?,
+        wrap_pyfunction!(py::store::reset_object_store_stats, m)?,
+        wrap_pyfunction!(py::store::read_row_group_columns, m)?,
+        wrap_pyfunction!(py::reader::part_file_columns, m)?,
+    ] {
+        m.add_function(f)?;
+    }
     m.add_function(wrap_pyfunction!(py::index::connected_components, m)?)?;
     m.add_function(wrap_pyfunction!(py::index::partition_rows, m)?)?;
     m.add_function(wrap_pyfunction!(py::index::first_use_numbering, m)?)?;

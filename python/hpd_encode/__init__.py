@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.transfer import PushReport, pull, push
     from hpd_encode.vae import DiffusersVae, LatentEncoder, load_vae
 
 # Name -> module that defines it; imported on first use.
@@ -65,6 +66,9 @@ _LAZY = {
     "DiffusersVae": "hpd_encode.vae",
     "load_vae": "hpd_encode.vae",
     "CheckReport": "hpd_encode.check",
+    "push": "hpd_encode.transfer",
+    "pull": "hpd_encode.transfer",
+    "PushReport": "hpd_encode.transfer",
 }
 
 
@@ -89,6 +93,7 @@ __all__ = [
     "ParquetWriter",
     "PartialOutputError",
     "PlanReport",
+    "PushReport",
     "ResumeMismatchError",
     "UnsafePathError",
     "VaeError",
@@ -106,6 +111,8 @@ __all__ = [
     "load_images",
     "load_vae",
     "probe_image",
+    "pull",
+    "push",
     "probe_images",
     "read_index",
     "write_index",

@@ -10,7 +10,7 @@ Kept in step with the module by ``tests/test_stubs.py`` (names, parameters,
 defaults) and, where mypy is installed, ``python -m mypy.stubtest hpd_encode._core``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +46,10 @@ __all__ = [
     "PathNotADirectoryError",
     "PartFileError",
     "RowOutOfRangeError",
+    "ObjectStoreError",
+    "ObjectNotFoundError",
+    "ObjectStoreAuthError",
+    "ObjectStoreConfigError",
     "DEFAULT_MAX_FILE_BYTES",
     "METADATA_WINDOW",
     "PROBE_OK",
@@ -90,6 +94,22 @@ __all__ = [
     "latent_layout",
     "check_part_file",
     "clear_reader_cache",
+    "object_store_settings",
+    "configure_object_store",
+    "s3_storage_options",
+    "list_objects",
+    "head_object",
+    "get_object",
+    "put_object",
+    "delete_object",
+    "download_object",
+    "upload_file",
+    "file_crc64nvme",
+    "object_store_stats",
+    "reset_object_store",
+    "reset_object_store_stats",
+    "read_row_group_columns",
+    "part_file_columns",
     "default_num_threads",
 ]
 
@@ -167,6 +187,28 @@ class PartFileError(HpdError, ValueError):
 
 class RowOutOfRangeError(HpdError, IndexError):
     """A row group or row that the part file or dataset does not have."""
+
+class ObjectStoreError(HpdError, OSError):
+    """A request to the object store (s3://) failed, after its retries. ``url`` is the object or
+    prefix, ``status`` the HTTP status (None when the server never answered)."""
+
+    url: str | None
+    status: int | None
+
+class ObjectNotFoundError(ObjectStoreError, FileNotFoundError):
+    """The object store has no such object, or no such bucket (HTTP 404)."""
+
+    url: str | None
+    status: int | None
+
+class ObjectStoreAuthError(ObjectStoreError, PermissionError):
+    """The object store refused the credentials (HTTP 401 or 403)."""
+
+    url: str | None
+    status: int | None
+
+class ObjectStoreConfigError(HpdError, ValueError):
+    """An s3:// URL, endpoint, credential or object store setting that cannot be used."""
 
 def probe_paths(
     root: _Path | None,
@@ -648,3 +690,66 @@ def check_part_file(
 
 def clear_reader_cache() -> None:
     """Close the part files :func:`read_pairs` keeps open (reopened when next read)."""
+
+# Object storage (rust/parts/store.rs). Every ``path`` of the reader functions above may also be an
+# ``s3://bucket/key`` URL: the same footer and page logic, pages fetched by ranged GETs.
+
+def object_store_settings() -> dict[str, Any]:
+    """The object store client settings of this process: ``max_concurrency``, ``max_retries``,
+    ``retry_timeout``, ``timeout``, ``connect_timeout`` (seconds) and ``part_size`` (bytes)."""
+
+def configure_object_store(
+    *,
+    max_concurrency: int | None = None,
+    max_retries: int | None = None,
+    retry_timeout: float | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    part_size: int | None = None,
+) -> dict[str, Any]:
+    """Change the settings for this process (the clients are rebuilt); returns the new ones."""
+
+def s3_storage_options() -> dict[str, str]:
+    """The resolved endpoint, region and credentials as ``object_store`` keys (Polars' ``storage_options``)."""
+
+def list_objects(url: str) -> list[tuple[str, int]]:
+    """``(url, size)`` of the objects directly under the prefix ``url``, sorted."""
+
+def head_object(url: str) -> dict[str, Any] | None:
+    """``url``, ``size``, ``etag`` and user ``metadata`` of an object, or None when there is none."""
+
+def get_object(url: str) -> bytes:
+    """The whole object (small ones: manifests)."""
+
+def put_object(url: str, data: bytes) -> str | None:
+    """Store ``data`` in one PUT; returns the ETag."""
+
+def delete_object(url: str) -> None:
+    """Delete an object (no error when there is none)."""
+
+def download_object(url: str, path: _Path) -> int:
+    """Copy an object into a local file (fsynced); returns its size."""
+
+def upload_file(path: _Path, url: str, *, progress: Callable[[int], object] | None = None) -> dict[str, Any]:
+    """Upload a local file: one PUT up to ``part_size``, a multipart upload above. Returns ``size``,
+    ``etag``, ``crc64nvme`` (also stored as the object's ``hpd-crc64nvme`` metadata) and ``parts``."""
+
+def file_crc64nvme(path: _Path) -> str:
+    """The CRC-64/NVME of a local file (16 hex digits), as :func:`upload_file` records it."""
+
+def object_store_stats() -> dict[str, int]:
+    """``gets``, ``get_bytes``, ``puts``, ``put_bytes`` of this process so far."""
+
+def reset_object_store() -> None:
+    """Drop the clients; the next request builds them again from the environment."""
+
+def reset_object_store_stats() -> None:
+    """Zero the counters of :func:`object_store_stats`."""
+
+def read_row_group_columns(path: _Path, row_group: int, columns: Sequence[str]) -> dict[str, list[Any]]:
+    """The values of ``columns`` in one row group of a part file (local or s3://), through the
+    reader's cached footer; from an object the column chunks are fetched at once, touching ones in
+    one GET."""
+
+def part_file_columns(path: _Path) -> list[str]:
+    """The top-level column names of a part file (local or s3://), from the reader's cached footer."""

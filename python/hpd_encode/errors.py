@@ -2,7 +2,7 @@
 
 The Rust core defines the root and the errors both sides raise (options,
 usage, file access, images, path containment, memory, part files, the
-writer); the Python-only ones are here. Each also has the built-in base a
+writer, object store requests); the Python-only ones are here. Each also has the built-in base a
 caller would expect (``ValueError``, ``OSError``, ``FileNotFoundError``,
 ``TypeError``, ``IndexError``...), so ``except ValueError`` still works.
 ``tests/test_errors.py`` fails on any ``raise`` of a bare built-in class.
@@ -22,6 +22,10 @@ from hpd_encode._core import (
     InputNotFoundError,
     InvalidRowError,
     NotRegularFileError,
+    ObjectNotFoundError,
+    ObjectStoreAuthError,
+    ObjectStoreConfigError,
+    ObjectStoreError,
     OptionError,
     OutOfMemoryError,
     PartFileError,
@@ -118,6 +122,11 @@ class UnknownKeyError(HpdError, KeyError):
     """A key a result object does not have."""
 
 
+class UploadCheckError(HpdError, OSError):
+    """An uploaded object does not match the local file it came from (size,
+    checksum or ETag, checked by a HEAD after the upload); run push again."""
+
+
 __all__ = [
     "AccessDeniedError",
     "ArchiveError",
@@ -136,6 +145,10 @@ __all__ = [
     "MissingExtraError",
     "MissingNameError",
     "NotRegularFileError",
+    "ObjectNotFoundError",
+    "ObjectStoreAuthError",
+    "ObjectStoreConfigError",
+    "ObjectStoreError",
     "OptionError",
     "OutOfMemoryError",
     "OutputBusyError",
@@ -149,6 +162,7 @@ __all__ = [
     "SourceError",
     "UnknownKeyError",
     "UnsafePathError",
+    "UploadCheckError",
     "UsageError",
     "VaeError",
     "VaeLoadError",

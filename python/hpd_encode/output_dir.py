@@ -59,6 +59,13 @@ def list_part_files(output_dir: str | PathLike[str]) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if PART_RE.match(p.name)) if output_dir.is_dir() else []
 
 
+def list_part_urls(prefix: str) -> list[str]:
+    """The committed part files under an ``s3://`` prefix (pushed output), sorted by name."""
+    from hpd_encode import store
+
+    return [u for u in store.list_files(prefix) if PART_RE.match(store.name_of(u))]
+
+
 def fsync_path(path: Path) -> None:
     """fsync a file or a directory (after a rename into it) by its path."""
     fd = os.open(path, os.O_RDONLY)
@@ -83,7 +90,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_manifest(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
-    """The manifest of an encode output directory, or None when there is none."""
+    """The manifest of an encode output directory (or ``s3://`` prefix), or None when there is none."""
+    from hpd_encode import store
+
+    if store.is_remote(output_dir):
+        url = store.join(str(output_dir), MANIFEST)
+        remote = store.read_json(url)
+        if remote is not None and not isinstance(remote, dict):
+            from hpd_encode.errors import PartFileError
+
+            raise PartFileError(f"'{url}' is not a JSON object; it is damaged")
+        return remote
     path = Path(output_dir) / MANIFEST
     try:
         text = path.read_text()

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,6 +41,7 @@ use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use rayon::prelude::*;
 
+use crate::parts::store::{self, Identity, Input, OpenError, StoreError};
 use crate::pool;
 
 /// The two latent columns, in the order a pair holds them.
@@ -90,6 +91,9 @@ pub enum ReadError {
     /// One row's value cannot be read or parsed.
     #[error("'{path}' row group {row_group} row {row}: {message}")]
     Row { path: String, row_group: usize, row: usize, message: String },
+    /// A request to the object store failed (names the URL and HTTP status).
+    #[error("{0}")]
+    Store(StoreError),
 }
 
 pub type Result<T, E = ReadError> = std::result::Result<T, E>;
@@ -306,6 +310,10 @@ pub struct PosFile {
 }
 
 impl PosFile {
+    pub fn new(file: File, len: u64) -> Self {
+        PosFile { file: Arc::new(file), len }
+    }
+
     fn read_range(&self, start: u64, length: usize) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; length];
         self.file.read_exact_at(&mut buf, start)?;
@@ -357,14 +365,14 @@ impl ChunkReader for PosFile {
 /// columns in step, so it keeps one window per column (least recently used
 /// replaced).
 struct WindowedFile {
-    file: PosFile,
+    file: Input,
     end: u64,
     windows: Mutex<[(u64, u64, Bytes); 2]>,
 }
 
 impl WindowedFile {
-    fn new(file: PosFile, end: u64) -> Self {
-        let end = end.min(file.len);
+    fn new(file: Input, end: u64) -> Self {
+        let end = end.min(file.len());
         WindowedFile { file, end, windows: Mutex::new([(0, 0, Bytes::new()), (0, 0, Bytes::new())]) }
     }
 
@@ -391,12 +399,12 @@ impl WindowedFile {
 
 impl Length for WindowedFile {
     fn len(&self) -> u64 {
-        self.file.len
+        self.file.len()
     }
 }
 
 impl ChunkReader for WindowedFile {
-    type T = BufReader<PosReader>;
+    type T = store::InputRead;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
         self.file.get_read(start)
@@ -414,14 +422,14 @@ impl ChunkReader for WindowedFile {
 /// and the next windows are announced to the kernel (`POSIX_FADV_WILLNEED`,
 /// [`PREFETCH`] bytes) so the disk reads them while this one is checked.
 struct SeqWindow {
-    file: PosFile,
+    file: Input,
     end: u64,
     window: Mutex<(u64, Bytes)>,
 }
 
 impl SeqWindow {
-    fn new(file: PosFile, start: u64, end: u64) -> Self {
-        let end = end.min(file.len);
+    fn new(file: Input, start: u64, end: u64) -> Self {
+        let end = end.min(file.len());
         advise(&file, start, PREFETCH as u64, end, libc::POSIX_FADV_WILLNEED);
         SeqWindow { file, end, window: Mutex::new((start, Bytes::new())) }
     }
@@ -433,13 +441,18 @@ impl SeqWindow {
             let off = (start - w.0) as usize;
             return Ok(w.1.slice(off..off + length));
         }
-        if stop > self.file.len {
+        if stop > self.file.len() {
             return Err(ParquetError::EOF(format!(
                 "{length} bytes at offset {start} are past the end of the file ({} bytes)",
-                self.file.len
+                self.file.len()
             )));
         }
         let want = (SCAN_WINDOW as u64).min(self.end.saturating_sub(start)).max(length as u64) as usize;
+        let Input::Local(local) = &self.file else {
+            // An object: the window is one ranged GET (no buffer to reuse).
+            *w = (start, self.file.get_bytes(start, want)?);
+            return Ok(w.1.slice(0..length));
+        };
         // Reuse the old window's buffer when no page of it is still held.
         let mut buf = std::mem::take(&mut w.1).try_into_mut().unwrap_or_else(|_| BytesMut::new());
         if buf.len() >= want {
@@ -447,7 +460,7 @@ impl SeqWindow {
         } else {
             buf.resize(want, 0);
         }
-        self.file.file.read_exact_at(&mut buf, start)?;
+        local.file.read_exact_at(&mut buf, start)?;
         let next = start + want as u64;
         advise(&self.file, next, PREFETCH as u64, self.end, libc::POSIX_FADV_WILLNEED);
         *w = (start, buf.freeze());
@@ -457,12 +470,12 @@ impl SeqWindow {
 
 impl Length for SeqWindow {
     fn len(&self) -> u64 {
-        self.file.len
+        self.file.len()
     }
 }
 
 impl ChunkReader for SeqWindow {
-    type T = BufReader<PosReader>;
+    type T = store::InputRead;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
         self.file.get_read(start)
@@ -474,9 +487,10 @@ impl ChunkReader for SeqWindow {
 }
 
 /// `posix_fadvise` over `[start, min(start + len, end))` of `file` (a hint:
-/// errors are ignored).
-fn advise(file: &PosFile, start: u64, len: u64, end: u64, advice: libc::c_int) {
+/// errors are ignored; nothing for an object).
+fn advise(file: &Input, start: u64, len: u64, end: u64, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
+    let Input::Local(file) = file else { return };
     let len = len.min(end.saturating_sub(start));
     if len == 0 && advice == libc::POSIX_FADV_WILLNEED {
         return;
@@ -491,28 +505,10 @@ fn advise(file: &PosFile, start: u64, len: u64, end: u64, advice: libc::c_int) {
 // ---------------------------------------------------------------------------
 // One part file
 
-/// Identity of a file on disk: a changed file is reopened, never read through a stale footer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-fn identity(meta: &std::fs::Metadata) -> Identity {
-    Identity {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        len: meta.len(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-    }
-}
-
 /// An open part file: its parsed footer and offset index, and where its latent columns are.
 pub struct PartFile {
     path: String,
-    file: PosFile,
+    file: Input,
     identity: Identity,
     meta: ArrowReaderMetadata,
     /// Leaf column indices of latent1, latent2.
@@ -533,15 +529,14 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl PartFile {
-    /// Open `path` and parse its footer and offset index.
+    /// Open `path` (a local path or an `s3://` URL) and parse its footer and offset index.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|e| io_error(&shown, e))?;
-        let fmeta = file.metadata().map_err(|e| io_error(&shown, e))?;
-        if !fmeta.is_file() {
-            return Err(ReadError::File { path: shown, message: "not a regular file".into() });
-        }
-        let pos = PosFile { file: Arc::new(file), len: fmeta.len() };
+        let (pos, identity) = Input::open(path).map_err(|e| match e {
+            OpenError::Io(e) => io_error(&shown, e),
+            OpenError::NotRegular => ReadError::File { path: shown.clone(), message: "not a regular file".into() },
+            OpenError::Store(e) => ReadError::Store(e),
+        })?;
         let options = ArrowReaderOptions::new()
             .with_column_index_policy(PageIndexPolicy::Skip)
             .with_offset_index_policy(PageIndexPolicy::Optional)
@@ -553,9 +548,12 @@ impl PartFile {
                 path: shown.clone(),
                 message: format!("the Parquet reader crashed (caught panic: {})", panic_message(p)),
             })?
-            .map_err(|e| ReadError::File {
-                path: shown.clone(),
-                message: format!("{e} (a truncated file, or one whose writer never finished)"),
+            .map_err(|e| match pos.failure() {
+                Some(failure) => ReadError::Store(failure),
+                None => ReadError::File {
+                    path: shown.clone(),
+                    message: format!("{e} (a truncated file, or one whose writer never finished)"),
+                },
             })?;
         let schema = meta.metadata().file_metadata().schema_descr();
         let mut leaves = [0usize; 2];
@@ -589,7 +587,7 @@ impl PartFile {
                     })
                 })
             });
-        Ok(PartFile { path: shown, file: pos, identity: identity(&fmeta), meta, leaves, paged })
+        Ok(PartFile { path: shown, file: pos, identity, meta, leaves, paged })
     }
 
     pub fn path(&self) -> &str {
@@ -604,6 +602,29 @@ impl PartFile {
     /// Rows in each row group.
     pub fn row_group_rows(&self) -> Vec<i64> {
         self.meta.metadata().row_groups().iter().map(|rg| rg.num_rows()).collect()
+    }
+
+    /// Top-level column names, in schema order.
+    pub fn column_names(&self) -> Vec<String> {
+        let schema = self.meta.metadata().file_metadata().schema_descr();
+        schema.root_schema().get_fields().iter().map(|f| f.name().to_owned()).collect()
+    }
+
+    /// The parsed footer (with the offset index).
+    pub(crate) fn metadata(&self) -> &ArrowReaderMetadata {
+        &self.meta
+    }
+
+    /// Where its bytes are read from.
+    pub(crate) fn input(&self) -> &Input {
+        &self.file
+    }
+
+    pub(crate) fn check_row_group(&self, row_group: usize) -> Result<()> {
+        self.check_request(row_group, 0).or_else(|e| match e {
+            ReadError::OutOfRange(m) if m.contains("does not exist") => Ok(()), // an empty row group
+            e => Err(e),
+        })
     }
 
     fn check_request(&self, row_group: usize, row: usize) -> Result<()> {
@@ -647,6 +668,30 @@ impl PartFile {
         Some((locs.clone(), chunk, max_def))
     }
 
+    /// The bytes of row `row`'s page of latent column `k` in `row_group`, when
+    /// the fast path reads it from its own page (what a read will fetch).
+    fn page_range(&self, row_group: usize, row: usize, k: usize) -> Option<std::ops::Range<u64>> {
+        let (locs, ..) = self.direct_pages(row_group, k)?;
+        let l = locs.get(row)?;
+        Some(l.offset as u64..l.offset as u64 + l.compressed_page_size as u64)
+    }
+
+    /// This file, its reads served from `buffers` (`(start, bytes)`) where they cover them.
+    pub(crate) fn with_buffers(&self, buffers: Vec<(u64, Bytes)>) -> PartFile {
+        let file = match &self.file {
+            Input::Remote(r) => Input::Remote(r.with_buffers(buffers)),
+            local => local.clone(),
+        };
+        PartFile {
+            path: self.path.clone(),
+            file,
+            identity: self.identity.clone(),
+            meta: self.meta.clone(),
+            leaves: self.leaves,
+            paged: self.paged,
+        }
+    }
+
     /// Row `row` of latent column `k` of `row_group`, read from its own page
     /// (paged files): one positional read, one decompression (none for
     /// uncompressed latents), no Arrow array.
@@ -673,7 +718,7 @@ impl PartFile {
     /// `Err`: the read failed (the caller retries row by row to blame a row).
     fn scan_column<T>(
         &self,
-        input: &PosFile,
+        input: &Input,
         row_group: usize,
         k: usize,
         parse: &(dyn Fn(&[u8]) -> Result<T, String> + Sync),
@@ -938,16 +983,21 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
 }
 
 /// The open part file at `path`, from the cache when the file is unchanged.
+/// An object (`s3://`) is not asked again: its later reads carry its ETag,
+/// so one replaced since is an error, and [`forget`] drops it.
 pub fn open_cached(path: &Path) -> Result<Arc<PartFile>> {
     let shown = path.display().to_string();
-    let fmeta = std::fs::metadata(path).map_err(|e| io_error(&shown, e))?;
-    let id = identity(&fmeta);
+    let id = if store::is_remote(&shown) {
+        None
+    } else {
+        Some(store::local_identity(&std::fs::metadata(path).map_err(|e| io_error(&shown, e))?))
+    };
     {
         let mut c = cache();
         c.tick += 1;
         let tick = c.tick;
         if let Some((used, f)) = c.files.get_mut(path) {
-            if f.identity == id {
+            if id.as_ref().map_or(true, |id| &f.identity == id) {
                 *used = tick;
                 return Ok(f.clone());
             }
@@ -964,6 +1014,11 @@ pub fn open_cached(path: &Path) -> Result<Arc<PartFile>> {
     }
     c.files.insert(path.to_path_buf(), (tick, opened.clone()));
     Ok(opened)
+}
+
+/// Forget the cached file at `path` (reopened on its next read).
+pub fn forget(path: &Path) {
+    cache().files.remove(path);
 }
 
 /// Forget every cached file (they are reopened on the next read).
@@ -988,18 +1043,27 @@ pub type Pair = [Latent; 2];
 /// Read the pairs of `requests`, in parallel on the shared pool: requests of
 /// one row group are served by one read. Results are in request order.
 pub fn read_pairs(requests: &[Request], num_threads: Option<usize>) -> Vec<Result<Pair>> {
+    let pool = pool::pool(num_threads);
+    // Each file opened once per call (from the cache; new ones in parallel).
+    let mut paths: Vec<&Path> = requests.iter().map(|r| r.path.as_path()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let opened: Vec<Result<Arc<PartFile>>> = pool.install(|| paths.par_iter().map(|p| open_cached(p)).collect());
+    let mut files: HashMap<&Path, Result<Arc<PartFile>>> = paths.into_iter().zip(opened).collect();
     // In a paged file each request is its own unit of work (one row's pages);
     // in other files the requests of one row group share its read.
-    let mut paged: HashMap<&Path, bool> = HashMap::new();
     let mut groups: BTreeMap<(&Path, usize, Option<usize>), Vec<usize>> = BTreeMap::new();
     for (i, r) in requests.iter().enumerate() {
         let path = r.path.as_path();
-        let is_paged = *paged.entry(path).or_insert_with(|| open_cached(path).is_ok_and(|f| f.paged));
+        let is_paged = matches!(files.get(path), Some(Ok(f)) if f.paged);
         groups.entry((path, r.row_group, is_paged.then_some(r.row))).or_default().push(i);
     }
+    let keys: Vec<(&Path, usize, Option<usize>)> = groups.keys().copied().collect();
+    prefetch_pages(&mut files, &keys);
     let groups: Vec<_> = groups.into_iter().collect();
-    let served: Vec<Vec<(usize, Result<Pair>)>> = pool::pool(num_threads)
-        .install(|| groups.par_iter().map(|((path, rg, _), idx)| read_group(path, *rg, idx, requests)).collect());
+    let served: Vec<Vec<(usize, Result<Pair>)>> = pool.install(|| {
+        groups.par_iter().map(|((path, rg, _), idx)| read_group(&files[path], *rg, idx, requests)).collect()
+    });
     let mut out: Vec<Option<Result<Pair>>> = (0..requests.len()).map(|_| None).collect();
     for (i, r) in served.into_iter().flatten() {
         out[i] = Some(r);
@@ -1007,8 +1071,53 @@ pub fn read_pairs(requests: &[Request], num_threads: Option<usize>) -> Vec<Resul
     out.into_iter().map(|r| r.unwrap_or_else(|| Err(ReadError::OutOfRange("request left unanswered".into())))).collect()
 }
 
-fn read_group(path: &Path, rg: usize, idx: &[usize], requests: &[Request]) -> Vec<(usize, Result<Pair>)> {
-    let file = match open_cached(path) {
+/// The pages that the row requests `(path, row group, Some(row))` of paged
+/// objects will read, fetched ahead: every range of every object at once
+/// (bounded by the store's permits), a latent page per GET (or pages that
+/// touch merged). Each such file in `files` is replaced by a view whose
+/// reads are served from those buffers, or by the store error.
+fn prefetch_pages<'a>(files: &mut HashMap<&'a Path, Result<Arc<PartFile>>>, keys: &[(&'a Path, usize, Option<usize>)]) {
+    let mut wanted: HashMap<&Path, Vec<std::ops::Range<u64>>> = HashMap::new();
+    for &(path, rg, row) in keys {
+        let (Some(row), Some(Ok(file))) = (row, files.get(path)) else { continue };
+        if file.file.remote().is_none() || file.check_request(rg, row).is_err() {
+            continue;
+        }
+        let ranges = wanted.entry(path).or_default();
+        ranges.extend((0..2).filter_map(|k| file.page_range(rg, row, k)));
+    }
+    let mut jobs = Vec::with_capacity(wanted.len());
+    let mut order = Vec::with_capacity(wanted.len());
+    for (path, ranges) in wanted {
+        if let Some(Ok(file)) = files.get(path) {
+            if let Some(remote) = file.file.remote() {
+                jobs.push((remote.object().clone(), ranges));
+                order.push(path);
+            }
+        }
+    }
+    for (path, fetched) in order.into_iter().zip(store::fetch_all(&jobs)) {
+        let Some(Ok(file)) = files.get(path) else { continue };
+        let view = match fetched {
+            Ok(buffers) => Ok(Arc::new(file.with_buffers(buffers))),
+            Err(e) => {
+                if e.kind == store::StoreErrorKind::Changed {
+                    forget(path);
+                }
+                Err(ReadError::Store(e))
+            }
+        };
+        files.insert(path, view);
+    }
+}
+
+fn read_group(
+    file: &Result<Arc<PartFile>>,
+    rg: usize,
+    idx: &[usize],
+    requests: &[Request],
+) -> Vec<(usize, Result<Pair>)> {
+    let file = match file {
         Ok(f) => f,
         Err(e) => return idx.iter().map(|&i| (i, Err(e.clone()))).collect(),
     };
@@ -1030,8 +1139,11 @@ fn read_group(path: &Path, rg: usize, idx: &[usize], requests: &[Request]) -> Ve
     for &i in idx {
         let row = requests[i].row;
         let Some([a, b]) = by_row.get(&row) else { continue };
-        let err =
-            |message: &String| ReadError::Row { path: file.path.clone(), row_group: rg, row, message: message.clone() };
+        // A read of an object that failed in the store: its error, with the URL and status.
+        let err = |message: &String| match file.file.failure() {
+            Some(failure) => ReadError::Store(failure),
+            None => ReadError::Row { path: file.path.clone(), row_group: rg, row, message: message.clone() },
+        };
         answers.push((
             i,
             match (a, b) {
@@ -1112,16 +1224,19 @@ pub fn check_file(path: &Path, num_threads: Option<usize>) -> Result<Vec<RowChec
 /// each concurrent stream gets its own (and the cached descriptor, which
 /// serves random reads, keeps the default read-ahead). Errors when the file
 /// changed since its footer was read.
-fn scan_input(file: &PartFile) -> Result<PosFile> {
+fn scan_input(file: &PartFile) -> Result<Input> {
+    if let Input::Remote(_) = &file.file {
+        return Ok(file.file.clone()); // each window is its own GET, checked against the ETag
+    }
     let f = File::open(&file.path).map_err(|e| io_error(&file.path, e))?;
     let meta = f.metadata().map_err(|e| io_error(&file.path, e))?;
-    if identity(&meta) != file.identity {
+    if store::local_identity(&meta) != file.identity {
         return Err(ReadError::File {
             path: file.path.clone(),
             message: "the file changed while it was being read; run again".into(),
         });
     }
-    let input = PosFile { file: Arc::new(f), len: meta.len() };
+    let input = Input::Local(PosFile::new(f, meta.len()));
     advise(&input, 0, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     Ok(input)
 }

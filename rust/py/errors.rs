@@ -12,6 +12,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyErr;
 
 use crate::error::{Error, ImageFailure};
+use crate::parts::store::{StoreError, StoreErrorKind};
 
 create_exception!(hpd_encode._core, HpdError, PyException, "Base class of hpd-encode's errors.");
 create_exception!(hpd_encode._core, ImageDecodeError, HpdError, "An image could not be decoded.");
@@ -81,9 +82,18 @@ multi_base!(pub(crate) PART_FILE: "PartFileError", hpd_error, PyValueError, &[],
      the message names the file, row group and row.");
 multi_base!(pub(crate) OUT_OF_RANGE: "RowOutOfRangeError", hpd_error, PyIndexError, &[],
     "A row group or row that the part file or dataset does not have.");
+multi_base!(OBJECT_STORE: "ObjectStoreError", hpd_error, PyOSError, &["url", "status"],
+    "A request to the object store (s3://) failed, after its retries. ``url`` is the object or prefix, \
+     ``status`` the HTTP status (None when the server never answered).");
+multi_base!(OBJECT_NOT_FOUND: "ObjectNotFoundError", |py| OBJECT_STORE.get_or_root(py), PyFileNotFoundError,
+    &["url", "status"], "The object store has no such object, or no such bucket (HTTP 404).");
+multi_base!(OBJECT_DENIED: "ObjectStoreAuthError", |py| OBJECT_STORE.get_or_root(py), PyPermissionError,
+    &["url", "status"], "The object store refused the credentials (HTTP 401 or 403).");
+multi_base!(OBJECT_CONFIG: "ObjectStoreConfigError", hpd_error, PyValueError, &[],
+    "An s3:// URL, endpoint, credential or object store setting that cannot be used.");
 
 /// Every two-base class, in the order they are built (a base before its subclasses).
-static ALL: [&MultiBase; 12] = [
+static ALL: [&MultiBase; 16] = [
     &UNSAFE_PATH,
     &FILE_ACCESS,
     &NOT_REGULAR,
@@ -96,7 +106,34 @@ static ALL: [&MultiBase; 12] = [
     &NOT_A_DIR,
     &PART_FILE,
     &OUT_OF_RANGE,
+    &OBJECT_STORE,
+    &OBJECT_NOT_FOUND,
+    &OBJECT_DENIED,
+    &OBJECT_CONFIG,
 ];
+
+/// The exception of a failed object store request or setting: its class by
+/// kind, with `url` and `status` set.
+pub(crate) fn store_error(e: StoreError) -> PyErr {
+    let class = match e.kind {
+        StoreErrorKind::Config => return OBJECT_CONFIG.err(e.message),
+        StoreErrorKind::NotFound => &OBJECT_NOT_FOUND,
+        StoreErrorKind::Denied => &OBJECT_DENIED,
+        _ => &OBJECT_STORE,
+    };
+    Python::attach(|py| {
+        let ty = match class.get(py) {
+            Ok(ty) => ty.clone(),
+            Err(err) => return err,
+        };
+        let err = PyErr::from_type(ty, e.message.clone());
+        let value = err.value(py);
+        match value.setattr("url", &e.url).and_then(|_| value.setattr("status", e.status)) {
+            Ok(()) => err,
+            Err(set) => set,
+        }
+    })
+}
 
 impl MultiBase {
     pub(crate) fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyType>> {
@@ -152,6 +189,7 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(_) => OPTION.err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
             Error::Parquet { .. } => PART_FILE.err(msg),
+            Error::Store(e) => store_error(e),
         }
     }
 }

@@ -8,4 +8,5 @@ pub mod images;
 pub mod index;
 pub mod metadata;
 pub mod reader;
+pub mod store;
 pub mod writer;

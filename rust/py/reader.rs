@@ -12,11 +12,13 @@ use pyo3::types::PyTuple;
 use crate::parts::reader::{self, Latent, LatentData, LatentInfo, ReadError, Request};
 use crate::py::errors::{io_error, OUT_OF_RANGE, PART_FILE};
 
-fn to_pyerr(e: ReadError) -> PyErr {
+/// The exception of a failed read.
+pub(crate) fn to_pyerr(e: ReadError) -> PyErr {
     let msg = e.to_string();
     match e {
         ReadError::Io { kind, .. } => io_error(&std::io::Error::from(kind), msg),
         ReadError::OutOfRange(_) => OUT_OF_RANGE.err(msg),
+        ReadError::Store(e) => crate::py::errors::store_error(e),
         ReadError::File { .. } | ReadError::Row { .. } => PART_FILE.err(msg),
     }
 }
@@ -60,6 +62,14 @@ pub fn read_pairs<'py>(
 pub fn latent_layout(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<i64>, bool)> {
     let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
     Ok((file.row_group_rows(), file.paged()))
+}
+
+/// `part_file_columns(path) -> list[str]`: the top-level column names of a part
+/// file (local or s3://), from the reader's cached footer.
+#[pyfunction]
+pub fn part_file_columns(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+    let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
+    Ok(file.column_names())
 }
 
 /// `check_part_file(path, *, num_threads=None)`: read every latent of a

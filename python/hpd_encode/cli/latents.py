@@ -1,4 +1,4 @@
-"""CLI: ``verify`` and ``repack`` (reading and rewriting part files).
+"""CLI: ``verify``, ``repack`` and ``push`` (reading, rewriting and uploading part files).
 
 ``verify OUTPUT_DIR``: exit 0 when every row reads and checks out, 1 when
 there is any problem (or the directory is refused: an encode still running or
@@ -16,7 +16,7 @@ from hpd_encode.cli._args import add_latent_compression_option, add_threads_opti
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Register ``verify`` and ``repack`` on the subparsers object (``common`` carries -v/-q)."""
+    """Register ``verify``, ``repack`` and ``push`` on the subparsers object (``common`` carries -v/-q)."""
     p = sub.add_parser(
         "verify",
         parents=[common],
@@ -27,7 +27,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "Exit status 1 on any problem.",
     )
     p.add_argument(
-        "output_dir", metavar="OUTPUT_DIR", help="an encode output directory (or any directory of part files)"
+        "output_dir",
+        metavar="OUTPUT_DIR",
+        help="an encode output directory (or any directory of part files), or an s3://bucket/prefix",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument(
@@ -47,8 +49,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "pair reads with two small reads. Values, schema and row groups are unchanged; files are written "
         "atomically and a rerun skips those already done.",
     )
-    p.add_argument("src", metavar="SRC", help="directory of part files to read")
-    p.add_argument("dest", metavar="DEST", help="directory to write (not SRC, not inside it)")
+    p.add_argument("src", metavar="SRC", help="directory (or s3://bucket/prefix) of part files to read")
+    p.add_argument(
+        "dest", metavar="DEST", help="directory (or s3://bucket/prefix) to write (not SRC, not inside it)"
+    )
     p.add_argument(
         "--allow-partial",
         action="store_true",
@@ -57,6 +61,26 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add_latent_compression_option(p, " (as the reference)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run_repack)
+
+    p = sub.add_parser(
+        "push",
+        parents=[common],
+        help="upload an output directory to object storage (s3://)",
+        description="Upload OUTPUT_DIR to s3://bucket/prefix: the committed part files first (multipart for "
+        "large ones), then failures.csv and summary.json, manifest.json last. Resumable: objects already "
+        "there with the same size and checksum are skipped. Each object is checked after its upload. "
+        "Credentials and endpoint come from the AWS_* variables or AWS_PROFILE; plain http needs "
+        "AWS_ALLOW_HTTP=true.",
+    )
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="an encode or repack output directory")
+    p.add_argument("url", metavar="URL", help="s3://bucket/prefix to upload into")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="push a directory whose encode run has not completed, or is still running (what is committed)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=run_push)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -73,6 +97,21 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0 if report.ok else 1
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from hpd_encode.transfer import push
+
+    report = push(args.output_dir, args.url, allow_partial=args.allow_partial, progress=not args.json)
+    text = (
+        f"pushed '{report.output_dir}' to {report.url}: {len(report.uploaded)} objects uploaded "
+        f"({report.bytes('uploaded') / 1e6:.1f} MB), {len(report.skipped)} already there, "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.extra:
+        text += f"\nnote: {len(report.extra)} other objects under the prefix were left as they are: {report.extra[:5]}"
+    print(json.dumps(report.to_dict()) if args.json else text)
+    return 0
 
 
 def run_repack(args: argparse.Namespace) -> int:

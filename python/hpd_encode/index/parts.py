@@ -26,9 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hpd_encode import store
 from hpd_encode._core import parquet_layout
-from hpd_encode.errors import IndexInputError, OutputOverwritesInputError, PartFilesNotFoundError
-from hpd_encode.output_dir import MANIFEST, require_complete
+from hpd_encode.errors import (
+    IndexInputError,
+    ObjectStoreError,
+    OutputOverwritesInputError,
+    PartFilesNotFoundError,
+)
+from hpd_encode.output_dir import MANIFEST, read_manifest, require_complete
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,9 @@ def find_part_files(source: Source) -> list[str]:
     ``source`` is a directory (its ``*.parquet`` files), a glob pattern
     (``**`` recurses), a single file, or a list of any of these. Paths are kept
     as given (relative stays relative), deduplicated by their real path, and
-    sorted as strings. Raises :class:`PartFilesNotFoundError` (a
+    sorted as strings. An ``s3://bucket/prefix`` URL names the ``*.parquet``
+    objects directly under the prefix (``s3://bucket/prefix/part_*.parquet``:
+    those matching the pattern; ``s3://bucket/key.parquet``: that object). Raises :class:`PartFilesNotFoundError` (a
     ``FileNotFoundError``) naming the path when nothing is found.
     """
     items: list[str | PathLike[str]]
@@ -68,6 +76,9 @@ def find_part_files(source: Source) -> list[str]:
     for item in items:
         s = os.fspath(item)
         p = Path(s)
+        if store.is_remote(s):
+            found.extend(_find_remote(s))
+            continue
         if p.is_dir():
             matches = sorted(str(x) for x in p.glob("*.parquet") if x.is_file())
             if not matches:
@@ -84,11 +95,26 @@ def find_part_files(source: Source) -> list[str]:
     seen: set[str] = set()
     unique: list[str] = []
     for f in found:
-        real = os.path.realpath(f)
+        real = f if store.is_remote(f) else os.path.realpath(f)
         if real not in seen:
             seen.add(real)
             unique.append(f)
     return sorted(unique)
+
+
+def _find_remote(url: str) -> list[str]:
+    """The ``*.parquet`` objects an ``s3://`` source names (see :func:`find_part_files`)."""
+    from hpd_encode._core import head_object
+
+    name = store.name_of(url)
+    if name.endswith(".parquet") and not any(c in name for c in "*?["):
+        if head_object(url) is None:
+            raise PartFilesNotFoundError(f"no such Parquet object: '{url}'")
+        return [url]
+    matches = store.list_files(url, "*.parquet")
+    if not matches:
+        raise PartFilesNotFoundError(f"no *.parquet objects under '{url}'")
+    return matches
 
 
 def inspect_part(path: str) -> Part:
@@ -96,6 +122,8 @@ def inspect_part(path: str) -> Part:
     pyarrow hands out one Python object per row group, thousands per file)."""
     try:
         sizes, names, total = parquet_layout(path)  # ValueError naming the file when damaged
+    except ObjectStoreError:
+        raise  # names the URL and the HTTP status already
     except OSError as e:
         raise IndexInputError(f"cannot read the Parquet footer of '{path}': {e}") from e
     except ValueError as e:
@@ -138,8 +166,13 @@ def check_outputs_complete(paths: Sequence[str], allow_partial: bool) -> dict[st
     Returns ``{directory: manifest status}`` of the incomplete ones allowed.
     """
     incomplete: dict[str, str] = {}
-    for directory in sorted({os.path.dirname(p) or "." for p in paths}):
-        if not os.path.isfile(os.path.join(directory, MANIFEST)):
+    for directory in sorted(
+        {store.parent_of(p) if store.is_remote(p) else os.path.dirname(p) or "." for p in paths}
+    ):
+        if store.is_remote(directory):
+            if read_manifest(directory) is None:
+                continue
+        elif not os.path.isfile(os.path.join(directory, MANIFEST)):
             continue
         manifest = require_complete(directory, allow_partial, "index")
         if manifest is not None and manifest.get("status") != "complete":

@@ -23,6 +23,7 @@ from hpd_encode.index.filters import FILTER_FIELDS, TEXT_FIELDS
 from hpd_encode.index.parts import Part
 from hpd_encode.index.results import DR_FIELDS, Key, fast_parse, general_parse
 from hpd_encode.schema import LATENT_DOWN_FACTOR
+from hpd_encode.store import is_remote, storage_options
 
 # Rows scanned and parsed at a time (bounds the memory for the strings).
 BATCH_ROWS = 100_000
@@ -89,7 +90,9 @@ def part_frame(
         wanted += [f for f in DR_FIELDS if f in needed]
     else:
         wanted.append("detailed_results")
-    scan = pl.scan_parquet(part.path, row_index_name="_row", glob=False).slice(offset, length)
+    options = storage_options() if is_remote(part.path) else None
+    scan = pl.scan_parquet(part.path, row_index_name="_row", glob=False, storage_options=options)
+    scan = scan.slice(offset, length)
     lf = scan.select("_row", *wanted).collect(engine="streaming").rechunk().lazy()
     if keys and typed:
         exprs += [

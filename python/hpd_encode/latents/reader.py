@@ -38,14 +38,22 @@ import pyarrow.parquet as pq
 from hpd_encode.errors import InputNotFoundError, OptionError, PartFileError, RowOutOfRangeError
 from hpd_encode.index.table import read_index
 from hpd_encode.schema import LATENT_DOWN_FACTOR
+from hpd_encode.store import is_remote
+from hpd_encode.store import join as join_url
 
 IndexLike = str | PathLike[str] | pl.DataFrame
 
 _TYPED_VOTES = ("votes_chosen", "votes_rejected", "confidence")
 
 
-def _resolve_part(path: str, root: Path | None, index_dir: Path | None) -> str:
-    """Where a part file named in the index is: as written, under ``root``, or beside the index."""
+def _resolve_part(path: str, root: Path | str | None, index_dir: Path | None) -> str:
+    """Where a part file named in the index is: as written, under ``root``, or beside the index.
+    An ``s3://`` URL is taken as it is (a missing object is an error at its first read); a
+    relative path under an ``s3://`` root is joined to it."""
+    if is_remote(path):
+        return path
+    if isinstance(root, str):
+        return join_url(root, path)
     p = Path(path)
     if root is not None and not p.is_absolute():
         candidate = root / p
@@ -65,13 +73,22 @@ def _resolve_part(path: str, root: Path | None, index_dir: Path | None) -> str:
 
 
 class _RowGroup:
-    """One decoded row group: the needed columns as Arrow arrays."""
+    """One decoded row group: the needed columns, as Arrow arrays (pyarrow's reads) or Python
+    lists (the Rust reader's); :meth:`value` reads one cell of either."""
 
     __slots__ = ("columns", "num_rows")
 
-    def __init__(self, table: pa.Table) -> None:
-        self.num_rows = table.num_rows
-        self.columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+        self.num_rows = len(next(iter(columns.values()), []))
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> _RowGroup:
+        return cls({name: table.column(name).combine_chunks() for name in table.column_names})
+
+    def value(self, name: str, row: int) -> Any:
+        v = self.columns[name][row]
+        return v.as_py() if isinstance(v, pa.Scalar) else v
 
 
 #: Row groups whose small columns (prompt, models, votes) are kept per process.
@@ -123,7 +140,9 @@ class LatentPairDataset:
             raise OptionError(f"num_threads must be at least 1, not {num_threads}")
         df = read_index(index)
         index_dir = None if isinstance(index, pl.DataFrame) else Path(index).resolve().parent
-        root_dir = None if root is None else Path(root)
+        root_dir: Path | str | None = (
+            None if root is None else os.fspath(root) if is_remote(os.fspath(root)) else Path(root)
+        )
         names = df["parquet_path"].unique(maintain_order=True).to_list()
         self._paths = [_resolve_part(p, root_dir, index_dir) for p in names]
         file_of = {p: i for i, p in enumerate(names)}
@@ -166,6 +185,7 @@ class LatentPairDataset:
             for f in self._files.values():
                 f.close()
             self._files.clear()
+            self._columns.clear()
             self._cache.clear()
             self._small.clear()
 
@@ -180,6 +200,29 @@ class LatentPairDataset:
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and caches
             self._reset()
+
+    def _remote_columns(self, file_idx: int) -> list[str]:
+        """The small columns read from an ``s3://`` part file (under ``self._lock``): the
+        reference's ``prompt, model1, model2, detailed_results``, which lie side by side
+        (one GET per row group), else the typed vote columns."""
+        wanted = self._columns.get(file_idx)
+        if wanted is None:
+            from hpd_encode._core import part_file_columns
+
+            names = set(part_file_columns(self._paths[file_idx]))
+            wanted = ["prompt", "model1", "model2"]
+            wanted += ["detailed_results"] if "detailed_results" in names else list(_TYPED_VOTES)
+            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
+            if missing:
+                raise PartFileError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
+            self._columns[file_idx] = wanted
+        return wanted
+
+    def _read_remote(self, file_idx: int, group: int, columns: list[str]) -> _RowGroup:
+        """A row group's ``columns`` of an ``s3://`` part file, through the Rust reader."""
+        from hpd_encode._core import read_row_group_columns
+
+        return _RowGroup(read_row_group_columns(self._paths[file_idx], group, columns))
 
     def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
         """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
@@ -219,10 +262,15 @@ class LatentPairDataset:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            columns = [*self._columns[file_idx], "latent1", "latent2"]
-            rg = _RowGroup(pf.read_row_group(group, columns=columns))
+            if is_remote(self._paths[file_idx]):
+                rg = self._read_remote(
+                    file_idx, group, [*self._remote_columns(file_idx), "latent1", "latent2"]
+                )
+            else:
+                pf = self._parquet_file(file_idx)
+                self._check_group(pf, file_idx, group)
+                columns = [*self._columns[file_idx], "latent1", "latent2"]
+                rg = _RowGroup.from_table(pf.read_row_group(group, columns=columns))
             self.row_group_reads += 1
             self._cache[key] = rg
             while len(self._cache) > self.cache_row_groups:
@@ -237,9 +285,12 @@ class LatentPairDataset:
             if hit is not None:
                 self._small.move_to_end(key)
                 return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
+            if is_remote(self._paths[file_idx]):
+                rg = self._read_remote(file_idx, group, self._remote_columns(file_idx))
+            else:
+                pf = self._parquet_file(file_idx)
+                self._check_group(pf, file_idx, group)
+                rg = _RowGroup.from_table(pf.read_row_group(group, columns=self._columns[file_idx]))
             self._small[key] = rg
             while len(self._small) > _SMALL_CACHE_GROUPS:
                 self._small.popitem(last=False)
@@ -296,8 +347,8 @@ class LatentPairDataset:
             pair = latents.get(k)
             if pair is None:
                 pair = (
-                    _load_npy(cols["latent1"][r].as_py(), where, "latent1"),
-                    _load_npy(cols["latent2"][r].as_py(), where, "latent2"),
+                    _load_npy(rg.value("latent1", r), where, "latent1"),
+                    _load_npy(rg.value("latent2", r), where, "latent2"),
                 )
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
@@ -311,15 +362,15 @@ class LatentPairDataset:
                         "rebuild the index"
                     )
             if "detailed_results" in cols:
-                votes = _parse_votes(cols["detailed_results"][r].as_py(), where)
+                votes = _parse_votes(rg.value("detailed_results", r), where)
             else:
-                votes = {c: cols[c][r].as_py() for c in _TYPED_VOTES}
+                votes = {c: rg.value(c, r) for c in _TYPED_VOTES}
             items.append(
                 {
                     "global_id": int(self._global_id[i]),
-                    "prompt": cols["prompt"][r].as_py(),
-                    "model1": cols["model1"][r].as_py(),
-                    "model2": cols["model2"][r].as_py(),
+                    "prompt": rg.value("prompt", r),
+                    "model1": rg.value("model1", r),
+                    "model2": rg.value("model2", r),
                     "latent1": torch.from_numpy(pair[0]),
                     "latent2": torch.from_numpy(pair[1]),
                     "height": height,

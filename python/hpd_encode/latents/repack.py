@@ -41,6 +41,7 @@ from hpd_encode.output_dir import (
     write_json_atomic,
 )
 from hpd_encode.schema import LATENT_COMPRESSIONS
+from hpd_encode.store import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +189,24 @@ def repack(
     destination another process holds. ``manifest.json``, ``summary.json``
     and ``failures.csv`` are copied (the manifest's file list describes the
     new files). Rerunning after an interruption skips the files already done.
+    Either side may be an ``s3://`` prefix (staged through a local temporary
+    directory: :func:`hpd_encode.transfer.repack_remote`).
     ``latent_compression`` is ``"none"`` (default) or ``"zstd"`` (as the
     reference; see :func:`paged_write_options`).
     """
     if latent_compression not in LATENT_CODECS:
         raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
+    if is_remote(os.fspath(src_dir)) or is_remote(os.fspath(dest_dir)):
+        # s3:// source or destination: staged through a local directory (pulled, pushed).
+        from hpd_encode.transfer import repack_remote
+
+        return repack_remote(
+            src_dir,
+            dest_dir,
+            allow_partial=allow_partial,
+            progress=progress,
+            latent_compression=latent_compression,
+        )
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)
     manifest = require_complete(src, allow_partial, "repack")

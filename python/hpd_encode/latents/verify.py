@@ -32,8 +32,15 @@ from typing import Any, TypeAlias
 
 import pyarrow.parquet as pq
 
+from hpd_encode import store
 from hpd_encode.errors import InputNotFoundError, OutputBusyError
-from hpd_encode.output_dir import LOCK_FILE, list_part_files, read_lock_holder, require_complete
+from hpd_encode.output_dir import (
+    LOCK_FILE,
+    list_part_files,
+    list_part_urls,
+    read_lock_holder,
+    require_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +142,21 @@ def lock_holder_if_busy(directory: str | PathLike[str]) -> str | None:
     return None
 
 
+def refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> bool:
+    """Refuse ``directory`` when a run holds its lock (an encode or repack writing it), with
+    :class:`OutputBusyError`; with ``allow_partial``, warn and go on. True when it is busy."""
+    holder = lock_holder_if_busy(directory)
+    if holder is None:
+        return False
+    msg = f"'{directory}' is in use: {holder}"
+    if not allow_partial:
+        raise OutputBusyError(
+            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
+        )
+    log.warning("%s; going on with what is committed so far (--allow-partial)", msg)
+    return True
+
+
 def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
@@ -142,8 +164,27 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
 #: What :func:`_read_file` gives: the Rust checks and the small columns, or why the file is unreadable.
 _Read: TypeAlias = "tuple[list[Any], dict[str, list[Any]]] | Problem"
 
+#: A part file: a local path, or an ``s3://`` URL.
+_Part: TypeAlias = "Path | str"
 
-def _read_file(path: Path, threads: int | None) -> _Read:
+_SMALL = ("record_index", "latent1_shape", "latent2_shape")
+
+
+def _remote_small_columns(url: str) -> dict[str, list[Any]]:
+    """The small columns of an ``s3://`` part file, a row group at a time through the Rust
+    reader (the three lie side by side after the latents: one GET per row group)."""
+    from hpd_encode._core import latent_layout, part_file_columns, read_row_group_columns
+
+    cols = [c for c in _SMALL if c in set(part_file_columns(url))]
+    out: dict[str, list[Any]] = {c: [] for c in cols}
+    if cols:
+        for group in range(len(latent_layout(url)[0])):
+            for c, values in read_row_group_columns(url, group, cols).items():
+                out[c].extend(values)
+    return out
+
+
+def _read_file(path: _Part, threads: int | None) -> _Read:
     """The reads of one file (no GIL held for long, so it runs on a worker
     thread ahead of the checks): every latent's check from the Rust reader,
     and the small columns the checks compare against; or the problem that
@@ -156,15 +197,20 @@ def _read_file(path: Path, threads: int | None) -> _Read:
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", str(e))
     try:
-        pf = pq.ParquetFile(path)
-        cols = [c for c in ("record_index", "latent1_shape", "latent2_shape") if c in pf.schema_arrow.names]
-        small = pf.read(columns=cols).to_pydict() if cols else {}
+        if isinstance(path, str):
+            small = _remote_small_columns(path)
+        else:
+            pf = pq.ParquetFile(path)
+            cols = [c for c in _SMALL if c in pf.schema_arrow.names]
+            small = pf.read(columns=cols).to_pydict() if cols else {}
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
     return checks, small
 
 
-def _check_file(path: Path, read: _Read, report: VerifyReport, seen: dict[int, tuple[str, int, int]]) -> None:
+def _check_file(
+    path: _Part, read: _Read, report: VerifyReport, seen: dict[int, tuple[str, int, int]]
+) -> None:
     name = str(path)
     if isinstance(read, Problem):
         report.problems.append(read)
@@ -220,8 +266,13 @@ def _check_file(path: Path, read: _Read, report: VerifyReport, seen: dict[int, t
                 seen[rec] = (name, group, row)
 
 
+def _name(path: _Part) -> str:
+    return store.name_of(path) if isinstance(path, str) else path.name
+
+
 def _account(
-    path: Path,
+    path: _Part,
+    size: int,
     read: _Read,
     report: VerifyReport,
     seen: dict[int, tuple[str, int, int]],
@@ -229,26 +280,26 @@ def _account(
     manifest: dict[str, Any] | None,
 ) -> None:
     """Check one file's rows and compare it with ``manifest.json``."""
-    size = path.stat().st_size
     rows_before = report.rows
     _check_file(path, read, report, seen)
     report.files += 1
     report.bytes += size
     if manifest is None:
         return
-    if path.name not in listed:
+    name = _name(path)
+    if name not in listed:
         if manifest.get("status") == "complete":
             report.problems.append(
                 Problem(str(path), None, None, "unlisted_file", "present but not listed in manifest.json")
             )
-    elif listed[path.name] is not None and int(listed[path.name] or 0) != report.rows - rows_before:
+    elif listed[name] is not None and int(listed[name] or 0) != report.rows - rows_before:
         report.problems.append(
             Problem(
                 str(path),
                 None,
                 None,
                 "row_count",
-                f"{report.rows - rows_before} rows, manifest.json says {listed[path.name]}",
+                f"{report.rows - rows_before} rows, manifest.json says {listed[name]}",
             )
         )
 
@@ -260,7 +311,8 @@ def verify(
     progress: bool = True,
     num_threads: int | None = None,
 ) -> VerifyReport:
-    """Read and check every row of the part files in ``output_dir``.
+    """Read and check every row of the part files in ``output_dir`` (a
+    directory, or an ``s3://bucket/prefix`` that ``hpd-encode push`` wrote).
 
     Refuses a directory whose manifest says the encode run has not completed,
     or whose lock another process holds, unless ``allow_partial`` (then it
@@ -268,19 +320,26 @@ def verify(
     threads (default: all cores). A progress bar is shown on a terminal when
     ``progress``.
     """
+    if store.is_remote(output_dir):
+        return _verify(str(output_dir), allow_partial, progress, num_threads)
     out = Path(output_dir)
     if not out.is_dir():
         raise InputNotFoundError(f"output directory '{out}' does not exist")
+    return _verify(out, allow_partial, progress, num_threads)
+
+
+def _verify(out: Path | str, allow_partial: bool, progress: bool, num_threads: int | None) -> VerifyReport:
     manifest = require_complete(out, allow_partial, "verify")
-    holder = lock_holder_if_busy(out)
-    if holder is not None:
-        msg = f"'{out}' is in use: {holder}"
-        if not allow_partial:
-            raise OutputBusyError(
-                f"{msg}; wait for it to finish, or pass --allow-partial to verify what is committed"
-            )
-        log.warning("%s; verifying what is committed so far (--allow-partial)", msg)
-    parts = list_part_files(out)
+    if not isinstance(out, str):  # a bucket has no lock
+        refuse_if_busy(out, allow_partial, "verify")
+    parts: list[_Part]
+    if isinstance(out, str):
+        parts = list(list_part_urls(out))
+        listing = store.sizes(out)
+        sizes = [listing[_name(p)] for p in parts]
+    else:
+        local = list_part_files(out)
+        parts, sizes = list(local), [p.stat().st_size for p in local]
     report = VerifyReport(
         output_dir=str(out), manifest_status=None if manifest is None else manifest.get("status")
     )
@@ -301,7 +360,7 @@ def verify(
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(p.stat().st_size for p in parts), unit="B", unit_scale=True, desc="verify")
+        bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="verify")
     seen: dict[int, tuple[str, int, int]] = {}
     # The next file is read (Rust, GIL released, on the same thread pool) while
     # this one is read and checked: the disk never waits for the Python side or
@@ -312,18 +371,17 @@ def verify(
             for j in (i, i + 1):
                 if j < len(parts) and j not in reads:
                     reads[j] = ahead.submit(_read_file, parts[j], num_threads)
-            _account(path, reads.pop(i).result(), report, seen, listed, manifest)
+            _account(path, sizes[i], reads.pop(i).result(), report, seen, listed, manifest)
             if bar is not None:
-                bar.update(path.stat().st_size)
+                bar.update(sizes[i])
     if bar is not None:
         bar.close()
-    present = {p.name for p in parts}
+    present = {_name(p) for p in parts}
     for name in listed:
         if name not in present:
+            where = store.join(out, name) if isinstance(out, str) else str(out / name)
             report.problems.append(
-                Problem(
-                    str(out / name), None, None, "missing_file", "listed in manifest.json but not present"
-                )
+                Problem(where, None, None, "missing_file", "listed in manifest.json but not present")
             )
     report.seconds = round(time.monotonic() - t0, 3)
     return report
