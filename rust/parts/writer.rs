@@ -127,30 +127,11 @@ pub fn reference_columns() -> impl Iterator<Item = &'static str> {
     PART_COLUMNS[..REFERENCE_COLUMN_COUNT].iter().map(|(name, _)| *name)
 }
 
-/// The fields of one submitted row, `(name, required)`. `detailed_results`
-/// and the shapes are derived; the optional fields take the reference's
-/// defaults for missing metadata (model names "", votes 0, confidence 0.0)
-/// or are stored as null (`record_index`, `bucket_id`, original sizes).
-pub const ROW_FIELDS: [(&str, bool); 18] = [
-    ("prompt", true),
-    ("model1", false),
-    ("model2", false),
-    ("image1_path", true),
-    ("image2_path", true),
-    ("latent1", true),
-    ("latent2", true),
-    ("record_index", false),
-    ("votes_chosen", false),
-    ("votes_rejected", false),
-    ("confidence", false),
-    ("height", true),
-    ("width", true),
-    ("bucket_id", false),
-    ("orig_chosen_height", false),
-    ("orig_chosen_width", false),
-    ("orig_rejected_height", false),
-    ("orig_rejected_width", false),
-];
+/// The fields of one submitted row, `(name, required)`: the record's fields by their part names
+/// ([`crate::metadata::record::ROW_FIELDS`]). `detailed_results` and the shapes are derived; the
+/// optional fields take the reference's defaults for missing metadata (model names "", votes 0,
+/// confidence 0.0) or are stored as null (`record_index`, `bucket_id`, original sizes).
+pub use crate::metadata::record::ROW_FIELDS;
 
 /// The latent columns, written one data page per value.
 const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];

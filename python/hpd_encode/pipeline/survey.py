@@ -5,8 +5,7 @@ Both in one pass (``metadata.read_metadata_and_probe``, ``rust/survey.rs``):
 the Rust reader numbers each window's new image paths and probes them as tasks
 on the pool while it cuts and parses the next windows, so the metadata's serial
 part (following a JSON list's structure) and the probe's kernel work overlap
-instead of one leaving a core idle while the other runs. The few good records
-only the per-entry Python path reads are numbered and probed after.
+instead of one leaving a core idle while the other runs.
 
 ``encode`` (one process) and ``check`` start here; under torchrun ``encode``
 plans from each rank's share instead (``pipeline/shared.py``, which uses the
@@ -21,14 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from hpd_encode import _core
+from hpd_encode import _core, record
 from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
 from hpd_encode.failures import Failure
 from hpd_encode.metadata import (
@@ -137,7 +136,7 @@ def in_record_order(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 #: The record columns only the writer needs (most of the bytes at HPDv3 scale).
-_TEXT = ("prompt", "model1", "model2")
+_TEXT = record.TEXT_FIELDS
 
 
 def survey(
@@ -212,7 +211,7 @@ def _read_and_probe(
     skip = np.sort(np.fromiter(done, dtype=np.int64, count=len(done)))
     counter = _core.Counter()
     with _ProbeProgress(counter, progress):
-        meta, cols = read_metadata_and_probe(
+        meta, found = read_metadata_and_probe(
             metadata,
             root,
             limit,
@@ -222,31 +221,9 @@ def _read_and_probe(
             counter=counter,
             text=text,
         )
-    ids = cols["ids"]
-    h, w, kinds, errors = (
-        cols["probe_heights"],
-        cols["probe_widths"],
-        cols["probe_kinds"],
-        cols["probe_errors"],
-    )
-    table = meta.table
-    # The records the per-entry path read (no ids yet), except those already done.
-    todo = table["id1"].is_null() & ~table["record_index"].is_in(skip)
-    if todo.any():
-        where = np.flatnonzero(todo.to_numpy())
-        slow = table.filter(todo)
-        n_before = len(ids)
-        id1 = table["id1"].fill_null(-1).to_numpy().copy()
-        id2 = table["id2"].fill_null(-1).to_numpy().copy()
-        id1[where] = ids.number(slow["path1"].to_list())
-        id2[where] = ids.number(slow["path2"].to_list())
-        table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
-        more = _probe(root, ids.paths_from(n_before), num_threads, max_pixels)
-        h, w, kinds = (np.concatenate([a, b]) for a, b in zip((h, w, kinds), more[:3]))
-        errors = errors + more[3]
-    table = table.with_columns(pl.col("id1", "id2").fill_null(-1))
-    images = pl.DataFrame({"path": path_column(ids)}).with_row_index("image_id")
-    return replace(meta, table=table), images, h, w, kinds, errors
+    images = pl.DataFrame({"path": path_column(found.ids)}).with_row_index("image_id")
+    h, w, kinds, errors = found.probe_heights, found.probe_widths, found.probe_kinds, found.probe_errors
+    return meta, images, h, w, kinds, errors
 
 
 class _ProbeProgress:
