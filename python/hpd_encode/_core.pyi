@@ -47,6 +47,7 @@ __all__ = [
     "PartFileError",
     "RowOutOfRangeError",
     "DEFAULT_MAX_FILE_BYTES",
+    "METADATA_WINDOW",
     "PROBE_OK",
     "PROBE_UNSAFE_PATH",
     "PROBE_UNREADABLE",
@@ -503,7 +504,7 @@ def record_fields() -> list[RecordField]:
     other list of them derives from (``hpd_encode.record``)."""
 
 def metadata_file_kind(
-    path: str, *, window: int | None = None
+    path: str, *, window: int = ...
 ) -> tuple[Literal["list", "lines", "object", "empty"], int, int]:
     """What a metadata file holds: ``(kind, start, first)``: a JSON list,
     JSON Lines, one object over several lines, or only whitespace (or
@@ -576,13 +577,16 @@ class MetadataColumns:
         """Number the records ``entries`` more and the lines ``lines`` more
         (a byte range's read, once the ranges before are counted)."""
 
+#: Bytes of a metadata file the reader holds at a time (``metadata._WINDOW``).
+METADATA_WINDOW: int
+
 def read_metadata_columns(
     path: str,
     mode: str,
     start: int,
     *,
     limit: int | None = None,
-    window: int | None = None,
+    window: int = ...,
     num_threads: int | None = None,
     part: tuple[int, int] | None = None,
     until: int | None = None,
@@ -602,8 +606,8 @@ def read_metadata_columns(
     range's start, see :meth:`MetadataColumns.shift`; a list's ``list_end``
     only when its bracket is in the range). Without ``text`` the text fields
     are checked but returned as empty strings (the paths are kept). Reads
-    ``window`` bytes at a time (None: 8 MiB), the entries of a window judged
-    in parallel, GIL released."""
+    ``window`` bytes at a time (``METADATA_WINDOW``), the entries of a window
+    judged in parallel, GIL released."""
 
 def read_metadata_entries(
     path: str,
@@ -654,7 +658,7 @@ def survey_metadata(
     root: str,
     *,
     limit: int | None = None,
-    window: int | None = None,
+    window: int = ...,
     num_threads: int | None = None,
     max_pixels: int = ...,
     skip: npt.NDArray[np.int64] | None = None,

@@ -88,11 +88,13 @@ class DamagedOutputError(HpdError, ValueError):
 
 
 class VaeError(HpdError, ValueError):
-    """A VAE that cannot be used: no diffusers config, an unsupported class, a bad argument."""
+    """A VAE or encoder object that cannot be used: no ``config.json``, an
+    unsupported class, an object lacking what ``LatentEncoder`` asks for, latents
+    of the wrong shape, pixels of the wrong layout (the message says which)."""
 
 
 class VaeLoadError(FileAccessError):
-    """A VAE whose weights cannot be loaded from its folder or the hub."""
+    """A VAE's files cannot be read or downloaded (the message names the folder or hub id)."""
 
 
 class SourceError(HpdError, ValueError):

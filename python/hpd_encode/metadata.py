@@ -57,9 +57,9 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {f.name: _POLARS_TYPES[f.dtype] for f in 
 #: Longest ``detail`` kept per failure: junk input must cost memory in proportion to its size.
 MAX_DETAIL: int = _core.MAX_DETAIL
 
-#: The bytes of the file the Rust reader holds at a time (None: its default, 8 MiB); tests make
-#: it small to cut entries across windows.
-_WINDOW: int | None = None
+#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry): Rust's
+#: ``DEFAULT_WINDOW`` (tests set smaller windows here to cross window edges).
+_WINDOW: int = _core.METADATA_WINDOW
 
 _PY_TYPES = {"int64": int, "float64": float, "string": str}
 
@@ -368,7 +368,7 @@ def read_metadata_shared(
         state: dict[str, Any] = {}
         if is_list:
             depth, inside = 0, False
-            summary = _core.metadata_range_summary(str(path), lo, hi)
+            summary = _core.metadata_range_summary(str(path), lo, hi, window=_WINDOW)
             for odd, change_outside, change_inside in all_gather(summary)[:rank]:
                 depth += change_inside if inside else change_outside
                 inside ^= odd

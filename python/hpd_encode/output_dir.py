@@ -227,8 +227,15 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
         if old is not None and old.get("fingerprint") != fp:
             before = old.get("settings", {})
             changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            what = ", ".join(changed)
+            if "vae_identity" in changed:
+                from hpd_encode.vae import describe_change
+
+                what += (
+                    f"; the VAE: {describe_change(before.get('vae_identity'), settings.get('vae_identity'))}"
+                )
             raise ResumeMismatchError(
-                f"'{output_dir}' holds a run made with different settings ({', '.join(changed)}); "
+                f"'{output_dir}' holds a run made with different settings ({what}); "
                 "pass --overwrite to start over, or choose another --output-dir"
             )
         if old is None and list_part_files(output_dir):

@@ -213,7 +213,7 @@ impl PyMetaColumns {
     }
 }
 
-/// `read_metadata_columns(path, mode, start, *, limit=None, window=None, num_threads=None,
+/// `read_metadata_columns(path, mode, start, *, limit=None, window=..., num_threads=None,
 /// part=None, until=None, depth=0, in_string=False, text=True) -> MetadataColumns`: the entries
 /// of a JSON list (`mode="list"`, its `[` at `start`) or JSON Lines (`mode="lines"`, from
 /// `start`) judged: the good records as columns, the bad ones as failures. `part=(k, n)`: only
@@ -221,7 +221,7 @@ impl PyMetaColumns {
 /// from there at `depth`, inside a string or not) to `until`. Without `text` the text fields are
 /// checked but returned empty (the paths are kept).
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, *, limit=None, window=None, num_threads=None, part=None, until=None, depth=0, in_string=false, text=true))]
+#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None, until=None, depth=0, in_string=false, text=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn read_metadata_columns(
     py: Python<'_>,
@@ -229,7 +229,7 @@ pub fn read_metadata_columns(
     mode: &str,
     start: u64,
     limit: Option<u64>,
-    window: Option<usize>,
+    window: usize,
     num_threads: Option<usize>,
     part: Option<(u64, u64)>,
     until: Option<u64>,
@@ -244,7 +244,6 @@ pub fn read_metadata_columns(
         (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
         (None, None) => Part::All,
     };
-    let window = window.unwrap_or(DEFAULT_WINDOW);
     let m = py
         .detach(|| read_part(&path, layout, limit, window, num_threads, part, text))
         .map_err(|e| io_error(&path, e))?;
@@ -288,13 +287,13 @@ pub struct PySurveyed {
     probe_errors: Vec<Option<String>>,
 }
 
-/// `survey_metadata(path, mode, start, root, *, limit=None, window=None, num_threads=None,
+/// `survey_metadata(path, mode, start, root, *, limit=None, window=..., num_threads=None,
 /// max_pixels=..., skip=None, counter=None, text=True) -> SurveyedMetadata`:
 /// [`read_metadata_columns`], and meanwhile the distinct image paths of the good records numbered
 /// and probed beneath `root` (see `survey.rs`), except the records in `skip` (a sorted int64
 /// array), which get ids -1. `counter` counts the images probed so far.
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, root, *, limit=None, window=None, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true))]
+#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn survey_metadata<'py>(
     py: Python<'py>,
@@ -303,7 +302,7 @@ pub fn survey_metadata<'py>(
     start: u64,
     root: PathBuf,
     limit: Option<u64>,
-    window: Option<usize>,
+    window: usize,
     num_threads: Option<usize>,
     max_pixels: u64,
     skip: Option<PyReadonlyArray1<'py, i64>>,
@@ -320,7 +319,6 @@ pub fn survey_metadata<'py>(
         return Err(OPTION.err("skip must be sorted"));
     }
     let limits = probe_limits(Some(max_pixels), None);
-    let window = window.unwrap_or(DEFAULT_WINDOW);
     let found = py.detach(|| -> PyResult<Surveyed> {
         let root = open_root(Some(&root))?;
         Ok(read_and_probe(
@@ -396,14 +394,13 @@ fn layout_of(mode: &str, start: u64) -> PyResult<Layout> {
     }
 }
 
-/// `metadata_file_kind(path, *, window=None) -> (kind, start, first)`: what the metadata file
+/// `metadata_file_kind(path, *, window=...) -> (kind, start, first)`: what the metadata file
 /// holds, `"list"`, `"lines"`, `"object"` (one object over several lines) or `"empty"` (only
 /// whitespace, or nothing); where its metadata starts (after a UTF-8 byte-order mark) and its
-/// first byte that is not whitespace. `window`: bytes read at a time (None: 8 MiB).
+/// first byte that is not whitespace.
 #[pyfunction]
-#[pyo3(signature = (path, *, window=None))]
-pub fn metadata_file_kind(py: Python<'_>, path: PathBuf, window: Option<usize>) -> PyResult<(&'static str, u64, u64)> {
-    let window = window.unwrap_or(DEFAULT_WINDOW);
+#[pyo3(signature = (path, *, window=DEFAULT_WINDOW))]
+pub fn metadata_file_kind(py: Python<'_>, path: PathBuf, window: usize) -> PyResult<(&'static str, u64, u64)> {
     let (kind, start, first) = py.detach(|| file_kind(&path, window)).map_err(|e| io_error(&path, e))?;
     let name = match kind {
         FileKind::List => "list",
