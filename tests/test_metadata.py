@@ -425,8 +425,8 @@ def test_junk_lines_are_failures_in_proportion(tmp_path):
 
 
 def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
-    """Many good records with bad ones scattered: the typed reads fail and are narrowed down to
-    exactly the bad records (by the error's row, by bisection where pyarrow names none)."""
+    """Many good records with bad ones scattered: exactly the bad records fail, whatever the window
+    (the reader judges entries a window, and a chunk of a window, at a time)."""
     entries: list[object] = [{**GOOD, "prompt": f"r{i}", "choice_dist": [i, 1]} for i in range(3000)]
     bad = {
         5: {**GOOD, "choice_dist": [True, 1]},
@@ -441,7 +441,7 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
     }
     for i, e in bad.items():
         entries[i] = e
-    good_extra = {1800, 2001}  # take the per-entry path, and are good
+    good_extra = {1800, 2001}  # good: a whole-number float, the largest vote count
     # Also with small windows and chunks: many windows, chunks and runs (record indices across windows).
     with mock.patch.object(md, "_WINDOW", 4096):
         small = _both(tmp_path, entries)
@@ -451,7 +451,7 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
         assert m.table["record_index"].is_sorted()
         row = m.table.filter(pl.col("record_index") == 1800).row(0)
         assert row[6:8] == (2, 0)
-    # Two records on one JSON Lines line: a row count that does not match is bisected, not misaligned.
+    # Two records on one JSON Lines line: that line is bad, the others are not misaligned.
     lines = [json.dumps({**GOOD, "prompt": f"r{i}"}) for i in range(200)]
     lines[77] = lines[77] + " " + lines[78]
     (tmp_path / "two.jsonl").write_text("\n".join(lines))
@@ -462,9 +462,9 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
     assert m.table["record_index"].to_list() == [i for i in range(200) if i != 77]
 
 
-def test_null_and_other_non_objects_never_reach_the_typed_reader(tmp_path):
-    """pyarrow 26's JSON reader crashes (SIGSEGV) on a block that starts with ``null``: such entries
-    must take the per-entry path, wherever they are."""
+def test_null_and_other_non_objects_are_bad_records(tmp_path):
+    """Entries that are not objects (``null`` among them: pyarrow 26's JSON reader, used once,
+    crashed on a block starting with it) are bad records wherever they are."""
     entries: list[object] = [
         None,
         *[{**GOOD, "prompt": f"r{i}"} for i in range(40)],
@@ -685,8 +685,8 @@ def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_asc
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=st.lists(_records(), min_size=1, max_size=12), good_runs=st.integers(10, 40))
 def test_property_bad_records_among_long_good_runs(tmp_path, entries, good_runs):
-    """Hostile records between long runs of good ones, so that they hit the typed reader's failure
-    handling (error rows, bisection) rather than the per-entry path alone."""
+    """Hostile records between long runs of good ones: judged among many good ones, in parallel
+    chunks, each still gets its own verdict and number."""
     padded: list[object] = []
     for e in entries:
         padded += [{**GOOD, "prompt": f"g{len(padded) + k}"} for k in range(good_runs)] + [e]

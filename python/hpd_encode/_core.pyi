@@ -568,8 +568,8 @@ class MetadataColumns:
     @property
     def list_error(self) -> tuple[int, str] | None:
         """A list's first element that is not JSON (it breaks the list): its number and why."""
-    @property
-    def failures(self) -> MetadataFailures: ...
+    def take_failures(self) -> MetadataFailures:
+        """The bad records, handed over: the object no longer holds them."""
     def take_column(self, name: str) -> npt.NDArray[np.int64] | npt.NDArray[np.float64] | StringColumn:
         """The column of the record field ``name`` (one read from the entries),
         handed over: the object no longer holds it."""

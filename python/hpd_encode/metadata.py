@@ -227,7 +227,7 @@ ENTRY_COLUMNS = tuple(_ENTRY_SCHEMA)
 def _metadata(
     cols: _core.MetadataColumns, n_entries: int, extra: dict[str, np.ndarray] | None = None
 ) -> Metadata:
-    f = cols.failures
+    f = cols.take_failures()
     failures = [
         Failure(int(i), "metadata", "bad_record", detail, p1, p2)
         for i, detail, p1, p2 in zip(f.record_index.tolist(), f.detail, f.image1_path, f.image2_path)
@@ -410,7 +410,7 @@ def read_records(
         np.ascontiguousarray(entry_len, np.int64),
         num_threads=num_threads,
     )
-    failures = cols.failures
+    failures = cols.take_failures()
     if len(failures.record_index):
         raise MetadataError(
             f"metadata '{path}' changed while being read: record {failures.record_index[0]} "

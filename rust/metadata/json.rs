@@ -347,66 +347,55 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn object(&mut self) -> Result<Value<'a>, Syntax> {
+    /// The items of a list or object opened here, each read by `item`, up to the `close` bracket
+    /// (Python's order of checks: the item, then a comma or the end).
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Result<(), Syntax>) -> Result<(), Syntax> {
         self.enter()?;
-        let mut pairs = Vec::new();
         self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            self.depth -= 1;
-            return Ok(Value::Object(pairs));
-        }
-        loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.err(SyntaxError::ExpectingPropertyName));
-            }
-            let key = self.string()?;
-            self.ws();
-            if self.peek() != Some(b':') {
-                return Err(self.err(SyntaxError::ExpectingColon));
-            }
-            self.i += 1;
-            self.ws();
-            let v = self.value()?;
-            pairs.push((key, v));
-            self.ws();
-            match self.peek() {
-                Some(b'}') => break,
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
+        if self.peek() != Some(close) {
+            loop {
+                item(self)?;
+                self.ws();
+                match self.peek() {
+                    Some(c) if c == close => break,
+                    Some(b',') => {
+                        self.i += 1;
+                        self.ws();
+                    }
+                    _ => return Err(self.err(SyntaxError::ExpectingComma)),
                 }
-                _ => return Err(self.err(SyntaxError::ExpectingComma)),
             }
         }
         self.i += 1;
         self.depth -= 1;
+        Ok(())
+    }
+
+    fn object(&mut self) -> Result<Value<'a>, Syntax> {
+        let mut pairs = Vec::new();
+        self.items(b'}', |p| {
+            if p.peek() != Some(b'"') {
+                return Err(p.err(SyntaxError::ExpectingPropertyName));
+            }
+            let key = p.string()?;
+            p.ws();
+            if p.peek() != Some(b':') {
+                return Err(p.err(SyntaxError::ExpectingColon));
+            }
+            p.i += 1;
+            p.ws();
+            pairs.push((key, p.value()?));
+            Ok(())
+        })?;
         Ok(Value::Object(pairs))
     }
 
     fn list(&mut self) -> Result<Value<'a>, Syntax> {
-        self.enter()?;
         let mut items = Vec::new();
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            self.depth -= 1;
-            return Ok(Value::List(items));
-        }
-        loop {
-            items.push(self.value()?);
-            self.ws();
-            match self.peek() {
-                Some(b']') => break,
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                _ => return Err(self.err(SyntaxError::ExpectingComma)),
-            }
-        }
-        self.i += 1;
-        self.depth -= 1;
+        self.items(b']', |p| {
+            items.push(p.value()?);
+            Ok(())
+        })?;
         Ok(Value::List(items))
     }
 }

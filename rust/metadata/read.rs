@@ -28,6 +28,9 @@ use crate::pool::pool;
 /// window every caller uses unless a test asks for another.
 pub const DEFAULT_WINDOW: usize = 8 << 20;
 
+/// Entries judged in one parallel step (their verdicts held together).
+const JUDGED_AT_ONCE: usize = 8192;
+
 /// Where the entries start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -327,9 +330,14 @@ fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
     // Only this part's entries are judged (and only their results held: a rank of 8 would
     // otherwise hold a verdict the size of a parsed record for each of the others).
     let picked: Vec<usize> = (0..entries.len()).filter(|&k| mine(k)).collect();
-    let judged: Vec<Verdict<'_>> = picked.par_iter().map(|&k| judge(w.bytes(&entries[k]), entries[k].place)).collect();
-    for (&k, verdict) in picked.iter().zip(judged) {
-        out.push(first + k as i64, &entries[k], verdict);
+    // A chunk at a time: a window of short entries (junk lines) holds hundreds of thousands, and
+    // a verdict is the size of a parsed record.
+    for chunk in picked.chunks(JUDGED_AT_ONCE) {
+        let judged: Vec<Verdict<'_>> =
+            chunk.par_iter().map(|&k| judge(w.bytes(&entries[k]), entries[k].place)).collect();
+        for (&k, verdict) in chunk.iter().zip(judged) {
+            out.push(first + k as i64, &entries[k], verdict);
+        }
     }
     out.n_entries += entries.len() as i64;
 }

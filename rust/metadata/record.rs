@@ -202,37 +202,50 @@ pub const fn is_read(f: &Field) -> bool {
     f.source.key().is_some()
 }
 
-const fn count_read() -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while i < FIELDS.len() {
-        if is_read(&FIELDS[i]) {
-            n += 1;
-        }
-        i += 1;
-    }
-    n
+/// `pub const $n: usize` and `pub const $fields: [Field; $n]`: the fields of [`FIELDS`] for which
+/// the const fn `$keep(&Field) -> bool` holds, in declaration order.
+macro_rules! fields_where {
+    ($(#[$m:meta])* $n:ident, $(#[$mf:meta])* $fields:ident, $keep:path) => {
+        $(#[$m])*
+        pub const $n: usize = {
+            let (mut n, mut i) = (0, 0);
+            while i < $crate::metadata::record::FIELDS.len() {
+                if $keep(&$crate::metadata::record::FIELDS[i]) {
+                    n += 1;
+                }
+                i += 1;
+            }
+            n
+        };
+        $(#[$mf])*
+        pub const $fields: [$crate::metadata::record::Field; $n] = {
+            let fields = &$crate::metadata::record::FIELDS;
+            let mut out = [fields[0]; $n];
+            let (mut n, mut i) = (0, 0);
+            while i < fields.len() {
+                if $keep(&fields[i]) {
+                    out[n] = fields[i];
+                    n += 1;
+                }
+                i += 1;
+            }
+            out
+        };
+    };
 }
+pub(crate) use fields_where;
 
-/// How many fields are read from the entry's keys.
-pub const N_READ: usize = count_read();
+fields_where!(
+    /// How many fields are read from the entry's keys.
+    N_READ,
+    /// The fields read from the entry's keys, in declaration order: the metadata reader's columns
+    /// after `record_index`.
+    READ_FIELDS,
+    is_read
+);
 
-/// The fields read from the entry's keys, in declaration order: the metadata reader's columns
-/// after `record_index`.
-pub const READ_FIELDS: [Field; N_READ] = {
-    let mut out = [FIELDS[0]; N_READ];
-    let (mut i, mut n) = (0, 0);
-    while i < FIELDS.len() {
-        if is_read(&FIELDS[i]) {
-            out[n] = FIELDS[i];
-            n += 1;
-        }
-        i += 1;
-    }
-    out
-};
-
-const fn str_eq(a: &str, b: &str) -> bool {
+/// `a == b`, at compile time.
+pub const fn str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -247,11 +260,11 @@ const fn str_eq(a: &str, b: &str) -> bool {
     true
 }
 
-/// The position in [`FIELDS`] of the field `name` (a compile error when there is none).
-pub const fn index_of(name: &str) -> usize {
+/// The position in `fields` of the field `name` (a compile error, in a const, when there is none).
+pub const fn position(fields: &[Field], name: &str) -> usize {
     let mut i = 0;
-    while i < FIELDS.len() {
-        if str_eq(FIELDS[i].name, name) {
+    while i < fields.len() {
+        if str_eq(fields[i].name, name) {
             return i;
         }
         i += 1;
@@ -259,16 +272,14 @@ pub const fn index_of(name: &str) -> usize {
     panic!("no such record field")
 }
 
-/// The position in [`READ_FIELDS`] of the field `name` (a compile error when there is none).
+/// The position in [`FIELDS`] of the field `name`.
+pub const fn index_of(name: &str) -> usize {
+    position(&FIELDS, name)
+}
+
+/// The position in [`READ_FIELDS`] of the field `name`.
 pub const fn read_index_of(name: &str) -> usize {
-    let mut i = 0;
-    while i < N_READ {
-        if str_eq(READ_FIELDS[i].name, name) {
-            return i;
-        }
-        i += 1;
-    }
-    panic!("no such field read from the metadata")
+    position(&READ_FIELDS, name)
 }
 
 /// The fields of a row given to the part writer, `(part name, required)`, in declaration order.

@@ -12,7 +12,6 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 use crate::image::decode::DEFAULT_MAX_PIXELS;
-use crate::metadata::judge::Reason;
 use crate::metadata::read::{
     file_kind, read_entries, read_part, summarize_range, Column, Failures, FileKind, Layout, MetaColumns, Part,
     StrColumn, DEFAULT_WINDOW,
@@ -181,15 +180,14 @@ impl PyMetaColumns {
         })
     }
 
-    /// The bad records, their reasons in words.
-    #[getter]
-    fn failures(&self, py: Python<'_>) -> PyFailures {
-        let f = &self.failures;
+    /// The bad records, their reasons in words, handed over: the object no longer holds them.
+    fn take_failures(&mut self, py: Python<'_>) -> PyFailures {
+        let Failures { record_index, reasons, paths: [image1_path, image2_path] } = std::mem::take(&mut self.failures);
         PyFailures {
-            record_index: f.record_index.clone().into_pyarray(py).unbind(),
-            detail: f.reasons.iter().map(Reason::render).collect(),
-            image1_path: f.paths[0].clone(),
-            image2_path: f.paths[1].clone(),
+            record_index: record_index.into_pyarray(py).unbind(),
+            detail: reasons.into_iter().map(|r| r.render()).collect(),
+            image1_path,
+            image2_path,
         }
     }
 
