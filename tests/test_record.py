@@ -13,9 +13,8 @@ import pyarrow as pa
 
 from hpd_encode import _core, failures, metadata, record, schema
 
-# (modules: the package ``hpd_encode.pipeline`` has a function named ``survey``)
+# (a module: the package ``hpd_encode.pipeline`` may export names that hide its modules)
 encoder = importlib.import_module("hpd_encode.pipeline.encoder")
-survey = importlib.import_module("hpd_encode.pipeline.survey")
 
 _POLARS = {"int64": pl.Int64(), "float64": pl.Float64(), "string": pl.String()}
 _PY = {"string": str, "int64": int, "int32": int, "float64": float, "binary": np.ndarray}
@@ -42,7 +41,6 @@ def test_the_metadata_table_is_the_fields_read_from_the_metadata() -> None:
     read = [f for f in record.FIELDS if f.source in ("position", "key", "pair_item")]
     assert metadata.TABLE_SCHEMA == {f.name: _POLARS[f.dtype] for f in read}
     assert [f.name for f in dataclasses.fields(metadata.Record)] == list(metadata.TABLE_SCHEMA)
-    assert survey._TEXT == tuple(f.name for f in read if f.kind == "text") == ("prompt", "model1", "model2")
 
 
 def test_the_writer_rows_are_the_fields_by_their_part_names() -> None:

@@ -664,12 +664,19 @@ def survey_metadata(
     skip: npt.NDArray[np.int64] | None = None,
     counter: Counter | None = None,
     text: bool = True,
+    part: tuple[int, int] | None = None,
+    until: int | None = None,
+    depth: int = 0,
+    in_string: bool = False,
+    probe: bool = True,
 ) -> SurveyedMetadata:
-    """:func:`read_metadata_columns`, and meanwhile the distinct image paths
-    of the good records numbered (in order of first appearance, a record's
-    ``path1`` then its ``path2``) and probed beneath ``root`` as
-    :func:`probe_paths` does, each window's new paths while the next windows
-    are read; the records in ``skip`` (sorted record numbers) get ids -1.
+    """:func:`read_metadata_columns` (the same share: ``part``, or the byte
+    range to ``until``), and meanwhile the distinct image paths of the good
+    records numbered (in order of first appearance, a record's ``path1``
+    then its ``path2``, each with its 64-bit hash) and, with ``probe``,
+    probed beneath ``root`` as :func:`probe_paths` does, each window's new
+    paths while the next windows are read (the probes are empty without
+    ``probe``); the records in ``skip`` (sorted record numbers) get ids -1.
     ``counter`` counts the images probed."""
 
 @final
@@ -685,6 +692,8 @@ class PathIds:
     """Distinct paths numbered in order of first appearance."""
 
     def __len__(self) -> int: ...
+    def take_hashes(self) -> npt.NDArray[np.uint64]:
+        """Every path's 64-bit hash (XXH3), by id; empty after."""
     def take_paths(self) -> StringColumn:
         """Every path by id; this object is empty after."""
 

@@ -24,10 +24,6 @@ METADATA_FIELDS: tuple[_core.RecordField, ...] = tuple(
     f for f in FIELDS if f.source in ("position", "key", "pair_item")
 )
 
-#: The text fields read from the metadata (not the paths): most of a table's bytes, left out by a
-#: narrow survey and read again for the rows planned.
-TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in METADATA_FIELDS if f.kind == "text")
-
 #: The image paths, chosen then rejected: the fields a failure names.
 IMAGE_PATH_FIELDS: tuple[_core.RecordField, ...] = tuple(f for f in METADATA_FIELDS if f.kind == "path")
 
@@ -44,4 +40,4 @@ def field(name: str) -> _core.RecordField:
     raise UnknownKeyError(f"no record field {name!r}; the fields are {', '.join(f.name for f in FIELDS)}")
 
 
-__all__ = ["FIELDS", "IMAGE_PATH_FIELDS", "METADATA_FIELDS", "ROW_NAMES", "TEXT_FIELDS", "field"]
+__all__ = ["FIELDS", "IMAGE_PATH_FIELDS", "METADATA_FIELDS", "ROW_NAMES", "field"]
