@@ -3,8 +3,11 @@
 Generates (once, cached in ``--dir``) HPDv3-like metadata of ``--records``
 comparisons (prompt ~100 characters, paths like ``images/model_3/0001234.jpg``,
 models, ``choice_dist``, ``confidence``) as a compact JSON list, an indented
-JSON list (``json.dump(indent=2)``) and JSON Lines, plus 5 MB of junk lines; then
-reads each in a fresh process and prints wall time and peak RSS (ru_maxrss).
+JSON list (``json.dump(indent=2)``) and JSON Lines, the compact list again with
+every tenth record bad (``bad_tenth``: a fractional, huge or non-finite vote or
+confidence, an empty path, a number as a model, a null prompt), plus 5 MB of
+junk lines; then reads each in a fresh process and prints wall time, CPU time
+and peak RSS (``VmHWM``).
 
     .venv/bin/python benches/bench_metadata.py --records 1168962 --dir /tmp/hpd-meta
 """
@@ -44,6 +47,7 @@ def generate(out: Path, n: int) -> dict[str, Path]:
         "list": out / "train.json",
         "list_indent": out / "train_indent.json",
         "lines": out / "train.jsonl",
+        "bad_tenth": out / "bad_tenth.json",
         "junk": out / "junk.jsonl",
     }
     if all(f.exists() for f in files.values()) and (out / f"n={n}").exists():
@@ -56,6 +60,17 @@ def generate(out: Path, n: int) -> dict[str, Path]:
     with open(files["lines"], "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
+    bad: list[dict[str, object]] = [
+        {"choice_dist": [2.5, 1]},
+        {"path1": ""},
+        {"confidence": float("nan")},
+        {"model1": 5},
+        {"prompt": None},
+        {"choice_dist": [10**30, 1]},
+    ]
+    files["bad_tenth"].write_text(
+        json.dumps([{**r, **bad[i // 10 % len(bad)]} if i % 10 == 0 else r for i, r in enumerate(records)])
+    )
     junk = bytearray()
     while len(junk) < 5 << 20:
         line = bytes(rng.randrange(32, 256) for _ in range(rng.randrange(1, 80)))

@@ -109,7 +109,9 @@ def test_json_lines_with_bad_lines_and_bom(tmp_path):
     assert m.table["prompt"].to_list() == ["p", "last"]
     assert m.table["record_index"].to_list() == [0, 4]  # blank lines do not count as records
     reasons = _reasons(m)
-    assert reasons[1] == "line 2 is not valid JSON: Expecting property name enclosed in double quotes"
+    assert reasons[1] == (
+        "line 2 is not valid JSON: Expecting property name enclosed in double quotes at byte 1 of the line"
+    )
     assert reasons[2] == "field 'path1' is missing or not a string"
     assert reasons[3] == "confidence 'high' is not a finite number"
     assert m.n_entries == 5
@@ -151,10 +153,136 @@ def test_limit_and_whole_file_errors(tmp_path):
         with pytest.raises(MetadataError, match="cannot parse metadata '.*bad.json' as JSON: " + why) as e:
             read_metadata(tmp_path / "bad.json")
         assert isinstance(e.value, HpdError) and isinstance(e.value, ValueError)
-    for text in ("", "  \n\n", "[]", " [ \n ] "):
+    for text in ("[]", " [ \n ] "):
         (tmp_path / "empty.json").write_text(text)
         m = read_metadata(tmp_path / "empty.json")
         assert m.n_entries == 0 and m.table.height == 0 and m.table.schema == pl.Schema(TABLE_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"", "is empty"),
+        (b"\xef\xbb\xbf", "is empty"),
+        (b"  \n\n", "holds only whitespace"),
+        (b"\n\x0b \t\n", "holds only whitespace"),
+    ],
+)
+def test_empty_or_whitespace_only_file_is_one_clear_error(tmp_path, content, what):
+    """Nothing to read is a mistake (a truncated download, the wrong file), not 0 records."""
+    meta = tmp_path / "train.json"
+    meta.write_bytes(content)
+    message = f"metadata '{meta}' {what}: expected a JSON list of records or JSON Lines (one record per line)"
+    for limit in (None, 0):
+        with pytest.raises(MetadataError) as e:
+            read_metadata(meta, limit=limit)
+        assert str(e.value) == message
+    assert [str(e) for e in _read_as_ranks(meta, 2)] == [message, message]
+
+
+def _one(tmp_path: Path, entry: str) -> Metadata:
+    """An entry, written as is, between two good records: read as a JSON list and as JSON Lines (the
+    two must agree, but for where a syntax error is: in the file, in the line)."""
+    good = json.dumps(GOOD)
+    lst = tmp_path / "one.json"
+    lst.write_text(f"[{good},\n{entry},\n{good}]")
+    lines = tmp_path / "one.jsonl"
+    lines.write_text(f"{good}\n{entry}\n{good}\n")
+    m_list, m_lines = read_metadata(lst), read_metadata(lines)
+    assert_frame_equal(m_list.table, m_lines.table)
+    if not any(" of the " in f.detail for f in m_list.failures):
+        assert _reasons(m_list) == _reasons(m_lines)
+    assert list(_reasons(m_list)) == list(_reasons(m_lines))
+    return m_list
+
+
+def _entry(**change: str) -> str:
+    """GOOD as JSON text with fields replaced by raw JSON text (``None``: removed)."""
+    fields = {k: json.dumps(v) for k, v in GOOD.items()}
+    fields.update(change)
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items() if v is not None) + "}"
+
+
+def test_edge_lone_surrogates_are_errors_in_declared_text_only(tmp_path):
+    m = _one(tmp_path, _entry(x='["\\ud800", {"y": "\\udfff"}]'))
+    assert m.failures == [] and m.table.height == 3
+    m = _one(tmp_path, _entry(model2='"m\\udfff"'))
+    assert _reasons(m) == {1: "field 'model2' contains a lone surrogate (\\udfff), not valid Unicode"}
+    # A surrogate pair is one character.
+    m = _one(tmp_path, _entry(prompt='"\\ud83d\\ude00"'))
+    assert m.table["prompt"][1] == "\U0001f600"
+
+
+def test_edge_nan_and_infinity_literals(tmp_path):
+    m = _one(tmp_path, _entry(x="[NaN, Infinity, -Infinity]"))
+    assert m.failures == [] and m.table.height == 3
+    assert _reasons(_one(tmp_path, _entry(choice_dist="[Infinity, 1]"))) == {
+        1: "vote count inf is not a number"
+    }
+    assert _reasons(_one(tmp_path, _entry(confidence="-Infinity"))) == {
+        1: "confidence -inf is not a finite number"
+    }
+
+
+def test_edge_numbers_beyond_float_range(tmp_path):
+    m = _one(tmp_path, _entry(x="1e400", y="-1e999"))
+    assert m.failures == [] and m.table.height == 3
+    assert _reasons(_one(tmp_path, _entry(confidence="1e400"))) == {
+        1: "confidence inf is not a finite number"
+    }
+    assert _reasons(_one(tmp_path, _entry(choice_dist="[1, -1e400]"))) == {
+        1: "vote count -inf is not a number"
+    }
+    # An integer: the nearest float while finite, as Python's float().
+    m = _one(tmp_path, _entry(confidence=str(10**308)))
+    assert m.table["confidence"][1] == float(10**308)
+    assert _reasons(_one(tmp_path, _entry(confidence=str(10**309)))) == {
+        1: "confidence 10000000000000000000… (310 digits) is not a finite number"
+    }
+
+
+def test_edge_duplicate_keys_the_last_one_counts(tmp_path):
+    m = _one(tmp_path, _entry(prompt='5, "prompt": "second"'))
+    assert m.failures == [] and m.table["prompt"][1] == "second"
+    m = _one(tmp_path, _entry(choice_dist='[1, 1], "choice_dist": [7, 2], "x": 1, "x": 2'))
+    assert m.table.row(1)[6:8] == (7, 2)
+    assert _reasons(_one(tmp_path, _entry(prompt='"first", "prompt": null'))) == {
+        1: "field 'prompt' is missing or not a string"
+    }
+
+
+def test_edge_one_nesting_limit_for_every_field(tmp_path):
+    """At most 128 levels of lists and objects (the record's object is level 1), known fields or
+    not: a deep unknown field was taken by one reader and refused by the other."""
+    deep = "[" * 128 + "]" * 128
+    m = _one(tmp_path, _entry(x=deep))  # 129 levels
+    why = "is not valid JSON: nested too deeply (more than 128 levels) at byte"
+    assert m.table.height == 2 and _reasons(m)[1].startswith(f"record {why}")
+    lines = tmp_path / "one.jsonl"
+    assert _reasons(read_metadata(lines))[1].startswith(f"line 2 {why} ")
+    m = _one(tmp_path, _entry(x="[" * 127 + "]" * 127))  # 128 levels
+    assert m.failures == [] and m.table.height == 3
+    # Brackets in strings do not count.
+    m = _one(tmp_path, _entry(x=json.dumps("[{" * 200)))
+    assert m.failures == [] and m.table.height == 3
+
+
+def test_edge_big_integers_and_whole_floats(tmp_path):
+    m = _one(tmp_path, _entry(choice_dist=f"[{2**63 - 1}, 9223372036854774784.0]"))
+    assert m.table.row(1)[6:8] == (2**63 - 1, 9223372036854774784)
+    for votes, why in [
+        (f"[{2**63}, 1]", f"vote count {2**63} does not fit in a signed 64-bit integer"),
+        (
+            "[9223372036854775808.0, 1]",
+            "vote count 9.223372036854776e+18 does not fit in a signed 64-bit integer",
+        ),
+        (f"[{-(10**30)}, 1]", f"vote count {-(10**30)} is negative"),
+        (f"[{-(10**50)}, 1]", "vote count -1000000000000000000… (52 digits) is negative"),
+        ("[1e2, 2.5]", "vote count 2.5 is not a whole number"),
+    ]:
+        assert _reasons(_one(tmp_path, _entry(choice_dist=votes))) == {1: why}, votes
+    m = _one(tmp_path, _entry(choice_dist="[1e2, -0.0]"))
+    assert m.table.row(1)[6:8] == (100, 0)
 
 
 BAD_VALUES = [
@@ -297,8 +425,8 @@ def test_junk_lines_are_failures_in_proportion(tmp_path):
 
 
 def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
-    """Many good records with bad ones scattered: the typed reads fail and are narrowed down to
-    exactly the bad records (by the error's row, by bisection where pyarrow names none)."""
+    """Many good records with bad ones scattered: exactly the bad records fail, whatever the window
+    (the reader judges entries a window, and a chunk of a window, at a time)."""
     entries: list[object] = [{**GOOD, "prompt": f"r{i}", "choice_dist": [i, 1]} for i in range(3000)]
     bad = {
         5: {**GOOD, "choice_dist": [True, 1]},
@@ -313,7 +441,7 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
     }
     for i, e in bad.items():
         entries[i] = e
-    good_extra = {1800, 2001}  # take the per-entry path, and are good
+    good_extra = {1800, 2001}  # good: a whole-number float, the largest vote count
     # Also with small windows and chunks: many windows, chunks and runs (record indices across windows).
     with mock.patch.object(md, "_WINDOW", 4096):
         small = _both(tmp_path, entries)
@@ -323,19 +451,20 @@ def test_typed_path_errors_are_found_among_many_good_records(tmp_path):
         assert m.table["record_index"].is_sorted()
         row = m.table.filter(pl.col("record_index") == 1800).row(0)
         assert row[6:8] == (2, 0)
-    # Two records on one JSON Lines line: a row count that does not match is bisected, not misaligned.
+    # Two records on one JSON Lines line: that line is bad, the others are not misaligned.
     lines = [json.dumps({**GOOD, "prompt": f"r{i}"}) for i in range(200)]
     lines[77] = lines[77] + " " + lines[78]
     (tmp_path / "two.jsonl").write_text("\n".join(lines))
     m = read_metadata(tmp_path / "two.jsonl")
-    assert _reasons(m) == {77: "line 78 is not valid JSON: Extra data"}
+    at = len(lines[77]) - len(lines[78])  # the second record on the line
+    assert _reasons(m) == {77: f"line 78 is not valid JSON: Extra data at byte {at} of the line"}
     assert m.table["prompt"].to_list() == [f"r{i}" for i in range(200) if i != 77]
     assert m.table["record_index"].to_list() == [i for i in range(200) if i != 77]
 
 
-def test_null_and_other_non_objects_never_reach_the_typed_reader(tmp_path):
-    """pyarrow 26's JSON reader crashes (SIGSEGV) on a block that starts with ``null``: such entries
-    must take the per-entry path, wherever they are."""
+def test_null_and_other_non_objects_are_bad_records(tmp_path):
+    """Entries that are not objects (``null`` among them: pyarrow 26's JSON reader, used once,
+    crashed on a block starting with it) are bad records wherever they are."""
     entries: list[object] = [
         None,
         *[{**GOOD, "prompt": f"r{i}"} for i in range(40)],
@@ -556,8 +685,8 @@ def test_property_every_entry_is_good_or_a_failure(tmp_path, entries, ensure_asc
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=st.lists(_records(), min_size=1, max_size=12), good_runs=st.integers(10, 40))
 def test_property_bad_records_among_long_good_runs(tmp_path, entries, good_runs):
-    """Hostile records between long runs of good ones, so that they hit the typed reader's failure
-    handling (error rows, bisection) rather than the per-entry path alone."""
+    """Hostile records between long runs of good ones: judged among many good ones, in parallel
+    chunks, each still gets its own verdict and number."""
     padded: list[object] = []
     for e in entries:
         padded += [{**GOOD, "prompt": f"g{len(padded) + k}"} for k in range(good_runs)] + [e]
@@ -645,6 +774,18 @@ def test_ranks_reading_byte_ranges_refuse_a_bad_list_alike(tmp_path):
         for world in (2, 5):
             errors = _read_as_ranks(path, world)
             assert all(isinstance(e, md.MetadataError) and message in str(e) for e in errors), errors
+    # A broken element: every rank names it (its number among all), not only the rank that read it.
+    entries = [json.dumps({**GOOD, "prompt": f"r{i}"}) for i in range(30)]
+    entries[17] = '{"prompt": "x",}'
+    path = tmp_path / "broken.json"
+    path.write_text("[" + ",\n".join(entries) + "]")
+    at = path.read_text().index('{"prompt": "x",}') + len('{"prompt": "x",')
+    message = f"cannot parse metadata '{path}' as JSON: record 17: Expecting property name enclosed in double quotes at byte {at} of the file"
+    with pytest.raises(md.MetadataError) as e:
+        read_metadata(path)
+    assert str(e.value) == message
+    for world in (2, 3, 7):
+        assert [str(e) for e in _read_as_ranks(path, world)] == [message] * world
     for text in ("[]", "[ \n ]", "  [\n]\n"):
         path = tmp_path / "empty.json"
         path.write_text(text)

@@ -83,11 +83,18 @@ __all__ = [
     "first_use_numbering",
     "number_jobs",
     "image_owners",
+    "MAX_DETAIL",
+    "record_fields",
+    "RecordField",
+    "metadata_file_kind",
     "read_metadata_columns",
-    "metadata_value_end",
     "metadata_range_summary",
     "read_metadata_entries",
     "survey_metadata",
+    "MetadataColumns",
+    "MetadataFailures",
+    "StringColumn",
+    "SurveyedMetadata",
     "Counter",
     "PathIds",
     "read_pairs",
@@ -504,6 +511,114 @@ def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int
     the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
     released; ``ValueError`` for an edge end outside ``0..n``."""
 
+#: Longest reason (in characters) a bad metadata record's failure keeps.
+MAX_DETAIL: int
+
+@final
+class RecordField:
+    """One field of the record as ``rust/metadata/record.rs`` declares it."""
+
+    @property
+    def name(self) -> str:
+        """Its name in the metadata table and the plan's rows."""
+    @property
+    def part_name(self) -> str:
+        """Its name in the part file (a column, and a field of the writer's rows)."""
+    @property
+    def kind(self) -> Literal["text", "path", "count", "real", "index", "size", "bucket", "latent"]: ...
+    @property
+    def dtype(self) -> str:
+        """Its Arrow type, as pyarrow spells it (``int64``, ``string``...)."""
+    @property
+    def source(self) -> Literal["position", "key", "pair_item", "survey", "plan", "encoder"]: ...
+    @property
+    def key(self) -> str | None:
+        """The metadata key it is read from (None for the others)."""
+    @property
+    def missing(self) -> Literal["required", "default", "null"]:
+        """What an absent or null value becomes."""
+    @property
+    def together_with(self) -> str | None:
+        """The other half of a pair given together or not at all (an image's height and width)."""
+
+def record_fields() -> list[RecordField]:
+    """The record's fields, in declaration order: the one definition every
+    other list of them derives from (``hpd_encode.record``)."""
+
+def metadata_file_kind(
+    path: str, *, window: int = ...
+) -> tuple[Literal["list", "lines", "object", "empty"], int, int]:
+    """What a metadata file holds: ``(kind, start, first)``: a JSON list,
+    JSON Lines, one object over several lines, or only whitespace (or
+    nothing); where its metadata starts (after a UTF-8 byte-order mark) and
+    its first byte that is not whitespace."""
+
+@final
+class StringColumn:
+    """A column of strings as Arrow buffers: ``views`` (the string-view
+    layout, 16 bytes a value) when the data is under 4 GiB, else ``offsets``
+    (int64); and ``data`` (UTF-8 bytes)."""
+
+    @property
+    def views(self) -> npt.NDArray[np.uint8] | None: ...
+    @property
+    def offsets(self) -> npt.NDArray[np.int64] | None: ...
+    @property
+    def data(self) -> npt.NDArray[np.uint8]: ...
+    def __len__(self) -> int: ...
+
+@final
+class MetadataFailures:
+    """The bad records of a read, as columns."""
+
+    @property
+    def record_index(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def detail(self) -> list[str]:
+        """Why each is bad (at most ``MAX_DETAIL`` characters)."""
+    @property
+    def image1_path(self) -> list[str]:
+        """Its chosen image's path where usable (a non-empty string), else ``""``."""
+    @property
+    def image2_path(self) -> list[str]: ...
+
+@final
+class MetadataColumns:
+    """What a read of the metadata found (``rust/metadata/judge.rs`` judged
+    every entry): the good records as columns, the bad ones as failures."""
+
+    @property
+    def record_index(self) -> npt.NDArray[np.int64]:
+        """The good records' numbers, in file order."""
+    @property
+    def entry_offset(self) -> npt.NDArray[np.int64]:
+        """Where each good record's entry is in the file (with ``entry_len``)."""
+    @property
+    def entry_len(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def n_entries(self) -> int:
+        """Entries considered (good or bad; blank lines do not count)."""
+    @property
+    def n_lines(self) -> int:
+        """JSON Lines: the lines read, blank ones too."""
+    @property
+    def list_end(self) -> int:
+        """A list: the offset of its closing bracket, -1 when not reached."""
+    @property
+    def limit_reached(self) -> bool:
+        """A list: ``limit`` elements were found before its end."""
+    @property
+    def list_error(self) -> tuple[int, str] | None:
+        """A list's first element that is not JSON (it breaks the list): its number and why."""
+    def take_failures(self) -> MetadataFailures:
+        """The bad records, handed over: the object no longer holds them."""
+    def take_column(self, name: str) -> npt.NDArray[np.int64] | npt.NDArray[np.float64] | StringColumn:
+        """The column of the record field ``name`` (one read from the entries),
+        handed over: the object no longer holds it."""
+    def shift(self, entries: int, lines: int) -> None:
+        """Number the records ``entries`` more and the lines ``lines`` more
+        (a byte range's read, once the ranges before are counted)."""
+
 #: Bytes of a metadata file the reader holds at a time (``metadata._WINDOW``).
 METADATA_WINDOW: int
 
@@ -520,27 +635,21 @@ def read_metadata_columns(
     depth: int = 0,
     in_string: bool = False,
     text: bool = True,
-) -> dict[str, Any]:
-    """The plainly good records of a JSON list (``mode="list"``, its ``[`` at
-    byte ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) as
-    columns: ``record_index``, ``prompt``, ``path1``, ``path2``, ``model1``,
-    ``model2`` (each as ``NAME_views``, Arrow string views, or past 4 GiB of
-    text as ``NAME_offsets``, int64; and ``NAME_data``, UTF-8 bytes),
-    ``votes_chosen``, ``votes_rejected``, ``confidence``; every other entry by
-    position for the per-entry path
-    (``slow_index``, ``slow_offset``, ``slow_len``, ``slow_line``); and
-    ``n_entries``, ``list_end`` (-1 when not reached), ``limit_reached``,
-    ``n_lines`` (JSON Lines: lines read, blank ones too).
-    Each good record's ``entry_offset`` and ``entry_len`` say where it is in
-    the file. ``part=(k, n)`` parses only the entries numbered ``k`` modulo
-    ``n`` (one rank's share; the others are counted). ``until``: one byte
-    range instead, from ``start`` to ``until``: the lines that start in it, or
-    the list elements whose separator is in it, the list scanned from
-    ``start`` at ``depth``, inside a string or not (entries and lines are
-    numbered from the range's start; a list's ``list_end`` only when its
-    bracket is in the range). Without ``text`` the prompts and models are
-    checked but returned as empty strings. Reads ``window`` bytes at a time,
-    the entries of a window parsed in parallel, GIL released."""
+) -> MetadataColumns:
+    """The entries of a JSON list (``mode="list"``, its ``[`` at byte
+    ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) judged:
+    the good records as columns (one per field of :func:`record_fields` read
+    from the entries), the bad ones as failures with their reasons.
+    ``part=(k, n)`` judges only the entries numbered ``k`` modulo ``n`` (one
+    rank's share; the others are counted). ``until``: one byte range instead,
+    from ``start`` to ``until``: the lines that start in it, or the list
+    elements whose separator is in it, the list scanned from ``start`` at
+    ``depth``, inside a string or not (entries and lines are numbered from the
+    range's start, see :meth:`MetadataColumns.shift`; a list's ``list_end``
+    only when its bracket is in the range). Without ``text`` the text fields
+    are checked but returned as empty strings (the paths are kept). Reads
+    ``window`` bytes at a time (``METADATA_WINDOW``), the entries of a window
+    judged in parallel, GIL released."""
 
 def read_metadata_entries(
     path: str,
@@ -549,10 +658,10 @@ def read_metadata_entries(
     lengths: npt.NDArray[np.int64],
     *,
     num_threads: int | None = None,
-) -> dict[str, Any]:
+) -> MetadataColumns:
     """The entries at those byte ranges (records an earlier read found, with
-    their numbers ``indices``) parsed again, as :func:`read_metadata_columns`
-    gives them."""
+    their numbers ``indices``) judged again; one that is no longer a good
+    record is a failure."""
 
 def metadata_range_summary(path: str, start: int, end: int, *, window: int = ...) -> tuple[bool, int, int]:
     """What bytes ``[start, end)`` of a JSON list do to its structure, for a
@@ -561,9 +670,28 @@ def metadata_range_summary(path: str, start: int, end: int, *, window: int = ...
     delimiters and the change of depth outside strings when the range starts
     outside, or inside, a string."""
 
-def metadata_value_end(path: str, start: int, *, window: int = ...) -> int | None:
-    """The offset of the bracket closing the value opened at byte ``start``,
-    or None when the file ends first."""
+@final
+class SurveyedMetadata:
+    """What :func:`survey_metadata` found."""
+
+    @property
+    def columns(self) -> MetadataColumns: ...
+    @property
+    def ids(self) -> PathIds:
+        """The distinct image paths of the good records not skipped."""
+    @property
+    def id1(self) -> npt.NDArray[np.int64]:
+        """Each good record's chosen image id (-1 for a skipped record)."""
+    @property
+    def id2(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def probe_heights(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def probe_widths(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def probe_kinds(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def probe_errors(self) -> list[str | None]: ...
 
 def survey_metadata(
     path: str,
@@ -583,19 +711,15 @@ def survey_metadata(
     depth: int = 0,
     in_string: bool = False,
     probe: bool = True,
-) -> dict[str, Any]:
-    """:func:`read_metadata_columns`'s columns (the same share: ``part``, or
-    the byte range to ``until``), and meanwhile the distinct image paths of
-    the good records numbered (in order of first appearance, a record's
-    ``path1`` then its ``path2``, each with its 64-bit hash) and, with
-    ``probe``, probed beneath ``root`` as :func:`probe_paths` does, each
-    window's new paths while the next windows are read: ``id1``, ``id2``
-    (int64 per good row of the fast path; -1 for the records in ``skip``,
-    sorted record numbers), ``ids`` (a :class:`PathIds`), ``probe_heights``,
-    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id; empty
-    without ``probe``). ``counter`` counts the images probed. Without
-    ``text`` the fast path's prompts and models are checked but returned as
-    empty strings."""
+) -> SurveyedMetadata:
+    """:func:`read_metadata_columns` (the same share: ``part``, or the byte
+    range to ``until``), and meanwhile the distinct image paths of the good
+    records numbered (in order of first appearance, a record's ``path1``
+    then its ``path2``, each with its 64-bit hash) and, with ``probe``,
+    probed beneath ``root`` as :func:`probe_paths` does, each window's new
+    paths while the next windows are read (the probes are empty without
+    ``probe``); the records in ``skip`` (sorted record numbers) get ids -1.
+    ``counter`` counts the images probed."""
 
 @final
 class Counter:
@@ -610,14 +734,10 @@ class PathIds:
     """Distinct paths numbered in order of first appearance."""
 
     def __len__(self) -> int: ...
-    def number(self, paths: list[str]) -> npt.NDArray[np.int64]:
-        """The ids of ``paths``, numbering those not seen before."""
     def take_hashes(self) -> npt.NDArray[np.uint64]:
         """Every path's 64-bit hash (XXH3), by id; empty after."""
-    def paths_from(self, start: int) -> list[str]:
-        """The paths of ids ``start`` on."""
-    def take_paths(self) -> dict[str, Any]:
-        """Every path by id (``path_views`` or ``path_offsets``, and ``path_data``); empty after."""
+    def take_paths(self) -> StringColumn:
+        """Every path by id; this object is empty after."""
 
 def number_jobs(
     id1: npt.NDArray[np.int64], id2: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], share: bool

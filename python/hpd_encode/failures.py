@@ -18,12 +18,23 @@ from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
-#: The columns of ``failures.csv``.
-CSV_COLUMNS = ("record_index", "image1_path", "image2_path", "stage", "reason")
+from hpd_encode import record
+
+#: The columns of ``failures.csv``: the record's number and image paths by their part-file names
+#: (:mod:`hpd_encode.record`), then where and why it failed.
+CSV_COLUMNS = (
+    record.field("record_index").part_name,
+    *(f.part_name for f in record.IMAGE_PATH_FIELDS),
+    "stage",
+    "reason",
+)
 
 
 @dataclass(frozen=True)
 class Failure:
+    """A dropped or failed record; ``image1_path``/``image2_path`` are its image paths (the record's
+    ``IMAGE_PATH_FIELDS``, by their part-file names; a test checks they agree)."""
+
     record_index: int
     stage: str
     kind: str

@@ -2,25 +2,21 @@
 
 Each record is one comparison: ``prompt``, ``path1`` (chosen), ``path2``
 (rejected), optional ``model1``/``model2``, ``choice_dist`` and
-``confidence``. Missing optional fields get the reference's defaults (votes 0,
-confidence 0.0, models ""). A bad record is reported with its reason and
-skipped; it never stops the run.
+``confidence``; the fields, their types and defaults are declared once, in
+Rust (:mod:`hpd_encode.record`). Missing optional fields get the reference's
+defaults (votes 0, confidence 0.0, models ""). A bad record is reported with
+its reason and skipped; it never stops the run.
 
 How (HPDv3 has ~1.2 M records; one Python object per record costs tens of
 seconds and over a GB): in Rust (``_core.read_metadata_columns``), the file is
 read a window (8 MB) at a time and cut into entries without parsing them
 (JSON Lines at newlines; a JSON list by one pass over its structure: quotes,
-escapes, brackets at depth 1). The entries of a window are parsed in parallel
-with serde_json, which is strict (a number where a string belongs, ``true`` as
-a vote, a lone surrogate, an invalid escape, a duplicate key, ``NaN`` are
-errors, never silent conversions) and reads floats exactly as Python does; only
-plainly good records are kept there (required fields, non-empty paths, vote
-pairs of whole numbers below 2**53, finite confidence), as columns.
-
-Every other entry goes through the per-entry path here, ``json.loads`` and
-:func:`_parse`, the authority on what is good and on the reasons. So the
-reasons are the same whichever path saw the entry first, and the good records
-the same as the per-entry path alone would give.
+escapes, brackets at depth 1). The entries of a window are judged in parallel
+(``rust/metadata/judge.rs``, the one place that decides whether an entry is a
+good record and why not): the good records become columns, the bad ones
+failures with their reasons. Python only checks the file as a whole (what it
+holds, that a list is closed and nothing follows it) and hands the columns to
+polars.
 
 Measured at 1.17 M records (the 495 MB JSON list of benches/bench_plan.py, page
 cache warm, 2 cores): 2.3-2.9 s of CPU, 1.3-1.9 s wall, about 420 MB of RSS for
@@ -29,11 +25,9 @@ the table (its strings are handed to polars as Arrow string views, not copied).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -47,40 +41,35 @@ import polars as pl
 
 # isort: on
 
-from hpd_encode import _core
+from hpd_encode import _core, record
 from hpd_encode.errors import InputNotFoundError, MetadataError, OptionError
 from hpd_encode.failures import Failure
 
-#: Columns of :attr:`Metadata.table`, in order.
-TABLE_SCHEMA: dict[str, pl.DataType] = {
-    "record_index": pl.Int64(),
-    "prompt": pl.String(),
-    "path1": pl.String(),
-    "path2": pl.String(),
-    "model1": pl.String(),
-    "model2": pl.String(),
-    "votes_chosen": pl.Int64(),
-    "votes_rejected": pl.Int64(),
-    "confidence": pl.Float64(),
+_POLARS_TYPES: dict[str, pl.DataType] = {
+    "int64": pl.Int64(),
+    "float64": pl.Float64(),
+    "string": pl.String(),
 }
 
+#: Columns of :attr:`Metadata.table`, in order: the record's fields read from the metadata.
+TABLE_SCHEMA: dict[str, pl.DataType] = {f.name: _POLARS_TYPES[f.dtype] for f in record.METADATA_FIELDS}
+
 #: Longest ``detail`` kept per failure: junk input must cost memory in proportion to its size.
-MAX_DETAIL = 200
+MAX_DETAIL: int = _core.MAX_DETAIL
 
-_INT64_MAX = 2**63 - 1
+#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry): Rust's
+#: ``DEFAULT_WINDOW`` (tests set smaller windows here to cross window edges).
+_WINDOW: int = _core.METADATA_WINDOW
 
+_PY_TYPES = {"int64": int, "float64": float, "string": str}
 
-@dataclass(frozen=True)
-class Record:
-    index: int  # position in the metadata file
-    prompt: str
-    path1: str  # chosen
-    path2: str  # rejected
-    model1: str
-    model2: str
-    votes_chosen: int
-    votes_rejected: int
-    confidence: float
+#: One good record as a Python object (the fields of :data:`TABLE_SCHEMA`).
+Record = make_dataclass(
+    "Record",
+    [(name, _PY_TYPES[dtype]) for name, dtype in ((f.name, f.dtype) for f in record.METADATA_FIELDS)],
+    frozen=True,
+)
+Record.__module__ = __name__
 
 
 @dataclass(frozen=True)
@@ -93,162 +82,19 @@ class Metadata:
     #: Where each good record is in the file: ``entry_offset`` and ``entry_len`` (int64), one row per
     #: row of :attr:`table`, so that :func:`read_records` can read a few of them again.
     entries: pl.DataFrame | None = None
-    #: With :func:`read_metadata`'s ``images``: ``ids`` (a ``_core.PathIds``, the local ids' paths and
-    #: hashes), ``probe_heights``, ``probe_widths``, ``probe_kinds`` and ``probe_errors`` by local id
-    #: (empty when not probed while reading).
-    images: dict[str, Any] | None = None
+    #: With :func:`read_metadata`'s ``images``: the paths it numbered (``ids``, a ``_core.PathIds``:
+    #: the local ids' paths and hashes) and their probes by local id (empty when not probed while
+    #: reading).
+    images: _core.SurveyedMetadata | None = None
 
-    def records(self) -> Iterator[Record]:
+    def records(self) -> Iterator[Any]:
         """The good records as :class:`Record` objects, for small callers (one object each: not for HPDv3 scale)."""
         for row in self.table.iter_rows():
             yield Record(*row)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The per-entry path: the authority on what is good and on the reasons.
-
-
-#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry): Rust's
-#: ``DEFAULT_WINDOW`` (tests set smaller windows here to cross window edges).
-_WINDOW = _core.METADATA_WINDOW
-
-
-class _BadRecord(ValueError):
-    """A record that is not good (internal: it becomes the record's failure, never escapes)."""
-
-
-def _cap(text: str) -> str:
-    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
-
-
-def _show(v: object) -> str:
-    """A short ``repr`` for reasons (a 400-digit vote or a huge list must not make a huge reason)."""
-    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 128:
-        return f"{str(v)[:20]}… ({len(str(v))} digits)"
-    if isinstance(v, (list, dict, str)) and len(v) > 40:
-        r = repr(v)
-        return r[:60] + "…"
-    return repr(v)
-
-
-def _surrogate(s: str) -> str | None:
-    """The first lone surrogate in ``s`` as an escape (``\\ud800``), or None when ``s`` is valid Unicode."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"\\u{ord(s[e.start]):04x}"
-    return None
-
-
-def _as_votes(v: object) -> int:
-    if v is None:
-        return 0
-    if (
-        isinstance(v, bool)
-        or not isinstance(v, (int, float))
-        or (isinstance(v, float) and not math.isfinite(v))
-    ):
-        raise _BadRecord(f"vote count {_show(v)} is not a number")
-    if isinstance(v, float) and not v.is_integer():
-        raise _BadRecord(f"vote count {v!r} is not a whole number")
-    if v < 0:
-        raise _BadRecord(f"vote count {_show(v)} is negative")
-    if v > _INT64_MAX:
-        raise _BadRecord(f"vote count {_show(v)} does not fit in a signed 64-bit integer")
-    return int(v)
-
-
-def _as_confidence(conf: object) -> float:
-    if conf is None:
-        return 0.0
-    if not isinstance(conf, bool) and isinstance(conf, (int, float)):
-        try:
-            value = float(conf)
-        except OverflowError:  # an integer beyond float range
-            value = math.inf
-        if math.isfinite(value):
-            return value
-    # NaN/inf would make detailed_results unreadable by ast.literal_eval.
-    raise _BadRecord(f"confidence {_show(conf)} is not a finite number")
-
-
-def _usable_path(v: object) -> str:
-    return v if isinstance(v, str) and v and _surrogate(v) is None else ""
-
-
-def _parse(raw: object) -> tuple[str, str, str, str, str, int, int, float]:
-    """Validate one decoded record; raises ValueError with the reason. Returns the table's values."""
-    if not isinstance(raw, dict):
-        raise _BadRecord(f"record is a {type(raw).__name__}, not an object")
-    for key in ("prompt", "path1", "path2"):
-        v = raw.get(key)
-        if not isinstance(v, str) or (key != "prompt" and not v):
-            raise _BadRecord(f"field {key!r} is missing or not a string")
-        if (bad := _surrogate(v)) is not None:
-            raise _BadRecord(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
-    models = []
-    for key in ("model1", "model2"):
-        m = raw.get(key)
-        if m is not None and not isinstance(m, str):
-            raise _BadRecord(f"field {key!r} is a {type(m).__name__}, not a string or null")
-        if m is not None and (bad := _surrogate(m)) is not None:
-            raise _BadRecord(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
-        models.append(m or "")
-    dist = raw.get("choice_dist")
-    if dist is None:
-        dist = [0, 0]
-    if not isinstance(dist, list) or len(dist) != 2:
-        raise _BadRecord(f"choice_dist {_show(dist)} is not a pair of vote counts")
-    votes = (_as_votes(dist[0]), _as_votes(dist[1]))
-    conf = _as_confidence(raw.get("confidence"))
-    return raw["prompt"], raw["path1"], raw["path2"], models[0], models[1], votes[0], votes[1], conf
-
-
-class _ListSyntaxError(Exception):
-    pass
-
-
-def _slow_entry(
-    index: int, data: memoryview | bytes, lineno: int | None, offset: int = 0
-) -> tuple[object, ...] | Failure:
-    """Parse one entry (``lineno``: its line in a JSON Lines file; None for a list element, which
-    starts at byte ``offset`` of the file).
-
-    Returns the table row for a good record or its :class:`Failure`; raises
-    :class:`_ListSyntaxError` for a list element that is not JSON (the list is broken, not the record).
-    """
-
-    def fail(detail: str, p1: str = "", p2: str = "") -> Failure:
-        return Failure(index, "metadata", "bad_record", _cap(detail), p1, p2)
-
-    try:
-        text = str(data, "utf-8")
-    except UnicodeDecodeError as e:
-        if lineno is None:
-            return fail(f"record is not valid UTF-8: {e.reason} at byte {offset + e.start} of the file")
-        return fail(f"line {lineno} is not valid UTF-8: {e.reason} at byte {e.start} of the line")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        if lineno is None:
-            raise _ListSyntaxError(e.msg) from None
-        return fail(f"line {lineno} is not valid JSON: {e.msg}")
-    except RecursionError:
-        return fail(
-            f"{'record' if lineno is None else f'line {lineno}'} is not valid JSON: nested too deeply"
-        )
-    except ValueError as e:  # an integer literal over Python's digit limit
-        return fail(f"{'record' if lineno is None else f'line {lineno}'} is not valid JSON: {e}")
-    try:
-        return (index, *_parse(obj))
-    except ValueError as e:
-        if isinstance(obj, dict):
-            return fail(str(e), _usable_path(obj.get("path1")), _usable_path(obj.get("path2")))
-        return fail(str(e))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The file, and what kind of file it is.
+# The file as a whole: what it holds, where a rank's range starts, whether a list is closed.
 
 #: What ``str.strip`` removes from bytes: a JSON Lines line of only these is blank.
 _SPACE_BYTES = bytes([9, 10, 11, 12, 13, 28, 29, 30, 31, 32])
@@ -258,7 +104,7 @@ class _File:
     """The metadata file, read by byte ranges (the few reads the Python side makes)."""
 
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "rb")  # closed by read_metadata
+        self.f = open(path, "rb")  # closed by the readers
         self.size = os.fstat(self.f.fileno()).st_size
 
     @classmethod
@@ -298,49 +144,111 @@ class _File:
         return self.size
 
 
-def _is_json(data: bytes | bytearray) -> bool:
-    try:
-        json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return False
-    return True
+def _layout(file: _File, path: Path) -> tuple[int, int, bool]:
+    """Where the metadata starts (after a byte-order mark), its first non-space byte, and whether
+    it is a list (else JSON Lines). An empty or whitespace-only file, and one object over several
+    lines, are refused."""
+    kind, start, first = _core.metadata_file_kind(str(path), window=_WINDOW)
+    if kind == "object":
+        raise MetadataError(f"metadata '{path}' must be a JSON list of records or JSON Lines, not an object")
+    if kind == "empty":
+        what = "is empty" if file.size <= start else "holds only whitespace"
+        raise MetadataError(
+            f"metadata '{path}' {what}: expected a JSON list of records or JSON Lines (one record per line)"
+        )
+    return start, first, kind == "list"
 
 
-def _multi_line_object(file: _File, path: Path, first: int) -> bool:
-    """True when the file holds one object spread over several lines (a pretty-printed object), not
-    JSON Lines: its first line is not a complete value, and the object opened there closes on a later
-    line and parses."""
-    eol = file.find(first, b"\n")
-    if _is_json(file.read(first, eol - first)):
-        return False
-    end = _core.metadata_value_end(str(path), first, window=_WINDOW)
-    return end is not None and end > eol and _is_json(file.read(first, end + 1 - first))
+def _check_list_end(file: _File, path: Path, end: int, limit_reached: bool) -> None:
+    """Refuse a list that is not closed (its end not reached for a ``limit``) or has more after it."""
+    if end == -1 and not limit_reached:
+        raise MetadataError(f"cannot parse metadata '{path}' as JSON: the list is not closed")
+    if end >= 0 and (after := file.first_non_space(end + 1)) < file.size:
+        raise MetadataError(
+            f"cannot parse metadata '{path}' as JSON: extra data after the list at byte {after}"
+        )
+
+
+def _list_error(path: Path, error: tuple[int, str]) -> MetadataError:
+    """A list element that is not JSON: the list is broken."""
+    index, why = error
+    return MetadataError(f"cannot parse metadata '{path}' as JSON: record {index}: {why}")
+
+
+def _cut(file: _File, start: int, k: int, world_size: int, is_list: bool) -> int:
+    """Where rank ``k``'s byte range starts (``k == world_size``: the end of the file): rank 0 at
+    ``start`` (the list's bracket, or the first line), the others about ``k / world_size`` into
+    the file: a list's not right after a backslash, a line's just after a newline."""
+    if k == 0:
+        return start
+    if k >= world_size:
+        return file.size
+    at = max(start + 1, k * file.size // world_size)
+    if at >= file.size:
+        return file.size
+    if not is_list:
+        return min(file.find(at - 1, b"\n") + 1, file.size)
+    while at < file.size and file.read(at - 1, 1) == b"\\":
+        at += 1
+    return at
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The reader.
+# The Rust reader's columns as a table.
 
 
-def _strings(cols: dict[str, Any], name: str) -> pa.Array:
-    """A column of the fast path's strings as Arrow, in the string-view layout polars uses itself
-    (so it takes the buffers without a copy) or, past 4 GiB of text, as large strings."""
-    data = pa.py_buffer(cols.pop(f"{name}_data"))
-    if f"{name}_views" in cols:
-        views = cols.pop(f"{name}_views")
-        return pa.Array.from_buffers(pa.string_view(), len(views) // 16, [None, pa.py_buffer(views), data])
-    offsets = cols.pop(f"{name}_offsets")
-    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), data)
+def _strings(col: _core.StringColumn) -> pa.Array:
+    """A ``StringColumn`` as Arrow, in the string-view layout polars uses itself (so it takes the
+    buffers without a copy) or, past 4 GiB of text, as large strings."""
+    data = pa.py_buffer(col.data)
+    if col.views is not None:
+        return pa.Array.from_buffers(pa.string_view(), len(col), [None, pa.py_buffer(col.views), data])
+    assert col.offsets is not None
+    return pa.LargeStringArray.from_buffers(len(col), pa.py_buffer(col.offsets), data)
 
 
-def _fast_table(cols: dict[str, Any]) -> pl.DataFrame:
-    """The fast path's columns as a table of :data:`TABLE_SCHEMA`, one column at a time (so that only
-    one column is ever held twice)."""
-    series = [pl.Series("record_index", cols.pop("record_index"))]
-    for name in ("prompt", "path1", "path2", "model1", "model2"):
-        series.append(pl.Series(name, _strings(cols, name)))
-    for name in ("votes_chosen", "votes_rejected", "confidence"):
-        series.append(pl.Series(name, cols.pop(name)))
+def _table(cols: _core.MetadataColumns, extra: dict[str, np.ndarray] | None = None) -> pl.DataFrame:
+    """The good records as a table of :data:`TABLE_SCHEMA` (then the ``extra`` columns), one
+    column at a time (so that only one column is ever held twice)."""
+    series = []
+    for f in record.METADATA_FIELDS:
+        if f.source == "position":
+            series.append(pl.Series(f.name, cols.record_index))
+            continue
+        col = cols.take_column(f.name)
+        values = _strings(col) if isinstance(col, _core.StringColumn) else col
+        series.append(pl.Series(f.name, values))
+        del col, values
+    series += [pl.Series(name, values) for name, values in (extra or {}).items()]
     return pl.DataFrame(series).cast(TABLE_SCHEMA)  # type: ignore[arg-type]
+
+
+_ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}
+#: Columns of :attr:`Metadata.entries`: where each good record's entry is in the file.
+ENTRY_COLUMNS = tuple(_ENTRY_SCHEMA)
+
+
+def _metadata(
+    cols: _core.MetadataColumns,
+    n_entries: int,
+    extra: dict[str, np.ndarray] | None = None,
+    images: _core.SurveyedMetadata | None = None,
+) -> Metadata:
+    f = cols.take_failures()
+    failures = [
+        Failure(int(i), "metadata", "bad_record", detail, p1, p2)
+        for i, detail, p1, p2 in zip(f.record_index.tolist(), f.detail, f.image1_path, f.image2_path)
+    ]
+    entries = pl.DataFrame(
+        {"entry_offset": cols.entry_offset, "entry_len": cols.entry_len}, schema=_ENTRY_SCHEMA
+    )
+    return Metadata(
+        table=_table(cols, extra), failures=failures, n_entries=n_entries, entries=entries, images=images
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The readers.
 
 
 def _alone(obj: Any) -> list[Any]:
@@ -388,8 +296,9 @@ def read_metadata(
     ``limit`` keeps only the first ``limit`` entries of the file (good or bad; blank lines do not
     count). A bad record is a :class:`~hpd_encode.failures.Failure` (stage ``metadata``, kind
     ``bad_record``); raises :class:`MetadataError` only when the file as a whole is not a list of
-    records or JSON Lines. The file is read a window at a time (in Rust, the entries of a window
-    parsed on ``num_threads`` threads): memory is the table plus a few windows.
+    records or JSON Lines (or is empty): every rank raises the same. The file is read a window at
+    a time (in Rust, the entries of a window judged on ``num_threads`` threads): memory is the
+    table plus a few windows.
 
     A rank of several takes the entries in its byte range of the file, so that no rank reads or
     scans the whole of it: a JSON Lines range starts after a newline; a list's anywhere but right
@@ -400,10 +309,10 @@ def read_metadata(
     records, numbers, failures (with their line numbers) and errors are those of one reader;
     ``n_entries`` counts every rank's.
 
-    Without ``text`` the prompts and models of the records the Rust fast path read are left empty
-    (for a caller that reads them again, by byte offset, for the rows it needs). With ``images``,
-    the table has local image ids ``id1``, ``id2`` (null where the per-entry path read the record,
-    -1 for skipped records) and :attr:`Metadata.images` what else the read found of them.
+    Without ``text`` the text fields (prompts, models) are checked but left empty (for a caller
+    that reads them again, by byte offset, for the rows it needs). With ``images``, the table has
+    local image ids ``id1``, ``id2`` (-1 for skipped records) and :attr:`Metadata.images` what else
+    the read found of them.
     """
     path = Path(path)
     rank, world = share.rank, share.world_size
@@ -425,10 +334,11 @@ def read_metadata(
         elif world > 1:
             kw["part"] = (rank, world)
         mode = "list" if is_list else "lines"
+        found: _core.SurveyedMetadata | None = None
         if images is None:
             cols = _core.read_metadata_columns(str(path), mode, lo, **kw)
         else:
-            cols = _core.survey_metadata(
+            found = _core.survey_metadata(
                 str(path),
                 mode,
                 lo,
@@ -439,32 +349,33 @@ def read_metadata(
                 probe=images.probe,
                 **kw,
             )
+            cols = found.columns
         if by_bytes:
-            counts = share.all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
-            entries_before = sum(c[0] for c in counts[:rank])
-            cols["record_index"] += entries_before
-            cols["slow_index"] += entries_before
-            cols["slow_line"] += sum(c[1] for c in counts[:rank]) if not is_list else 0
+            counts = share.all_gather((cols.n_entries, cols.n_lines, cols.list_end, cols.list_error))
+            cols.shift(sum(c[0] for c in counts[:rank]), sum(c[1] for c in counts[:rank]))
             n_entries = sum(c[0] for c in counts)
             if is_list:
                 ends = [c[2] for c in counts if c[2] >= 0]  # the range with the closing bracket
                 _check_list_end(file, path, ends[0] if ends else -1, False)
+                # The first broken element of all, numbered among all: every rank says the same.
+                broken = [
+                    (e[0] + sum(c[0] for c in counts[:r]), e[1]) for r, (*_, e) in enumerate(counts) if e
+                ]
+                if broken:
+                    raise _list_error(path, broken[0])
         else:
-            n_entries = int(cols["n_entries"])
+            n_entries = cols.n_entries
             if is_list and limit != 0:
-                _check_list_end(file, path, cols["list_end"], cols["limit_reached"])
-        rows, failures = _slow_entries(file, path, cols, is_list)
+                _check_list_end(file, path, cols.list_end, cols.limit_reached)
+            # (every n-th entry of a --limit: each rank judged only its own; the errors are gathered)
+            errors = share.all_gather(cols.list_error) if world > 1 else [cols.list_error]
+            broken = sorted(e for e in errors if e)
+            if is_list and broken:
+                raise _list_error(path, broken[0])
     finally:
         file.f.close()
-    extra = {name: cols.pop(name) for name in ("id1", "id2")} if images is not None else None
-    table, entries = _table_and_entries(cols, rows, extra)
-    return Metadata(
-        table=table,
-        failures=failures,
-        n_entries=n_entries,
-        entries=entries,
-        images=cols if images is not None else None,
-    )
+    extra = {"id1": found.id1, "id2": found.id2} if found is not None else None
+    return _metadata(cols, n_entries, extra, images=found)
 
 
 def _range_state(path: Path, lo: int, hi: int, share: Share) -> dict[str, Any]:
@@ -478,70 +389,9 @@ def _range_state(path: Path, lo: int, hi: int, share: Share) -> dict[str, Any]:
     return {"depth": depth, "in_string": inside}
 
 
-def path_column(ids: Any) -> pl.Series:
+def path_column(ids: _core.PathIds) -> pl.Series:
     """Every path of a ``_core.PathIds``, by id, as a string column (the object is empty after)."""
-    return pl.Series("path", _strings(ids.take_paths(), "path"), dtype=pl.String)
-
-
-def _layout(file: _File, path: Path) -> tuple[int, int, bool]:
-    """Where the metadata starts (after a byte-order mark), its first non-space byte, and whether
-    it is a list (else JSON Lines; one object over several lines is refused)."""
-    start = 3 if file.read(0, 3) == b"\xef\xbb\xbf" else 0
-    first = file.first_non_space(start)
-    opening = file.read(first, 1)
-    is_list = opening == b"["
-    if not is_list and opening == b"{" and _multi_line_object(file, path, first):
-        raise MetadataError(f"metadata '{path}' must be a JSON list of records or JSON Lines, not an object")
-    return start, first, is_list
-
-
-def _check_list_end(file: _File, path: Path, end: int, limit_reached: bool) -> None:
-    """Refuse a list that is not closed (its end not reached for a ``limit``) or has more after it."""
-    if end == -1 and not limit_reached:
-        raise MetadataError(f"cannot parse metadata '{path}' as JSON: the list is not closed")
-    if end >= 0 and (after := file.first_non_space(end + 1)) < file.size:
-        raise MetadataError(
-            f"cannot parse metadata '{path}' as JSON: extra data after the list at byte {after}"
-        )
-
-
-def _cut(file: _File, start: int, k: int, world_size: int, is_list: bool) -> int:
-    """Where rank ``k``'s byte range starts (``k == world_size``: the end of the file): rank 0 at
-    ``start`` (the list's bracket, or the first line), the others about ``k / world_size`` into
-    the file: a list's not right after a backslash, a line's just after a newline."""
-    if k == 0:
-        return start
-    if k >= world_size:
-        return file.size
-    at = max(start + 1, k * file.size // world_size)
-    if at >= file.size:
-        return file.size
-    if not is_list:
-        return min(file.find(at - 1, b"\n") + 1, file.size)
-    while at < file.size and file.read(at - 1, 1) == b"\\":
-        at += 1
-    return at
-
-
-_ENTRY_SCHEMA = {"entry_offset": pl.Int64(), "entry_len": pl.Int64()}
-#: Columns of :attr:`Metadata.entries`: where each good record's entry is in the file.
-ENTRY_COLUMNS = tuple(_ENTRY_SCHEMA)
-
-
-def _table_and_entries(
-    cols: dict[str, Any], rows: list[tuple[object, ...]], extra: dict[str, np.ndarray] | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The fast path's records (with the ``extra`` columns, null for the others) and the per-entry
-    path's good ``rows`` (each ending with its entry's offset and length) as one table in record
-    order, and where each record's entry is."""
-    where = pl.DataFrame({"entry_offset": cols.pop("entry_offset"), "entry_len": cols.pop("entry_len")})
-    table = pl.concat([_fast_table(cols), where], how="horizontal")
-    if extra:
-        table = table.with_columns(pl.Series(name, values) for name, values in extra.items())
-    if rows:
-        slow = pl.DataFrame(rows, schema={**TABLE_SCHEMA, **_ENTRY_SCHEMA}, orient="row")
-        table = pl.concat([table, slow], how="diagonal_relaxed").sort("record_index")
-    return table.drop(*_ENTRY_SCHEMA), table.select(*_ENTRY_SCHEMA)
+    return pl.Series("path", _strings(ids.take_paths()), dtype=pl.String)
 
 
 def read_records(
@@ -563,39 +413,10 @@ def read_records(
         np.ascontiguousarray(entry_len, np.int64),
         num_threads=num_threads,
     )
-    file = _File(path)
-    try:
-        rows, failures = _slow_entries(file, path, cols, True)
-    except MetadataError as e:
-        raise MetadataError(f"metadata '{path}' changed while being read: {e}") from None
-    finally:
-        file.f.close()
-    if failures:
+    failures = cols.take_failures()
+    if len(failures.record_index):
         raise MetadataError(
-            f"metadata '{path}' changed while being read: record {failures[0].record_index} "
-            f"is no longer a good record ({failures[0].detail})"
+            f"metadata '{path}' changed while being read: record {failures.record_index[0]} "
+            f"is no longer a good record ({failures.detail[0]})"
         )
-    table, _ = _table_and_entries(cols, rows)
-    order = pl.DataFrame({"record_index": np.asarray(record_index, np.int64)})
-    return order.join(table, on="record_index", how="left", maintain_order="left")
-
-
-def _slow_entries(
-    file: _File, path: Path, cols: dict[str, Any], is_list: bool
-) -> tuple[list[tuple[object, ...]], list[Failure]]:
-    """The per-entry path over the entries the fast path did not take: their good rows (each with its
-    entry's offset and length at the end) and failures."""
-    rows: list[tuple[object, ...]] = []
-    failures: list[Failure] = []
-    fields = (cols.pop(f"slow_{k}").tolist() for k in ("index", "offset", "len", "line"))
-    for index, offset, length, line in zip(*fields):
-        data = bytes(file.read(offset, length))
-        try:
-            out = _slow_entry(index, data, None if is_list else line, offset)
-        except _ListSyntaxError as e:
-            raise MetadataError(f"cannot parse metadata '{path}' as JSON: record {index}: {e}") from None
-        if isinstance(out, Failure):
-            failures.append(out)
-        else:
-            rows.append((*out, offset, length))
-    return rows, failures
+    return _table(cols)  # every entry good: in the order asked

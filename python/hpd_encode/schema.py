@@ -14,7 +14,8 @@ extras that spare readers the string parsing; readers must not require them
 from __future__ import annotations
 
 import re
-from typing import TypedDict
+import types
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -56,37 +57,47 @@ TEMP_RE: re.Pattern[str] = re.compile(_core.TEMP_FILE_PATTERN)
 ROW_FIELDS: list[tuple[str, bool]] = _core.row_fields()
 
 
-class _RequiredFields(TypedDict):
-    prompt: str
-    image1_path: str
-    image2_path: str
-    latent1: np.ndarray  # float32 or float16 (copied in C order)
-    latent2: np.ndarray
-    height: int  # target (final) size of both images, pixels
-    width: int
+_PY_TYPES: dict[str, type] = {
+    "string": str,
+    "int64": int,
+    "int32": int,
+    "float64": float,
+    "binary": np.ndarray,
+}
 
 
-class PartRow(_RequiredFields, total=False):
-    """One row for ``ParquetWriter.submit`` (``ROW_FIELDS`` as a type).
+def _part_row() -> type:
+    """:class:`PartRow` from the record's declaration (:mod:`hpd_encode.record`)."""
+    from hpd_encode import record
 
-    Unknown keys are refused. An optional field that is absent or ``None``
-    takes the reference's default for missing metadata (model names ``""``,
-    votes 0, confidence 0.0) or is stored as null (``record_index``,
-    ``bucket_id``, the original sizes: give both halves of one or neither;
-    a null original size is ``None`` in ``detailed_results``).
-    """
+    required = {f.part_name: _PY_TYPES[f.dtype] for f in record.FIELDS if f.missing == "required"}
+    optional = {f.part_name: _PY_TYPES[f.dtype] | None for f in record.FIELDS if f.missing != "required"}
+    base = TypedDict("_PartRowRequired", required)  # type: ignore[misc]
+    namespace = {
+        "__annotations__": optional,
+        "__module__": __name__,
+        "__doc__": _PART_ROW_DOC,
+    }
+    return types.new_class("PartRow", (base,), {"total": False}, lambda ns: ns.update(namespace))
 
-    model1: str | None
-    model2: str | None
-    record_index: int | None
-    votes_chosen: int | None  # 0 <= votes < 2**63
-    votes_rejected: int | None
-    confidence: float | None  # finite
-    bucket_id: int | None
-    orig_chosen_height: int | None  # decoded size, EXIF orientation applied
-    orig_chosen_width: int | None
-    orig_rejected_height: int | None
-    orig_rejected_width: int | None
+
+_PART_ROW_DOC = """One row for ``ParquetWriter.submit``: ``ROW_FIELDS`` as a type, derived from the record's
+declaration (``__annotations__`` and ``__required_keys__`` say which fields, of which Python types).
+
+Unknown keys are refused. An optional field that is absent or ``None``
+takes the reference's default for missing metadata (model names ``""``,
+votes 0, confidence 0.0) or is stored as null (``record_index``,
+``bucket_id``, the original sizes: give both halves of one or neither;
+a null original size is ``None`` in ``detailed_results``). Latents are
+float32 or float16 NumPy arrays (copied in C order); votes are
+``0 <= votes < 2**63``, confidence finite, sizes positive, original sizes
+the decoded ones (EXIF orientation applied).
+"""
+
+if TYPE_CHECKING:
+    PartRow = dict[str, Any]
+else:
+    PartRow = _part_row()
 
 
 #: The temporary path of a file being written (``.NAME.tmp-PID`` beside it, this process).

@@ -1,14 +1,7 @@
-//! The fast path of `hpd_encode.metadata`: HPDv3 metadata (a JSON list or
-//! JSON Lines) cut into entries and parsed into columns, a window of the file
-//! at a time, the entries of a window in parallel.
-//!
-//! Only records that are plainly good are taken here (an object with string
-//! `prompt`, non-empty string `path1`/`path2`, string-or-null models, a
-//! `choice_dist` of two whole vote counts below 2**53 or null, a finite
-//! `confidence` or null, no duplicate keys). Every other entry is handed back
-//! by position for the Python per-entry path (`json.loads` + `_parse`), the
-//! authority on what is good and on the reasons: so the good records and the
-//! reasons are exactly what the per-entry path alone would give.
+//! HPDv3 metadata (a JSON list or JSON Lines) cut into entries and judged
+//! into columns, a window of the file at a time, the entries of a window in
+//! parallel: the good records as columns, the bad ones as failures with their
+//! reasons ([`crate::metadata::judge`], the one place that decides).
 //!
 //! Where the entries are:
 //! - JSON Lines: one entry per line; lines that are blank as Python's
@@ -16,16 +9,18 @@
 //! - A JSON list: the elements between the opening bracket, the commas at
 //!   depth 1 and the closing bracket, found by one pass over the structure
 //!   (strings, escapes, depth). A quote preceded by an odd run of backslashes
-//!   is never a string delimiter, inside or outside a string.
+//!   is never a string delimiter, inside or outside a string. An element that
+//!   is not JSON breaks the list ([`MetaColumns::list_error`]).
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rayon::prelude::*;
-use serde::Deserialize;
 
+use crate::metadata::judge::{judge, ListError, Place, Reason, Record, Subject, Val, Verdict};
+use crate::metadata::record::{Kind, IMAGE_PATHS, READ_FIELDS};
 use crate::metadata::structure::{ChunkScan, Mark, StructScan};
 use crate::pool::pool;
 
@@ -33,8 +28,8 @@ use crate::pool::pool;
 /// window every caller uses unless a test asks for another.
 pub const DEFAULT_WINDOW: usize = 8 << 20;
 
-/// Largest vote count taken here (an integer parsed as float64 is exact below it).
-const EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0; // 2**53
+/// Entries judged in one parallel step (their verdicts held together).
+const JUDGED_AT_ONCE: usize = 8192;
 
 /// Where the entries start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,27 +112,57 @@ impl StrColumn {
     }
 }
 
-/// The plainly good records as columns (file order), and where the others are.
+/// One column of the good records: the values of one of [`READ_FIELDS`].
+#[derive(Debug)]
+pub enum Column {
+    Text(StrColumn),
+    Int(Vec<i64>),
+    Real(Vec<f64>),
+}
+
+impl Column {
+    fn of(kind: Kind) -> Self {
+        match kind {
+            Kind::Text | Kind::Path => Column::Text(StrColumn::new()),
+            Kind::Real => Column::Real(Vec::new()),
+            _ => Column::Int(Vec::new()),
+        }
+    }
+}
+
+/// The bad records, in file order: their numbers, reasons and usable image paths.
+#[derive(Debug, Default)]
+pub struct Failures {
+    pub record_index: Vec<i64>,
+    pub reasons: Vec<Reason>,
+    /// The chosen and the rejected image's path of each (`""` where not usable).
+    pub paths: [Vec<String>; 2],
+}
+
+impl Failures {
+    /// Number the records `entries` more and their lines `lines` more.
+    pub fn shift(&mut self, entries: i64, lines: u64) {
+        self.record_index.iter_mut().for_each(|i| *i += entries);
+        for r in &mut self.reasons {
+            if let Subject::Line(n) = &mut r.subject {
+                *n += lines;
+            }
+        }
+    }
+}
+
+/// The good records as columns (file order), and the bad ones as failures.
 #[derive(Debug)]
 pub struct MetaColumns {
     pub record_index: Vec<i64>,
-    pub prompt: StrColumn,
-    pub path1: StrColumn,
-    pub path2: StrColumn,
-    pub model1: StrColumn,
-    pub model2: StrColumn,
-    pub votes_chosen: Vec<i64>,
-    pub votes_rejected: Vec<i64>,
-    pub confidence: Vec<f64>,
+    /// One column per field of [`READ_FIELDS`], in its order.
+    pub columns: Vec<Column>,
     /// Where each good record's entry is in the file (offset, length): to read it again.
     pub entry_offset: Vec<i64>,
     pub entry_len: Vec<i64>,
-    /// Entries for the per-entry path: entry number, file offset, length, and
-    /// line number (JSON Lines; 0 for a list element).
-    pub slow_index: Vec<i64>,
-    pub slow_offset: Vec<i64>,
-    pub slow_len: Vec<i64>,
-    pub slow_line: Vec<i64>,
+    pub failures: Failures,
+    /// A list: its first element that is not JSON (its number and why), which breaks the list.
+    pub list_error: Option<(i64, ListError)>,
     /// Entries considered (good or not; blank lines do not count).
     pub n_entries: i64,
     /// A list: the offset of its closing bracket, or -1 when it was not
@@ -149,8 +174,8 @@ pub struct MetaColumns {
     pub n_lines: i64,
     /// `(k, n)`: only entries whose number is `k` modulo `n` are parsed (the others are counted).
     part: Option<(i64, i64)>,
-    /// Keep the prompts and models (else they are checked but stored empty: a caller that reads
-    /// them again later, for the few rows it needs, saves most of the table's bytes).
+    /// Keep the text fields (else they are checked but stored empty: a caller that reads them
+    /// again later, for the few rows it needs, saves most of the table's bytes). Paths are kept.
     keep_text: bool,
 }
 
@@ -159,21 +184,12 @@ impl MetaColumns {
         MetaColumns {
             part,
             keep_text: true,
+            record_index: Vec::new(),
+            columns: READ_FIELDS.iter().map(|f| Column::of(f.kind)).collect(),
             entry_offset: Vec::new(),
             entry_len: Vec::new(),
-            record_index: Vec::new(),
-            prompt: StrColumn::new(),
-            path1: StrColumn::new(),
-            path2: StrColumn::new(),
-            model1: StrColumn::new(),
-            model2: StrColumn::new(),
-            votes_chosen: Vec::new(),
-            votes_rejected: Vec::new(),
-            confidence: Vec::new(),
-            slow_index: Vec::new(),
-            slow_offset: Vec::new(),
-            slow_len: Vec::new(),
-            slow_line: Vec::new(),
+            failures: Failures::default(),
+            list_error: None,
             n_entries: 0,
             list_end: -1,
             limit_reached: false,
@@ -181,70 +197,62 @@ impl MetaColumns {
         }
     }
 
-    fn push_good(&mut self, index: i64, e: &Entry, g: &Good<'_>) {
+    /// The image paths of the good records (chosen, rejected).
+    pub fn image_paths(&self) -> [&StrColumn; 2] {
+        IMAGE_PATHS.map(|k| match &self.columns[k] {
+            Column::Text(c) => c,
+            _ => unreachable!("image paths are text"),
+        })
+    }
+
+    /// Number the records `entries` more and the lines `lines` more: a range's, once the ranges
+    /// before it are counted.
+    pub fn shift(&mut self, entries: i64, lines: u64) {
+        self.record_index.iter_mut().for_each(|i| *i += entries);
+        self.failures.shift(entries, lines);
+        if let Some((i, _)) = &mut self.list_error {
+            *i += entries;
+        }
+    }
+
+    fn push(&mut self, index: i64, e: &Entry, verdict: Verdict<'_>) {
+        match verdict {
+            Verdict::Good(record) => self.push_good(index, e, record),
+            Verdict::Bad(bad) => {
+                self.failures.record_index.push(index);
+                self.failures.reasons.push(bad.reason);
+                let [p1, p2] = bad.paths;
+                self.failures.paths[0].push(p1);
+                self.failures.paths[1].push(p2);
+            }
+            Verdict::NotJson(err) => {
+                self.list_error.get_or_insert((index, err));
+            }
+        }
+    }
+
+    fn push_good(&mut self, index: i64, e: &Entry, record: Record<'_>) {
         self.record_index.push(index);
         self.entry_offset.push(e.start as i64);
         self.entry_len.push((e.end - e.start) as i64);
-        fn text(keep: bool, s: &str) -> &str {
-            if keep {
-                s
-            } else {
-                ""
+        for ((col, val), f) in self.columns.iter_mut().zip(record).zip(READ_FIELDS.iter()) {
+            match (col, val) {
+                (Column::Text(c), Val::Text(s)) if self.keep_text || f.kind == Kind::Path => c.push(&s),
+                (Column::Text(c), Val::Text(_)) => c.push(""),
+                (Column::Int(c), Val::Int(i)) => c.push(i),
+                (Column::Real(c), Val::Real(x)) => c.push(x),
+                _ => unreachable!("a record's values have its columns' kinds"),
             }
         }
-        let keep = self.keep_text;
-        self.prompt.push(text(keep, &g.prompt));
-        self.path1.push(&g.path1);
-        self.path2.push(&g.path2);
-        self.model1.push(text(keep, g.model1.as_deref().unwrap_or("")));
-        self.model2.push(text(keep, g.model2.as_deref().unwrap_or("")));
-        self.votes_chosen.push(g.votes.0);
-        self.votes_rejected.push(g.votes.1);
-        self.confidence.push(g.confidence);
-    }
-
-    fn push_slow(&mut self, index: i64, e: &Entry) {
-        self.slow_index.push(index);
-        self.slow_offset.push(e.start as i64);
-        self.slow_len.push((e.end - e.start) as i64);
-        self.slow_line.push(e.line as i64);
     }
 }
 
-/// One entry: bytes `[start, end)` of the file; its line (JSON Lines) or 0.
+/// One entry: bytes `[start, end)` of the file, and where it is for its reasons.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     start: u64,
     end: u64,
-    line: u64,
-}
-
-/// A record as serde reads it; `None` where absent or null.
-#[derive(Deserialize)]
-struct Raw<'a> {
-    #[serde(borrow)]
-    prompt: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    path1: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    path2: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    model1: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    model2: Option<Cow<'a, str>>,
-    choice_dist: Option<Vec<Option<serde_json::Number>>>,
-    confidence: Option<f64>,
-}
-
-/// A plainly good record.
-struct Good<'a> {
-    prompt: Cow<'a, str>,
-    path1: Cow<'a, str>,
-    path2: Cow<'a, str>,
-    model1: Option<Cow<'a, str>>,
-    model2: Option<Cow<'a, str>>,
-    votes: (i64, i64),
-    confidence: f64,
+    place: Place,
 }
 
 fn is_json_ws(b: u8) -> bool {
@@ -254,45 +262,6 @@ fn is_json_ws(b: u8) -> bool {
 /// What Python's `bytes.strip()` removes (a JSON Lines line of only these is blank).
 fn is_py_space(b: u8) -> bool {
     matches!(b, 9..=13 | 28..=32)
-}
-
-fn vote(v: &Option<serde_json::Number>) -> Option<i64> {
-    let Some(n) = v else { return Some(0) };
-    if let Some(u) = n.as_u64() {
-        return i64::try_from(u).ok();
-    }
-    if n.is_f64() {
-        let f = n.as_f64()?;
-        if (0.0..EXACT_FLOAT_INT).contains(&f) && f.fract() == 0.0 {
-            return Some(f as i64);
-        }
-    }
-    None
-}
-
-/// The record, when it is plainly good; `None` sends it to the per-entry path.
-fn fast(bytes: &[u8]) -> Option<Good<'_>> {
-    // serde would also read a JSON array into the struct, by position: objects only.
-    if bytes.iter().find(|&&b| !is_json_ws(b)) != Some(&b'{') {
-        return None;
-    }
-    // All of it: serde_json does not check the strings it skips (unknown fields).
-    let text = std::str::from_utf8(bytes).ok()?;
-    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
-    let (prompt, path1, path2) = (raw.prompt?, raw.path1?, raw.path2?);
-    if path1.is_empty() || path2.is_empty() {
-        return None;
-    }
-    let votes = match &raw.choice_dist {
-        None => (0, 0),
-        Some(d) if d.len() == 2 => (vote(&d[0])?, vote(&d[1])?),
-        Some(_) => return None,
-    };
-    let confidence = raw.confidence.unwrap_or(0.0);
-    if !confidence.is_finite() {
-        return None;
-    }
-    Some(Good { prompt, path1, path2, model1: raw.model1, model2: raw.model2, votes, confidence })
 }
 
 /// The file read forward a window at a time; `buf` holds bytes from file offset `base`.
@@ -354,19 +323,20 @@ fn take_and_tell(out: &mut MetaColumns, w: &Windows, entries: &[Entry], on_windo
     on_window(out, before);
 }
 
-/// Parse `entries` (all inside `w.buf`; those of this part) in parallel and add them to `out`.
+/// Judge `entries` (all inside `w.buf`; those of this part) in parallel and add them to `out`.
 fn take(out: &mut MetaColumns, w: &Windows, entries: &[Entry]) {
     let (first, part) = (out.n_entries, out.part);
     let mine = |k: usize| part.map_or(true, |(r, n)| (first + k as i64) % n == r);
-    // Only this part's entries are parsed (and only their results held: a rank of 8 would
-    // otherwise write a `None` the size of a parsed record for each of the others).
+    // Only this part's entries are judged (and only their results held: a rank of 8 would
+    // otherwise hold a verdict the size of a parsed record for each of the others).
     let picked: Vec<usize> = (0..entries.len()).filter(|&k| mine(k)).collect();
-    let parsed: Vec<Option<Good<'_>>> = picked.par_iter().map(|&k| fast(w.bytes(&entries[k]))).collect();
-    for (&k, g) in picked.iter().zip(parsed) {
-        let index = first + k as i64;
-        match g {
-            Some(g) => out.push_good(index, &entries[k], &g),
-            None => out.push_slow(index, &entries[k]),
+    // A chunk at a time: a window of short entries (junk lines) holds hundreds of thousands, and
+    // a verdict is the size of a parsed record.
+    for chunk in picked.chunks(JUDGED_AT_ONCE) {
+        let judged: Vec<Verdict<'_>> =
+            chunk.par_iter().map(|&k| judge(w.bytes(&entries[k]), entries[k].place)).collect();
+        for (&k, verdict) in chunk.iter().zip(judged) {
+            out.push(first + k as i64, &entries[k], verdict);
         }
     }
     out.n_entries += entries.len() as i64;
@@ -425,9 +395,10 @@ pub fn read_in_pool(
     }
 }
 
-/// The entries at `offsets`/`lengths` of the file (good records found by an
-/// earlier read, numbered `indices`), parsed again: what a rank does for the
-/// rows it was given, without reading the rest of the file.
+/// The entries at `offsets`/`lengths` of the file (good records an earlier
+/// read found, numbered `indices`), judged again: what a rank does for the
+/// rows it was given, without reading the rest of the file. An entry that is no
+/// longer a good record is a failure (not JSON too: it is read alone).
 pub fn read_entries(
     path: &Path,
     indices: &[i64],
@@ -435,7 +406,6 @@ pub fn read_entries(
     lengths: &[i64],
     num_threads: Option<usize>,
 ) -> io::Result<MetaColumns> {
-    use std::os::unix::fs::FileExt;
     let bad = || io::Error::new(io::ErrorKind::InvalidInput, "indices, offsets and lengths differ in length");
     if indices.len() != offsets.len() || offsets.len() != lengths.len() {
         return Err(bad());
@@ -451,7 +421,8 @@ pub fn read_entries(
         let at = w.buf.len();
         w.buf.resize(at + len as usize, 0);
         w.file.read_exact_at(&mut w.buf[at..], off as u64)?;
-        entries.push(Entry { start: at as u64, end: (at + len as usize) as u64, line: 0 });
+        let place = Place::Element { offset: off as u64, breaks: false };
+        entries.push(Entry { start: at as u64, end: (at + len as usize) as u64, place });
     }
     let mut out = MetaColumns::new(None);
     pool(num_threads).install(|| take(&mut out, &w, &entries));
@@ -460,8 +431,7 @@ pub fn read_entries(
         *off = offsets[*k as usize];
         *k = indices[*k as usize];
     }
-    for (k, off) in out.slow_index.iter_mut().zip(out.slow_offset.iter_mut()) {
-        *off = offsets[*k as usize];
+    for k in out.failures.record_index.iter_mut() {
         *k = indices[*k as usize];
     }
     Ok(out)
@@ -506,7 +476,7 @@ fn read_lines(
             let end = memchr::memchr(b'\n', &w.buf[pos..upto]).map_or(upto, |k| pos + k);
             let text = &w.buf[pos..end];
             if !text.iter().all(|&b| is_py_space(b)) {
-                entries.push(Entry { start: w.base + pos as u64, end: w.base + end as u64, line });
+                entries.push(Entry { start: w.base + pos as u64, end: w.base + end as u64, place: Place::Line(line) });
             }
             line += 1;
             pos = end + 1;
@@ -551,7 +521,11 @@ fn read_list(
         let mut on_sep = |p: usize| -> u64 {
             let at = offset + p as u64;
             if let Some(prev) = last_sep {
-                pending.push(Entry { start: prev + 1, end: at, line: 0 });
+                pending.push(Entry {
+                    start: prev + 1,
+                    end: at,
+                    place: Place::Element { offset: prev + 1, breaks: true },
+                });
             }
             last_sep = Some(at);
             n_seps += 1;
@@ -601,6 +575,81 @@ fn read_list(
     Ok(out)
 }
 
+/// What a metadata file holds, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A JSON list, its opening bracket at `first`.
+    List,
+    /// JSON Lines (or one record on one line).
+    Lines,
+    /// One JSON object over several lines (a pretty-printed object): neither.
+    Object,
+    /// Nothing but whitespace (or nothing at all), after a byte-order mark if any.
+    Empty,
+}
+
+/// What the file at `path` holds: its kind, where its metadata starts (after a UTF-8
+/// byte-order mark) and its first byte that is not whitespace (as Python's `bytes.strip()`
+/// sees it). A file whose first line starts an object that is not complete on that line but
+/// closes on a later one, and parses, is one object over several lines.
+pub fn file_kind(path: &Path, window: usize) -> io::Result<(FileKind, u64, u64)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let read = |at: u64, n: u64| -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; n.min(size.saturating_sub(at)) as usize];
+        file.read_exact_at(&mut buf, at)?;
+        Ok(buf)
+    };
+    let start = if read(0, 3)? == b"\xef\xbb\xbf" { 3 } else { 0 };
+    let mut first = start;
+    loop {
+        let chunk = read(first, 1 << 16)?;
+        match chunk.iter().position(|&b| !is_py_space(b)) {
+            Some(k) => {
+                first += k as u64;
+                break;
+            }
+            None if chunk.is_empty() => return Ok((FileKind::Empty, start, first)),
+            None => first += chunk.len() as u64,
+        }
+    }
+    let kind = match read(first, 1)?[0] {
+        b'[' => FileKind::List,
+        b'{' if one_object_over_lines(path, &read, first, size, window)? => FileKind::Object,
+        _ => FileKind::Lines,
+    };
+    Ok((kind, start, first))
+}
+
+fn one_object_over_lines(
+    path: &Path,
+    read: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
+    first: u64,
+    size: u64,
+    window: usize,
+) -> io::Result<bool> {
+    let is_json = |b: &[u8]| std::str::from_utf8(b).is_ok_and(|t| crate::metadata::json::parse(t).is_ok());
+    let mut eol = first;
+    loop {
+        let chunk = read(eol, 1 << 20)?;
+        match memchr::memchr(b'\n', &chunk) {
+            Some(k) => {
+                eol += k as u64;
+                break;
+            }
+            None if chunk.is_empty() => break,
+            None => eol += chunk.len() as u64,
+        }
+    }
+    if is_json(&read(first, eol.min(size) - first)?) {
+        return Ok(false);
+    }
+    Ok(match value_end(path, first, window)? {
+        Some(end) if end > eol => is_json(&read(first, end + 1 - first)?),
+        _ => false,
+    })
+}
+
 /// The [`ChunkScan`] summary of bytes `[from, to)` of the file (fewer when it is shorter).
 pub fn summarize_range(path: &Path, from: u64, to: u64, window: usize) -> io::Result<ChunkScan> {
     let mut w = Windows::open(path, from, window)?;
@@ -648,33 +697,16 @@ mod tests {
     const GOOD: &str =
         r#"{"prompt": "a \"cat\"", "path1": "a.jpg", "path2": "b.jpg", "choice_dist": [3, 1], "confidence": 0.75}"#;
 
-    #[test]
-    fn fast_path_takes_plain_records_and_leaves_the_rest() {
-        let g = fast(GOOD.as_bytes()).unwrap();
-        assert_eq!((&*g.prompt, &*g.path1, g.votes, g.confidence), ("a \"cat\"", "a.jpg", (3, 1), 0.75));
-        for bad in [
-            r#"["p", "a", "b"]"#,
-            r#"{"prompt": "p", "path1": "", "path2": "b"}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [true, 1]}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [2.5, 1]}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [-1, 1]}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "choice_dist": [1]}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "confidence": 1e400}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "confidence": NaN}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "prompt": "q"}"#,
-            r#"{"prompt": "\ud800", "path1": "a", "path2": "b"}"#,
-            r#"{"prompt": null, "path1": "a", "path2": "b"}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b", "model1": 3}"#,
-            r#"{"prompt": "p", "path1": "a", "path2": "b"} {"prompt": "p"}"#,
-            r#"null"#,
-        ] {
-            assert!(fast(bad.as_bytes()).is_none(), "{bad}");
-        }
-        // Invalid UTF-8 in a field the record does not use still sends it to the per-entry path.
-        assert!(fast(b"{\"prompt\": \"p\", \"path1\": \"a\", \"path2\": \"b\", \"x\": \"\xed\xa0\x80\"}").is_none());
-        let g = fast(br#"{"prompt": "", "path1": "a", "path2": "b", "model1": null, "x": [1, {"y": 2}]}"#).unwrap();
-        assert_eq!((g.votes, g.confidence, g.model1.is_none()), ((0, 0), 0.0, true));
-        assert_eq!(fast(br#"{"prompt":"","path1":"a","path2":"b","choice_dist":[2.0,null]}"#).unwrap().votes, (2, 0));
+    /// The line of each failure (JSON Lines).
+    fn failure_lines(m: &MetaColumns) -> Vec<i64> {
+        m.failures
+            .reasons
+            .iter()
+            .map(|r| match r.subject {
+                Subject::Line(n) => n as i64,
+                _ => 0,
+            })
+            .collect()
     }
 
     #[test]
@@ -690,8 +722,8 @@ mod tests {
             for m in [&a, &b] {
                 assert_eq!(m.n_entries, 50);
                 assert_eq!(m.record_index, (0..50).collect::<Vec<_>>());
-                assert_eq!(m.path1.get(49), b"img/49, [x].jpg");
-                assert!(m.slow_index.is_empty());
+                assert_eq!(m.image_paths()[0].get(49), b"img/49, [x].jpg");
+                assert!(m.failures.record_index.is_empty());
             }
             assert_eq!(a.list_end as usize, std::fs::metadata(&list).unwrap().len() as usize - 1);
             let c = read_columns(&list, Layout::List(0), Some(10), window, None).unwrap();
@@ -712,15 +744,15 @@ mod tests {
         for k in 0..3 {
             let m = read_part(&p, Layout::Lines(0), None, 100, None, Part::Modulo(k, 3), true).unwrap();
             assert_eq!(m.n_entries, 32);
-            assert!(m.record_index.iter().chain(&m.slow_index).all(|&i| i % 3 == k as i64));
+            assert!(m.record_index.iter().chain(&m.failures.record_index).all(|&i| i % 3 == k as i64));
             seen.extend(m.record_index.iter().copied());
             let again = read_entries(&p, &m.record_index, &m.entry_offset, &m.entry_len, None).unwrap();
             assert_eq!(
                 (again.record_index.clone(), again.entry_offset.clone()),
                 (m.record_index.clone(), m.entry_offset.clone())
             );
-            for i in 0..m.path1.len() {
-                assert_eq!(again.path1.get(i), m.path1.get(i));
+            for i in 0..m.record_index.len() {
+                assert_eq!(again.image_paths()[0].get(i), m.image_paths()[0].get(i));
             }
         }
         seen.sort();
@@ -758,24 +790,24 @@ mod tests {
                 1 => format!(
                     "{{\"prompt\": \"p\", \"path1\": \"{i}.jpg\", \"path2\": \"b\", \"x\": [[1, {{}}], \"]\"]}}"
                 ),
-                2 => "  ".to_string(), // an empty element: a bad record
+                2 => "[1]".to_string(), // a bad record
                 _ => GOOD.replace("a.jpg", &format!("{i}.jpg")),
             })
             .collect();
         let text = format!("[{}]\n", recs.join(",\n    "));
         let p = file("ranges.json", text.as_bytes());
         let whole = read_columns(&p, Layout::List(0), None, 64, None).unwrap();
-        assert_eq!((whole.n_entries, whole.slow_index.len()), (40, 8));
+        assert_eq!((whole.n_entries, whole.failures.record_index.len()), (40, 8));
         for n in [1, 2, 3, 7, 40, 300] {
             for window in [5, 64, 4096] {
                 let parts = read_in_ranges(&p, text.as_bytes(), n, window);
                 let (mut good, mut slow, mut first) = (Vec::new(), Vec::new(), 0);
                 for m in &parts {
                     good.extend(m.record_index.iter().map(|i| i + first));
-                    slow.extend(m.slow_index.iter().map(|i| i + first));
+                    slow.extend(m.failures.record_index.iter().map(|i| i + first));
                     first += m.n_entries;
                 }
-                assert_eq!((first, &good, &slow), (40, &whole.record_index, &whole.slow_index), "{n} ranks");
+                assert_eq!((first, &good, &slow), (40, &whole.record_index, &whole.failures.record_index), "{n} ranks");
                 let offsets: Vec<i64> = parts.iter().flat_map(|m| m.entry_offset.iter().copied()).collect();
                 assert_eq!(offsets, whole.entry_offset);
                 let ends: Vec<i64> = parts.iter().map(|m| m.list_end).filter(|&e| e >= 0).collect();
@@ -805,25 +837,66 @@ mod tests {
                 let part = Part::Bytes { until: cut(k + 1), scan: StructScan::default() };
                 let m = read_part(&p, Layout::Lines(cut(k)), None, 16, None, part, true).unwrap();
                 good.extend(m.record_index.iter().map(|i| i + first));
-                lines.extend(m.slow_line.iter().map(|l| l + line0));
+                lines.extend(failure_lines(&m).iter().map(|l| l + line0));
                 first += m.n_entries;
                 line0 += m.n_lines;
             }
-            assert_eq!((first, &good, &lines), (whole.n_entries, &whole.record_index, &whole.slow_line), "{n}");
+            assert_eq!((first, &good, &lines), (whole.n_entries, &whole.record_index, &failure_lines(&whole)), "{n}");
             assert_eq!(line0, 7);
         }
     }
 
     #[test]
-    fn bad_entries_are_handed_back_by_position() {
-        let text = format!("{GOOD}\nnot json\n\n{GOOD}\n[1]\n");
+    fn bad_entries_are_failures_with_their_reasons() {
+        let text = format!("{GOOD}\nnot json\n\n{GOOD}\n[1]\n{}\n", GOOD.replace("0.75", "NaN"));
         let p = file("bad.jsonl", text.as_bytes());
-        let m = read_columns(&p, Layout::Lines(0), None, 16, None).unwrap();
+        let mut m = read_columns(&p, Layout::Lines(0), None, 16, None).unwrap();
         assert_eq!(m.record_index, vec![0, 2]);
-        assert_eq!(m.slow_index, vec![1, 3]);
-        assert_eq!(m.slow_line, vec![2, 5]);
-        let off = m.slow_offset[0] as usize;
-        assert_eq!(&text.as_bytes()[off..off + m.slow_len[0] as usize], b"not json");
+        assert_eq!(m.failures.record_index, vec![1, 3, 4]);
+        assert_eq!(failure_lines(&m), vec![2, 0, 0]); // (the reasons that name their line)
+        m.shift(10, 100);
+        let reasons: Vec<String> = m.failures.reasons.iter().map(Reason::render).collect();
+        assert_eq!(
+            reasons,
+            [
+                "line 102 is not valid JSON: Expecting value at byte 0 of the line",
+                "record is a list, not an object",
+                "confidence nan is not a finite number"
+            ]
+        );
+        assert_eq!((m.record_index, m.failures.record_index), (vec![10, 12], vec![11, 13, 14]));
+        assert_eq!(
+            m.failures.paths,
+            [vec!["".to_string(), "".into(), "a.jpg".into()], vec!["".into(), "".into(), "b.jpg".into()]]
+        );
+    }
+
+    #[test]
+    fn a_list_element_that_is_not_json_breaks_the_list() {
+        let text = format!("[{GOOD}, [1], {GOOD} {GOOD}, x, {GOOD}]");
+        let p = file("broken.json", text.as_bytes());
+        let m = read_columns(&p, Layout::List(0), None, 16, None).unwrap();
+        assert_eq!((m.record_index.clone(), m.failures.record_index.clone()), (vec![0, 4], vec![1]));
+        let (index, err) = m.list_error.unwrap();
+        let at = 1 + GOOD.len() + 7 + GOOD.len() + 1;
+        assert_eq!((index, err.to_string()), (2, format!("Extra data at byte {at} of the file")));
+    }
+
+    #[test]
+    fn what_a_file_holds() {
+        let kind = |text: &str| {
+            let p = file("kind.json", text.as_bytes());
+            let (k, start, first) = file_kind(&p, 4).unwrap();
+            (k, start, first)
+        };
+        assert_eq!(kind(""), (FileKind::Empty, 0, 0));
+        assert_eq!(kind("\u{feff} \n\x0b "), (FileKind::Empty, 3, 7));
+        assert_eq!(kind("  [1]"), (FileKind::List, 0, 2));
+        assert_eq!(kind("\u{feff}{\"a\": 1}\n{\"b\": 2}"), (FileKind::Lines, 3, 3));
+        assert_eq!(kind("{\"a\":\n 1}\n"), (FileKind::Object, 0, 0));
+        // A first line that is broken, not an object over lines.
+        assert_eq!(kind("{\"a\":\n{\"b\": 2}\n"), (FileKind::Lines, 0, 0));
+        assert_eq!(kind("x"), (FileKind::Lines, 0, 0));
     }
 
     #[test]
@@ -842,8 +915,8 @@ mod tests {
         let p = file("esc.json", text.as_bytes());
         let m = read_columns(&p, Layout::List(0), None, 3, None).unwrap();
         assert_eq!(m.n_entries, 2);
-        assert_eq!(m.path1.get(0), br#"x]"},{"#);
-        assert_eq!(m.path1.get(1), br#"\"["#);
+        assert_eq!(m.image_paths()[0].get(0), br#"x]"},{"#);
+        assert_eq!(m.image_paths()[0].get(1), br#"\"["#);
         assert_eq!(value_end(&p, 0, 5).unwrap(), Some(text.len() as u64 - 1));
     }
 

@@ -134,13 +134,14 @@ pub fn read_and_probe(read: SurveyRead<'_>, with: ProbeWhile<'_>) -> io::Result<
         rayon::scope(|s| {
             let mut on_window = |m: &MetaColumns, from: usize| {
                 let first_new = ids.len();
+                let [path1, path2] = m.image_paths();
                 for r in from..m.record_index.len() {
                     if skip.binary_search(&m.record_index[r]).is_ok() {
                         id1.push(-1);
                         id2.push(-1);
                     } else {
-                        id1.push(ids.id(m.path1.get(r)));
-                        id2.push(ids.id(m.path2.get(r)));
+                        id1.push(ids.id(path1.get(r)));
+                        id2.push(ids.id(path2.get(r)));
                     }
                 }
                 if !probe {

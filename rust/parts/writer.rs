@@ -42,6 +42,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::metadata::record::{fields_where, position, str_eq, Field as RecordField, Kind, Missing, FIELDS};
 use crate::parts::npy::{npy_header, py_float_repr};
 
 /// An image's height and width over its latent's (8 for every VAE family we
@@ -90,70 +91,188 @@ impl ColumnType {
     }
 }
 
-/// The part file's columns in file order: the reference's ten (same names,
-/// types and contents, so existing trainers keep working), then typed extras
-/// that spare readers the string parsing. Every column is nullable, as in the
-/// reference's pyarrow schema.
-pub const PART_COLUMNS: [(&str, ColumnType); 21] = [
-    ("prompt", ColumnType::String),
-    ("model1", ColumnType::String),
-    ("model2", ColumnType::String),
-    ("detailed_results", ColumnType::String),
-    ("image1_path", ColumnType::String),
-    ("image2_path", ColumnType::String),
-    ("latent1", ColumnType::Binary),
-    ("latent2", ColumnType::Binary),
-    ("latent1_shape", ColumnType::Int64List),
-    ("latent2_shape", ColumnType::Int64List),
-    // Typed extras; readers must not require them (the reference's files lack them).
-    ("record_index", ColumnType::Int64),
-    ("votes_chosen", ColumnType::Int64),
-    ("votes_rejected", ColumnType::Int64),
-    ("confidence", ColumnType::Float64),
-    ("height", ColumnType::Int64),
-    ("width", ColumnType::Int64),
-    ("bucket_id", ColumnType::Int32),
-    ("orig_chosen_height", ColumnType::Int64),
-    ("orig_chosen_width", ColumnType::Int64),
-    ("orig_rejected_height", ColumnType::Int64),
-    ("orig_rejected_width", ColumnType::Int64),
+impl ColumnType {
+    /// The column type of a record field's kind.
+    const fn of(kind: Kind) -> Self {
+        match kind {
+            Kind::Text | Kind::Path => Self::String,
+            Kind::Count | Kind::Index | Kind::Size => Self::Int64,
+            Kind::Real => Self::Float64,
+            Kind::Bucket => Self::Int32,
+            Kind::Latent => Self::Binary,
+        }
+    }
+}
+
+/// What a part-file column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartSource {
+    /// A row's value of one of [`CELL_FIELDS`] (its position there).
+    Cell(usize),
+    /// The reference's `str(dict)` of the votes and sizes ([`Row::detailed_results`]).
+    DetailedResults,
+    /// The `.npy` bytes of latent 0 (`latent1`) or 1 (`latent2`).
+    Latent(usize),
+    /// The shape of latent 0 or 1.
+    Shape(usize),
+}
+
+/// The reference pipeline's ten columns, in its order, with what each holds (the record's fields
+/// by their part names, and the derived columns).
+const REFERENCE_LAYOUT: [(&str, PartSource); 10] = [
+    ("prompt", PartSource::Cell(cell("prompt"))),
+    ("model1", PartSource::Cell(cell("model1"))),
+    ("model2", PartSource::Cell(cell("model2"))),
+    ("detailed_results", PartSource::DetailedResults),
+    ("image1_path", PartSource::Cell(cell("path1"))),
+    ("image2_path", PartSource::Cell(cell("path2"))),
+    ("latent1", PartSource::Latent(0)),
+    ("latent2", PartSource::Latent(1)),
+    ("latent1_shape", PartSource::Shape(0)),
+    ("latent2_shape", PartSource::Shape(1)),
 ];
 
 /// How many of [`PART_COLUMNS`] (the first ones) are the reference's.
-pub const REFERENCE_COLUMN_COUNT: usize = 10;
+pub const REFERENCE_COLUMN_COUNT: usize = REFERENCE_LAYOUT.len();
+
+const fn in_reference(part_name: &str) -> bool {
+    let mut i = 0;
+    while i < REFERENCE_COLUMN_COUNT {
+        if str_eq(REFERENCE_LAYOUT[i].0, part_name) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn count_extras() -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < N_CELLS {
+        if !in_reference(CELL_FIELDS[i].part_name) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// How many columns the part file has.
+pub const N_PART_COLUMNS: usize = REFERENCE_COLUMN_COUNT + count_extras();
+
+/// The part file's columns in file order, with what each holds: the reference's ten (same names,
+/// types and contents, so existing trainers keep working), then, as typed extras that spare
+/// readers the string parsing, every other field of the record ([`CELL_FIELDS`], in declaration
+/// order). Readers must not require the extras (the reference's files lack them).
+pub const PART_LAYOUT: [(&str, ColumnType, PartSource); N_PART_COLUMNS] = {
+    let mut out = [("", ColumnType::String, PartSource::DetailedResults); N_PART_COLUMNS];
+    let mut i = 0;
+    while i < REFERENCE_COLUMN_COUNT {
+        let (name, source) = REFERENCE_LAYOUT[i];
+        let ty = match source {
+            PartSource::Cell(c) => ColumnType::of(CELL_FIELDS[c].kind),
+            PartSource::DetailedResults => ColumnType::String,
+            PartSource::Latent(_) => ColumnType::Binary,
+            PartSource::Shape(_) => ColumnType::Int64List,
+        };
+        out[i] = (name, ty, source);
+        i += 1;
+    }
+    let (mut n, mut c) = (REFERENCE_COLUMN_COUNT, 0);
+    while c < N_CELLS {
+        let f = &CELL_FIELDS[c];
+        if !in_reference(f.part_name) {
+            out[n] = (f.part_name, ColumnType::of(f.kind), PartSource::Cell(c));
+            n += 1;
+        }
+        c += 1;
+    }
+    out
+};
+
+/// The part file's columns in file order (see [`PART_LAYOUT`]). Every column is nullable, as in
+/// the reference's pyarrow schema.
+pub const PART_COLUMNS: [(&str, ColumnType); N_PART_COLUMNS] = {
+    let mut out = [("", ColumnType::String); N_PART_COLUMNS];
+    let mut i = 0;
+    while i < N_PART_COLUMNS {
+        out[i] = (PART_LAYOUT[i].0, PART_LAYOUT[i].1);
+        i += 1;
+    }
+    out
+};
 
 /// The reference pipeline's columns, in file order.
 pub fn reference_columns() -> impl Iterator<Item = &'static str> {
     PART_COLUMNS[..REFERENCE_COLUMN_COUNT].iter().map(|(name, _)| *name)
 }
 
-/// The fields of one submitted row, `(name, required)`. `detailed_results`
-/// and the shapes are derived; the optional fields take the reference's
-/// defaults for missing metadata (model names "", votes 0, confidence 0.0)
-/// or are stored as null (`record_index`, `bucket_id`, original sizes).
-pub const ROW_FIELDS: [(&str, bool); 18] = [
-    ("prompt", true),
-    ("model1", false),
-    ("model2", false),
-    ("image1_path", true),
-    ("image2_path", true),
-    ("latent1", true),
-    ("latent2", true),
-    ("record_index", false),
-    ("votes_chosen", false),
-    ("votes_rejected", false),
-    ("confidence", false),
-    ("height", true),
-    ("width", true),
-    ("bucket_id", false),
-    ("orig_chosen_height", false),
-    ("orig_chosen_width", false),
-    ("orig_rejected_height", false),
-    ("orig_rejected_width", false),
-];
+/// The fields of one submitted row, `(name, required)`: the record's fields by their part names
+/// ([`crate::metadata::record::ROW_FIELDS`]). `detailed_results` and the shapes are derived; the
+/// optional fields take the reference's defaults for missing metadata (model names "", votes 0,
+/// confidence 0.0) or are stored as null (`record_index`, `bucket_id`, original sizes).
+pub use crate::metadata::record::ROW_FIELDS;
 
 /// The latent columns, written one data page per value.
 const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
+
+const fn is_cell(f: &RecordField) -> bool {
+    !matches!(f.kind, Kind::Latent)
+}
+
+fields_where!(
+    /// How many of a row's fields are values (all but the latents).
+    N_CELLS,
+    /// A row's fields other than the latents: the record's ([`FIELDS`]), in declaration order.
+    CELL_FIELDS,
+    is_cell
+);
+
+// The latents are the record's two latent fields, in order, named as the reference names them.
+const _: () = {
+    let (mut n, mut i) = (0, 0);
+    while i < FIELDS.len() {
+        if matches!(FIELDS[i].kind, Kind::Latent) {
+            assert!(n < 2 && str_eq(FIELDS[i].part_name, LATENT_COLUMNS[n]), "the latents are latent1, latent2");
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == 2, "a row has two latents");
+};
+
+/// The position in [`CELL_FIELDS`] of the field `name` (a compile error when there is none).
+pub const fn cell(name: &str) -> usize {
+    position(&CELL_FIELDS, name)
+}
+
+/// A row's value of one of [`CELL_FIELDS`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+impl Cell {
+    /// What a missing value of `f` becomes: the reference's default, or null.
+    pub fn missing(f: &RecordField) -> Cell {
+        match (f.missing, f.kind) {
+            (Missing::Default, Kind::Text | Kind::Path) => Cell::Text(String::new()),
+            (Missing::Default, Kind::Real) => Cell::Real(0.0),
+            (Missing::Default, _) => Cell::Int(0),
+            _ => Cell::Null,
+        }
+    }
+
+    fn int(&self) -> Option<i64> {
+        match self {
+            Cell::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
 
 /// The sample type of a stored latent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,23 +350,9 @@ impl Latent {
 /// One output row: a comparison with both latents.
 #[derive(Debug, Clone)]
 pub struct Row {
-    pub prompt: String,
-    pub model1: String,
-    pub model2: String,
-    pub image1_path: String,
-    pub image2_path: String,
-    /// Position of the comparison in the metadata (null when not given).
-    pub record_index: Option<i64>,
-    pub votes_chosen: i64,
-    pub votes_rejected: i64,
-    pub confidence: f64,
-    /// The target (final) size of both images.
-    pub height: i64,
-    pub width: i64,
-    pub bucket_id: Option<i32>,
-    /// Decoded sizes `(height, width)` (null when not given).
-    pub orig_chosen: Option<(i64, i64)>,
-    pub orig_rejected: Option<(i64, i64)>,
+    /// The values of [`CELL_FIELDS`], in order: text, integers and reals as their fields'
+    /// kinds say; null only where a field may be (see [`Row::check`]).
+    pub cells: [Cell; N_CELLS],
     pub latent1: Latent,
     pub latent2: Latent,
 }
@@ -259,54 +364,95 @@ pub struct FieldError {
     pub reason: String,
 }
 
+const VOTES_CHOSEN: usize = cell("votes_chosen");
+const VOTES_REJECTED: usize = cell("votes_rejected");
+const CONFIDENCE: usize = cell("confidence");
+const ORIG_CHOSEN: [usize; 2] = [cell("h1"), cell("w1")];
+const ORIG_REJECTED: [usize; 2] = [cell("h2"), cell("w2")];
+const FINAL: [usize; 2] = [cell("height"), cell("width")];
+
 impl Row {
+    /// A row of these latents, every field missing (its default, or null: the required ones
+    /// must be set before it is written).
+    pub fn new(latent1: Latent, latent2: Latent) -> Self {
+        Row { cells: std::array::from_fn(|k| Cell::missing(&CELL_FIELDS[k])), latent1, latent2 }
+    }
+
+    /// The value of the field `name` (a field of the record by its name, not its part name).
+    pub fn get(&self, name: &str) -> Option<&Cell> {
+        CELL_FIELDS.iter().position(|f| f.name == name).map(|k| &self.cells[k])
+    }
+
+    /// Set the field `name` (false when the row has no such field).
+    pub fn set(&mut self, name: &str, value: Cell) -> bool {
+        match CELL_FIELDS.iter().position(|f| f.name == name) {
+            Some(k) => {
+                self.cells[k] = value;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The reference's `str(dict)` of the vote and size details (an unknown
     /// original size is `None`, as `str()` writes it).
     pub fn detailed_results(&self) -> String {
-        let hw = |size: Option<(i64, i64)>| size.map_or_else(|| "None".to_string(), |(h, w)| format!("[{h}, {w}]"));
-        let fin = Some((self.height, self.width));
+        let hw = |[h, w]: [usize; 2]| match (self.cells[h].int(), self.cells[w].int()) {
+            (Some(h), Some(w)) => format!("[{h}, {w}]"),
+            _ => "None".to_string(),
+        };
+        let real = |k: usize| match self.cells[k] {
+            Cell::Real(x) => x,
+            _ => 0.0,
+        };
+        let int = |k: usize| self.cells[k].int().unwrap_or(0);
         format!(
             "{{'votes_chosen': {}, 'votes_rejected': {}, 'confidence': {}, 'orig_chosen_hw': {}, \
              'orig_rejected_hw': {}, 'final_chosen_hw': {}, 'final_rejected_hw': {}}}",
-            self.votes_chosen,
-            self.votes_rejected,
-            py_float_repr(self.confidence),
-            hw(self.orig_chosen),
-            hw(self.orig_rejected),
-            hw(fin),
-            hw(fin)
+            int(VOTES_CHOSEN),
+            int(VOTES_REJECTED),
+            py_float_repr(real(CONFIDENCE)),
+            hw(ORIG_CHOSEN),
+            hw(ORIG_REJECTED),
+            hw(FINAL),
+            hw(FINAL)
         )
     }
 
-    /// The value rules a row must meet to be written: non-negative votes, a
-    /// finite confidence, positive sizes, a non-negative index and bucket.
+    /// The value rules a row must meet to be written, from each field's kind: non-negative
+    /// votes, a finite confidence, positive sizes, a non-negative index and bucket; a value for
+    /// every required field, of its kind; the two halves of a pair (an original size) both given
+    /// or neither.
     pub fn check(&self) -> std::result::Result<(), FieldError> {
-        let fail = |field: &'static str, reason: String| Err(FieldError { field, reason });
-        for (field, v) in [("votes_chosen", self.votes_chosen), ("votes_rejected", self.votes_rejected)] {
-            if v < 0 {
-                return fail(field, format!("must be a non-negative integer, got {v}"));
+        for (f, v) in CELL_FIELDS.iter().zip(&self.cells) {
+            let fail = |reason: String| Err(FieldError { field: f.part_name, reason });
+            match (f.kind, v) {
+                (_, Cell::Null) if f.missing == Missing::Required => return fail("is required but missing".into()),
+                (_, Cell::Null) => {}
+                (Kind::Text | Kind::Path, Cell::Text(_)) => {}
+                (Kind::Count, Cell::Int(v)) if *v < 0 => {
+                    return fail(format!("must be a non-negative integer, got {v}"))
+                }
+                (Kind::Index, Cell::Int(v)) if *v < 0 => return fail(format!("must be >= 0, got {v}")),
+                (Kind::Bucket, Cell::Int(v)) if !(0..=i64::from(i32::MAX)).contains(v) => {
+                    return fail(format!("must be >= 0 and < 2**31, got {v}"))
+                }
+                (Kind::Size, Cell::Int(v)) if *v <= 0 => {
+                    return fail(format!("must be a positive size in pixels, got {v}"))
+                }
+                (Kind::Count | Kind::Index | Kind::Bucket | Kind::Size, Cell::Int(_)) => {}
+                (Kind::Real, Cell::Real(x)) if !x.is_finite() => {
+                    return fail(format!("must be a finite number, got {}", py_float_repr(*x)))
+                }
+                (Kind::Real, Cell::Real(_)) => {}
+                (kind, v) => return fail(format!("must be a {} value, got {v:?}", kind.name())),
             }
-        }
-        if !self.confidence.is_finite() {
-            return fail("confidence", format!("must be a finite number, got {}", py_float_repr(self.confidence)));
-        }
-        if let Some(i) = self.record_index.filter(|i| *i < 0) {
-            return fail("record_index", format!("must be >= 0, got {i}"));
-        }
-        if let Some(b) = self.bucket_id.filter(|b| *b < 0) {
-            return fail("bucket_id", format!("must be >= 0, got {b}"));
-        }
-        let sizes = [
-            ("height", Some(self.height)),
-            ("width", Some(self.width)),
-            ("orig_chosen_height", self.orig_chosen.map(|s| s.0)),
-            ("orig_chosen_width", self.orig_chosen.map(|s| s.1)),
-            ("orig_rejected_height", self.orig_rejected.map(|s| s.0)),
-            ("orig_rejected_width", self.orig_rejected.map(|s| s.1)),
-        ];
-        for (field, v) in sizes {
-            if let Some(v) = v.filter(|v| *v <= 0) {
-                return fail(field, format!("must be a positive size in pixels, got {v}"));
+            if let Some(other) = f.together_with {
+                let o = CELL_FIELDS.iter().position(|g| g.name == other).map(|k| &self.cells[k]);
+                if *v == Cell::Null && o.is_some_and(|o| *o != Cell::Null) {
+                    let other = CELL_FIELDS.iter().find(|g| g.name == other).map_or(other, |g| g.part_name);
+                    return fail(format!("is missing while '{other}' is given (give both or neither)"));
+                }
             }
         }
         Ok(())
@@ -386,15 +532,40 @@ pub fn part_schema() -> SchemaRef {
 /// array without a copy (Parquet stores it as the same BYTE_ARRAY column a
 /// `Binary` array gives; the file's schema says `Binary`).
 fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray; 2])> {
-    fn strings(rows: &[Row], f: impl Fn(&Row) -> &str) -> ArrayRef {
-        let mut b = StringBuilder::new();
-        rows.iter().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish())
-    }
-    fn ints(rows: &[Row], f: impl Fn(&Row) -> Option<i64>) -> ArrayRef {
-        let mut b = Int64Builder::with_capacity(rows.len());
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish())
+    fn cells(rows: &[Row], k: usize, ty: ColumnType) -> ArrayRef {
+        let values = rows.iter().map(|r| &r.cells[k]);
+        match ty {
+            ColumnType::String => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        Cell::Text(s) => b.append_value(s),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Int32 => {
+                let mut b = Int32Builder::with_capacity(rows.len());
+                values.for_each(|v| b.append_option(v.int().and_then(|i| i32::try_from(i).ok())));
+                Arc::new(b.finish())
+            }
+            ColumnType::Float64 => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                values.for_each(|v| {
+                    b.append_option(match v {
+                        Cell::Real(x) => Some(*x),
+                        _ => None,
+                    })
+                });
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                values.for_each(|v| b.append_option(v.int()));
+                Arc::new(b.finish())
+            }
+        }
     }
     fn shapes(rows: &[Row], f: impl Fn(&Row) -> &Latent) -> ArrayRef {
         let mut shapes = ListBuilder::new(Int64Builder::new());
@@ -414,40 +585,35 @@ fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray;
         }
         Ok(b.finish())
     }
-    let mut details = StringBuilder::new();
-    rows.iter().for_each(|r| details.append_value(r.detailed_results()));
-    let mut bucket = Int32Builder::with_capacity(rows.len());
-    rows.iter().for_each(|r| bucket.append_option(r.bucket_id));
-    let mut confidence = Float64Builder::with_capacity(rows.len());
-    rows.iter().for_each(|r| confidence.append_value(r.confidence));
-    let mut columns: Vec<ArrayRef> = vec![
-        strings(&rows, |r| &r.prompt),
-        strings(&rows, |r| &r.model1),
-        strings(&rows, |r| &r.model2),
-        Arc::new(details.finish()),
-        strings(&rows, |r| &r.image1_path),
-        strings(&rows, |r| &r.image2_path),
-        // latent1, latent2: inserted below, once the rows are consumed
-        shapes(&rows, |r| &r.latent1),
-        shapes(&rows, |r| &r.latent2),
-        ints(&rows, |r| r.record_index),
-        ints(&rows, |r| Some(r.votes_chosen)),
-        ints(&rows, |r| Some(r.votes_rejected)),
-        Arc::new(confidence.finish()),
-        ints(&rows, |r| Some(r.height)),
-        ints(&rows, |r| Some(r.width)),
-        Arc::new(bucket.finish()),
-        ints(&rows, |r| r.orig_chosen.map(|s| s.0)),
-        ints(&rows, |r| r.orig_chosen.map(|s| s.1)),
-        ints(&rows, |r| r.orig_rejected.map(|s| s.0)),
-        ints(&rows, |r| r.orig_rejected.map(|s| s.1)),
-    ];
+    fn latent(r: &Row, k: usize) -> &Latent {
+        if k == 0 {
+            &r.latent1
+        } else {
+            &r.latent2
+        }
+    }
+    // Every column but the latents (inserted once the rows are consumed).
+    let mut columns: Vec<Option<ArrayRef>> = PART_LAYOUT
+        .iter()
+        .map(|&(_, ty, source)| match source {
+            PartSource::Cell(k) => Some(cells(&rows, k, ty)),
+            PartSource::DetailedResults => {
+                let mut details = StringBuilder::new();
+                rows.iter().for_each(|r| details.append_value(r.detailed_results()));
+                Some(Arc::new(details.finish()) as ArrayRef)
+            }
+            PartSource::Shape(k) => Some(shapes(&rows, |r| latent(r, k))),
+            PartSource::Latent(_) => None,
+        })
+        .collect();
     let (l1, l2): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.latent1.npy, r.latent2.npy)).unzip();
     let latent_arrays = [latents(l1)?, latents(l2)?];
-    columns.insert(6, Arc::new(latent_arrays[0].clone()));
-    columns.insert(7, Arc::new(latent_arrays[1].clone()));
-    debug_assert_eq!(columns.len(), PART_COLUMNS.len());
-    Ok((columns, latent_arrays))
+    for (col, &(_, _, source)) in columns.iter_mut().zip(PART_LAYOUT.iter()) {
+        if let PartSource::Latent(k) = source {
+            *col = Some(Arc::new(latent_arrays[k].clone()));
+        }
+    }
+    Ok((columns.into_iter().flatten().collect(), latent_arrays))
 }
 
 /// zstd for every column but the latents (uncompressed unless
@@ -899,24 +1065,29 @@ pub(crate) mod tests {
             let data: Vec<u8> = [v; 16].iter().flat_map(|x| x.to_le_bytes()).collect();
             Latent::from_bytes(LatentDtype::F32, vec![4, 2, 2], &data).unwrap()
         };
-        Row {
-            prompt: format!("p{i}"),
-            model1: "a".into(),
-            model2: "b".into(),
-            image1_path: format!("x/{i}.jpg"),
-            image2_path: format!("y/{i}.jpg"),
-            record_index: Some(i),
-            votes_chosen: 3,
-            votes_rejected: 1,
-            confidence: 0.75,
-            height: 16,
-            width: 16,
-            bucket_id: Some(0),
-            orig_chosen: Some((20, 20)),
-            orig_rejected: Some((30, 30)),
-            latent1: lat(i as f32),
-            latent2: lat(-(i as f32)),
+        let mut r = Row::new(lat(i as f32), lat(-(i as f32)));
+        let text = |s: String| Cell::Text(s);
+        for (name, v) in [
+            ("prompt", text(format!("p{i}"))),
+            ("model1", text("a".into())),
+            ("model2", text("b".into())),
+            ("path1", text(format!("x/{i}.jpg"))),
+            ("path2", text(format!("y/{i}.jpg"))),
+            ("record_index", Cell::Int(i)),
+            ("votes_chosen", Cell::Int(3)),
+            ("votes_rejected", Cell::Int(1)),
+            ("confidence", Cell::Real(0.75)),
+            ("height", Cell::Int(16)),
+            ("width", Cell::Int(16)),
+            ("bucket_id", Cell::Int(0)),
+            ("h1", Cell::Int(20)),
+            ("w1", Cell::Int(20)),
+            ("h2", Cell::Int(30)),
+            ("w2", Cell::Int(30)),
+        ] {
+            assert!(r.set(name, v), "{name}");
         }
+        r
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -1112,25 +1283,29 @@ pub(crate) mod tests {
             "{'votes_chosen': 3, 'votes_rejected': 1, 'confidence': 0.75, 'orig_chosen_hw': [20, 20], \
              'orig_rejected_hw': [30, 30], 'final_chosen_hw': [16, 16], 'final_rejected_hw': [16, 16]}"
         );
-        r.orig_chosen = None;
+        r.set("h1", Cell::Null);
+        r.set("w1", Cell::Null);
         assert!(r.detailed_results().contains("'orig_chosen_hw': None, 'orig_rejected_hw': [30, 30]"));
     }
 
     #[test]
     fn row_values_are_checked() {
         assert_eq!(row(1).check(), Ok(()));
-        type Spoil = fn(&mut Row);
-        let cases: [(Spoil, &str); 5] = [
-            (|r| r.votes_rejected = -1, "votes_rejected"),
-            (|r| r.confidence = f64::NAN, "confidence"),
-            (|r| r.width = 0, "width"),
-            (|r| r.orig_rejected = Some((5, -5)), "orig_rejected_width"),
-            (|r| r.record_index = Some(-1), "record_index"),
+        let cases = [
+            ("votes_rejected", Cell::Int(-1), "votes_rejected"),
+            ("confidence", Cell::Real(f64::NAN), "confidence"),
+            ("width", Cell::Int(0), "width"),
+            ("w2", Cell::Int(-5), "orig_rejected_width"),
+            ("record_index", Cell::Int(-1), "record_index"),
+            ("bucket_id", Cell::Int(1 << 31), "bucket_id"),
+            ("prompt", Cell::Null, "prompt"),
+            ("prompt", Cell::Int(1), "prompt"),
+            ("h1", Cell::Null, "orig_chosen_height"),
         ];
-        for (spoil, field) in cases {
+        for (name, value, field) in cases {
             let mut r = row(1);
-            spoil(&mut r);
-            assert_eq!(r.check().unwrap_err().field, field);
+            r.set(name, value);
+            assert_eq!(r.check().unwrap_err().field, field, "{name}");
         }
     }
 
@@ -1153,6 +1328,25 @@ pub(crate) mod tests {
                 "latent2_shape"
             ]
         );
+        // The extras are the record's other fields, in declaration order.
+        assert_eq!(
+            PART_COLUMNS[REFERENCE_COLUMN_COUNT..].iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [
+                "record_index",
+                "votes_chosen",
+                "votes_rejected",
+                "confidence",
+                "height",
+                "width",
+                "bucket_id",
+                "orig_chosen_height",
+                "orig_chosen_width",
+                "orig_rejected_height",
+                "orig_rejected_width"
+            ]
+        );
+        assert_eq!(schema.field_with_name("bucket_id").unwrap().data_type(), &DataType::Int32);
+        assert_eq!(schema.field_with_name("image1_path").unwrap().data_type(), &DataType::Utf8);
         // Every submitted field is a column or a latent; every column but the
         // derived ones is a submitted field.
         let columns: Vec<&str> = PART_COLUMNS.iter().map(|(n, _)| *n).collect();

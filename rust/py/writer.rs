@@ -17,9 +17,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple};
 
 use crate::error::Error;
+use crate::metadata::record::{Kind, Missing};
 use crate::parts::writer::{
-    reference_columns, temp_path, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
-    LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
+    reference_columns, temp_path, Cell, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
+    CELL_FIELDS, LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
 };
 use crate::py::errors::{INVALID_ROW, USAGE};
 
@@ -70,15 +71,11 @@ impl<'py> Fields<'_, 'py> {
         self.get(field)?.ok_or_else(|| Bad::new(field, "is required but missing (or None)"))
     }
 
-    fn text(&self, field: &str, default: Option<&str>) -> Field<String> {
-        let v = match (self.get(field)?, default) {
-            (Some(v), _) => v,
-            (None, Some(d)) => return Ok(d.to_string()),
-            (None, None) => return Err(Bad::new(field, "is required but missing (or None)")),
-        };
+    fn text(&self, field: &str) -> Field<Option<String>> {
+        let Some(v) = self.get(field)? else { return Ok(None) };
         let s = v.cast::<PyString>().map_err(|_| Bad::new(field, format!("must be a str, not {}", type_name(&v))))?;
         s.to_str()
-            .map(str::to_string)
+            .map(|s| Some(s.to_string()))
             .map_err(|_| Bad::new(field, format!("is not valid Unicode text (a lone surrogate?): {}", short_repr(&v))))
     }
 
@@ -114,17 +111,6 @@ impl<'py> Fields<'_, 'py> {
         Ok(Some(x))
     }
 
-    /// Both halves of a size, or neither.
-    fn size(&self, name: &str) -> Field<Option<(i64, i64)>> {
-        let (hf, wf) = (format!("{name}_height"), format!("{name}_width"));
-        match (self.int(&hf, 1, i64::MAX)?, self.int(&wf, 1, i64::MAX)?) {
-            (Some(h), Some(w)) => Ok(Some((h, w))),
-            (None, None) => Ok(None),
-            (Some(_), None) => Err(Bad::new(&wf, format!("is missing while '{hf}' is given (give both or neither)"))),
-            (None, Some(_)) => Err(Bad::new(&hf, format!("is missing while '{wf}' is given (give both or neither)"))),
-        }
-    }
-
     fn latent(&self, field: &str) -> Field<Latent> {
         let v = self.required(field)?;
         latent_from(&v, self.writer).map_err(|reason| Bad::new(field, reason))
@@ -151,7 +137,10 @@ fn latent_from(obj: &Bound<'_, PyAny>, writer: &PartWriter) -> Result<Latent, St
     writer.latent(dtype, shape, data).map_err(|e| e.to_string())
 }
 
-fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>, writer: &PartWriter) -> Field<Row> {
+/// One row from its dict, field by field of the record's declaration, each by its kind: text, an
+/// integer in its kind's range, a finite number; a missing (absent or None) value is the field's
+/// default or null, or an error for a required field.
+fn row_from(d: &Bound<'_, PyDict>, writer: &PartWriter) -> Field<Row> {
     for key in d.keys() {
         let name = key.cast::<PyString>().ok().and_then(|s| s.to_str().ok().map(str::to_string));
         if !name.as_deref().is_some_and(|n| ROW_FIELDS.iter().any(|(f, _)| *f == n)) {
@@ -161,25 +150,25 @@ fn row_from(d: &Bound<'_, PyDict>, record_index: Option<i64>, writer: &PartWrite
         }
     }
     let f = Fields { d, writer };
-    let votes = |field: &str| Ok(f.int(field, 0, i64::MAX)?.unwrap_or(0));
-    let row = Row {
-        prompt: f.text("prompt", None)?,
-        model1: f.text("model1", Some(""))?,
-        model2: f.text("model2", Some(""))?,
-        image1_path: f.text("image1_path", None)?,
-        image2_path: f.text("image2_path", None)?,
-        record_index,
-        votes_chosen: votes("votes_chosen")?,
-        votes_rejected: votes("votes_rejected")?,
-        confidence: f.float("confidence")?.unwrap_or(0.0),
-        height: f.int("height", 1, i64::MAX)?.ok_or_else(|| Bad::new("height", "is required but missing (or None)"))?,
-        width: f.int("width", 1, i64::MAX)?.ok_or_else(|| Bad::new("width", "is required but missing (or None)"))?,
-        bucket_id: f.int("bucket_id", 0, i32::MAX.into())?.map(|b| b as i32),
-        orig_chosen: f.size("orig_chosen")?,
-        orig_rejected: f.size("orig_rejected")?,
-        latent1: f.latent("latent1")?,
-        latent2: f.latent("latent2")?,
-    };
+    let mut row = Row::new(f.latent("latent1")?, f.latent("latent2")?);
+    for (cell, field) in row.cells.iter_mut().zip(CELL_FIELDS.iter()) {
+        let name = field.part_name;
+        let value = match field.kind {
+            Kind::Text | Kind::Path => f.text(name)?.map(Cell::Text),
+            Kind::Count | Kind::Index => f.int(name, 0, i64::MAX)?.map(Cell::Int),
+            Kind::Size => f.int(name, 1, i64::MAX)?.map(Cell::Int),
+            Kind::Bucket => f.int(name, 0, i32::MAX.into())?.map(Cell::Int),
+            Kind::Real => f.float(name)?.map(Cell::Real),
+            Kind::Latent => unreachable!("the latents are not cells"),
+        };
+        match value {
+            Some(v) => *cell = v,
+            None if field.missing == Missing::Required => {
+                return Err(Bad::new(name, "is required but missing (or None)"))
+            }
+            None => {} // (Row::new left its default or null)
+        }
+    }
     row.check().map_err(|e| Bad::new(e.field, e.reason))?;
     Ok(row)
 }
@@ -198,7 +187,7 @@ fn rows_from(py: Python<'_>, rows: &Bound<'_, PyAny>, writer: &PartWriter) -> Py
             Ok(d) => {
                 let f = Fields { d, writer };
                 match f.int("record_index", 0, i64::MAX) {
-                    Ok(ri) => (ri, row_from(d, ri, writer)),
+                    Ok(ri) => (ri, row_from(d, writer)),
                     Err(bad) => (None, Err(bad)),
                 }
             }

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from hpd_encode import _core
+from hpd_encode import _core, record
 from hpd_encode.failures import Failure
 from hpd_encode.output_dir import PartRotator
 from hpd_encode.pipeline.options import EncoderOptions
@@ -29,25 +29,8 @@ from hpd_encode.vae import LatentEncoder, encode_pixels, item_seed, latents_to_n
 
 log = logging.getLogger("hpd_encode.encode")
 
-#: The row fields handed to the writer, besides the latents (metadata column -> writer field).
-_ROW_FIELDS = {
-    "prompt": "prompt",
-    "model1": "model1",
-    "model2": "model2",
-    "path1": "image1_path",
-    "path2": "image2_path",
-    "record_index": "record_index",
-    "votes_chosen": "votes_chosen",
-    "votes_rejected": "votes_rejected",
-    "confidence": "confidence",
-    "height": "height",
-    "width": "width",
-    "bucket_id": "bucket_id",
-    "h1": "orig_chosen_height",
-    "w1": "orig_chosen_width",
-    "h2": "orig_rejected_height",
-    "w2": "orig_rejected_width",
-}
+#: The row fields handed to the writer, besides the latents (planned-row column -> writer field).
+_ROW_FIELDS = record.ROW_NAMES
 
 
 class Progress:

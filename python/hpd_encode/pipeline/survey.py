@@ -143,7 +143,7 @@ def survey(
         )
         assert meta.images is not None and meta.entries is not None
         table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
-        local = _number_the_rest(table, meta.images, root, opts, probe=alone)
+        local = _LocalImages.of(meta.images)
     failures, n_entries = list(meta.failures), meta.n_entries
     del meta
     step("read_metadata")
@@ -218,39 +218,15 @@ class _LocalImages:
     """This rank's distinct image paths by local id (``ids``, a ``_core.PathIds``), and their probes
     when they were probed here (empty otherwise)."""
 
-    ids: Any
+    ids: _core.PathIds
     height: np.ndarray
     width: np.ndarray
     kinds: np.ndarray
     errors: list[str | None]
 
-
-def _number_the_rest(
-    table: pl.DataFrame, found: dict[str, Any], root: Path, opts: SurveyOptions, probe: bool
-) -> _LocalImages:
-    """The reader's numbering of the image paths, completed with the records the per-entry path read
-    (their ``id1``/``id2`` are null in ``table``, which gets them, in place of the nulls); with
-    ``probe`` their new images are probed too."""
-    ids = found["ids"]
-    h, w, kinds = found["probe_heights"], found["probe_widths"], found["probe_kinds"]
-    errors = list(found["probe_errors"])
-    todo = table["id1"].is_null().to_numpy()
-    if todo.any():
-        n_before = len(ids)
-        slow = table.filter(pl.Series(todo))
-        id1 = table["id1"].fill_null(-1).to_numpy().copy()
-        id2 = table["id2"].fill_null(-1).to_numpy().copy()
-        id1[todo] = ids.number(slow["path1"].to_list())
-        id2[todo] = ids.number(slow["path2"].to_list())
-        table.replace_column(table.get_column_index("id1"), pl.Series("id1", id1))
-        table.replace_column(table.get_column_index("id2"), pl.Series("id2", id2))
-        if probe:
-            more = _probe(root, ids.paths_from(n_before), opts.num_threads, opts.max_pixels)
-            h, w, kinds = (np.concatenate([a, b]) for a, b in zip((h, w, kinds), more[:3]))
-            errors += more[3]
-    return _LocalImages(
-        ids, np.asarray(h, np.int64), np.asarray(w, np.int64), np.asarray(kinds, np.uint8), errors
-    )
+    @classmethod
+    def of(cls, found: _core.SurveyedMetadata) -> _LocalImages:
+        return cls(found.ids, found.probe_heights, found.probe_widths, found.probe_kinds, found.probe_errors)
 
 
 def _probe_layout(n_images: int) -> np.dtype:
