@@ -151,21 +151,22 @@ def refuse_overwriting_inputs(
     outputs: Mapping[str, str | PathLike[str] | None], inputs: Sequence[str]
 ) -> None:
     """Raise :class:`OutputOverwritesInputError` if an output path is one of the
-    ``inputs`` (compared by real path) or any existing ``.parquet`` file.
+    ``inputs`` (compared by real path), and
+    :class:`~hpd_encode.errors.OutputPathError` if it may not be written at all
+    (:func:`hpd_encode.files.check_output`: not a regular file, a file of an
+    encode output directory, an existing Parquet file).
 
     ``outputs`` maps an option name (for the message) to its path (None: unused).
     Called before anything is written, so a refused run overwrites nothing.
     """
+    from hpd_encode.files import check_output
+
     read = {os.path.realpath(p) for p in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
-        real = os.path.realpath(path)
-        if real in read:
+        if os.path.realpath(path) in read:
             raise OutputOverwritesInputError(
                 f"{option} '{os.fspath(path)}' is one of the part files being indexed; choose another path"
             )
-        if Path(path).suffix.lower() == ".parquet" and os.path.exists(path):
-            raise OutputOverwritesInputError(
-                f"{option} '{os.fspath(path)}' is an existing Parquet file; refusing to overwrite it"
-            )
+        check_output(path, option)

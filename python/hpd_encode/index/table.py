@@ -7,13 +7,12 @@ can read an index without importing the scan, the parsers or the filters.
 from __future__ import annotations
 
 import os
-import tempfile
 from os import PathLike
 from pathlib import Path
 
 import polars as pl
 
-from hpd_encode.errors import IndexInputError, InputNotFoundError, OutputOverwritesInputError
+from hpd_encode.errors import IndexInputError, InputNotFoundError
 
 #: The CSV's columns, in the reference's order.
 INDEX_COLUMNS: tuple[str, ...] = (
@@ -31,29 +30,17 @@ def write_index(df: pl.DataFrame, path: str | PathLike[str]) -> None:
     """Write the index as CSV with exactly :data:`INDEX_COLUMNS`, atomically.
 
     The file appears complete or not at all (written beside, then renamed).
-    An existing ``.parquet`` file is never replaced (a mistyped path must not
-    destroy a part file).
+    ``path`` may only replace a regular file that is neither a Parquet file
+    nor a file of an encode output directory (a mistyped path must not
+    destroy a part file, a manifest or a device node):
+    :func:`hpd_encode.files.check_output`, else :class:`OutputPathError`.
     """
+    from hpd_encode.files import write_output
+
     missing = [c for c in INDEX_COLUMNS if c not in df.columns]
     if missing:
         raise IndexInputError(f"index frame lacks the column(s) {missing}; build it with build_index()")
-    path = Path(path)
-    if path.suffix.lower() == ".parquet" and path.exists():
-        raise OutputOverwritesInputError(f"refusing to write the index over the Parquet file '{path}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            df.select(INDEX_COLUMNS).write_csv(fh)
-        # mkstemp creates the file 0600; give it the usual umask-based mode so
-        # trainers running as another user can read it.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_output(path, "the index", lambda fh: df.select(INDEX_COLUMNS).write_csv(fh))
 
 
 def read_index(index: str | PathLike[str] | pl.DataFrame) -> pl.DataFrame:

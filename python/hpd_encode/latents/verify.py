@@ -17,10 +17,7 @@ Each problem names its file, row group and row. The result is a
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -33,7 +30,7 @@ from typing import Any, TypeAlias
 import pyarrow.parquet as pq
 
 from hpd_encode.errors import InputNotFoundError, OutputBusyError
-from hpd_encode.output_dir import LOCK_FILE, list_part_files, read_lock_holder, require_complete
+from hpd_encode.output_dir import holder_if_busy, list_part_files, require_complete
 
 log = logging.getLogger(__name__)
 
@@ -108,31 +105,9 @@ class VerifyReport:
 
 
 def lock_holder_if_busy(directory: str | PathLike[str]) -> str | None:
-    """Who holds ``directory``'s output lock (an encode or repack writing it), or None when nobody does.
-
-    Only tests the lock (a shared, non-blocking ``flock`` on the lock file,
-    opened read-only), so it works on a read-only directory and takes nothing.
-    """
-    path = Path(directory) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        holder = read_lock_holder(directory)
-        if holder:
-            return (
-                f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
-                f"since {holder.get('started')}"
-            )
-        return "another process"
-    finally:
-        os.close(fd)
-    return None
+    """Who holds ``directory``'s output lock (an encode or repack writing it), or None when nobody does
+    (:func:`hpd_encode.output_dir.holder_if_busy`: tests the lock, takes nothing)."""
+    return holder_if_busy(directory)
 
 
 def _shape_of(value: Any) -> tuple[int, ...] | None:
