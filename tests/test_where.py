@@ -188,7 +188,10 @@ numbers: st.SearchStrategy[Node] = st.recursive(
     ),
     lambda inner: st.one_of(
         st.tuples(st.sampled_from("+-*/"), inner, inner).map(
-            lambda t: (f"({t[1][0]} {t[0]} {t[2][0]})", lambda row, t=t: _arith(t[0], t[1][1](row), t[2][1](row)))
+            lambda t: (
+                f"({t[1][0]} {t[0]} {t[2][0]})",
+                lambda row, t=t: _arith(t[0], t[1][1](row), t[2][1](row)),
+            )
         ),
         st.tuples(st.sampled_from(INT_FIELDS).map(_leaf), st.integers(-3, 4)).map(
             lambda t: (f"({t[0][0]} % {t[1]})", lambda row, t=t: _arith("%", t[0][1](row), t[1]))

@@ -21,13 +21,14 @@ directory (its manifest, summary, failures, lock file or part files, see
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from os import PathLike
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from hpd_encode.errors import (
     AccessDeniedError,
@@ -37,6 +38,9 @@ from hpd_encode.errors import (
     OutputPathError,
     PathNotADirectoryError,
 )
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 _KINDS = (
     (stat.S_ISREG, "regular file"),
@@ -85,7 +89,7 @@ def require_directory(path: str | PathLike[str], what: str) -> None:
         raise PathNotADirectoryError(f"{what} '{os.fspath(path)}' is a {kind}, not a directory")
 
 
-def open_regular(path: str | PathLike[str], what: str = "file") -> BinaryIO:
+def open_regular(path: str | PathLike[str], what: str = "file") -> io.BufferedReader:
     """Open ``path`` to read, never blocking: ``O_NONBLOCK`` (a FIFO with no writer opens at once),
     then ``fstat``; anything but a regular file is :class:`NotRegularFileError` before a byte is
     read. The file object can be handed to pyarrow (``pq.ParquetFile(f)``)."""
@@ -110,6 +114,20 @@ def open_regular(path: str | PathLike[str], what: str = "file") -> BinaryIO:
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
+        raise
+
+
+def open_parquet(path: str | PathLike[str], what: str = "part file") -> pq.ParquetFile:
+    """A pyarrow ``ParquetFile`` read through :func:`open_regular`: a FIFO or a device named like a
+    part file is refused, never waited on. ``close(force=True)`` closes the file (pyarrow leaves a
+    file object it was handed open on a plain ``close()``)."""
+    import pyarrow.parquet as pq
+
+    fh = open_regular(path, what)
+    try:
+        return pq.ParquetFile(fh)
+    except BaseException:
+        fh.close()
         raise
 
 
@@ -144,7 +162,7 @@ def check_output(path: str | PathLike[str], option: str, inputs: Iterable[str | 
 def write_output(
     path: str | PathLike[str],
     option: str,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     inputs: Iterable[str | PathLike[str]] = (),
 ) -> None:
     """Write a user-named output atomically: :func:`check_output`, then ``write(file)`` into a

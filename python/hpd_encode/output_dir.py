@@ -343,21 +343,24 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
 
 def done_records(output_dir: Path) -> set[int]:
     """The record indices already committed in ``output_dir``'s part files."""
-    import pyarrow.parquet as pq
+    from hpd_encode.files import open_parquet
 
     done: set[int] = set()
     for p in list_part_files(output_dir):
         try:
-            names = pq.read_schema(p).names
+            pf = open_parquet(p)  # a FIFO named like a part file is refused, never waited on
         except Exception as e:
             raise DamagedOutputError(
                 f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite"
             ) from e
-        if "record_index" not in names:
-            raise DamagedOutputError(
-                f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
-            )
-        col = pq.read_table(p, columns=["record_index"]).column(0).to_numpy().tolist()
+        try:
+            if "record_index" not in pf.schema_arrow.names:
+                raise DamagedOutputError(
+                    f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
+                )
+            col = pf.read(columns=["record_index"]).column(0).to_numpy().tolist()
+        finally:
+            pf.close(force=True)
         dup = done.intersection(col)
         if dup:
             raise DamagedOutputError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")

@@ -84,6 +84,9 @@ pub enum ReadError {
     /// or the file lacks the latent columns.
     #[error("'{path}' is not a readable part file: {message}")]
     File { path: String, message: String },
+    /// A FIFO, socket, device or directory named like a part file (refused without blocking).
+    #[error("cannot read '{path}': not a regular file ({what}); only regular files are read")]
+    NotRegular { path: String, what: &'static str },
     /// A request outside the file (a stale index).
     #[error("{0}")]
     OutOfRange(String),
@@ -521,6 +524,17 @@ pub struct PartFile {
     paged: bool,
 }
 
+/// Open a local part file: never blocks, and refuses a FIFO, socket, device
+/// or directory named like one before reading a byte
+/// ([`crate::image::safe_open::open_regular`]).
+fn open_local(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    crate::image::safe_open::open_regular(path).map_err(|e| match e {
+        crate::error::Error::NotRegular { path, what } => ReadError::NotRegular { path, what },
+        crate::error::Error::Io { path, source } => io_error(&path, source),
+        other => ReadError::File { path: path.display().to_string(), message: other.to_string() },
+    })
+}
+
 fn io_error(path: &str, e: std::io::Error) -> ReadError {
     ReadError::Io { path: path.to_owned(), kind: e.kind(), message: e.to_string() }
 }
@@ -536,11 +550,7 @@ impl PartFile {
     /// Open `path` and parse its footer and offset index.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|e| io_error(&shown, e))?;
-        let fmeta = file.metadata().map_err(|e| io_error(&shown, e))?;
-        if !fmeta.is_file() {
-            return Err(ReadError::File { path: shown, message: "not a regular file".into() });
-        }
+        let (file, fmeta) = open_local(path)?;
         let pos = PosFile { file: Arc::new(file), len: fmeta.len() };
         let options = ArrowReaderOptions::new()
             .with_column_index_policy(PageIndexPolicy::Skip)
@@ -1113,8 +1123,7 @@ pub fn check_file(path: &Path, num_threads: Option<usize>) -> Result<Vec<RowChec
 /// serves random reads, keeps the default read-ahead). Errors when the file
 /// changed since its footer was read.
 fn scan_input(file: &PartFile) -> Result<PosFile> {
-    let f = File::open(&file.path).map_err(|e| io_error(&file.path, e))?;
-    let meta = f.metadata().map_err(|e| io_error(&file.path, e))?;
+    let (f, meta) = open_local(Path::new(&file.path))?;
     if identity(&meta) != file.identity {
         return Err(ReadError::File {
             path: file.path.clone(),

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from hpd_encode._core import parquet_layout
-from hpd_encode.errors import IndexInputError, OutputOverwritesInputError, PartFilesNotFoundError
+from hpd_encode.errors import (
+    IndexInputError,
+    NotRegularFileError,
+    OutputOverwritesInputError,
+    PartFilesNotFoundError,
+)
+from hpd_encode.files import path_kind
 from hpd_encode.output_dir import MANIFEST, require_complete
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,8 @@ def find_part_files(source: Source) -> list[str]:
             matches = sorted(m for m in globmod.glob(s, recursive=True) if os.path.isfile(m))
             if not matches:
                 raise PartFilesNotFoundError(f"no files match the pattern '{s}'")
+        elif (kind := path_kind(p)) is not None:  # a FIFO, a device...: said, never opened
+            raise NotRegularFileError(f"'{s}' is a {kind}, not a Parquet file or a directory")
         else:
             raise PartFilesNotFoundError(f"no such Parquet file or directory: '{s}'")
         found.extend(matches)

@@ -60,4 +60,30 @@ def read_index(index: str | PathLike[str] | pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in INDEX_COLUMNS if c not in df.columns]
     if missing:
         raise IndexInputError(f"{where} lacks the column(s) {missing}")
-    return df.select(INDEX_COLUMNS).sort("global_id")
+    df = df.select(INDEX_COLUMNS)
+    _check_values(df, where, csv=not isinstance(index, pl.DataFrame))
+    return df.sort("global_id")
+
+
+def _check_values(df: pl.DataFrame, where: str, csv: bool) -> None:
+    """Every number of an index is a non-negative integer and every path is given: a bad value
+    is :class:`IndexInputError` naming the file, its line and the column, never an overflow later."""
+    numbers = [c for c in INDEX_COLUMNS if c != "parquet_path"]
+    bad_types = [c for c in numbers if not df.schema[c].is_integer()]
+    if bad_types:
+        raise IndexInputError(f"{where}: the column(s) {bad_types} must hold integers; rebuild the index")
+    checks = [(pl.col(c).is_null() | (pl.col(c) < 0)).alias(c) for c in numbers]
+    checks.append((pl.col("parquet_path").is_null() | (pl.col("parquet_path") == "")).alias("parquet_path"))
+    flags = df.select(checks)
+    bad = flags.select(pl.any_horizontal(pl.all())).to_series()
+    if not bad.any():
+        return
+    row = int(bad.arg_max() or 0)
+    column = next(c for c in flags.columns if flags[c][row])
+    value = df[column][row]
+    what = "empty" if value is None or value == "" else f"{value}, negative"
+    at = f"line {row + 2}" if csv else f"row {row}"  # line 1 is the header
+    raise IndexInputError(
+        f"{where} {at}: {column} is {what}; an index holds non-negative row groups, rows and sizes: "
+        "rebuild it with 'hpd-encode index'"
+    )

@@ -180,9 +180,9 @@ class _Parser:
         if self.accept(*_COMPARISONS):
             return _compare(t, left, self.additive())
         if self.accept("IS"):
-            negate = self.accept("NOT") is not None
+            is_not = self.accept("NOT") is not None
             self.expect("NULL")
-            return _Value(left.expr.is_not_null() if negate else left.expr.is_null(), BOOL)
+            return _Value(left.expr.is_not_null() if is_not else left.expr.is_null(), BOOL)
         negate = self.accept("NOT")
         if self.accept("IN"):
             result = self.in_list(t, left)

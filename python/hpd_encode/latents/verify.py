@@ -27,9 +27,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import pyarrow.parquet as pq
-
-from hpd_encode.errors import InputNotFoundError, OutputBusyError
+from hpd_encode.errors import OutputBusyError
+from hpd_encode.files import open_parquet, require_directory
 from hpd_encode.output_dir import holder_if_busy, list_part_files, require_complete
 
 log = logging.getLogger(__name__)
@@ -131,9 +130,14 @@ def _read_file(path: Path, threads: int | None) -> _Read:
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", str(e))
     try:
-        pf = pq.ParquetFile(path)
-        cols = [c for c in ("record_index", "latent1_shape", "latent2_shape") if c in pf.schema_arrow.names]
-        small = pf.read(columns=cols).to_pydict() if cols else {}
+        pf = open_parquet(path)
+        try:
+            cols = [
+                c for c in ("record_index", "latent1_shape", "latent2_shape") if c in pf.schema_arrow.names
+            ]
+            small = pf.read(columns=cols).to_pydict() if cols else {}
+        finally:
+            pf.close(force=True)
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
     return checks, small
@@ -244,8 +248,7 @@ def verify(
     ``progress``.
     """
     out = Path(output_dir)
-    if not out.is_dir():
-        raise InputNotFoundError(f"output directory '{out}' does not exist")
+    require_directory(out, "output directory")  # says what it is when it is not one
     manifest = require_complete(out, allow_partial, "verify")
     holder = lock_holder_if_busy(out)
     if holder is not None:
