@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import torchrun, write_with_encoder
+from conftest import indexed_part, torchrun, write_with_encoder
 from hpd_encode._core import read_pairs
 from hpd_encode.errors import IndexInputError, RowOutOfRangeError
-from hpd_encode.index import build_index, read_index, write_index
+from hpd_encode.index import read_index
 from hpd_encode.latents.reader import LatentPairDataset
 
 HANG_S = 300
@@ -88,12 +88,7 @@ def test_torchrun_ranks_end_with_one_line_and_no_traceback(tmp_path: Path, at: s
 
 @pytest.fixture
 def index_csv(part_records, tmp_path: Path, small_buckets_json: Path) -> Path:
-    parts = tmp_path / "parts"
-    parts.mkdir()
-    write_with_encoder(parts / "part_rank00.parquet", part_records[:50])
-    index = tmp_path / "index.csv"
-    write_index(build_index(parts, buckets=small_buckets_json, max_per_prompt=None), index)
-    return index
+    return indexed_part(tmp_path, part_records[:50], small_buckets_json)
 
 
 @pytest.mark.parametrize(

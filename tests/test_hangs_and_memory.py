@@ -22,13 +22,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import encode_cmd, write_with_encoder
+from conftest import encode_cmd, indexed_part, random_pngs
 from hpd_encode.errors import OutOfMemoryError
-from hpd_encode.index import build_index, write_index
 from hpd_encode.latents.reader import LatentPairDataset
 from hpd_encode.vae import make_tiny_vae
 
@@ -55,10 +52,7 @@ def encoded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     """A finished encode run: (data root, metadata, VAE, output directory)."""
     base = tmp_path_factory.mktemp("encoded")
     root = base / "root"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    random_pngs(root, 4, 256)
     meta = base / "train.json"
     meta.write_text(
         json.dumps(
@@ -132,11 +126,8 @@ def test_index_refuses_a_fifo_part(fifo_output: Path, tmp_path: Path) -> None:
 
 
 def test_the_readers_refuse_a_fifo_part(part_records, tmp_path: Path, small_buckets_json: Path) -> None:
+    index = indexed_part(tmp_path, part_records[:50], small_buckets_json)
     parts = tmp_path / "parts"
-    parts.mkdir()
-    write_with_encoder(parts / "part_rank00.parquet", part_records[:50])
-    index = tmp_path / "index.csv"
-    write_index(build_index(parts, buckets=small_buckets_json, max_per_prompt=None), index)
     # The file turns into a FIFO after the index was built (and after a dataset was made).
     script = """
         import os, sys
@@ -222,11 +213,7 @@ def test_load_batch_refuses_a_batch_above_the_memory_available_now(tmp_path: Pat
 def test_getitems_refuses_a_request_over_its_byte_budget(
     part_records, tmp_path: Path, small_buckets_json: Path
 ) -> None:
-    parts = tmp_path / "parts"
-    parts.mkdir()
-    write_with_encoder(parts / "part_rank00.parquet", part_records[:300])
-    index = tmp_path / "index.csv"
-    write_index(build_index(parts, buckets=small_buckets_json, max_per_prompt=None), index)
+    index = indexed_part(tmp_path, part_records[:300], small_buckets_json)
     ds = LatentPairDataset(index)
     pair_bytes = [it["latent1"].nbytes + it["latent2"].nbytes for it in ds.__getitems__(range(len(ds)))]
     assert len(ds) > 150 and min(pair_bytes) > 0

@@ -10,11 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import encode_cmd
+from conftest import encode_cmd, random_pngs
 from hpd_encode.output_dir import LOCK_FILE, holder_if_busy
 from hpd_encode.vae import make_tiny_vae
 
@@ -80,10 +78,7 @@ def test_a_deleted_or_replaced_lock_file_lets_no_second_run_in(held) -> None:
 def test_a_second_encode_is_refused_after_the_lock_file_is_deleted(held, tmp_path: Path) -> None:
     out, proc, _ = held
     root = tmp_path / "root"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    random_pngs(root, 2, 64)
     meta = tmp_path / "train.json"
     meta.write_text(json.dumps([{"prompt": "p", "path1": "0.png", "path2": "1.png"}]))
     vae = make_tiny_vae(tmp_path / "vae")

@@ -123,14 +123,16 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture
+def parts_and_buckets(reference_parts: Path, small_buckets_json: Path) -> tuple[Path, Path]:
+    return reference_parts, small_buckets_json
+
+
 @pytest.mark.parametrize("option", ["--output", "--stats", "--plot"])
 def test_index_cli_refuses_non_regular_outputs_and_encode_files(
-    tmp_path: Path,
-    reference_parts: Path,
-    small_buckets_json: Path,
-    option: str,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, parts_and_buckets: tuple[Path, Path], option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    reference_parts, small_buckets_json = parts_and_buckets
     out = _encode_dir(tmp_path, reference_parts)
     manifest = (out / MANIFEST).read_bytes()
     defaults = {"--output": tmp_path / "i.csv", "--stats": tmp_path / "s.json", "--plot": tmp_path / "b.png"}
