@@ -299,7 +299,7 @@ def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_pat
     for p in root.iterdir():
         (data / p.name).write_bytes(p.read_bytes())
     opts = EncodeOptions.create(data, meta, tmp_path / "out", vae_dir, latent="mean", limit=4)
-    s = survey(data, meta, limit=4)
+    s = survey(opts.survey)
     plan = order_and_batch(
         apply_pair_rules(s.pairable, opts.plan.buckets).rows, True, BatchSize(fixed=2), "cpu"
     )

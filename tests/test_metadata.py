@@ -572,7 +572,7 @@ def test_property_bad_records_among_long_good_runs(tmp_path, entries, good_runs)
 
 
 def _read_as_ranks(path: Path, world: int) -> list[Metadata | Exception]:
-    """:func:`read_metadata_shared` on ``world`` threads, one per rank, with a real all-gather."""
+    """:func:`read_metadata` with a ``share`` on ``world`` threads, one per rank, with a real all-gather."""
     slots: list[object] = [None] * world
     barrier = threading.Barrier(world)
     out: list[Metadata | Exception] = [RuntimeError("not run")] * world
@@ -586,7 +586,7 @@ def _read_as_ranks(path: Path, world: int) -> list[Metadata | Exception]:
             return got
 
         try:
-            out[r] = md.read_metadata_shared(path, r, world, all_gather, num_threads=1)
+            out[r] = md.read_metadata(path, num_threads=1, share=md.Share(r, world, all_gather))
         except (MetadataError, threading.BrokenBarrierError) as e:  # every rank must raise the same
             out[r] = e
 

@@ -14,7 +14,6 @@ import reference_planner as ref
 from hpd_encode import BucketSet
 from hpd_encode.pipeline.options import BatchSize
 from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch, partition
-from hpd_encode.pipeline.survey import Survey
 
 SIZES = [
     (1024, 1024),
@@ -96,14 +95,7 @@ def _batch_size_for(h: int, w: int) -> int:
 @pytest.mark.parametrize("share", [True, False])
 def test_array_planner_matches_the_object_planner(seed: int, world: int, share: bool) -> None:
     records, images = _corpus(seed)
-    survey = Survey(
-        records=records,
-        images=pl.DataFrame({"path": images}),
-        failures=[],
-        n_entries=records.height,
-        n_done=0,
-    )
-    kept = apply_pair_rules(survey.pairable, BucketSet.hpdv3())
+    kept = apply_pair_rules(records.filter(pl.col("pairable")).drop("pairable"), BucketSet.hpdv3())
     assert kept.dropped, "the corpus should exercise the pair rules' drops too"
     assert kept.rows.height > 50
     split = partition(kept.rows, world, share, with_costs=True)

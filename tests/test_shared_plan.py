@@ -1,8 +1,9 @@
-"""Under torchrun each rank plans from its share (pipeline/shared.py): its
-metadata entries, the images it probes, the rows it encodes. The result must
-be the plan one process makes: same rows per rank in the same order, same
-jobs, same batches; and rank 0 must report every failure. Real JPEG files,
-real torchrun processes (gloo)."""
+"""Under torchrun each rank surveys and plans from its share (the same
+functions as one process, the ranks a parameter): its metadata entries, the
+images it probes, the rows it encodes. The result must be the plan one process
+makes, split: same rows per rank in the same order, same jobs, same batches;
+and rank 0 must report every failure. Real JPEG files, real torchrun processes
+(gloo)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from conftest import torchrun
 from hpd_encode.dist import Dist
 from hpd_encode.pipeline import _Plan
 from hpd_encode.pipeline.options import EncodeOptions
-from hpd_encode.pipeline.plan import order_and_batch, partition
+from hpd_encode.pipeline.plan import _KEPT_SCHEMA, _with_records, apply_pair_rules, order_and_batch, partition
 
 SIZES = [(1024, 1024), (1216, 832), (832, 1216), (1344, 768), (1200, 800), (512, 512), (200, 200)]
 
@@ -38,7 +39,7 @@ plan = _Plan(opts.survey, opts.plan, dist, set(), "cpu", with_costs=True)
 counts = plan.failure_counts(dist)  # what a dry run reports, before any gather of the failures
 plan.gather_failures(dist)
 rp = plan.rank_plan
-images = plan.survey.images["path"]
+images = plan.image_paths
 report = {
     "rows": rp.rows.drop("id1", "id2").rows(),
     "jobs": list(zip(images.gather(rp.job_path).to_list(), rp.job_height.tolist(), rp.job_width.tolist())),
@@ -96,14 +97,16 @@ def _expected(root: Path, meta: Path, world: int, share: bool) -> tuple[list[dic
         root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1
     )
     plan = _Plan(opts.survey, opts.plan, Dist(), set(), "cpu")
-    images = plan.survey.images["path"]
-    split = partition(plan.kept.rows, world, share, with_costs=True)
+    images = plan.survey.images.sort("image_id")["path"]
+    kept = apply_pair_rules(plan.survey.pairable_for_planning(), opts.plan.buckets, keep_paths=False).rows
+    kept = kept.select(*_KEPT_SCHEMA)
+    split = partition(kept, world, share, with_costs=True)
     out = []
     for r in range(world):
         rp = order_and_batch(
-            plan.kept.rows.filter(pl.Series(split.rank_of_row == r)), share, opts.plan.batch_size, "cpu"
+            kept.filter(pl.Series(split.rank_of_row == r)), share, opts.plan.batch_size, "cpu"
         )
-        rows = plan.survey.with_record_columns(rp.rows)
+        rows = _with_records(plan.survey, rp.rows, None)
         out.append(
             {
                 "rows": [list(x) for x in rows.drop("id1", "id2").rows()],

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from hpd_encode import _core, metadata
+from hpd_encode.pipeline.options import SurveyOptions
 from hpd_encode.pipeline.survey import survey
 
 
@@ -54,7 +55,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
 
 
 def _check(root: Path, meta: Path, records: list[object], done: set[int]) -> None:
-    s = survey(root, meta, done=done, num_threads=2)
+    s = survey(SurveyOptions(root, meta, num_threads=2), done=done)
     images = s.images
     paths = images["path"].to_list()
     assert len(paths) == len(set(paths)), "one id per distinct path"
@@ -97,7 +98,11 @@ def test_every_image_of_the_records_to_do_is_numbered_and_probed_once(dataset, w
 def test_the_counter_counts_the_images_probed(dataset) -> None:
     root, meta, _ = dataset
     counter = _core.Counter()
-    meta_, cols = metadata.read_metadata_and_probe(meta, root, counter=counter)
+    meta_ = metadata.read_metadata(
+        meta, images=metadata.ImagesWhileReading(root, np.zeros(0, np.int64), counter=counter)
+    )
+    cols = meta_.images
+    assert cols is not None
     # The 40 images of the fast path's records (the per-entry path's are numbered after).
     assert counter.value == len(cols["probe_kinds"]) == len(cols["ids"]) == 40
     assert meta_.table.height > 0
@@ -117,7 +122,7 @@ def test_a_progress_bar_counts_the_probe_on_a_terminal(dataset, monkeypatch) -> 
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
     root, meta, _ = dataset
-    survey(root, meta, progress=True)
+    survey(SurveyOptions(root, meta), progress=True)
     shown = err.getvalue()
     assert "probe" in shown
     assert "40img" in shown.replace(" ", "")  # the images of the fast path's records (the 3 others after)

@@ -536,17 +536,24 @@ def survey_metadata(
     skip: npt.NDArray[np.int64] | None = None,
     counter: Counter | None = None,
     text: bool = True,
+    part: tuple[int, int] | None = None,
+    until: int | None = None,
+    depth: int = 0,
+    in_string: bool = False,
+    probe: bool = True,
 ) -> dict[str, Any]:
-    """:func:`read_metadata_columns`'s columns, and meanwhile the distinct
-    image paths of the good records numbered (in order of first appearance,
-    a record's ``path1`` then its ``path2``) and probed beneath ``root`` as
-    :func:`probe_paths` does, each window's new paths while the next windows
-    are read: ``id1``, ``id2`` (int64 per good row of the fast path; -1 for
-    the records in ``skip``, sorted record numbers), ``ids`` (a
-    :class:`PathIds`), ``probe_heights``, ``probe_widths``, ``probe_kinds``
-    and ``probe_errors`` (by id). ``counter`` counts the images probed.
-    Without ``text`` the fast path's prompts and models are checked but
-    returned as empty strings."""
+    """:func:`read_metadata_columns`'s columns (the same share: ``part``, or
+    the byte range to ``until``), and meanwhile the distinct image paths of
+    the good records numbered (in order of first appearance, a record's
+    ``path1`` then its ``path2``, each with its 64-bit hash) and, with
+    ``probe``, probed beneath ``root`` as :func:`probe_paths` does, each
+    window's new paths while the next windows are read: ``id1``, ``id2``
+    (int64 per good row of the fast path; -1 for the records in ``skip``,
+    sorted record numbers), ``ids`` (a :class:`PathIds`), ``probe_heights``,
+    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id; empty
+    without ``probe``). ``counter`` counts the images probed. Without
+    ``text`` the fast path's prompts and models are checked but returned as
+    empty strings."""
 
 @final
 class Counter:
@@ -563,6 +570,8 @@ class PathIds:
     def __len__(self) -> int: ...
     def number(self, paths: list[str]) -> npt.NDArray[np.int64]:
         """The ids of ``paths``, numbering those not seen before."""
+    def take_hashes(self) -> npt.NDArray[np.uint64]:
+        """Every path's 64-bit hash (XXH3), by id; empty after."""
     def paths_from(self, start: int) -> list[str]:
         """The paths of ids ``start`` on."""
     def take_paths(self) -> dict[str, Any]:

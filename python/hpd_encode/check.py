@@ -21,6 +21,7 @@ import polars as pl
 from hpd_encode._core import PROBE_MISSING, PROBE_OK, PROBE_UNSAFE_PATH
 from hpd_encode.failures import Failure, count_by
 from hpd_encode.files import require_directory, require_file
+from hpd_encode.pipeline.options import SurveyOptions
 from hpd_encode.pipeline.survey import survey
 
 __all__ = ["CheckReport", "check_dataset"]
@@ -98,11 +99,9 @@ def check_dataset(
     root, meta = Path(data_root), Path(metadata)
     require_directory(root, "data root")
     require_file(meta, "metadata file")
-    s = survey(root, meta, num_threads=num_threads, progress=progress)
+    s = survey(SurveyOptions(root, meta, num_threads=num_threads), progress=progress)
     failures = [f for f in s.failures if f.stage == "metadata"]
-    images = s.images
-    kind = images["kind"].to_numpy()
-    error = images["error"].to_list()
+    kind = s.kinds
     bad = s.records.filter(~pl.col("pairable")).select("record_index", "path1", "path2", "id1", "id2")
     for idx, p1, p2, i1, i2 in bad.iter_rows():
         for image_id, path, first in ((i1, p1, True), (i2, p2, False)):
@@ -114,7 +113,7 @@ def check_dataset(
                     idx,
                     stage,
                     what,
-                    error[image_id] or "unknown error",
+                    s.errors.get(image_id) or "unknown error",
                     path if first else "",
                     "" if first else path,
                 )

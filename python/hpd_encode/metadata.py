@@ -94,6 +94,10 @@ class Metadata:
     #: Where each good record is in the file: ``entry_offset`` and ``entry_len`` (int64), one row per
     #: row of :attr:`table`, so that :func:`read_records` can read a few of them again.
     entries: pl.DataFrame | None = None
+    #: With :func:`read_metadata`'s ``images``: ``ids`` (a ``_core.PathIds``, the local ids' paths and
+    #: hashes), ``probe_heights``, ``probe_widths``, ``probe_kinds`` and ``probe_errors`` by local id
+    #: (empty when not probed while reading).
+    images: dict[str, Any] | None = None
 
     def records(self) -> Iterator[Record]:
         """The good records as :class:`Record` objects, for small callers (one object each: not for HPDv3 scale)."""
@@ -340,14 +344,47 @@ def _fast_table(cols: dict[str, Any]) -> pl.DataFrame:
     return pl.DataFrame(series).cast(TABLE_SCHEMA)  # type: ignore[arg-type]
 
 
+def _alone(obj: Any) -> list[Any]:
+    return [obj]
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which entries of the metadata a reader takes: rank ``rank`` of ``world_size`` (one process is
+    rank 0 of 1, which takes them all). ``all_gather(obj)`` gives every rank's ``obj`` in rank
+    order (:meth:`hpd_encode.dist.Dist.all_gather`); the ranks use it to agree on where their byte
+    ranges start and how the entries are numbered."""
+
+    rank: int = 0
+    world_size: int = 1
+    all_gather: Callable[[Any], list[Any]] = _alone
+
+
+@dataclass(frozen=True)
+class ImagesWhileReading:
+    """What :func:`read_metadata` does with the image paths of the good records as it reads
+    (``_core.survey_metadata``): number them (a local id each, with its hash) and, with ``probe``,
+    probe each beneath ``root`` meanwhile. The records in ``skip`` (sorted record numbers, already
+    done) get no ids, where the read numbers entries as the file does (not in a byte range)."""
+
+    root: Path
+    skip: np.ndarray
+    max_pixels: int = _core.DEFAULT_MAX_PIXELS
+    counter: _core.Counter | None = None
+    probe: bool = True
+
+
 def read_metadata(
     path: str | PathLike[str],
     limit: int | None = None,
     *,
     num_threads: int | None = None,
-    part: tuple[int, int] | None = None,
+    share: Share = Share(),
+    text: bool = True,
+    images: ImagesWhileReading | None = None,
 ) -> Metadata:
-    """Read a JSON list or JSON Lines metadata file (a UTF-8 BOM is allowed) into :class:`Metadata`.
+    """Read a JSON list or JSON Lines metadata file (a UTF-8 BOM is allowed) into :class:`Metadata`:
+    the one reader, for one process and for each torchrun rank (``share``).
 
     ``limit`` keeps only the first ``limit`` entries of the file (good or bad; blank lines do not
     count). A bad record is a :class:`~hpd_encode.failures.Failure` (stage ``metadata``, kind
@@ -355,147 +392,96 @@ def read_metadata(
     records or JSON Lines. The file is read a window at a time (in Rust, the entries of a window
     parsed on ``num_threads`` threads): memory is the table plus a few windows.
 
-    ``part=(k, n)``: only the entries numbered ``k`` modulo ``n`` are parsed and reported (one
-    rank's share); ``n_entries`` still counts them all.
+    A rank of several takes the entries in its byte range of the file, so that no rank reads or
+    scans the whole of it: a JSON Lines range starts after a newline; a list's anywhere but right
+    after a backslash, in a state (depth, inside a string or not) that the ranks work out together
+    from a summary of each range (``_core.metadata_range_summary``), and a rank takes the elements
+    whose separator (the opening bracket or a comma) is in its range. With a ``limit`` it takes
+    the entries numbered ``rank`` modulo ``world_size`` among the first ``limit`` instead. The
+    records, numbers, failures (with their line numbers) and errors are those of one reader;
+    ``n_entries`` counts every rank's.
+
+    Without ``text`` the prompts and models of the records the Rust fast path read are left empty
+    (for a caller that reads them again, by byte offset, for the rows it needs). With ``images``,
+    the table has local image ids ``id1``, ``id2`` (null where the per-entry path read the record,
+    -1 for skipped records) and :attr:`Metadata.images` what else the read found of them.
     """
-    meta, _ = read_metadata_via(
-        path,
-        limit,
-        lambda p, mode, start: _core.read_metadata_columns(
-            p, mode, start, limit=limit, window=_WINDOW, num_threads=num_threads, part=part
-        ),
+    path = Path(path)
+    rank, world = share.rank, share.world_size
+    if limit is not None and limit < 0:
+        raise OptionError(f"limit must be >= 0, not {limit}")
+    if not 0 <= rank < world:
+        raise OptionError(f"rank {rank} of {world}")
+    by_bytes = world > 1 and limit is None
+    file = _File.open(path)
+    try:
+        start, first, is_list = _layout(file, path)
+        origin = first if is_list else start
+        kw: dict[str, Any] = {"limit": limit, "window": _WINDOW, "num_threads": num_threads, "text": text}
+        lo = origin
+        if by_bytes:
+            lo, kw["until"] = (_cut(file, origin, k, world, is_list) for k in (rank, rank + 1))
+            if is_list:
+                kw.update(_range_state(path, lo, kw["until"], share))
+        elif world > 1:
+            kw["part"] = (rank, world)
+        mode = "list" if is_list else "lines"
+        if images is None:
+            cols = _core.read_metadata_columns(str(path), mode, lo, **kw)
+        else:
+            cols = _core.survey_metadata(
+                str(path),
+                mode,
+                lo,
+                str(images.root),
+                max_pixels=images.max_pixels,
+                skip=None if by_bytes else images.skip,
+                counter=images.counter,
+                probe=images.probe,
+                **kw,
+            )
+        if by_bytes:
+            counts = share.all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
+            entries_before = sum(c[0] for c in counts[:rank])
+            cols["record_index"] += entries_before
+            cols["slow_index"] += entries_before
+            cols["slow_line"] += sum(c[1] for c in counts[:rank]) if not is_list else 0
+            n_entries = sum(c[0] for c in counts)
+            if is_list:
+                ends = [c[2] for c in counts if c[2] >= 0]  # the range with the closing bracket
+                _check_list_end(file, path, ends[0] if ends else -1, False)
+        else:
+            n_entries = int(cols["n_entries"])
+            if is_list and limit != 0:
+                _check_list_end(file, path, cols["list_end"], cols["limit_reached"])
+        rows, failures = _slow_entries(file, path, cols, is_list)
+    finally:
+        file.f.close()
+    extra = {name: cols.pop(name) for name in ("id1", "id2")} if images is not None else None
+    table, entries = _table_and_entries(cols, rows, extra)
+    return Metadata(
+        table=table,
+        failures=failures,
+        n_entries=n_entries,
+        entries=entries,
+        images=cols if images is not None else None,
     )
-    return meta
 
 
-def read_metadata_and_probe(
-    path: str | PathLike[str],
-    root: str | PathLike[str],
-    limit: int | None = None,
-    *,
-    skip: np.ndarray | None = None,
-    num_threads: int | None = None,
-    max_pixels: int = _core.DEFAULT_MAX_PIXELS,
-    counter: _core.Counter | None = None,
-    text: bool = True,
-) -> tuple[Metadata, dict[str, Any]]:
-    """:func:`read_metadata`, and meanwhile the distinct image paths of the good records numbered
-    and probed beneath ``root`` (``_core.survey_metadata``): the table has image ids ``id1``,
-    ``id2`` (null where the per-entry path read the record, -1 for the records in ``skip``,
-    sorted record numbers), and the dict ``ids`` (a ``_core.PathIds``), ``probe_heights``,
-    ``probe_widths``, ``probe_kinds`` and ``probe_errors`` (by id). Without ``text`` the
-    prompts and models are checked but left empty (in the records the Rust fast path read: for
-    a caller that drops them and reads them again, by byte offset, for the rows it needs)."""
-    return read_metadata_via(
-        path,
-        limit,
-        lambda p, mode, start: _core.survey_metadata(
-            p,
-            mode,
-            start,
-            str(root),
-            limit=limit,
-            window=_WINDOW,
-            num_threads=num_threads,
-            max_pixels=max_pixels,
-            skip=skip,
-            counter=counter,
-            text=text,
-        ),
-        fast_columns=("id1", "id2"),
-    )
+def _range_state(path: Path, lo: int, hi: int, share: Share) -> dict[str, Any]:
+    """The state of a list where byte range ``[lo, hi)`` starts (depth, inside a string or not),
+    from every rank's summary of its own range."""
+    depth, inside = 0, False
+    summary = _core.metadata_range_summary(str(path), lo, hi, window=_WINDOW)
+    for odd, change_outside, change_inside in share.all_gather(summary)[: share.rank]:
+        depth += change_inside if inside else change_outside
+        inside ^= odd
+    return {"depth": depth, "in_string": inside}
 
 
 def path_column(ids: Any) -> pl.Series:
     """Every path of a ``_core.PathIds``, by id, as a string column (the object is empty after)."""
     return pl.Series("path", _strings(ids.take_paths(), "path"), dtype=pl.String)
-
-
-#: ``read_columns(path, mode, start) -> dict`` for :func:`read_metadata_via`.
-ReadColumns = Callable[[str, str, int], dict[str, Any]]
-
-
-def read_metadata_via(
-    path: str | PathLike[str],
-    limit: int | None,
-    read_columns: ReadColumns,
-    fast_columns: tuple[str, ...] = (),
-) -> tuple[Metadata, dict[str, Any]]:
-    """:func:`read_metadata` with ``read_columns`` in place of ``_core.read_metadata_columns`` (which
-    it must call in effect: ``_core.survey_metadata`` does, and probes too). ``fast_columns``: more
-    columns it gives, one value per plainly good record, to add to the table (null in the rows
-    the per-entry path read). Returns the metadata and what else ``read_columns`` gave."""
-    path = Path(path)
-    if limit is not None and limit < 0:
-        raise OptionError(f"limit must be >= 0, not {limit}")
-    file = _File.open(path)
-    try:
-        start, first, is_list = _layout(file, path)
-        cols = read_columns(str(path), "list" if is_list else "lines", first if is_list else start)
-        if is_list and limit != 0:
-            _check_list_end(file, path, cols["list_end"], cols["limit_reached"])
-        rows, failures = _slow_entries(file, path, cols, is_list)
-    finally:
-        file.f.close()
-    n_entries = int(cols["n_entries"])
-    extra = {name: cols.pop(name) for name in fast_columns}
-    table, entries = _table_and_entries(cols, rows, extra)
-    return Metadata(table=table, failures=failures, n_entries=n_entries, entries=entries), cols
-
-
-def read_metadata_shared(
-    path: str | PathLike[str],
-    rank: int,
-    world_size: int,
-    all_gather: Callable[[Any], list[Any]],
-    *,
-    num_threads: int | None = None,
-    text: bool = True,
-) -> Metadata:
-    """One rank's share of the metadata, every rank of ``world_size`` calling this with its
-    ``rank`` (``all_gather(obj)``: every rank's ``obj``, in rank order): the entries in its byte
-    range of the file, so that no rank reads or scans the whole of it. The records, numbers,
-    failures (with their line numbers) and errors are those :func:`read_metadata` gives for the
-    same entries; ``n_entries`` counts every rank's.
-
-    A JSON Lines range starts after a newline. A list's range starts anywhere but right after a
-    backslash, in a state (depth, inside a string or not) that the ranks work out together from
-    a summary of each range (``_core.metadata_range_summary``); a rank takes the elements whose
-    separator (the opening bracket or a comma) is in its range. Without ``text`` the prompts and
-    models of the records the Rust fast path read are left empty (for a caller that reads them
-    again, by byte offset, for the rows it needs)."""
-    path = Path(path)
-    if not 0 <= rank < world_size:
-        raise OptionError(f"rank {rank} of {world_size}")
-    file = _File.open(path)
-    try:
-        start, first, is_list = _layout(file, path)
-        lo, hi = (_cut(file, first if is_list else start, k, world_size, is_list) for k in (rank, rank + 1))
-        state: dict[str, Any] = {}
-        if is_list:
-            depth, inside = 0, False
-            summary = _core.metadata_range_summary(str(path), lo, hi, window=_WINDOW)
-            for odd, change_outside, change_inside in all_gather(summary)[:rank]:
-                depth += change_inside if inside else change_outside
-                inside ^= odd
-            state = {"depth": depth, "in_string": inside}
-        mode = "list" if is_list else "lines"
-        cols = _core.read_metadata_columns(
-            str(path), mode, lo, window=_WINDOW, num_threads=num_threads, until=hi, text=text, **state
-        )
-        counts = all_gather((int(cols["n_entries"]), int(cols["n_lines"]), int(cols["list_end"])))
-        entries_before = sum(c[0] for c in counts[:rank])
-        cols["record_index"] += entries_before
-        cols["slow_index"] += entries_before
-        cols["slow_line"] += sum(c[1] for c in counts[:rank]) if not is_list else 0
-        if is_list:
-            ends = [c[2] for c in counts if c[2] >= 0]  # the range with the closing bracket
-            _check_list_end(file, path, ends[0] if ends else -1, False)
-        rows, failures = _slow_entries(file, path, cols, is_list)
-    finally:
-        file.f.close()
-    table, entries = _table_and_entries(cols, rows)
-    return Metadata(table=table, failures=failures, n_entries=sum(c[0] for c in counts), entries=entries)
 
 
 def _layout(file: _File, path: Path) -> tuple[int, int, bool]:

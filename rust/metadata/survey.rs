@@ -1,16 +1,20 @@
-//! One process's survey in one pass: the metadata read (see [`crate::metadata::read`])
-//! while the images it names are probed.
+//! A rank's survey in one pass: its share of the metadata read (see
+//! [`crate::metadata::read`]: the whole file for one process, a byte range or every
+//! n-th entry for a torchrun rank) while the images it names are numbered and,
+//! when this rank is known to probe them all (one process), probed.
 //!
 //! After each window of the metadata, the paths of its new good records are
-//! numbered (dense ids, in order of first appearance: a record's `path1` then
-//! its `path2`), and the paths seen for the first time are probed as tasks on
-//! the same pool while the next windows are cut and parsed. Reading the
-//! metadata is partly serial (the list's structure is followed in one pass)
-//! and probing is mostly the kernel's work: together they keep the cores busy
-//! where one after the other left one idle for seconds at HPDv3 scale.
+//! numbered (local ids, in order of first appearance: a record's `path1` then
+//! its `path2`; each with a stable 64-bit hash, [`path_hash`], that names the
+//! image across ranks), and with `probe` the paths seen for the first time are
+//! probed as tasks on the same pool while the next windows are cut and parsed.
+//! Reading the metadata is partly serial (the list's structure is followed in
+//! one pass) and probing is mostly the kernel's work: together they keep the
+//! cores busy where one after the other left one idle for seconds at HPDv3
+//! scale. Under torchrun the ranks learn who probes what only after they have
+//! all read (`owners.rs`), so they probe after.
 
 use std::ffi::OsStr;
-use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hashbrown::hash_table::{Entry, HashTable};
-use rustc_hash::FxBuildHasher;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::image::decode::{probe_file, ProbeLimits};
 use crate::image::load::ProbeColumns;
@@ -30,17 +34,25 @@ use crate::pool::pool;
 /// parsing picks one up without holding the reader back for long.
 const PROBE_CHUNK: usize = 1024;
 
-/// Distinct strings numbered in order of first appearance.
+/// The 64-bit hash that names an image path on every rank (XXH3, seed 0: the
+/// same bytes give the same hash in every process and on every machine).
+pub fn path_hash(path: &[u8]) -> u64 {
+    xxh3_64(path)
+}
+
+/// Distinct strings numbered in order of first appearance, each with its [`path_hash`].
 #[derive(Debug)]
 pub struct PathIds {
     /// (hash, id) of each distinct string (the string itself is `paths[id]`).
     slots: HashTable<(u64, u32)>,
     pub paths: StrColumn,
+    /// `path_hash(paths[id])`, by id.
+    pub hashes: Vec<u64>,
 }
 
 impl Default for PathIds {
     fn default() -> Self {
-        PathIds { slots: HashTable::new(), paths: StrColumn::new() }
+        PathIds { slots: HashTable::new(), paths: StrColumn::new(), hashes: Vec::new() }
     }
 }
 
@@ -55,7 +67,7 @@ impl PathIds {
 
     /// The id of `s`, a new one (the next number) when it was not seen before.
     pub fn id(&mut self, s: &[u8]) -> i64 {
-        let hash = FxBuildHasher.hash_one(s);
+        let hash = path_hash(s);
         let paths = &mut self.paths;
         let found = self.slots.entry(hash, |&(h, id)| h == hash && paths.get(id as usize) == s, |&(h, _)| h);
         match found {
@@ -63,6 +75,7 @@ impl PathIds {
             Entry::Vacant(e) => {
                 let id = paths.len();
                 paths.push_bytes(s);
+                self.hashes.push(hash);
                 e.insert((hash, id as u32));
                 id as i64
             }
@@ -73,36 +86,50 @@ impl PathIds {
 /// What [`read_and_probe`] found.
 pub struct Surveyed {
     pub meta: MetaColumns,
-    /// The distinct paths of the good records (those not skipped).
+    /// The distinct paths of the good records (those not skipped), with their hashes.
     pub ids: PathIds,
     /// Each good record's image ids (`-1` for a skipped record), row by row of `meta`.
     pub id1: Vec<i64>,
     pub id2: Vec<i64>,
-    /// The probe of each distinct path, by id.
+    /// The probe of each distinct path, by id (empty without `probe`).
     pub probe: ProbeColumns,
 }
 
-/// Read the metadata as [`crate::metadata::read::read_columns`] does and probe every
-/// distinct path of its good records beneath `root` meanwhile, except the
-/// records in `skip` (sorted record numbers: already done), which get no ids.
-/// `counter` counts the images probed so far (for a progress bar). Without `keep_text` the
-/// prompts and models are stored empty (see [`read_in_pool`]).
-#[allow(clippy::too_many_arguments)]
-pub fn read_and_probe(
-    path: &Path,
-    layout: Layout,
-    limit: Option<u64>,
-    window: usize,
-    num_threads: Option<usize>,
-    root: Option<&Root>,
-    limits: &ProbeLimits,
-    skip: &[i64],
-    counter: Option<&AtomicU64>,
-    keep_text: bool,
-) -> io::Result<Surveyed> {
+/// What [`read_and_probe`] reads and how.
+pub struct SurveyRead<'a> {
+    pub path: &'a Path,
+    pub layout: Layout,
+    /// This rank's share of the entries ([`Part::All`] for one process).
+    pub part: Part,
+    pub limit: Option<u64>,
+    pub window: usize,
+    pub num_threads: Option<usize>,
+    /// Records already done (sorted record numbers): they get no ids, so their images are not probed.
+    pub skip: &'a [i64],
+    /// Keep the prompts and models (else checked, stored empty; see [`read_in_pool`]).
+    pub keep_text: bool,
+}
+
+/// Where and how the images are probed while the metadata is read.
+pub struct ProbeWhile<'a> {
+    /// Probe every new path as it is numbered (a rank that probes all its images: one process).
+    pub probe: bool,
+    pub root: Option<&'a Root>,
+    pub limits: &'a ProbeLimits,
+    /// Counts the images probed so far (for a progress bar).
+    pub counter: Option<&'a AtomicU64>,
+}
+
+/// Read this rank's share of the metadata as [`crate::metadata::read::read_columns`] does,
+/// numbering the distinct paths of its good records (except the records in `skip`, which get no
+/// ids) and, with `probe`, probing each beneath `root` meanwhile.
+pub fn read_and_probe(read: SurveyRead<'_>, with: ProbeWhile<'_>) -> io::Result<Surveyed> {
     let probed: Mutex<Vec<(usize, ProbeColumns)>> = Mutex::new(Vec::new());
     let mut ids = PathIds::default();
     let (mut id1, mut id2) = (Vec::new(), Vec::new());
+    let SurveyRead { path, layout, part, limit, window, num_threads, skip, keep_text } = read;
+    let ProbeWhile { probe, root, limits, counter } = with;
+    let probe_all = probe;
     let meta = pool(num_threads).install(|| {
         rayon::scope(|s| {
             let mut on_window = |m: &MetaColumns, from: usize| {
@@ -115,6 +142,9 @@ pub fn read_and_probe(
                         id1.push(ids.id(m.path1.get(r)));
                         id2.push(ids.id(m.path2.get(r)));
                     }
+                }
+                if !probe {
+                    return;
                 }
                 for start in (first_new..ids.len()).step_by(PROBE_CHUNK) {
                     let end = (start + PROBE_CHUNK).min(ids.len());
@@ -130,11 +160,11 @@ pub fn read_and_probe(
                     });
                 }
             };
-            read_in_pool(path, layout, limit, window, Part::All, keep_text, &mut on_window)
+            read_in_pool(path, layout, limit, window, part, keep_text, &mut on_window)
         })
     })?;
     let probe = ProbeColumns::concat(probed.into_inner().unwrap_or_else(|e| e.into_inner()));
-    debug_assert_eq!(probe.kinds.len(), ids.len());
+    debug_assert!(!probe_all || probe.kinds.len() == ids.len());
     give_back_freed_memory();
     Ok(Surveyed { meta, ids, id1, id2, probe })
 }
@@ -161,6 +191,20 @@ mod tests {
         assert_eq!(got, [0, 1, 0, 2, 3, 1, 2]);
         assert_eq!(ids.len(), 4);
         assert_eq!(ids.paths.get(3), b"c");
+    }
+
+    #[test]
+    fn each_id_carries_the_hash_that_names_its_path_on_every_rank() {
+        let mut ids = PathIds::default();
+        for name in ["b.jpg", "a.jpg", "b.jpg", "c/d.png"] {
+            ids.id(name.as_bytes());
+        }
+        assert_eq!(ids.hashes.len(), 3);
+        for (i, h) in ids.hashes.iter().enumerate() {
+            assert_eq!(*h, path_hash(ids.paths.get(i)));
+        }
+        // XXH3-64 with seed 0 is a fixed function: ranks (and versions) agree on it.
+        assert_eq!(path_hash(b""), 0x2D06_8005_38D3_94C2);
     }
 
     #[test]

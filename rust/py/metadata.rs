@@ -16,7 +16,7 @@ use crate::metadata::read::{
     read_entries, read_part, summarize_range, value_end, Layout, MetaColumns, Part, StrColumn, DEFAULT_WINDOW,
 };
 use crate::metadata::structure::StructScan;
-use crate::metadata::survey::{read_and_probe, PathIds, Surveyed};
+use crate::metadata::survey::{read_and_probe, PathIds, ProbeWhile, SurveyRead, Surveyed};
 use crate::py::images::{open_root, probe_limits};
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
@@ -59,12 +59,7 @@ pub fn read_metadata_columns<'py>(
     text: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
-    let part = match (part, until) {
-        (Some(_), Some(_)) => return Err(OPTION.err("part and until are two ways to split: give one")),
-        (Some((k, n)), None) => Part::Modulo(k, n),
-        (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
-        (None, None) => Part::All,
-    };
+    let part = part_of(part, until, depth, in_string)?;
     let m = py
         .detach(|| read_part(&path, layout, limit, window, num_threads, part, text))
         .map_err(|e| io_error(&path, e))?;
@@ -90,14 +85,16 @@ pub fn read_metadata_entries<'py>(
 }
 
 /// `survey_metadata(path, mode, start, root, *, limit=None, window=..., num_threads=None,
-/// max_pixels=..., skip=None) -> dict`: [`read_metadata_columns`]'s columns, and meanwhile the
-/// distinct image paths of the good records numbered and probed beneath `root` (see
-/// `survey.rs`): `id1`, `id2` (per good row; -1 for the records in `skip`, a sorted int64
-/// array), `ids` (a `PathIds`: more paths can be numbered after), and `probe_heights`,
-/// `probe_widths`, `probe_kinds`, `probe_errors` by id. Without `text` the prompts and models
-/// of the fast path's records are empty strings (checked, not kept).
+/// max_pixels=..., skip=None, counter=None, text=True, part=None, until=None, depth=0,
+/// in_string=False, probe=True) -> dict`: [`read_metadata_columns`]'s columns (the same share:
+/// `part`, or the byte range to `until`), and meanwhile the distinct image paths of the good
+/// records numbered (see `survey.rs`) and, with `probe`, probed beneath `root`: `id1`, `id2` (per
+/// good row; -1 for the records in `skip`, a sorted int64 array), `ids` (a `PathIds`: more paths
+/// can be numbered after; their hashes from `take_hashes`), and `probe_heights`, `probe_widths`,
+/// `probe_kinds`, `probe_errors` by id (empty without `probe`). Without `text` the prompts and
+/// models of the fast path's records are empty strings (checked, not kept).
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true))]
+#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true, part=None, until=None, depth=0, in_string=false, probe=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn survey_metadata<'py>(
     py: Python<'py>,
@@ -112,8 +109,14 @@ pub fn survey_metadata<'py>(
     skip: Option<PyReadonlyArray1<'py, i64>>,
     counter: Option<PyRef<'py, PyCounter>>,
     text: bool,
+    part: Option<(u64, u64)>,
+    until: Option<u64>,
+    depth: i64,
+    in_string: bool,
+    probe: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
+    let part = part_of(part, until, depth, in_string)?;
     let counter = counter.map(|c| c.n.clone());
     let skip = match &skip {
         Some(a) => a.as_slice()?,
@@ -125,19 +128,9 @@ pub fn survey_metadata<'py>(
     let limits = probe_limits(Some(max_pixels), None);
     let found = py.detach(|| -> PyResult<Surveyed> {
         let root = open_root(Some(&root))?;
-        Ok(read_and_probe(
-            &path,
-            layout,
-            limit,
-            window,
-            num_threads,
-            root.as_ref(),
-            &limits,
-            skip,
-            counter.as_deref(),
-            text,
-        )
-        .map_err(|e| io_error(&path, e))?)
+        let read = SurveyRead { path: &path, layout, part, limit, window, num_threads, skip, keep_text: text };
+        let with = ProbeWhile { probe, root: root.as_ref(), limits: &limits, counter: counter.as_deref() };
+        Ok(read_and_probe(read, with).map_err(|e| io_error(&path, e))?)
     })?;
     let Surveyed { meta, ids, id1, id2, probe } = found;
     let d = columns(py, meta)?;
@@ -188,6 +181,11 @@ impl PyPathIds {
         paths.iter().map(|p| self.inner.id(p.as_bytes())).collect::<Vec<i64>>().into_pyarray(py)
     }
 
+    /// Every path's hash (`survey.path_hash`, uint64), by id; empty after.
+    fn take_hashes<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        std::mem::take(&mut self.inner.hashes).into_pyarray(py)
+    }
+
     /// The paths of ids `start` on.
     fn paths_from(&self, start: usize) -> Vec<String> {
         (start..self.inner.len()).map(|i| String::from_utf8_lossy(self.inner.paths.get(i)).into_owned()).collect()
@@ -200,6 +198,17 @@ impl PyPathIds {
         put_str(&d, "path", std::mem::take(&mut self.inner).paths)?;
         Ok(d)
     }
+}
+
+/// A rank's share: every `n`-th entry (`part=(k, n)`), one byte range (to `until`, a list's read
+/// starting at `depth`, inside a string or not), or all of them.
+fn part_of(part: Option<(u64, u64)>, until: Option<u64>, depth: i64, in_string: bool) -> PyResult<Part> {
+    Ok(match (part, until) {
+        (Some(_), Some(_)) => return Err(OPTION.err("part and until are two ways to split: give one")),
+        (Some((k, n)), None) => Part::Modulo(k, n),
+        (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
+        (None, None) => Part::All,
+    })
 }
 
 fn layout_of(mode: &str, start: u64) -> PyResult<Layout> {

@@ -20,7 +20,6 @@ from dataclasses import replace
 from os import PathLike
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from hpd_encode import _core
@@ -54,10 +53,9 @@ from hpd_encode.pipeline.options import (
     resolve_device,
     vae_is_object,
 )
-from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
-from hpd_encode.pipeline.shared import plan_shared
+from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition, plan
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
-from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
+from hpd_encode.pipeline.survey import Survey, cpu_seconds, survey
 from hpd_encode.vae import VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
@@ -133,7 +131,8 @@ def _peak_rss_mb() -> float:
 
 
 class _Plan:
-    """The planning stages shared by a real run and a dry run, timed."""
+    """The survey and planning stages of a real run and of a dry run, for one rank (one process is
+    a world of one), timed."""
 
     def __init__(
         self,
@@ -148,59 +147,24 @@ class _Plan:
         """``with_records``: give this rank's planned rows their prompts, models and votes (what the
         encoder writes; a dry run, which writes nothing, skips it)."""
         t, cpu = time.monotonic(), cpu_seconds()
-        if dist.world_size > 1:
-            # Each rank its share (see pipeline/shared.py); one process plans every row here.
-            self.survey, self.kept, self.split, self.rank_plan = plan_shared(
-                survey_opts,
-                plan_opts,
-                dist,
-                done,
-                device,
-                with_costs=with_costs,
-                with_records=with_records,
-            )
-            self.rows_planned = self.kept.rows.height
-            #: Seconds and CPU seconds per stage.
-            self.stages = {"plan": time.monotonic() - t, **self.survey.timings}
-            self.stages_cpu = {"plan": cpu_seconds() - cpu, **self.survey.cpu_timings}
-            return
-        self.survey = survey(
-            survey_opts.data_root,
-            survey_opts.metadata,
-            limit=survey_opts.limit,
-            done=done,
+        # (no prompts or models while planning: the rows planned are read again, by byte offset)
+        self.survey = survey(survey_opts, dist, done=done, text=False)
+        planned = plan(
+            self.survey,
+            plan_opts,
+            device,
+            dist,
+            with_costs=with_costs,
+            with_records=with_records,
             num_threads=survey_opts.num_threads,
-            max_pixels=survey_opts.max_pixels,
-            narrow=True,
         )
-        step = Steps()
-        self.stages = {
-            "survey": time.monotonic() - t,
-            **{f"survey.{k}": v for k, v in self.survey.timings.items()},
-        }
-        self.stages_cpu = {
-            "survey": cpu_seconds() - cpu,
-            **{f"survey.{k}": v for k, v in self.survey.cpu_timings.items()},
-        }
-        # Rows without their paths while planning (with_record_columns gives them back).
-        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), plan_opts.buckets, keep_paths=False)
+        self.kept, self.split, self.rank_plan = planned.kept, planned.split, planned.rank_plan
+        #: Image id -> path of this rank's images (what the encoder opens).
+        self.image_paths = planned.image_paths
         self.rows_planned = self.kept.rows.height
-        step("pair_rules")
-        self.rank_plan = order_and_batch(self.kept.rows, plan_opts.share, plan_opts.batch_size, device)
-        # One rank: every row is its own, and its plan has every job (what partition would count).
-        rp = self.rank_plan
-        self.split = Split(
-            np.zeros(rp.n_rows, dtype=np.int64),
-            rp.n_jobs if with_costs else None,
-            [int(np.dot(rp.job_height, rp.job_width))] if with_costs else None,
-        )
-        if with_records:
-            self.rank_plan = replace(
-                self.rank_plan, rows=self.survey.with_record_columns(self.rank_plan.rows)
-            )
-        step("order_and_batch")
-        self.stages.update(step.seconds)
-        self.stages_cpu.update(step.cpu)
+        #: Seconds and CPU seconds per stage.
+        self.stages = {"plan": time.monotonic() - t, **self.survey.timings, **planned.timings}
+        self.stages_cpu = {"plan": cpu_seconds() - cpu, **self.survey.cpu_timings, **planned.cpu_timings}
 
     @property
     def failures(self) -> list[Failure]:
@@ -218,10 +182,8 @@ class _Plan:
         return dict(sorted(counts.items()))
 
     def gather_failures(self, dist: Dist) -> None:
-        """Under torchrun each rank holds the failures of its share: bring them all to rank 0 (every
-        rank calls this), which writes them."""
-        if dist.world_size <= 1:
-            return
+        """Each rank holds the failures of its share: bring them all to rank 0 (every rank calls
+        this), which writes them."""
         got = dist.gather((self.survey.failures, self.kept.dropped_rows))
         if got is not None:
             # (failures.csv is written in record order; nothing else needs an order here)
@@ -230,10 +192,8 @@ class _Plan:
 
     def failure_counts(self, dist: Dist) -> tuple[int, dict[str, int], int]:
         """Failures, failures by kind and records already done, over all ranks (every rank calls
-        this under torchrun)."""
+        this)."""
         mine = (self.n_failures, self.failures_by_kind(), self.survey.n_done)
-        if dist.world_size <= 1:
-            return mine
         total, done = 0, 0
         by_kind: dict[str, int] = {}
         for n, kinds, d in dist.all_gather(mine):
@@ -269,7 +229,7 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
         dropped_by_reason=by_kind,
         jobs=jobs_all,
         vae_images=jobs_all,
-        images_probed=plan.survey.images.height,
+        images_probed=plan.survey.n_images,
         batches_per_bucket=rp.batches_per_size(),
         world_size=dist.world_size,
         rank=dist.rank,
@@ -377,7 +337,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, found)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.image_paths, device, found)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:

@@ -18,11 +18,18 @@ by one batch plus the jobs of the components that batch touches.
 
 Everything here is vectorised (NumPy, Polars, union-find in Rust): 1.2 M
 comparisons plan in seconds.
+
+:func:`plan` runs these stages for one rank of ``comm`` (one process is a
+world of one): its own kept pairs are all-gathered as a few integer columns (no
+strings), so every rank makes the same split and its own :class:`RankPlan`;
+the rest of each pair (its image sizes, where its entry is in the metadata)
+goes only to the rank that encodes it, which then reads those entries again
+for their prompts, paths, models and votes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -30,8 +37,12 @@ import polars as pl
 
 from hpd_encode import _core
 from hpd_encode._core import BucketSet
+from hpd_encode.dist import Dist
+from hpd_encode.errors import DistError
 from hpd_encode.failures import Failure
-from hpd_encode.pipeline.options import BatchSize
+from hpd_encode.metadata import ENTRY_COLUMNS, TABLE_SCHEMA, read_records
+from hpd_encode.pipeline.options import BatchSize, PlanOptions
+from hpd_encode.pipeline.survey import Steps, Survey, image_id_type
 
 
 @dataclass(frozen=True)
@@ -254,3 +265,147 @@ def order_and_batch(rows: pl.DataFrame, share: bool, batch_size: BatchSize, devi
         starts.extend(range(a, b, max(1, batch_size.per_call(int(job_h[a]), int(job_w[a]), device))))
     starts.append(n_jobs)
     return RankPlan(rows, row_jobs, job_path, job_h, job_w, np.asarray(starts, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` gives a rank."""
+
+    kept: Kept  # every rank's kept pairs (what the split needs), this rank's dropped ones
+    split: Split
+    rank_plan: RankPlan  # this rank's rows in encode order
+    #: Image id -> path of the images of this rank's rows (null for the others); empty without records.
+    image_paths: pl.Series
+    timings: dict[str, float]
+    cpu_timings: dict[str, float]
+
+
+def plan(
+    survey: Survey,
+    opts: PlanOptions,
+    device: str,
+    comm: Dist | None = None,
+    *,
+    with_costs: bool = False,
+    with_records: bool = True,
+    num_threads: int | None = None,
+) -> Plan:
+    """This rank's plan from its survey (``comm``: the ranks, each with its own survey; None for one
+    process). ``device`` sizes the automatic batches. ``with_costs``: count the jobs and each
+    rank's pixels (a dry run's report). ``with_records``: give the rows planned their records'
+    columns, read again from the metadata by byte offset (what the encoder writes)."""
+    comm = comm or Dist()
+    rank, world = comm.rank, comm.world_size
+    step = Steps()
+    kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets, keep_paths=False)
+    rows_here = kept_here.rows
+    step("pair_rules")
+    layout = _split_layout(survey.n_images)
+    kept = _unpack(comm.all_gather_array(_pack(rows_here, layout)), layout, opts.buckets)
+    step("gather_kept")
+    split = partition(kept, world, opts.share, with_costs=with_costs and world > 1)
+    step("partition")
+    # The rest of each pair goes only to the rank that encodes it.
+    ranks_here = split.rank_of_row[
+        np.searchsorted(kept["record_index"].to_numpy(), rows_here["record_index"].to_numpy())
+    ]
+    rest = _pack(rows_here, _REST_LAYOUT)
+    got = np.concatenate(comm.all_to_all_arrays([rest[ranks_here == r] for r in range(world)]))
+    if np.any(got["record_index"][1:] < got["record_index"][:-1]):
+        got = got[np.argsort(got["record_index"], kind="stable")]
+    own = kept.filter(pl.Series(split.rank_of_row == rank))
+    if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
+        raise DistError("rank plan: the pairs received are not those the split gave this rank")
+    own = own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
+    del rows_here, rest, got
+    step("exchange_rows")
+    rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), opts.share, opts.batch_size, device)
+    if with_costs and world == 1:  # every job is this rank's: the costs are the plan's
+        cost = int(np.dot(rank_plan.job_height, rank_plan.job_width))
+        split = Split(split.rank_of_row, rank_plan.n_jobs, [cost])
+    step("order_and_batch")
+    paths = pl.Series("path", [], dtype=pl.String)
+    if with_records:
+        rows = _with_records(survey, rank_plan.rows, num_threads)
+        rank_plan = replace(rank_plan, rows=rows)
+        paths = pl.Series("path", [None] * survey.n_images, dtype=pl.String)
+        if rows.height:
+            ids = np.concatenate([rows["id1"].to_numpy(), rows["id2"].to_numpy()])
+            paths = paths.scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
+        step("records")
+    return Plan(Kept(kept, kept_here.dropped_rows), split, rank_plan, paths, step.seconds, step.cpu)
+
+
+#: A kept pair's columns, in the order of the planning rows.
+_KEPT_SCHEMA = {
+    "record_index": pl.Int64,
+    "id1": pl.Int64,
+    "id2": pl.Int64,
+    "h1": pl.Int64,
+    "w1": pl.Int64,
+    "h2": pl.Int64,
+    "w2": pl.Int64,
+    "bucket_id": pl.Int32,
+    "height": pl.Int64,
+    "width": pl.Int64,
+    "entry_offset": pl.Int64,
+    "entry_len": pl.Int64,
+}
+#: What the split needs of a kept pair, sent to every rank (packed: about a fifth of the bytes of
+#: the whole row as int64 columns; height and width are the bucket's, so they are not sent).
+_SPLIT_COLUMNS = ("record_index", "id1", "id2", "bucket_id")
+#: The rest of a kept pair, sent only to the rank the split gives it (image sizes as the probe
+#: gives them, unsigned 32-bit).
+_REST_COLUMNS = ("h1", "w1", "h2", "w2", *ENTRY_COLUMNS)
+_REST_LAYOUT = np.dtype(
+    [("record_index", np.int64)]
+    + [(c, np.uint32) for c in ("h1", "w1", "h2", "w2")]
+    + [(c, np.int64) for c in ENTRY_COLUMNS]
+)
+
+
+def _split_layout(n_images: int) -> np.dtype:
+    return np.dtype(
+        [
+            ("record_index", np.int64),
+            ("id1", image_id_type(n_images)),
+            ("id2", image_id_type(n_images)),
+            ("bucket_id", np.int32),
+        ]
+    )
+
+
+def _pack(rows: pl.DataFrame, layout: np.dtype) -> np.ndarray:
+    """The columns of ``rows`` that ``layout`` names, as one packed record array."""
+    out = np.empty(rows.height, dtype=layout)
+    for name in layout.names or ():
+        out[name] = rows[name].to_numpy()
+    return out
+
+
+def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl.DataFrame:
+    """Every rank's kept pairs (what the split needs) as one table in record order, with each pair's
+    target size."""
+    packed = np.concatenate(parts) if parts else np.empty(0, dtype=layout)
+    record = packed["record_index"]
+    if np.any(record[1:] < record[:-1]):  # (ranks that read byte ranges send them in order)
+        packed = packed[np.argsort(record, kind="stable")]
+    sizes = bucket_sizes(buckets)
+    bucket = packed["bucket_id"]
+    columns = {name: packed[name] for name in _SPLIT_COLUMNS}
+    columns["height"], columns["width"] = sizes[bucket, 0], sizes[bucket, 1]
+    return pl.DataFrame(columns).cast({k: v for k, v in _KEPT_SCHEMA.items() if k in columns})
+
+
+def _with_records(survey: Survey, rows: pl.DataFrame, num_threads: int | None) -> pl.DataFrame:
+    """This rank's planned rows with their records' columns, read again from the metadata file (only
+    those entries), in the order of the plan: the record's columns first, then the plan's."""
+    records = read_records(
+        survey.metadata,
+        rows["record_index"].to_numpy(),
+        rows["entry_offset"].to_numpy(),
+        rows["entry_len"].to_numpy(),
+        num_threads=num_threads,
+    )
+    both = pl.concat([records, rows.drop("record_index", *ENTRY_COLUMNS)], how="horizontal")
+    return both.select([*TABLE_SCHEMA] + [c for c in both.columns if c not in TABLE_SCHEMA])

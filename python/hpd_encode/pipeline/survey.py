@@ -1,16 +1,26 @@
 """Surveying a dataset: read the metadata, and probe every distinct image it
 names (header only, opened beneath the data root in Rust), as columns.
 
-Both in one pass (``metadata.read_metadata_and_probe``, ``rust/survey.rs``):
-the Rust reader numbers each window's new image paths and probes them as tasks
-on the pool while it cuts and parses the next windows, so the metadata's serial
-part (following a JSON list's structure) and the probe's kernel work overlap
-instead of one leaving a core idle while the other runs. The few good records
-only the per-entry Python path reads are numbered and probed after.
+One survey for one process and for each torchrun rank, the ranks a parameter
+(``comm``, a :class:`~hpd_encode.dist.Dist`; one process is a world of one):
 
-``encode`` (one process) and ``check`` start here; under torchrun ``encode``
-plans from each rank's share instead (``pipeline/shared.py``, which uses the
-helpers here).
+1. Rank *r* reads its share of the metadata (``metadata.read_metadata``: its
+   byte range of the file, or with ``--limit`` every *n*-th of the first
+   entries; one process reads it all) and meanwhile numbers the distinct image
+   paths of its good records, each with a stable 64-bit hash of the path
+   (``rust/metadata/survey.rs``).
+2. The ranks all-gather their sorted hashes; an image's id is its position among
+   all of them, so ids agree everywhere, and each image is probed by one of the
+   ranks that saw it, picked by its hash (``_core.image_owners``), which sends
+   the size to the ranks that saw it. A rank that is known to probe every image
+   it sees (one process) probes them while it reads instead, as tasks on the
+   pool between the windows of the metadata: the metadata's serial part and the
+   probe's kernel work then overlap.
+3. Each record gets its images' sizes; a record whose image is refused or
+   unreadable becomes a failure.
+
+``check`` uses the survey alone; ``encode`` plans from it
+(:func:`hpd_encode.pipeline.plan.plan`).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +39,12 @@ import numpy as np
 import polars as pl
 
 from hpd_encode import _core
-from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH  # the probe outcome codes
+from hpd_encode._core import PROBE_OK, PROBE_UNSAFE_PATH, image_owners  # the probe outcome codes
+from hpd_encode.dist import Dist
+from hpd_encode.errors import DistError
 from hpd_encode.failures import Failure
-from hpd_encode.metadata import (
-    ENTRY_COLUMNS,
-    TABLE_SCHEMA,
-    Metadata,
-    path_column,
-    read_metadata_and_probe,
-    read_records,
-)
+from hpd_encode.metadata import ENTRY_COLUMNS, ImagesWhileReading, Share, path_column, read_metadata
+from hpd_encode.pipeline.options import SurveyOptions
 
 log = logging.getLogger("hpd_encode.survey")
 
@@ -66,121 +72,131 @@ class Steps:
 
 @dataclass(frozen=True)
 class Survey:
-    """The metadata and the probed images of the records still to do.
+    """This rank's share of the metadata and the probed images of its records still to do.
 
-    ``images`` has one row per distinct image path (``image_id`` is its row
-    number): ``path``, ``height``, ``width`` (0 when not probed ok), ``kind``
-    (a probe outcome code) and ``error``. ``records`` are the metadata's good
-    records not already done, with ``id1``/``id2`` (image ids) and the sizes
-    ``h1, w1, h2, w2``; ``pairable`` marks those whose two images probed ok.
-    ``failures`` are the metadata's bad records and, for each record whose
-    image is refused or unreadable, one failure (as ``failures.csv`` has it).
+    ``records`` are the good records of this rank's share not already done, with image ids
+    ``id1``/``id2`` (the same on every rank), the sizes ``h1, w1, h2, w2`` and ``pairable`` (both
+    images probed ok); without their prompts and models when read narrow (``entry_offset`` and
+    ``entry_len`` say where each record is, to read the rows planned again). ``kinds`` is each
+    image's probe outcome code by id (0 for the images of other ranks' records), ``errors`` the
+    reasons of the images that did not probe ok. ``failures`` are the share's bad records and,
+    for each record whose image is refused or unreadable, one failure (as ``failures.csv`` has
+    it). ``images`` has one row per distinct image of this rank's records (all of them for one
+    process), by id: ``image_id``, ``path``, ``height``, ``width`` (0 when not probed ok), ``kind``
+    and ``error``.
     """
 
     records: pl.DataFrame
     images: pl.DataFrame
     failures: list[Failure]
-    n_entries: int
-    n_done: int
-    #: Seconds per step (``metadata_ids_and_probe``, ``sizes``; under torchrun those of
-    #: ``plan_shared``, from ``read_metadata`` to ``order_and_batch``), and the CPU seconds of the
-    #: process in each.
+    n_entries: int  # entries in the metadata (every rank's)
+    n_done: int  # records of this share already done
+    n_images: int  # distinct images over every rank
+    kinds: np.ndarray
+    errors: dict[int, str]
+    metadata: Path  # the file, to read the text of the rows planned again
+    #: Seconds and CPU seconds per step.
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
-    #: Set when ``records`` were kept without their text (``survey(narrow=True)``): the metadata file,
-    #: from which :meth:`with_record_columns` reads the text of the rows planned, by byte offset.
-    metadata: Path | None = None
 
     @property
     def pairable(self) -> pl.DataFrame:
         return self.records.filter(pl.col("pairable")).drop("pairable")
 
     #: The columns planning needs (no prompts or models: at HPDv3 scale those are most of the bytes).
-    PLAN_COLUMNS = ("record_index", "path1", "path2", "id1", "id2", "h1", "w1", "h2", "w2")
+    PLAN_COLUMNS = ("record_index", "path1", "path2", "id1", "id2", "h1", "w1", "h2", "w2", *ENTRY_COLUMNS)
 
     def pairable_for_planning(self) -> pl.DataFrame:
-        """:attr:`pairable` narrowed to :attr:`PLAN_COLUMNS`, with ``_row`` (the row in
-        :attr:`records`) so that :meth:`with_record_columns` can add the rest to the rows a rank keeps."""
-        return (
-            self.records.select(*self.PLAN_COLUMNS, "pairable")
-            .with_row_index("_row")
-            .filter(pl.col("pairable"))
-            .drop("pairable")
-        )
-
-    def with_record_columns(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """``rows`` (planned from :meth:`pairable_for_planning`) with every column of a record again
-        (read from the metadata file for those rows when :attr:`records` has no text), in the
-        order of :data:`~hpd_encode.metadata.TABLE_SCHEMA` then the survey's and the plan's columns,
-        without ``_row``."""
-        at = rows["_row"].cast(pl.Int64).to_numpy()
-        have = set(rows.columns)
-        keep = [c for c in self.records.columns if c not in have and c not in ("pairable", *ENTRY_COLUMNS)]
-        parts = [rows, self.records.select(keep)[at]]
-        if self.metadata is not None:
-            where = self.records.select(*ENTRY_COLUMNS)[at]
-            text = read_records(
-                self.metadata,
-                rows["record_index"].to_numpy(),
-                where["entry_offset"].to_numpy(),
-                where["entry_len"].to_numpy(),
-            )
-            parts.append(text.select(_TEXT))
-        return in_record_order(pl.concat(parts, how="horizontal"))
-
-
-def in_record_order(rows: pl.DataFrame) -> pl.DataFrame:
-    """A planned row's columns in one order, however they were put together:
-    :data:`~hpd_encode.metadata.TABLE_SCHEMA`'s first, then the others as they
-    come (the survey's ids and sizes, the plan's bucket and size); no ``_row``."""
-    return rows.select([*TABLE_SCHEMA] + [c for c in rows.columns if c not in TABLE_SCHEMA and c != "_row"])
-
-
-#: The record columns only the writer needs (most of the bytes at HPDv3 scale).
-_TEXT = ("prompt", "model1", "model2")
+        """:attr:`pairable` narrowed to :attr:`PLAN_COLUMNS`."""
+        return self.records.filter(pl.col("pairable")).select(*self.PLAN_COLUMNS)
 
 
 def survey(
-    data_root: str | Path,
-    metadata: str | Path,
+    opts: SurveyOptions,
+    comm: Dist | None = None,
     *,
-    limit: int | None = None,
     done: Collection[int] = (),
-    num_threads: int | None = None,
-    max_pixels: int = _core.DEFAULT_MAX_PIXELS,
+    text: bool = True,
     progress: bool = False,
-    narrow: bool = False,
 ) -> Survey:
-    """Read ``metadata`` and probe its images under ``data_root`` (one process;
-    under torchrun each rank takes its share instead: ``pipeline/shared.py``).
+    """Read this rank's share of the metadata and probe its images (``comm``: the ranks; None for
+    one process).
 
-    ``done`` are record indices already encoded (skipped). ``progress``
-    shows a progress bar on a terminal while probing. ``narrow``: keep the
-    records without their prompts and models (where each entry is instead;
-    :meth:`Survey.with_record_columns` reads them again for the rows planned).
+    ``done`` are record indices already encoded (skipped). ``progress`` shows a progress bar of
+    the probe on a terminal (one process). Without ``text`` the records keep no prompts or
+    models (read them again for the rows planned: :func:`hpd_encode.metadata.read_records`).
     """
+    comm = comm or Dist()
+    alone = comm.world_size == 1
     step = Steps()
-    timings = step.seconds
-    meta, images, h, w, kinds, errors = _read_and_probe(
-        Path(data_root), metadata, limit, done, num_threads, max_pixels, progress, not narrow
-    )
-    table = meta.table
-    if narrow and meta.entries is not None:
-        table = pl.concat([table.drop(*_TEXT), meta.entries], how="horizontal")
-    failures = list(meta.failures)
-    n_entries = meta.n_entries
+    skip = np.sort(np.fromiter(done, dtype=np.int64, count=len(done)))
+    counter = _core.Counter()
+    root = Path(opts.data_root)
+    with _ProbeProgress(counter, progress and alone):
+        meta = read_metadata(
+            opts.metadata,
+            opts.limit,
+            num_threads=opts.num_threads,
+            share=Share(comm.rank, comm.world_size, comm.all_gather),
+            text=text,
+            images=ImagesWhileReading(root, skip, opts.max_pixels, counter, probe=alone),
+        )
+        assert meta.images is not None and meta.entries is not None
+        table, n_done = without_done(pl.concat([meta.table, meta.entries], how="horizontal"), done)
+        local = _number_the_rest(table, meta.images, root, opts, probe=alone)
+    failures, n_entries = list(meta.failures), meta.n_entries
     del meta
-    table, n_done = without_done(table, done)
-    step("metadata_ids_and_probe")
-    error_of = {i: e for i, e in enumerate(errors) if e is not None}
-    images = images.with_columns(
-        pl.Series("height", h),
-        pl.Series("width", w),
-        pl.Series("kind", kinds),
-        pl.Series("error", errors, dtype=pl.String),
+    step("read_metadata")
+
+    # Image ids: positions among every rank's distinct hashes; who probes what.
+    hashes = local.ids.take_hashes()
+    order = np.argsort(hashes, kind="stable")
+    seen = hashes[order]
+    if np.any(seen[1:] == seen[:-1]):
+        raise DistError("two image paths of this share of the metadata have the same 64-bit hash")
+    n, ids, probe, seer_start, seers = image_owners(comm.all_gather_array(seen), comm.rank)
+    global_id = np.empty(len(hashes), dtype=np.int64)
+    global_id[order] = ids
+    paths = path_column(local.ids)
+    step("image_ids")
+
+    height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    kinds = np.zeros(n, dtype=np.uint8)
+    if alone:  # probed while reading, every image of this rank
+        height[global_id], width[global_id], kinds[global_id] = local.height, local.width, local.kinds
+        errors = {int(global_id[i]): e for i, e in enumerate(local.errors) if e is not None}
+    else:
+        at = order[probe]  # the local ids this rank probes
+        h, w, kind, errs = _probe_all(root, paths.gather(at), opts.num_threads, opts.max_pixels)
+        probed = np.empty(len(at), dtype=_probe_layout(n))
+        probed["image"], probed["height"], probed["width"], probed["kind"] = global_id[at], h, w, kind
+        got = _to_seers(comm, probed, seer_start, seers)
+        if len(got) != len(ids):
+            raise DistError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
+        idx = got["image"]
+        height[idx], width[idx], kinds[idx] = got["height"], got["width"], got["kind"]
+        errors = {}
+        for mine in comm.all_gather({int(global_id[a]): e for a, e in zip(at, errs) if e is not None}):
+            errors.update(mine)
+    step("probe")
+
+    id1, id2 = (table[c].to_numpy() for c in ("id1", "id2"))
+    table = table.with_columns(
+        pl.Series("id1", np.where(id1 >= 0, global_id[np.maximum(id1, 0)], -1)),
+        pl.Series("id2", np.where(id2 >= 0, global_id[np.maximum(id2, 0)], -1)),
     )
-    table = with_sizes(table, h, w, kinds)
-    failures += _record_failures(table.filter(~pl.col("pairable")), kinds, error_of)
+    table = with_sizes(table, height, width, kinds)
+    failures += _record_failures(table.filter(~pl.col("pairable")), kinds, errors)
+    images = pl.DataFrame(
+        {
+            "image_id": ids,
+            "path": paths.gather(order),
+            "height": height[ids],
+            "width": width[ids],
+            "kind": kinds[ids],
+            "error": _by_id(ids, errors),
+        }
+    )
     step("sizes")
     return Survey(
         records=table,
@@ -188,65 +204,88 @@ def survey(
         failures=failures,
         n_entries=n_entries,
         n_done=n_done,
-        timings=timings,
+        n_images=n,
+        kinds=kinds,
+        errors=errors,
+        metadata=Path(opts.metadata),
+        timings=step.seconds,
         cpu_timings=step.cpu,
-        metadata=Path(metadata) if narrow else None,
     )
 
 
-def _read_and_probe(
-    root: Path,
-    metadata: str | Path,
-    limit: int | None,
-    done: Collection[int],
-    num_threads: int | None,
-    max_pixels: int,
-    progress: bool,
-    text: bool,
-) -> tuple[Metadata, pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
-    """The metadata (its table with image ids ``id1``, ``id2``), the distinct image paths (``image_id``,
-    ``path``) and their probes (heights, widths, kinds, reasons), in one pass: Rust probes the
-    images of each window of the metadata while it reads the next (``_core.survey_metadata``). The
-    records in ``done`` get no ids (their images are not probed). Without ``text`` the prompts and
-    models are not kept (a narrow survey drops them)."""
-    skip = np.sort(np.fromiter(done, dtype=np.int64, count=len(done)))
-    counter = _core.Counter()
-    with _ProbeProgress(counter, progress):
-        meta, cols = read_metadata_and_probe(
-            metadata,
-            root,
-            limit,
-            skip=skip,
-            num_threads=num_threads,
-            max_pixels=max_pixels,
-            counter=counter,
-            text=text,
-        )
-    ids = cols["ids"]
-    h, w, kinds, errors = (
-        cols["probe_heights"],
-        cols["probe_widths"],
-        cols["probe_kinds"],
-        cols["probe_errors"],
-    )
-    table = meta.table
-    # The records the per-entry path read (no ids yet), except those already done.
-    todo = table["id1"].is_null() & ~table["record_index"].is_in(skip)
+@dataclass
+class _LocalImages:
+    """This rank's distinct image paths by local id (``ids``, a ``_core.PathIds``), and their probes
+    when they were probed here (empty otherwise)."""
+
+    ids: Any
+    height: np.ndarray
+    width: np.ndarray
+    kinds: np.ndarray
+    errors: list[str | None]
+
+
+def _number_the_rest(
+    table: pl.DataFrame, found: dict[str, Any], root: Path, opts: SurveyOptions, probe: bool
+) -> _LocalImages:
+    """The reader's numbering of the image paths, completed with the records the per-entry path read
+    (their ``id1``/``id2`` are null in ``table``, which gets them, in place of the nulls); with
+    ``probe`` their new images are probed too."""
+    ids = found["ids"]
+    h, w, kinds = found["probe_heights"], found["probe_widths"], found["probe_kinds"]
+    errors = list(found["probe_errors"])
+    todo = table["id1"].is_null().to_numpy()
     if todo.any():
-        where = np.flatnonzero(todo.to_numpy())
-        slow = table.filter(todo)
         n_before = len(ids)
+        slow = table.filter(pl.Series(todo))
         id1 = table["id1"].fill_null(-1).to_numpy().copy()
         id2 = table["id2"].fill_null(-1).to_numpy().copy()
-        id1[where] = ids.number(slow["path1"].to_list())
-        id2[where] = ids.number(slow["path2"].to_list())
-        table = table.with_columns(pl.Series("id1", id1), pl.Series("id2", id2))
-        more = _probe(root, ids.paths_from(n_before), num_threads, max_pixels)
-        h, w, kinds = (np.concatenate([a, b]) for a, b in zip((h, w, kinds), more[:3]))
-        errors = errors + more[3]
-    table = table.with_columns(pl.col("id1", "id2").fill_null(-1))
-    images = pl.DataFrame({"path": path_column(ids)}).with_row_index("image_id")
-    return replace(meta, table=table), images, h, w, kinds, errors
+        id1[todo] = ids.number(slow["path1"].to_list())
+        id2[todo] = ids.number(slow["path2"].to_list())
+        table.replace_column(table.get_column_index("id1"), pl.Series("id1", id1))
+        table.replace_column(table.get_column_index("id2"), pl.Series("id2", id2))
+        if probe:
+            more = _probe(root, ids.paths_from(n_before), opts.num_threads, opts.max_pixels)
+            h, w, kinds = (np.concatenate([a, b]) for a, b in zip((h, w, kinds), more[:3]))
+            errors += more[3]
+    return _LocalImages(
+        ids, np.asarray(h, np.int64), np.asarray(w, np.int64), np.asarray(kinds, np.uint8), errors
+    )
+
+
+def _probe_layout(n_images: int) -> np.dtype:
+    """One image's probe as the ranks exchange it (its id, its size, its outcome code)."""
+    return np.dtype(
+        [("image", image_id_type(n_images)), ("height", np.uint32), ("width", np.uint32), ("kind", np.uint8)]
+    )
+
+
+def image_id_type(n_images: int) -> type[np.signedinteger]:
+    """Image ids in 32 bits while there are fewer than 2**31 images."""
+    return np.int32 if n_images < 2**31 else np.int64
+
+
+def _by_id(ids: np.ndarray, errors: dict[int, str]) -> pl.Series:
+    """The reasons in ``errors`` (image id -> reason) for the images ``ids`` (ascending), null where
+    there is none."""
+    out = pl.repeat(None, len(ids), dtype=pl.String, eager=True)
+    keys = np.fromiter(errors, dtype=np.int64, count=len(errors))
+    pos = np.searchsorted(ids, keys)
+    mine = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == keys) if len(ids) else keys < 0
+    if mine.any():
+        out = out.scatter(pos[mine], [errors[int(k)] for k in keys[mine]])
+    return out.alias("error")
+
+
+def _to_seers(comm: Dist, probed: np.ndarray, seer_start: np.ndarray, seers: np.ndarray) -> np.ndarray:
+    """Send each probed image (``probed[k]``) to the ranks that saw it (``seers[seer_start[k]:
+    seer_start[k + 1]]``, this one among them); returns what every rank sent to this one: each of
+    its images once."""
+    copies = np.repeat(probed, np.diff(seer_start))
+    by_rank = np.argsort(seers, kind="stable")
+    copies, bounds = copies[by_rank], np.searchsorted(seers[by_rank], np.arange(comm.world_size + 1))
+    got = comm.all_to_all_arrays([copies[bounds[r] : bounds[r + 1]] for r in range(comm.world_size)])
+    return np.concatenate(got) if got else probed[:0]
 
 
 class _ProbeProgress:
