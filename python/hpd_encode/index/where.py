@@ -39,6 +39,8 @@ the string as given).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,7 +82,9 @@ class _Token:
 class _Value:
     expr: pl.Expr
     type: str
-    is_float: bool = False  # may hold NaN
+    may_nan: bool = False  # may hold NaN: a float field, any computed float, a non-finite literal
+    may_null: bool = True  # False for literals: a comparison with one needs no null branch
+    is_float: bool = False
 
 
 class _Error(Exception):
@@ -212,7 +216,7 @@ class _Parser:
                 raise _Error("IN takes a list of literals (numbers, 'text', TRUE, FALSE, NULL)", start.pos)
             value = self.primary()
             if sign is not None and sign.text == "-":
-                value = _Value(-value.expr, value.type, value.is_float)
+                value = dataclasses.replace(value, expr=-value.expr)
             matches.append(_compare(at, left, value, "=").expr)
             if self.accept(")"):
                 break
@@ -255,7 +259,7 @@ class _Parser:
         value = self.unary()
         if value.type not in (NUM, NULL):
             raise _Error(f"{op.text!r} needs a number, not {_a(value.type)}", op.pos)
-        return value if op.text == "+" else _Value(-value.expr, value.type, value.is_float)
+        return value if op.text == "+" else dataclasses.replace(value, expr=-value.expr)
 
     def primary(self) -> _Value:
         t = self.tok
@@ -264,12 +268,12 @@ class _Parser:
             return _number(t)
         if t.kind == "string":
             self.take()
-            return _Value(pl.lit(_unquote(t.text), pl.String), TEXT)
+            return _Value(pl.lit(_unquote(t.text), pl.String), TEXT, may_null=False)
         if t.kind == "keyword" and t.text in ("TRUE", "FALSE", "NULL"):
             self.take()
             if t.text == "NULL":
                 return _Value(pl.lit(None, pl.Boolean), NULL)
-            return _Value(pl.lit(t.text == "TRUE", pl.Boolean), BOOL)
+            return _Value(pl.lit(t.text == "TRUE", pl.Boolean), BOOL, may_null=False)
         if t.kind in ("name", "quoted"):
             self.take()
             if t.kind == "name" and t.text.upper() in _SUBQUERY:
@@ -293,7 +297,7 @@ class _Parser:
             return _Value(pl.col(name), TEXT)
         if dtype == pl.Boolean:
             return _Value(pl.col(name), BOOL)
-        return _Value(pl.col(name), NUM, is_float=dtype.is_float())
+        return _Value(pl.col(name), NUM, may_nan=dtype.is_float(), is_float=dtype.is_float())
 
 
 def _a(kind: str) -> str:
@@ -308,8 +312,9 @@ def _number(t: _Token) -> _Value:
     if re.fullmatch(r"\d+", t.text):
         n = int(t.text)
         if n < 2**63:
-            return _Value(pl.lit(n, pl.Int64), NUM)
-    return _Value(pl.lit(float(t.text), pl.Float64), NUM, is_float=True)
+            return _Value(pl.lit(n, pl.Int64), NUM, may_null=False)
+    x = float(t.text)
+    return _Value(pl.lit(x, pl.Float64), NUM, may_nan=not math.isfinite(x), may_null=False, is_float=True)
 
 
 def _condition(value: _Value, op: _Token, message: str | None = None) -> pl.Expr:
@@ -326,9 +331,12 @@ def _arithmetic(op: _Token, a: _Value, b: _Value) -> _Value:
             raise _Error(f"{op.text!r} needs numbers, not {_a(v.type)}", op.pos)
     if NULL in (a.type, b.type):
         return _Value(pl.lit(None, pl.Float64), NULL)
+    may_null = a.may_null or b.may_null
     if op.text == "/":
-        return _Value(a.expr.cast(pl.Float64) / b.expr.cast(pl.Float64), NUM, is_float=True)
+        return _Value(a.expr.cast(pl.Float64) / b.expr.cast(pl.Float64), NUM, True, may_null, True)
+    # Any computed float may be NaN (inf - inf, inf * 0, an overflow); an integer % 0 is null.
     is_float = a.is_float or b.is_float
+    may_null = may_null or (op.text == "%" and not is_float)
     if op.text == "+":
         expr = a.expr + b.expr
     elif op.text == "-":
@@ -337,7 +345,7 @@ def _arithmetic(op: _Token, a: _Value, b: _Value) -> _Value:
         expr = a.expr * b.expr
     else:  # %: an integer % 0 is null; a float % 0 NaN
         expr = a.expr % b.expr
-    return _Value(expr, NUM, is_float)
+    return _Value(expr, NUM, is_float, may_null, is_float)
 
 
 def _compare(at: _Token, a: _Value, b: _Value, op: str | None = None) -> _Value:
@@ -360,16 +368,17 @@ def _compare(at: _Token, a: _Value, b: _Value, op: str | None = None) -> _Value:
         ">": x > y,
         ">=": x >= y,
     }[op]
-    if a.is_float or b.is_float:
-        nan = x.is_nan() | y.is_nan()
-        missing = x.is_null() | y.is_null()
-        result = (
-            pl.when(missing)
-            .then(pl.lit(None, pl.Boolean))
-            .when(nan)
-            .then(pl.lit(op in ("!=", "<>")))
-            .otherwise(result)
-        )
+    if a.may_nan or b.may_nan:
+        ne = pl.lit(op in ("!=", "<>"))
+        nan_side = [v for v in ((a, x), (b, y)) if v[0].may_nan]
+        other = b if nan_side[0][0] is a else a
+        if len(nan_side) == 1 and not other.may_null:
+            # NaN against a literal (the usual '... > 0.6'): a null stays null through otherwise().
+            result = pl.when(nan_side[0][1].is_nan()).then(ne).otherwise(result)
+        else:
+            missing = x.is_null() | y.is_null()
+            nan = x.is_nan() | y.is_nan()
+            result = pl.when(missing).then(pl.lit(None, pl.Boolean)).when(nan).then(ne).otherwise(result)
     return _Value(result, BOOL)
 
 
