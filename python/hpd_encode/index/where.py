@@ -373,8 +373,9 @@ def _compare(at: _Token, a: _Value, b: _Value, op: str | None = None) -> _Value:
         nan_side = [v for v in ((a, x), (b, y)) if v[0].may_nan]
         other = b if nan_side[0][0] is a else a
         if len(nan_side) == 1 and not other.may_null:
-            # NaN against a literal (the usual '... > 0.6'): a null stays null through otherwise().
-            result = pl.when(nan_side[0][1].is_nan()).then(ne).otherwise(result)
+            # NaN against a literal (the usual '... > 0.6'): Kleene logic keeps a null null.
+            nan = nan_side[0][1].is_nan()
+            result = result | nan if op in ("!=", "<>") else result & ~nan
         else:
             missing = x.is_null() | y.is_null()
             nan = x.is_nan() | y.is_nan()
