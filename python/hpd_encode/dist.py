@@ -16,8 +16,8 @@ import numpy as np
 
 from hpd_encode.errors import DistError, HpdError, OptionError
 
-#: How long a rank that failed waits for the others to stop and say why (seconds): torchrun kills
-#: every rank once one exits, so leaving at once would cut the others off before their one line.
+#: How long a rank that stopped on an error waits at exit for the others to print theirs (seconds):
+#: torchrun kills every rank once one exits, which would cut the others off before their one line.
 STOP_WAIT_S = 60.0
 
 
@@ -163,9 +163,7 @@ class Dist:
                     break
                 time.sleep(0.05)
             first = (str(error).splitlines() or [type(error).__name__])[0]
-            if isinstance(error, td.DistError) or any(
-                w in first for w in ("gloo", "Connection", "onnection")
-            ):
+            if isinstance(error, td.DistError) or "gloo" in first or "onnection" in first:
                 return DistError(
                     f"another rank stopped without a message (killed, or out of memory?); rank {self.rank} "
                     f"lost it: {first}"
