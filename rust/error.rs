@@ -71,8 +71,8 @@ pub enum Error {
     /// root); `message` is the reason, naming the path as given.
     #[error("{message}")]
     UnsafePath { path: String, message: String },
-    /// A FIFO, socket, device or directory where an image file was expected.
-    #[error("cannot read '{path}': not a regular file ({what}); only regular files are read as images")]
+    /// A FIFO, socket, device or directory where a file (an image, a part file) was expected.
+    #[error("cannot read '{path}': not a regular file ({what}); only regular files are read")]
     NotRegular { path: String, what: &'static str },
     /// An allocation that cannot succeed (or failed): raised, never an abort.
     #[error(
@@ -80,6 +80,14 @@ pub enum Error {
          (refused before allocating)"
     )]
     OutOfMemory { what: String, bytes: u128, available: u64 },
+    /// An allocation larger than the memory available now ([`crate::pool::available_memory`]):
+    /// it might succeed on paper, then fault the machine into swap or the OOM killer.
+    #[error(
+        "not enough memory: {what} needs {bytes} bytes, more than the {available} bytes available now \
+         (MemAvailable, or the cgroup's limit less its usage); use a smaller batch or free memory \
+         (refused before allocating)"
+    )]
+    MemoryUnavailable { what: String, bytes: u128, available: u64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("parquet writer: {0}")]

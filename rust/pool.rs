@@ -68,3 +68,50 @@ pub fn machine_memory() -> u64 {
     }
     u64::MAX
 }
+
+/// Memory available now for a new allocation, in bytes (`u64::MAX` where it
+/// cannot be told). The rule: `MemAvailable` of `/proc/meminfo` (the kernel's
+/// estimate of what can be allocated without swapping), and, when this
+/// process's cgroup limits memory (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), no more than that limit less the cgroup's usage.
+/// Swap is not counted: a batch that fits only in swap would thrash.
+///
+/// [`machine_memory`] bounds what can ever succeed; this bounds what should be
+/// asked for now. An allocation between the two succeeds on paper (the kernel
+/// overcommits) and then, page by page, pushes the machine into the OOM
+/// killer.
+pub fn available_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()?.checked_mul(1024)
+    });
+    meminfo.unwrap_or(u64::MAX).min(cgroup_room().unwrap_or(u64::MAX))
+}
+
+/// The memory limit of this process's cgroup less its usage, when one is set.
+fn cgroup_room() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut room: Option<u64> = None;
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let dir = path.trim_start_matches('/');
+        let (limit, usage) = if controllers.is_empty() {
+            // v2: "max" when unlimited (not a number: no limit)
+            (format!("/sys/fs/cgroup/{dir}/memory.max"), format!("/sys/fs/cgroup/{dir}/memory.current"))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let base = format!("/sys/fs/cgroup/memory/{dir}");
+            (format!("{base}/memory.limit_in_bytes"), format!("{base}/memory.usage_in_bytes"))
+        } else {
+            continue;
+        };
+        if let Some(limit) = read(&limit) {
+            let left = limit.saturating_sub(read(&usage).unwrap_or(0));
+            room = Some(room.map_or(left, |r| r.min(left)));
+        }
+    }
+    room
+}

@@ -294,3 +294,26 @@ def encode_cmd(root: Path, meta: Path, vae: Path, out: Path, *extra: str) -> lis
         "-q",
     ]
     return [sys.executable, "-m", "hpd_encode", "encode", *map(str, args), *extra]
+
+
+def random_pngs(root: Path, n: int, side: int) -> None:
+    """``n`` random ``side``x``side`` PNG images named ``0.png``... in ``root`` (created)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / f"{i}.png")
+
+
+def indexed_part(base: Path, records: Sequence[PartRecord], buckets: Path) -> Path:
+    """One part file of ``records`` (the encoder's writer) in ``base/parts`` and its index
+    (every row on a bucket of ``buckets``, no cap): the index CSV's path."""
+    from hpd_encode.index import build_index, write_index
+
+    parts = base / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    write_with_encoder(parts / "part_rank00.parquet", records)
+    index = base / "index.csv"
+    write_index(build_index(parts, buckets=buckets, max_per_prompt=None), index)
+    return index

@@ -167,6 +167,7 @@ def test_dry_run_leaves_no_trace(small, tmp_path, capsys):
         ["--max-pixels", "0"],
         ["--latent", "median"],
         ["--vae", "./no/such/folder"],
+        ["--vae", ""],
         ["--buckets", "BUCKETS_BAD_SIDE"],
         ["--buckets", "BUCKETS_HUGE_MIN"],
         ["--buckets", "missing.json"],

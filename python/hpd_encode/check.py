@@ -10,16 +10,17 @@ the record and the image concerned.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 
 from hpd_encode._core import PROBE_MISSING, PROBE_OK, PROBE_UNSAFE_PATH
-from hpd_encode.errors import InputNotFoundError
 from hpd_encode.failures import Failure, count_by
+from hpd_encode.files import require_directory, require_file
 from hpd_encode.pipeline.options import SurveyOptions
 from hpd_encode.pipeline.survey import survey
 
@@ -63,12 +64,18 @@ class CheckReport:
         }
 
     def write_csv(self, path: str | PathLike[str]) -> None:
-        """Write the failures, one row per problem: index, reason, path, detail."""
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "reason", "path", "detail"])
-            for fail in self.failures:
-                w.writerow([fail.record_index, fail.kind, image_of(fail), fail.detail])
+        """Write the failures, one row per problem: index, reason, path, detail (atomically, and
+        only over a regular file: :func:`hpd_encode.files.write_output`)."""
+        from hpd_encode.files import write_output
+
+        def write(fh: BinaryIO) -> None:
+            with io.TextIOWrapper(fh, encoding="utf-8", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["index", "reason", "path", "detail"])
+                for fail in self.failures:
+                    w.writerow([fail.record_index, fail.kind, image_of(fail), fail.detail])
+
+        write_output(path, "the report", write)
 
 
 def image_of(failure: Failure) -> str:
@@ -90,8 +97,8 @@ def check_dataset(
     lead out of the root through a symlink are refused, never opened).
     """
     root, meta = Path(data_root), Path(metadata)
-    if not root.is_dir():
-        raise InputNotFoundError(f"data root '{root}' is not a directory")
+    require_directory(root, "data root")
+    require_file(meta, "metadata file")
     s = survey(SurveyOptions(root, meta, num_threads=num_threads), progress=progress)
     failures = [f for f in s.failures if f.stage == "metadata"]
     kind = s.kinds

@@ -5,14 +5,20 @@ timeout so a dead rank never leaves the others waiting forever."""
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from hpd_encode.errors import OptionError
+from hpd_encode.errors import DistError, HpdError, OptionError
+
+#: How long a rank that stopped on an error waits at exit for the others to print theirs (seconds):
+#: torchrun kills every rank once one exits, which would cut the others off before their one line.
+STOP_WAIT_S = 60.0
 
 
 @dataclass
@@ -22,6 +28,8 @@ class Dist:
     local_rank: int = 0
     local_world_size: int = 1
     owns_group: bool = False
+    #: The group's key-value store (torchrun's), kept to report a failure after the group is gone.
+    store: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +125,77 @@ class Dist:
                 finally:
                     td.destroy_process_group()
 
+    def _key(self, what: str) -> str:
+        return f"hpd_encode/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{what}"
+
+    def stop(self, error: BaseException) -> BaseException:
+        """Leave the group after ``error`` and return the exception this rank should end with.
+
+        Every rank ends with one line, never gloo's traceback. A rank that failed on its own (a
+        broken metadata range, a bad option) records its message in torchrun's store before it
+        leaves the group (which ends the collectives the others wait in); a rank whose collective
+        broke because another rank left ends with that rank's message (:class:`DistError`). Then,
+        at exit, after its line is printed, each rank waits (at most :data:`STOP_WAIT_S`) until
+        every rank has printed too: torchrun kills the others as soon as one exits, which would
+        cut them off mid-sentence. Alone, or on Ctrl-C, this only leaves the group."""
+        if not self.enabled or not isinstance(error, Exception) or self.store is None:
+            self.close(clean=False)
+            return error
+        other = self._peer_failure(error)
+        self.close(clean=False)
+        atexit.register(self._wait_for_the_others)
+        return error if other is None else other
+
+    def _peer_failure(self, error: Exception) -> DistError | None:
+        """For a collective broken by another rank: that rank's message as a :class:`DistError`
+        (a generic one when it left without a word, e.g. killed). None when ``error`` is this
+        rank's own, whose first line is then recorded for the others."""
+        import torch.distributed as td
+
+        if isinstance(error, RuntimeError) and not isinstance(error, HpdError):
+            # gloo says only "Connection closed by peer": the reason is in the store, if anywhere.
+            deadline = time.monotonic() + 2.0
+            while True:
+                found = self._recorded_error()
+                if found is not None:
+                    return DistError(f"rank {found[0]} stopped: {found[1]}")
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            first = (str(error).splitlines() or [type(error).__name__])[0]
+            if isinstance(error, td.DistError) or "gloo" in first or "onnection" in first:
+                return DistError(
+                    f"another rank stopped without a message (killed, or out of memory?); rank {self.rank} "
+                    f"lost it: {first}"
+                )
+        try:
+            self.store.set(self._key(f"error/{self.rank}"), (str(error).splitlines() or [""])[0])
+        except Exception:  # noqa: BLE001 - the store is gone: the others learn it from gloo
+            pass
+        return None
+
+    def _recorded_error(self) -> tuple[int, str] | None:
+        """(rank, message) of the first other rank that recorded its failure, if any."""
+        for r in range(self.world_size):
+            key = self._key(f"error/{r}")
+            try:
+                if r != self.rank and self.store.check([key]):
+                    return r, self.store.get(key).decode(errors="replace")
+            except Exception:  # noqa: BLE001 - the store is gone too
+                return None
+        return None
+
+    def _wait_for_the_others(self) -> None:
+        """At exit: count this rank as stopped (its line is out), then wait for the others."""
+        key = self._key("stopped")
+        deadline = time.monotonic() + STOP_WAIT_S
+        try:
+            self.store.add(key, 1)
+            while int(self.store.add(key, 0)) < self.world_size and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001 - the store is gone: nobody left to wait for
+            pass
+
 
 def _as_bytes(arr: np.ndarray) -> np.ndarray:
     """A 1-D array's bytes as a uint8 array (a view when contiguous)."""
@@ -139,10 +218,17 @@ def init_dist(timeout_s: float = 7200.0) -> Dist:
     if not td.is_initialized():
         td.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    try:
+        store = _get_default_store()
+    except Exception:  # noqa: BLE001 - a group made without a store: failures are reported by gloo alone
+        store = None
     return Dist(
         rank=td.get_rank(),
         world_size=td.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         owns_group=owns,
+        store=store,
     )

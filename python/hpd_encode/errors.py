@@ -70,7 +70,13 @@ class PartFilesNotFoundError(InputNotFoundError):
     """A source names no Parquet file: a missing path, an empty directory, a glob matching nothing."""
 
 
-class OutputOverwritesInputError(IndexInputError):
+class OutputPathError(HpdError, ValueError):
+    """An output path that must not be written: not a regular file (a FIFO, a device, a directory,
+    a symlink to one), a file of an encode output directory, an existing Parquet file, or a file
+    being read (:func:`hpd_encode.files.check_output`)."""
+
+
+class OutputOverwritesInputError(IndexInputError, OutputPathError):
     """An output path (``--output``, ``--stats``, ``--plot``) that is a part file read or another Parquet file."""
 
 
@@ -153,6 +159,7 @@ __all__ = [
     "OutOfMemoryError",
     "OutputBusyError",
     "OutputOverwritesInputError",
+    "OutputPathError",
     "PartFileError",
     "PartFilesNotFoundError",
     "PartialOutputError",

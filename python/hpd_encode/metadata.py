@@ -42,8 +42,9 @@ import polars as pl
 # isort: on
 
 from hpd_encode import _core, record
-from hpd_encode.errors import InputNotFoundError, MetadataError, OptionError
+from hpd_encode.errors import MetadataError, OptionError
 from hpd_encode.failures import Failure
+from hpd_encode.files import open_regular, require_file
 
 _POLARS_TYPES: dict[str, pl.DataType] = {
     "int64": pl.Int64(),
@@ -104,14 +105,14 @@ class _File:
     """The metadata file, read by byte ranges (the few reads the Python side makes)."""
 
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "rb")  # closed by the readers
+        self.f = open_regular(path, "metadata file")  # closed by the readers
         self.size = os.fstat(self.f.fileno()).st_size
 
     @classmethod
     def open(cls, path: Path) -> _File:
-        """The metadata file; ``FileNotFoundError`` naming it when it is not a file."""
-        if not path.is_file():
-            raise InputNotFoundError(f"metadata file '{path}' does not exist")
+        """The metadata file; ``FileNotFoundError`` naming it when nothing is there,
+        ``NotRegularFileError`` saying what it is when it is a FIFO, device or directory."""
+        require_file(path, "metadata file")
         return cls(path)
 
     def read(self, start: int, n: int) -> bytearray:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from os import PathLike
@@ -151,10 +152,13 @@ def vae_identity(vae: str | PathLike[str]) -> str:
 
 
 class OutputLock:
-    """An exclusive advisory lock (``flock``) on ``OUTPUT_DIR/.hpd-encode.lock``,
+    """An exclusive advisory lock (``flock``) on the output directory itself,
     held for a whole run by one process. The kernel drops it when the process
-    dies, so a killed run never blocks a rerun. The file records the holder
-    (pid, host, run id) so a refused second run can name it.
+    dies, so a killed run never blocks a rerun. The lock is on the directory's
+    own descriptor (opened read-only, kept for the run), not on a file in it, so
+    deleting or replacing ``OUTPUT_DIR/.hpd-encode.lock`` cannot let a second
+    run in; that file only records the holder (pid, host, run id) so that a
+    refused second run can name it.
 
     Use as a context manager, or :meth:`acquire` / :meth:`release`.
     """
@@ -166,24 +170,14 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = read_lock_holder(self.path.parent)
-            who = (
-                f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
-                f"since {holder.get('started')}"
-                if holder
-                else "another process"
-            )
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = lock_directory(directory, exclusive=True)
+        if fd is None:
             raise OutputBusyError(
-                f"'{self.path.parent}' is in use: {who}; wait for it to finish (or stop it) and run again"
-            ) from None
+                f"'{directory}' is in use: {describe_holder(directory)}; wait for it to finish (or stop it) "
+                "and run again"
+            )
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -191,15 +185,35 @@ class OutputLock:
             "purpose": self.purpose,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            self._write_holder(json.dumps(info).encode())
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 
+    def _write_holder(self, data: bytes) -> None:
+        """Write the holder file: never through a symlink, never into a FIFO or device."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise DamagedOutputError(
+                f"cannot write the lock file '{self.path}': {e.strerror or e}; remove it and run again"
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DamagedOutputError(f"'{self.path}' is not a regular file; remove it and run again")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
+            with contextlib.suppress(OSError, DamagedOutputError):
+                self._write_holder(b"")
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -210,6 +224,47 @@ class OutputLock:
         self.release()
 
 
+def lock_directory(directory: str | PathLike[str], exclusive: bool) -> int | None:
+    """``flock`` ``directory`` (its own descriptor, read-only), without waiting: the descriptor, which
+    holds the lock until closed, or None when another process holds a conflicting lock. A shared
+    lock only tests that no run holds the directory (``verify``, ``repack``'s source)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return None
+    return fd
+
+
+def holder_if_busy(directory: str | PathLike[str]) -> str | None:
+    """Who holds ``directory``'s lock (an encode or repack writing it), or None when nobody does.
+
+    Only tests the lock (a shared, non-blocking ``flock`` on the directory, opened read-only), so it
+    works on a read-only directory and takes nothing."""
+    try:
+        fd = lock_directory(directory, exclusive=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if fd is None:
+        return describe_holder(directory)
+    os.close(fd)
+    return None
+
+
+def describe_holder(directory: str | PathLike[str]) -> str:
+    """Who holds ``directory``'s lock, as its lock file says (for a "busy" message)."""
+    holder = read_lock_holder(directory)
+    if not holder:
+        return f"another process (its {LOCK_FILE} says nothing)"
+    return (
+        f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
+        f"since {holder.get('started')}"
+    )
+
+
 def read_lock_holder(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
     """What the lock file says of its holder (None when empty or absent)."""
     try:
@@ -217,6 +272,34 @@ def read_lock_holder(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+#: What each file of an encode output directory is (for messages).
+_ROLES = {
+    MANIFEST: "the manifest",
+    SUMMARY: "the run summary",
+    FAILURES: "the failures list",
+    LOCK_FILE: "the lock file",
+}
+
+
+def encode_file_role(directory: str | PathLike[str], name: str) -> str | None:
+    """What ``name`` is in ``directory`` when that is an encode output directory (it has a manifest,
+    a lock file or part files) and ``name`` one of its own files ("the manifest", "a part file"...);
+    None otherwise. Outputs never replace these (:func:`hpd_encode.files.check_output`)."""
+    if name in _ROLES:
+        role = _ROLES[name]
+    elif PART_RE.match(name):
+        role = "a part file"
+    elif _is_part_temp(name):
+        role = "a part file being written"
+    else:
+        return None
+    d = Path(directory)
+    is_encode_dir = (
+        os.path.lexists(d / MANIFEST) or os.path.lexists(d / LOCK_FILE) or bool(list_part_files(d))
+    )
+    return role if is_encode_dir else None
 
 
 def clear_run(output_dir: Path) -> None:
@@ -277,21 +360,24 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
 
 def done_records(output_dir: Path) -> set[int]:
     """The record indices already committed in ``output_dir``'s part files."""
-    import pyarrow.parquet as pq
+    from hpd_encode.files import open_parquet
 
     done: set[int] = set()
     for p in list_part_files(output_dir):
         try:
-            names = pq.read_schema(p).names
+            pf = open_parquet(p)  # a FIFO named like a part file is refused, never waited on
         except Exception as e:
             raise DamagedOutputError(
                 f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite"
             ) from e
-        if "record_index" not in names:
-            raise DamagedOutputError(
-                f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
-            )
-        col = pq.read_table(p, columns=["record_index"]).column(0).to_numpy().tolist()
+        try:
+            if "record_index" not in pf.schema_arrow.names:
+                raise DamagedOutputError(
+                    f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
+                )
+            col = pf.read(columns=["record_index"]).column(0).to_numpy().tolist()
+        finally:
+            pf.close(force=True)
         dup = done.intersection(col)
         if dup:
             raise DamagedOutputError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")

@@ -12,8 +12,8 @@ use crate::image::decode::{check_memory, decode_file, guarded, probe_file, LoadO
 use crate::image::recycle::{F32_BATCHES, U8_BATCHES};
 use crate::image::resize::{resize, resize_into};
 use crate::image::safe_open::Root;
-use crate::pool::machine_memory;
 use crate::pool::pool;
+use crate::pool::{available_memory, machine_memory};
 
 /// Header-only sizes `(height, width)` of many files, each relative to `root`
 /// (opened beneath it) when given.
@@ -177,6 +177,18 @@ fn batch_name(n: usize, (h, w): (usize, usize), dtype: &str) -> impl FnOnce() ->
     move || format!("a batch of {n} images of {h}x{w} ({dtype})")
 }
 
+/// Refuse a new allocation of `bytes` that the memory available now
+/// ([`available_memory`]) cannot hold: the kernel would grant it, then the
+/// first writes (a decoded image, or the zeros of a failed slot) would push
+/// the machine into swap or the OOM killer.
+fn check_available(bytes: u128, what: impl FnOnce() -> String) -> Result<()> {
+    let available = available_memory();
+    if bytes > u128::from(available) {
+        return Err(Error::MemoryUnavailable { what: what(), bytes, available });
+    }
+    Ok(())
+}
+
 /// `len` zero bytes, lazily zeroed by the kernel (calloc), or an error when
 /// the allocation fails.
 fn try_zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
@@ -203,7 +215,8 @@ fn try_zeroed(len: usize, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
 /// returned vector holds each item's error, if any.
 ///
 /// A batch larger than the machine's memory, or whose allocation fails, is
-/// [`Error::OutOfMemory`] (before any file is read), never an abort.
+/// [`Error::OutOfMemory`], and a new buffer larger than the memory available
+/// now [`Error::MemoryUnavailable`] (before any file is read), never an abort.
 pub fn load_batch(
     root: Option<&Root>,
     paths: &[PathBuf],
@@ -215,7 +228,10 @@ pub fn load_batch(
     let len = batch_len(n, size, 1, "uint8")?;
     let mut buffer = match U8_BATCHES.take(len) {
         Some(buffer) => buffer,
-        None => try_zeroed(len, batch_name(n, size, "uint8"))?,
+        None => {
+            check_available(len as u128, batch_name(n, size, "uint8"))?;
+            try_zeroed(len, batch_name(n, size, "uint8"))?
+        }
     };
     let errors = load_batch_into(root, paths, size, num_threads, opts, &mut buffer[..len]);
     Ok((buffer, errors))
@@ -268,7 +284,8 @@ thread_local! {
 ///
 /// The buffer is not zeroed first: every element is written exactly once
 /// (memset-ing tens of MB only to overwrite them cost ~6 % of the work).
-/// A batch the machine cannot hold is [`Error::OutOfMemory`], as in [`load_batch`].
+/// A batch the machine cannot hold is [`Error::OutOfMemory`] (or
+/// [`Error::MemoryUnavailable`]), as in [`load_batch`].
 pub fn load_batch_normalized(
     root: Option<&Root>,
     paths: &[PathBuf],
@@ -282,6 +299,7 @@ pub fn load_batch_normalized(
         let errors = load_batch_normalized_over(root, paths, size, num_threads, opts, &mut buffer[..len]);
         return Ok((buffer, errors));
     }
+    check_available(len as u128 * 4, batch_name(n, size, "float32"))?;
     let mut buffer: Vec<f32> = Vec::new();
     buffer.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
         what: batch_name(n, size, "float32")(),
@@ -507,5 +525,31 @@ mod tests {
         // Past the address space too.
         let err = load_batch(None, &paths, (usize::MAX / 4, 8), Some(1), &opts).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
+    }
+
+    /// A batch the machine could hold (RAM and swap) but not now: refused
+    /// before anything is allocated, never zero-filled into the OOM killer.
+    #[test]
+    fn a_batch_above_the_memory_available_now_is_refused() {
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map(|kb| kb * 1024);
+        let (Some(total), available) = (total, available_memory()) else { return };
+        // Just under all the RAM: within the machine (RAM and swap), above what is available now.
+        let bytes = total.min(machine_memory()) - (1 << 20);
+        if available >= bytes {
+            return; // nothing to test where the whole RAM is free (never on a running system)
+        }
+        let opts = LoadOptions { max_pixels: u64::MAX, ..LoadOptions::default() };
+        let paths = vec![PathBuf::from("/nonexistent/a.png")];
+        let width = (bytes / 3) as usize;
+        let err = load_batch(None, &paths, (1, width), Some(1), &opts).unwrap_err();
+        assert!(matches!(err, Error::MemoryUnavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains(&format!("a batch of 1 images of 1x{width} (uint8)")), "{err}");
+        let err = load_batch_normalized(None, &paths, (1, width / 4), Some(1), &opts).unwrap_err();
+        assert!(matches!(err, Error::MemoryUnavailable { .. }), "{err:?}");
     }
 }

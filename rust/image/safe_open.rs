@@ -24,7 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -372,6 +372,38 @@ fn fstat(file: &File) -> io::Result<(libc::mode_t, u64)> {
     Ok((st.st_mode & libc::S_IFMT, st.st_size as u64))
 }
 
+/// `path` opened read-only without blocking (a FIFO with no writer opens at
+/// once), never as the controlling terminal.
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
+}
+
+/// What a file type (`S_IFMT` bits) is called in messages.
+fn kind_name(mode: libc::mode_t) -> &'static str {
+    match mode {
+        libc::S_IFDIR => "directory",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        _ => "unknown file type",
+    }
+}
+
+/// Open a local file that must be a regular file (a part file, a footer to
+/// read), not beneath any root: without blocking, then `fstat`, so a FIFO,
+/// socket, device or directory of that name is [`Error::NotRegular`] before a
+/// byte is read, never a hang. Returns the file and its metadata.
+pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let shown = || path.display().to_string();
+    let file = open_nonblocking(path).map_err(|e| opening_error(shown(), e))?;
+    let meta = file.metadata().map_err(|e| Error::io(shown(), e))?;
+    if !meta.is_file() {
+        return Err(Error::NotRegular { path: shown(), what: kind_name(meta.mode() as libc::mode_t & libc::S_IFMT) });
+    }
+    Ok((file, meta))
+}
+
 /// An opened regular image file and what was known of it at open time.
 #[derive(Debug)]
 pub struct Opened {
@@ -394,25 +426,12 @@ pub fn open_image(root: Option<&Root>, path: &Path, limit: FileLimit) -> Result<
         Some(root) => (root.open_beneath(path)?, root.shown(path)),
         None => {
             let shown = path.display().to_string();
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-                .open(path)
-                .map_err(|e| opening_error(shown.clone(), e))?;
-            (file, shown)
+            (open_nonblocking(path).map_err(|e| opening_error(shown.clone(), e))?, shown)
         }
     };
     let (mode, size) = fstat(&file).map_err(|e| Error::io(&shown, e))?;
     if mode != libc::S_IFREG {
-        let what = match mode {
-            libc::S_IFDIR => "directory",
-            libc::S_IFIFO => "FIFO",
-            libc::S_IFSOCK => "socket",
-            libc::S_IFCHR => "character device",
-            libc::S_IFBLK => "block device",
-            _ => "unknown file type",
-        };
-        return Err(Error::NotRegular { path: shown, what });
+        return Err(Error::NotRegular { path: shown, what: kind_name(mode) });
     }
     if size > limit.0 {
         return Err(Error::image(shown, ImageFailure::FileTooLarge { size, limit: limit.0 }));

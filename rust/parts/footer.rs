@@ -32,8 +32,7 @@ pub struct Layout {
 pub fn read_layout(path: &Path) -> Result<Layout> {
     let shown = path.display().to_string();
     let (file, _) = Input::open(path).map_err(|e| match e {
-        OpenError::Io(e) => Error::io(&shown, e),
-        OpenError::NotRegular => Error::Parquet { path: shown.clone(), message: "not a regular file".into() },
+        OpenError::Local(e) => e, // never blocks: a FIFO named like a part file is refused
         OpenError::Store(e) => Error::Store(e),
     })?;
     // Statistics are not needed, so they are not decoded (measured: no
@@ -105,6 +104,23 @@ mod tests {
         assert!(err.to_string().contains("cut.parquet"), "{err}");
         let missing = read_layout(&dir.join("missing.parquet")).unwrap_err();
         assert!(matches!(missing, Error::Io { .. }), "{missing:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_named_like_a_part_file_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("hpd-footer-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("part_rank01.parquet")).unwrap();
+        let fifo = dir.join("part_rank00.parquet");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // No writer ever opens the FIFO: a blocking open would never return.
+        for (name, what) in [("part_rank00.parquet", "FIFO"), ("part_rank01.parquet", "directory")] {
+            let err = read_layout(&dir.join(name)).unwrap_err();
+            assert!(matches!(err, Error::NotRegular { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("{name}': not a regular file ({what})")), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -85,6 +85,9 @@ pub enum ReadError {
     /// or the file lacks the latent columns.
     #[error("'{path}' is not a readable part file: {message}")]
     File { path: String, message: String },
+    /// A FIFO, socket, device or directory named like a part file (refused without blocking).
+    #[error("cannot read '{path}': not a regular file ({what}); only regular files are read")]
+    NotRegular { path: String, what: &'static str },
     /// A request outside the file (a stale index).
     #[error("{0}")]
     OutOfRange(String),
@@ -517,6 +520,22 @@ pub struct PartFile {
     paged: bool,
 }
 
+/// Open a local part file: never blocks, and refuses a FIFO, socket, device
+/// or directory named like one before reading a byte
+/// ([`crate::image::safe_open::open_regular`]).
+fn open_local(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    crate::image::safe_open::open_regular(path).map_err(|e| local_error(path, e))
+}
+
+/// A local file's opening error as the reader reports it.
+fn local_error(path: &Path, e: crate::error::Error) -> ReadError {
+    match e {
+        crate::error::Error::NotRegular { path, what } => ReadError::NotRegular { path, what },
+        crate::error::Error::Io { path, source } => io_error(&path, source),
+        other => ReadError::File { path: path.display().to_string(), message: other.to_string() },
+    }
+}
+
 fn io_error(path: &str, e: std::io::Error) -> ReadError {
     ReadError::Io { path: path.to_owned(), kind: e.kind(), message: e.to_string() }
 }
@@ -533,8 +552,7 @@ impl PartFile {
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         let (pos, identity) = Input::open(path).map_err(|e| match e {
-            OpenError::Io(e) => io_error(&shown, e),
-            OpenError::NotRegular => ReadError::File { path: shown.clone(), message: "not a regular file".into() },
+            OpenError::Local(e) => local_error(path, e),
             OpenError::Store(e) => ReadError::Store(e),
         })?;
         let options = ArrowReaderOptions::new()
@@ -1228,8 +1246,7 @@ fn scan_input(file: &PartFile) -> Result<Input> {
     if let Input::Remote(_) = &file.file {
         return Ok(file.file.clone()); // each window is its own GET, checked against the ETag
     }
-    let f = File::open(&file.path).map_err(|e| io_error(&file.path, e))?;
-    let meta = f.metadata().map_err(|e| io_error(&file.path, e))?;
+    let (f, meta) = open_local(Path::new(&file.path))?;
     if store::local_identity(&meta) != file.identity {
         return Err(ReadError::File {
             path: file.path.clone(),

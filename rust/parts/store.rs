@@ -872,17 +872,19 @@ pub fn local_identity(meta: &std::fs::Metadata) -> Identity {
     }
 }
 
-/// Why an input cannot be opened: a local I/O error or a store error.
+/// Why an input cannot be opened: a local file's error (missing, unreadable,
+/// not a regular file) or a store error.
 #[derive(Debug)]
 pub enum OpenError {
-    Io(std::io::Error),
-    NotRegular,
+    Local(crate::error::Error),
     Store(StoreError),
 }
 
 impl Input {
     /// Open `path` (a local path or an `s3://` URL): a local file is opened
-    /// and checked to be a regular file; a remote object's last
+    /// without blocking and refused unless it is a regular file
+    /// ([`crate::image::safe_open::open_regular`]: a FIFO named like a part
+    /// file is never waited on); a remote object's last
     /// [`TAIL_BYTES`] are fetched (its footer, usually).
     pub fn open(path: &Path) -> Result<(Input, Identity), OpenError> {
         if let Some(url) = path.to_str().filter(|p| is_remote(p)) {
@@ -890,11 +892,7 @@ impl Input {
             let identity = Identity::Remote { size: object.size, etag: object.etag.clone() };
             return Ok((Input::Remote(RemoteInput::new(object, vec![(start, tail)])), identity));
         }
-        let file = File::open(path).map_err(OpenError::Io)?;
-        let meta = file.metadata().map_err(OpenError::Io)?;
-        if !meta.is_file() {
-            return Err(OpenError::NotRegular);
-        }
+        let (file, meta) = crate::image::safe_open::open_regular(path).map_err(OpenError::Local)?;
         Ok((Input::Local(PosFile::new(file, meta.len())), local_identity(&meta)))
     }
 

@@ -55,7 +55,7 @@ macro_rules! multi_base {
 
 multi_base!(UNSAFE_PATH: "UnsafePathError", hpd_error, PyValueError, &[],
     "A metadata path that is absolute or leaves the data root.");
-multi_base!(NOT_REGULAR: "NotRegularFileError", |py| FILE_ACCESS.get_or_root(py), PyOSError, &[],
+multi_base!(pub(crate) NOT_REGULAR: "NotRegularFileError", |py| FILE_ACCESS.get_or_root(py), PyOSError, &[],
     "A FIFO, socket, device or directory where a regular file was expected.");
 multi_base!(
     /// A row given to `ParquetWriter.submit` that cannot be written.
@@ -185,7 +185,7 @@ impl From<Error> for PyErr {
             Error::Image { .. } => ImageDecodeError::new_err(msg),
             Error::UnsafePath { .. } => UNSAFE_PATH.err(msg),
             Error::NotRegular { .. } => NOT_REGULAR.err(msg),
-            Error::OutOfMemory { .. } => OUT_OF_MEMORY.err(msg),
+            Error::OutOfMemory { .. } | Error::MemoryUnavailable { .. } => OUT_OF_MEMORY.err(msg),
             Error::InvalidArgument(_) => OPTION.err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
             Error::Parquet { .. } => PART_FILE.err(msg),

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::parts::reader::{self, Latent, LatentData, LatentInfo, ReadError, Request};
-use crate::py::errors::{io_error, OUT_OF_RANGE, PART_FILE};
+use crate::py::errors::{io_error, NOT_REGULAR, OUT_OF_RANGE, PART_FILE};
 
 /// The exception of a failed read.
 pub(crate) fn to_pyerr(e: ReadError) -> PyErr {
@@ -19,6 +19,7 @@ pub(crate) fn to_pyerr(e: ReadError) -> PyErr {
         ReadError::Io { kind, .. } => io_error(&std::io::Error::from(kind), msg),
         ReadError::OutOfRange(_) => OUT_OF_RANGE.err(msg),
         ReadError::Store(e) => crate::py::errors::store_error(e),
+        ReadError::NotRegular { .. } => NOT_REGULAR.err(msg),
         ReadError::File { .. } | ReadError::Row { .. } => PART_FILE.err(msg),
     }
 }
@@ -42,11 +43,22 @@ fn to_array<'py>(py: Python<'py>, latent: Latent) -> PyResult<Bound<'py, PyAny>>
 #[pyo3(signature = (requests, *, num_threads=None))]
 pub fn read_pairs<'py>(
     py: Python<'py>,
-    requests: Vec<(PathBuf, usize, usize)>,
+    requests: Vec<(PathBuf, i64, i64)>,
     num_threads: Option<usize>,
 ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-    let requests: Vec<Request> =
-        requests.into_iter().map(|(path, row_group, row)| Request { path, row_group, row }).collect();
+    // Signed here so that a negative row group or row (a damaged index) is an error naming the
+    // file, not pyo3's bare OverflowError.
+    let requests = requests
+        .into_iter()
+        .map(|(path, row_group, row)| match (usize::try_from(row_group), usize::try_from(row)) {
+            (Ok(row_group), Ok(row)) => Ok(Request { path, row_group, row }),
+            _ => Err(OUT_OF_RANGE.err(format!(
+                "'{}' row group {row_group} row {row} does not exist: row groups and rows are never negative \
+                 (a damaged index? rebuild it)",
+                path.display()
+            ))),
+        })
+        .collect::<PyResult<Vec<Request>>>()?;
     let results = py.detach(|| reader::read_pairs(&requests, num_threads));
     let mut out = Vec::with_capacity(results.len());
     for r in results {

@@ -18,6 +18,7 @@ from hpd_encode.cli._args import DeprecatedAlias, add_threads_option, show_progr
 from hpd_encode.errors import ArchiveError
 from hpd_encode.fetch import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, download, extract, parse_size
 from hpd_encode.fetch._common import fmt_bytes, show
+from hpd_encode.files import check_output
 
 
 def _size_arg(text: str) -> int | None:
@@ -83,6 +84,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.report:
+        check_output(args.report, "--report")  # before the probe: a refused path costs nothing
     report = check_dataset(
         args.data_root, args.metadata, num_threads=args.num_threads, progress=show_progress(args)
     )

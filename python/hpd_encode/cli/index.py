@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from hpd_encode.cli._args import DeprecatedAlias
@@ -79,6 +78,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     """The ``index`` subcommand: check, build, write, report. Returns the exit status."""
+    from hpd_encode.files import write_output
     from hpd_encode.index.build import build_index_with_stats
     from hpd_encode.index.filters import IndexFilter, load_callable
     from hpd_encode.index.parts import find_part_files, refuse_overwriting_inputs
@@ -106,9 +106,8 @@ def run_index(args: argparse.Namespace) -> int:
     )
     write_index(df, args.output)
     if args.stats:
-        stats_path = Path(args.stats)
-        stats_path.parent.mkdir(parents=True, exist_ok=True)
-        stats_path.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+        text = json.dumps(stats.to_dict(), indent=2) + "\n"
+        write_output(args.stats, "--stats", lambda fh: fh.write(text.encode()))
     if args.plot:
         plot_buckets(stats, args.plot)
     filtered_out = stats.rows_in - stats.malformed - stats.after_filter

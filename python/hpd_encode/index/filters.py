@@ -1,7 +1,8 @@
 """Index filters: the fields a filter sees and the three forms a filter takes.
 
 A filter is a :class:`polars.Expr`, a SQL ``WHERE``-style string such as
-:data:`EXAMPLE_WHERE` (parsed by :func:`parse_where`), or a Python callable on
+:data:`EXAMPLE_WHERE` (parsed by :func:`parse_where`, our own parser: no SQL
+engine, so nothing outside the row is reachable), or a Python callable on
 a row ``dict`` of :data:`FILTER_FIELDS` (the reference's style; slow, since it
 runs once per row in Python; :func:`load_callable` finds one from a
 ``module:function`` spec). A filter that evaluates to null for a row (e.g. on
@@ -65,17 +66,15 @@ def _check_fields(expr: pl.Expr, what: str) -> None:
 
 
 def parse_where(where: str) -> pl.Expr:
-    """A SQL ``WHERE``-style condition to a Polars expression (via ``pl.sql_expr``)."""
-    if where.lstrip()[:6].upper() == "WHERE ":
-        where = where.lstrip()[6:]
-    try:
-        expr = pl.sql_expr(where)
-    except (pl.exceptions.PolarsError, ValueError) as e:
-        raise IndexInputError(f"cannot parse the filter {where!r}: {e}") from e
-    if not isinstance(expr, pl.Expr):
-        raise IndexInputError(f"the filter {where!r} must be one condition")
-    _check_fields(expr, f"the filter {where!r}")
-    return expr
+    """A SQL ``WHERE``-style condition over :data:`FILTER_FIELDS` to a Polars expression.
+
+    Parsed by our own small parser (:mod:`hpd_encode.index.where`, which documents the language
+    and its rules for NaN and nulls), never by a SQL engine: no table function, subquery or file
+    access is possible. :class:`IndexInputError` (one line, naming the character) when it is not
+    a condition over those fields."""
+    from hpd_encode.index.where import parse_condition
+
+    return parse_condition(where, FILTER_FIELDS)
 
 
 def resolve_filter(flt: IndexFilter) -> tuple[pl.Expr | None, RowFilter | None, str | None]:

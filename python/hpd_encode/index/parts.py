@@ -30,10 +30,12 @@ from hpd_encode import store
 from hpd_encode._core import parquet_layout
 from hpd_encode.errors import (
     IndexInputError,
+    NotRegularFileError,
     ObjectStoreError,
     OutputOverwritesInputError,
     PartFilesNotFoundError,
 )
+from hpd_encode.files import path_kind
 from hpd_encode.output_dir import MANIFEST, read_manifest, require_complete
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ def find_part_files(source: Source) -> list[str]:
             matches = sorted(m for m in globmod.glob(s, recursive=True) if os.path.isfile(m))
             if not matches:
                 raise PartFilesNotFoundError(f"no files match the pattern '{s}'")
+        elif (kind := path_kind(p)) is not None:  # a FIFO, a device...: said, never opened
+            raise NotRegularFileError(f"'{s}' is a {kind}, not a Parquet file or a directory")
         else:
             raise PartFilesNotFoundError(f"no such Parquet file or directory: '{s}'")
         found.extend(matches)
@@ -184,21 +188,22 @@ def refuse_overwriting_inputs(
     outputs: Mapping[str, str | PathLike[str] | None], inputs: Sequence[str]
 ) -> None:
     """Raise :class:`OutputOverwritesInputError` if an output path is one of the
-    ``inputs`` (compared by real path) or any existing ``.parquet`` file.
+    ``inputs`` (compared by real path), and
+    :class:`~hpd_encode.errors.OutputPathError` if it may not be written at all
+    (:func:`hpd_encode.files.check_output`: not a regular file, a file of an
+    encode output directory, an existing Parquet file).
 
     ``outputs`` maps an option name (for the message) to its path (None: unused).
     Called before anything is written, so a refused run overwrites nothing.
     """
+    from hpd_encode.files import check_output
+
     read = {os.path.realpath(p) for p in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
-        real = os.path.realpath(path)
-        if real in read:
+        if os.path.realpath(path) in read:
             raise OutputOverwritesInputError(
                 f"{option} '{os.fspath(path)}' is one of the part files being indexed; choose another path"
             )
-        if Path(path).suffix.lower() == ".parquet" and os.path.exists(path):
-            raise OutputOverwritesInputError(
-                f"{option} '{os.fspath(path)}' is an existing Parquet file; refusing to overwrite it"
-            )
+        check_output(path, option)

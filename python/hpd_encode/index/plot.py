@@ -9,7 +9,6 @@ backend, no global state), so it works headless and from any thread.
 from __future__ import annotations
 
 from os import PathLike
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpd_encode.errors import MissingExtraError
@@ -57,8 +56,9 @@ def bucket_figure(stats: IndexStats) -> Figure:
 
 
 def plot_buckets(stats: IndexStats, path: str | PathLike[str]) -> None:
-    """Write :func:`bucket_figure` as a PNG to ``path`` (its folder is created)."""
+    """Write :func:`bucket_figure` as a PNG to ``path`` (its folder is created; written
+    atomically, and only over a regular file: :func:`hpd_encode.files.write_output`)."""
+    from hpd_encode.files import write_output
+
     fig = bucket_figure(stats)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    write_output(path, "the plot", lambda fh: fig.savefig(fh, format="png"))

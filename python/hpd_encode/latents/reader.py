@@ -35,7 +35,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpd_encode.errors import InputNotFoundError, OptionError, PartFileError, RowOutOfRangeError
+from hpd_encode.errors import (
+    InputNotFoundError,
+    NotRegularFileError,
+    OptionError,
+    PartFileError,
+    RowOutOfRangeError,
+)
+from hpd_encode.files import open_parquet, path_kind
 from hpd_encode.index.table import read_index
 from hpd_encode.schema import LATENT_DOWN_FACTOR
 from hpd_encode.store import is_remote
@@ -63,6 +70,15 @@ def _resolve_part(path: str, root: Path | str | None, index_dir: Path | None) ->
         return path
     if index_dir is not None and not p.is_absolute() and (index_dir / p).is_file():
         return str(index_dir / p)
+    for candidate in [
+        root / p if root is not None else p,
+        *([index_dir / p] if index_dir is not None else []),
+    ]:
+        kind = path_kind(candidate)
+        if kind not in (None, "regular file"):  # say what it is; never open it (a FIFO would block)
+            raise NotRegularFileError(
+                f"part file '{candidate}' named in the index is a {kind}, not a regular file"
+            )
     where = [f"under '{root}'" if root is not None else "from the current directory"]
     if index_dir is not None:
         where.append(f"beside the index in '{index_dir}'")
@@ -94,6 +110,14 @@ class _RowGroup:
 #: Row groups whose small columns (prompt, models, votes) are kept per process.
 _SMALL_CACHE_GROUPS = 1024
 
+#: The default ``max_request_bytes``: the latent bytes one ``__getitems__`` call may return,
+#: 4 GiB (2,048 SD3.5-shaped 1024x1024 pairs of 2 MiB; a training batch is far below).
+MAX_REQUEST_BYTES = 4 << 30
+
+#: Items read per call into the reader when a request is large: the budget is checked between
+#: chunks, so a refused request has read at most one chunk past what told it would not fit.
+_REQUEST_CHUNK = 64
+
 
 class LatentPairDataset:
     """A map-style dataset of latent pairs, through a bucket index.
@@ -124,6 +148,14 @@ class LatentPairDataset:
     counts those reads. ``num_threads`` bounds the reader's threads per
     process (default: all cores; with many DataLoader workers, 1 or 2 is
     plenty).
+
+    ``max_request_bytes`` (default :data:`MAX_REQUEST_BYTES`, 4 GiB) bounds
+    the latent bytes one ``__getitems__`` call may return: a larger request
+    is read in chunks of 64 items and refused with
+    :class:`~hpd_encode.errors.OutOfMemoryError` (a ``MemoryError``) as soon
+    as it is clear it will not fit (after the first chunk, from its bytes per
+    latent pixel and the index's sizes; at the latest when the running total
+    passes the budget), instead of growing without bound.
     """
 
     def __init__(
@@ -133,9 +165,13 @@ class LatentPairDataset:
         cache_row_groups: int = 4,
         root: str | PathLike[str] | None = None,
         num_threads: int | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         if cache_row_groups < 1:
             raise OptionError(f"cache_row_groups must be at least 1, not {cache_row_groups}")
+        if max_request_bytes < 1:
+            raise OptionError(f"max_request_bytes must be at least 1, not {max_request_bytes}")
+        self.max_request_bytes = max_request_bytes
         if num_threads is not None and num_threads < 1:
             raise OptionError(f"num_threads must be at least 1, not {num_threads}")
         df = read_index(index)
@@ -183,7 +219,7 @@ class LatentPairDataset:
         """Close the open part files and drop the caches (reopened on the next read)."""
         with self._lock:
             for f in self._files.values():
-                f.close()
+                f.close(force=True)
             self._files.clear()
             self._columns.clear()
             self._cache.clear()
@@ -228,7 +264,7 @@ class LatentPairDataset:
         """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
         pf = self._files.get(file_idx)
         if pf is None:
-            pf = self._files[file_idx] = pq.ParquetFile(self._paths[file_idx])
+            pf = self._files[file_idx] = open_parquet(self._paths[file_idx])  # never waits on a FIFO
             names = set(pf.schema_arrow.names)
             wanted = ["prompt", "model1", "model2"]
             wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
@@ -314,6 +350,47 @@ class LatentPairDataset:
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items at ``indices``, read together (one call into the Rust reader for the paged files;
+        one per 64 items past that), within ``max_request_bytes`` of latents (see the class doc)."""
+        indices = list(indices)
+        if len(indices) <= _REQUEST_CHUNK:
+            items = self._read_items(indices)
+            self._check_budget(len(indices), _latent_bytes(items))
+            return items
+        items = []
+        total = 0
+        for start in range(0, len(indices), _REQUEST_CHUNK):
+            chunk = self._read_items(indices[start : start + _REQUEST_CHUNK])
+            got = _latent_bytes(chunk)
+            total += got
+            items += chunk
+            if start == 0:  # the first chunk's bytes per latent pixel, over the whole request
+                pixels = [self._latent_pixels(i) for i in indices]
+                first = sum(pixels[: len(chunk)])
+                self._check_budget(len(indices), total, round(got / max(first, 1) * sum(pixels)))
+            self._check_budget(len(indices), total)
+        return items
+
+    def _latent_pixels(self, i: int) -> int:
+        """Latent height x width of position ``i`` (from the index)."""
+        p = self._position(int(i))
+        return max(
+            1, int(self._height[p]) // LATENT_DOWN_FACTOR * (int(self._width[p]) // LATENT_DOWN_FACTOR)
+        )
+
+    def _check_budget(self, n: int, total: int, estimate: int | None = None) -> None:
+        need = max(total, estimate or 0)
+        if need > self.max_request_bytes:
+            from hpd_encode.errors import OutOfMemoryError
+
+            about = "about " if estimate is not None and estimate > total else ""
+            raise OutOfMemoryError(
+                f"a request of {n} pairs needs {about}{need:,} bytes of latents, more than this dataset's "
+                f"max_request_bytes ({self.max_request_bytes:,}); ask for fewer pairs per call (a smaller "
+                "batch), or raise max_request_bytes"
+            )
+
+    def _read_items(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The items at ``indices``, read together (one call into the Rust reader for the paged files)."""
         import torch
 
@@ -382,6 +459,10 @@ class LatentPairDataset:
                 }
             )
         return items
+
+
+def _latent_bytes(items: list[dict[str, Any]]) -> int:
+    return sum(it["latent1"].nbytes + it["latent2"].nbytes for it in items)
 
 
 def _load_npy(data: bytes | None, where: str, name: str) -> np.ndarray:

@@ -28,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpd_encode.errors import InputNotFoundError, OptionError
+from hpd_encode.errors import InputNotFoundError, OptionError, PartFileError
+from hpd_encode.files import open_parquet, require_directory
 from hpd_encode.output_dir import (
     FAILURES,
     MANIFEST,
@@ -40,7 +41,7 @@ from hpd_encode.output_dir import (
     require_complete,
     write_json_atomic,
 )
-from hpd_encode.schema import LATENT_COMPRESSIONS
+from hpd_encode.schema import LATENT_COMPRESSIONS, REFERENCE_COLUMNS
 from hpd_encode.store import is_remote
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,7 @@ class RepackReport:
 
 
 def _check_dirs(src: Path, dest: Path) -> None:
-    if not src.is_dir():
-        raise InputNotFoundError(f"source directory '{src}' does not exist")
+    require_directory(src, "source directory")  # says what it is when it is not one
     s, d = src.resolve(), dest.resolve()
     if d == s:
         raise OptionError(f"destination '{dest}' is the source directory; repack into a new directory")
@@ -117,6 +117,27 @@ def _check_dirs(src: Path, dest: Path) -> None:
         raise OptionError(
             f"destination '{dest}' is inside the source directory '{src}'; choose one outside it"
         )
+
+
+def _check_sources(parts: list[Path]) -> None:
+    """Refuse, before anything is written, a source part that is not a regular file (a FIFO is
+    never waited on) or lacks a column of the reference's layout (a repack of it would pass
+    :func:`repack` and fail every reader)."""
+    for part in parts:
+        try:
+            pf = open_parquet(part)
+        except ValueError as e:  # pyarrow's ArrowInvalid: not Parquet, or a damaged footer
+            raise PartFileError(f"cannot read the part file '{part}': {e}") from e
+        try:
+            names = set(pf.schema_arrow.names)
+        finally:
+            pf.close(force=True)
+        missing = [c for c in REFERENCE_COLUMNS if c not in names]
+        if missing:
+            raise PartFileError(
+                f"'{part}' lacks the column(s) {', '.join(missing)}: it is not a complete part file; "
+                "remove it from the source (or restore it) and run again"
+            )
 
 
 def _is_complete_copy(src: pq.ParquetFile, dest: Path) -> bool:
@@ -214,6 +235,7 @@ def repack(
     parts = list_part_files(src)
     if not parts:
         raise InputNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
+    _check_sources(parts)
     report = RepackReport(src_dir=str(src), dest_dir=str(dest))
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)

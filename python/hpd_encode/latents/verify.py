@@ -17,10 +17,7 @@ Each problem names its file, row group and row. The result is a
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -33,12 +30,12 @@ from typing import Any, TypeAlias
 import pyarrow.parquet as pq
 
 from hpd_encode import store
-from hpd_encode.errors import InputNotFoundError, OutputBusyError
+from hpd_encode.errors import OutputBusyError
+from hpd_encode.files import open_parquet, require_directory
 from hpd_encode.output_dir import (
-    LOCK_FILE,
+    holder_if_busy,
     list_part_files,
     list_part_urls,
-    read_lock_holder,
     require_complete,
 )
 
@@ -115,31 +112,9 @@ class VerifyReport:
 
 
 def lock_holder_if_busy(directory: str | PathLike[str]) -> str | None:
-    """Who holds ``directory``'s output lock (an encode or repack writing it), or None when nobody does.
-
-    Only tests the lock (a shared, non-blocking ``flock`` on the lock file,
-    opened read-only), so it works on a read-only directory and takes nothing.
-    """
-    path = Path(directory) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        holder = read_lock_holder(directory)
-        if holder:
-            return (
-                f"{holder.get('purpose', 'a run')} by pid {holder.get('pid')} on host {holder.get('host')}, "
-                f"since {holder.get('started')}"
-            )
-        return "another process"
-    finally:
-        os.close(fd)
-    return None
+    """Who holds ``directory``'s output lock (an encode or repack writing it), or None when nobody does
+    (:func:`hpd_encode.output_dir.holder_if_busy`: tests the lock, takes nothing)."""
+    return holder_if_busy(directory)
 
 
 def refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> bool:
@@ -200,9 +175,12 @@ def _read_file(path: _Part, threads: int | None) -> _Read:
         if isinstance(path, str):
             small = _remote_small_columns(path)
         else:
-            pf = pq.ParquetFile(path)
-            cols = [c for c in _SMALL if c in pf.schema_arrow.names]
-            small = pf.read(columns=cols).to_pydict() if cols else {}
+            pf = open_parquet(path)
+            try:
+                cols = [c for c in _SMALL if c in pf.schema_arrow.names]
+                small = pf.read(columns=cols).to_pydict() if cols else {}
+            finally:
+                pf.close(force=True)
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
     return checks, small
@@ -323,8 +301,7 @@ def verify(
     if store.is_remote(output_dir):
         return _verify(str(output_dir), allow_partial, progress, num_threads)
     out = Path(output_dir)
-    if not out.is_dir():
-        raise InputNotFoundError(f"output directory '{out}' does not exist")
+    require_directory(out, "output directory")  # says what it is when it is not one
     return _verify(out, allow_partial, progress, num_threads)
 
 

@@ -117,9 +117,11 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     )
     try:
         result: EncodeSummary | PlanReport = dry_run(opts, dist) if opts.dry_run else _encode(opts, dist)
-    except BaseException:
-        dist.close(clean=False)
-        raise
+    except BaseException as e:
+        final = dist.stop(e)  # every rank ends with one line: its own, or the rank's that stopped
+        if final is e:
+            raise
+        raise final from e
     dist.close()
     return result
 

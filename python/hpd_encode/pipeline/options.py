@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpd_encode._core import DEFAULT_MAX_PIXELS, LATENT_COMPRESSIONS, BucketSet
 from hpd_encode.buckets import load_bucket_set
-from hpd_encode.errors import InputNotFoundError, MissingNameError, OptionError, UsageError, VaeError
+from hpd_encode.errors import MissingNameError, OptionError, UsageError, VaeError
+from hpd_encode.files import require_directory, require_file
 
 LATENT_MODES = ("sample", "mean")
 STORE_DTYPES = ("float32", "float16")
@@ -310,10 +311,8 @@ class EncodeOptions:
             raise UsageError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
         dry_run = bool(kwargs.get("dry_run", False))
         data_root, metadata = Path(data_root), Path(metadata)
-        if not data_root.is_dir():
-            raise InputNotFoundError(f"data root '{data_root}' is not a directory")
-        if not metadata.is_file():
-            raise InputNotFoundError(f"metadata file '{metadata}' does not exist or is not a file")
+        require_directory(data_root, "data root")
+        require_file(metadata, "metadata file")
         if output_dir is None and not dry_run:
             raise OptionError("output_dir is required (unless dry_run)")
         if vae is None and not dry_run:
