@@ -86,6 +86,10 @@ pub enum Error {
     Writer(String),
     #[error("cannot read the Parquet footer of '{path}': {message}")]
     Parquet { path: String, message: String },
+    /// A part file (or a value in it) that cannot be used as it is: damaged,
+    /// or not a part file; `message` says where and what to do.
+    #[error("'{path}': {message}")]
+    PartFile { path: String, message: String },
 }
 
 impl Error {

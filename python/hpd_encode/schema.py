@@ -7,8 +7,9 @@ objects, so the two sides cannot drift apart.
 The first ten columns are the reference pipeline's, same names, types and
 contents, so existing trainers keep working (``ast.literal_eval`` on
 ``detailed_results``, ``np.load(io.BytesIO(latent1))``). The rest are typed
-extras that spare readers the string parsing; readers must not require them
-(files written by the reference lack them).
+extras that spare readers the string parsing, and each latent's CRC-32C
+(``CHECKSUM_COLUMNS``); readers must not require them (files written by the
+reference lack them).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ LATENT_COMPRESSIONS: tuple[str, ...] = tuple(_core.LATENT_COMPRESSIONS)
 #: group ``name`` is the final file name, group ``pid`` the writing process.
 TEMP_RE: re.Pattern[str] = re.compile(_core.TEMP_FILE_PATTERN)
 
+#: The latent columns (one data page per value), in the order a pair holds them.
+LATENT_COLUMNS: tuple[str, ...] = tuple(_core.LATENT_COLUMNS)
+
+#: The CRC-32C column of each of ``LATENT_COLUMNS`` (uint32, computed by the
+#: writer over the latent's stored ``.npy`` bytes; readers check it).
+CHECKSUM_COLUMNS: tuple[str, ...] = tuple(_core.CHECKSUM_COLUMNS)
+
 #: The fields of a row given to ``ParquetWriter.submit``: ``(name, required)``.
 ROW_FIELDS: list[tuple[str, bool]] = _core.row_fields()
 
@@ -93,6 +101,8 @@ class PartRow(_RequiredFields, total=False):
 temp_name = _core.temp_name
 
 __all__ = [
+    "CHECKSUM_COLUMNS",
+    "LATENT_COLUMNS",
     "LATENT_DOWN_FACTOR",
     "PART_SCHEMA",
     "REFERENCE_COLUMNS",

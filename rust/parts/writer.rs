@@ -11,24 +11,32 @@
 //! its final name, fsynced, once complete: a killed process never leaves a
 //! file that looks complete and isn't.
 //!
+//! Every latent's CRC-32C goes into a typed column beside it
+//! ([`CHECKSUM_COLUMNS`]), and the writer hashes the file as it writes it
+//! (SHA-256, [`WriterStats::sha256`], for the manifest). Key-value metadata
+//! ([`WriterOptions::metadata`]: the provenance) goes into the footer.
+//!
 //! The writer is one definition of the part file shared with Python:
 //! [`PART_COLUMNS`], [`REFERENCE_COLUMNS`], [`ROW_FIELDS`], the temporary
 //! name rule ([`temp_path`], [`TEMP_FILE_PATTERN`]), [`LATENT_DOWN_FACTOR`]
 //! and [`MAX_ROW_GROUP_SIZE`] are exported by `hpd_encode._core` and
-//! `hpd_encode.schema` derives from them.
+//! `hpd_encode.schema` derives from them. `repack` rewrites other files
+//! through the same page layout ([`crate::parts::rewrite`]).
 //!
 //! A [`PartWriter`] is `Sync`: any number of threads may `submit` to one
 //! writer, and `close` / `abort` may be called from any of them.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::builder::{
+    BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder,
+};
 use arrow_array::{ArrayRef, BinaryViewArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
@@ -37,11 +45,13 @@ use parquet::arrow::arrow_writer::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::parts::digest::{latent_checksum, Hashing};
 use crate::parts::npy::{npy_header, py_float_repr};
 
 /// An image's height and width over its latent's (8 for every VAE family we
@@ -62,6 +72,8 @@ pub enum ColumnType {
     Float64,
     /// `list<int64>` (the latent shapes).
     Int64List,
+    /// Parquet INT32 annotated unsigned (the latent checksums).
+    UInt32,
 }
 
 impl ColumnType {
@@ -75,6 +87,7 @@ impl ColumnType {
             Self::Int32 => "int32",
             Self::Float64 => "float64",
             Self::Int64List => "list<int64>",
+            Self::UInt32 => "uint32",
         }
     }
 
@@ -86,6 +99,7 @@ impl ColumnType {
             Self::Int32 => DataType::Int32,
             Self::Float64 => DataType::Float64,
             Self::Int64List => DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            Self::UInt32 => DataType::UInt32,
         }
     }
 }
@@ -94,7 +108,7 @@ impl ColumnType {
 /// types and contents, so existing trainers keep working), then typed extras
 /// that spare readers the string parsing. Every column is nullable, as in the
 /// reference's pyarrow schema.
-pub const PART_COLUMNS: [(&str, ColumnType); 21] = [
+pub const PART_COLUMNS: [(&str, ColumnType); 23] = [
     ("prompt", ColumnType::String),
     ("model1", ColumnType::String),
     ("model2", ColumnType::String),
@@ -117,7 +131,13 @@ pub const PART_COLUMNS: [(&str, ColumnType); 21] = [
     ("orig_chosen_width", ColumnType::Int64),
     ("orig_rejected_height", ColumnType::Int64),
     ("orig_rejected_width", ColumnType::Int64),
+    // The CRC-32C of each latent's stored bytes (its whole `.npy` value), computed by the writer.
+    ("latent1_crc32c", ColumnType::UInt32),
+    ("latent2_crc32c", ColumnType::UInt32),
 ];
+
+/// The checksum column of each of [`LATENT_COLUMNS`], in the same order.
+pub const CHECKSUM_COLUMNS: [&str; 2] = ["latent1_crc32c", "latent2_crc32c"];
 
 /// How many of [`PART_COLUMNS`] (the first ones) are the reference's.
 pub const REFERENCE_COLUMN_COUNT: usize = 10;
@@ -152,8 +172,8 @@ pub const ROW_FIELDS: [(&str, bool); 18] = [
     ("orig_rejected_width", false),
 ];
 
-/// The latent columns, written one data page per value.
-const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
+/// The latent columns, written one data page per value (in the order a pair holds them).
+pub const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
 
 /// The sample type of a stored latent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +372,8 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Codec of the two latent columns (the others are always zstd).
     pub latent_compression: LatentCompression,
+    /// Key-value metadata for the footer (the provenance, under `hpd_encode`).
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Default for WriterOptions {
@@ -361,6 +383,7 @@ impl Default for WriterOptions {
             queue_size: 64,
             zstd_level: 1,
             latent_compression: LatentCompression::None,
+            metadata: Vec::new(),
         }
     }
 }
@@ -374,6 +397,8 @@ pub struct WriterStats {
     /// Time `submit` calls spent waiting on a full queue (back-pressure),
     /// summed over the threads that submitted.
     pub blocked_seconds: f64,
+    /// SHA-256 of the file's bytes (hex), computed as they were written.
+    pub sha256: String,
 }
 
 /// The part file's Arrow schema, from [`PART_COLUMNS`].
@@ -420,6 +445,11 @@ fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray;
     rows.iter().for_each(|r| bucket.append_option(r.bucket_id));
     let mut confidence = Float64Builder::with_capacity(rows.len());
     rows.iter().for_each(|r| confidence.append_value(r.confidence));
+    let checksums = |f: fn(&Row) -> &Latent| -> ArrayRef {
+        let mut b = UInt32Builder::with_capacity(rows.len());
+        rows.iter().for_each(|r| b.append_value(latent_checksum(f(r).npy())));
+        Arc::new(b.finish())
+    };
     let mut columns: Vec<ArrayRef> = vec![
         strings(&rows, |r| &r.prompt),
         strings(&rows, |r| &r.model1),
@@ -441,6 +471,8 @@ fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray;
         ints(&rows, |r| r.orig_chosen.map(|s| s.1)),
         ints(&rows, |r| r.orig_rejected.map(|s| s.0)),
         ints(&rows, |r| r.orig_rejected.map(|s| s.1)),
+        checksums(|r| &r.latent1),
+        checksums(|r| &r.latent2),
     ];
     let (l1, l2): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.latent1.npy, r.latent2.npy)).unzip();
     let latent_arrays = [latents(l1)?, latents(l2)?];
@@ -464,6 +496,10 @@ fn properties(opts: &WriterOptions) -> Result<WriterProperties> {
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(opts.row_group_size))
         .set_offset_index_disabled(false);
+    if !opts.metadata.is_empty() {
+        let kv = opts.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        b = b.set_key_value_metadata(Some(kv));
+    }
     for col in LATENT_COLUMNS {
         b = b
             .set_column_compression(ColumnPath::from(col), latent_codec)
@@ -492,6 +528,25 @@ fn sync_dir(path: &Path) {
             let _ = d.sync_all();
         }
     }
+}
+
+/// Create the temporary file `path` is written under ([`temp_path`]).
+pub(crate) fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
+    let tmp = temp_path(path);
+    let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    Ok((tmp, file))
+}
+
+/// Move a complete, fsynced temporary file to its final name and fsync the
+/// directory; the temporary file is removed if that fails. Returns the
+/// file's size.
+pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<u64> {
+    if let Err(e) = std::fs::rename(tmp, path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(Error::io(path.display().to_string(), e));
+    }
+    sync_dir(path);
+    Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }
 
 /// Latent buffers given back by the writer thread once their row group is
@@ -545,10 +600,12 @@ impl Spares {
 /// The writer thread's side: owns the Parquet writer and the temporary file.
 /// Each row group's columns are encoded in parallel (the two latent columns,
 /// which are nearly all the bytes and the zstd work, each on its own thread),
-/// then appended in schema order.
-struct Sink {
+/// then appended in schema order. The page layout of every file hpd-encode
+/// writes comes from here (and [`properties`]): the part writer's rows, and
+/// the row groups `repack` copies ([`crate::parts::rewrite`]).
+pub(crate) struct Sink {
     schema: SchemaRef,
-    writer: SerializedFileWriter<BufWriter<File>>,
+    writer: SerializedFileWriter<BufWriter<Hashing<File>>>,
     columns: ArrowRowGroupWriterFactory,
     pending: Vec<Row>,
     row_group_size: usize,
@@ -565,12 +622,12 @@ fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) ->
 }
 
 impl Sink {
-    fn create(file: File, opts: &WriterOptions, spares: Arc<Spares>) -> Result<Self> {
-        let schema = part_schema();
-        let (writer, columns) =
-            ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(opts)?))
-                .and_then(ArrowWriter::into_serialized_writer)
-                .map_err(|e| Error::Writer(format!("opening the file: {e}")))?;
+    /// A sink writing `schema`'s columns into `file` with the layout of [`properties`].
+    pub(crate) fn create(file: File, schema: SchemaRef, opts: &WriterOptions, spares: Arc<Spares>) -> Result<Self> {
+        let out = BufWriter::with_capacity(1 << 20, Hashing::new(file));
+        let (writer, columns) = ArrowWriter::try_new(out, schema.clone(), Some(properties(opts)?))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(|e| Error::Writer(format!("opening the file: {e}")))?;
         Ok(Self {
             schema,
             writer,
@@ -598,7 +655,8 @@ impl Sink {
         Ok(())
     }
 
-    fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
+    /// Write `columns` (in schema order, equal lengths) as one row group.
+    pub(crate) fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
         let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
         let writers = self.columns.create_column_writers(self.row_groups).map_err(err)?;
         let mut jobs = Vec::with_capacity(writers.len());
@@ -635,6 +693,16 @@ impl Sink {
         self.row_groups += 1;
         Ok(())
     }
+
+    /// Write the footer, flush and fsync the file: its row groups and SHA-256.
+    pub(crate) fn finish(mut self) -> Result<(u64, String)> {
+        let meta = self.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
+        let buffered = self.writer.inner_mut();
+        buffered.flush().map_err(|e| Error::Writer(format!("flushing the file: {e}")))?;
+        let hashing = buffered.get_mut();
+        hashing.get_mut().sync_all().map_err(|e| Error::Writer(format!("fsync: {e}")))?;
+        Ok((meta.num_row_groups() as u64, hashing.hex_digest()))
+    }
 }
 
 struct Shared {
@@ -643,7 +711,8 @@ struct Shared {
     queued_rows: AtomicU64,
 }
 
-type SinkResult = Result<(u64, u64)>;
+/// Rows, row groups and SHA-256 of a finished file.
+type SinkResult = Result<(u64, u64, String)>;
 
 /// Where the file is in its life; guarded by one mutex so `close` and
 /// `abort` from different threads happen once, in some order.
@@ -685,10 +754,9 @@ impl PartWriter {
             return Err(Error::InvalidArgument("queue_size must be > 0".into()));
         }
         properties(&opts)?; // bad options fail before any file is created
-        let tmp = temp_path(&path);
-        let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        let (tmp, file) = create_temp(&path)?;
         let spares = Arc::new(Spares::default());
-        let sink = Sink::create(file, &opts, spares.clone()).inspect_err(|_| {
+        let sink = Sink::create(file, part_schema(), &opts, spares.clone()).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
         let (tx, rx) = bounded::<Vec<Row>>(opts.queue_size);
@@ -803,21 +871,16 @@ impl PartWriter {
 
     fn finish(&self, thread: JoinHandle<SinkResult>) -> Result<WriterStats> {
         let joined = thread.join().map_err(|_| Error::Writer("the writer thread panicked".into())).and_then(|r| r);
-        let (rows, row_groups) = match joined {
+        let (rows, row_groups, sha256) = match joined {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);
                 return Err(e);
             }
         };
-        if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(Error::io(self.path.display().to_string(), e));
-        }
-        sync_dir(&self.path);
-        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let bytes = publish(&self.tmp, &self.path)?;
         let blocked_seconds = self.blocked_ns.load(Ordering::Relaxed) as f64 * 1e-9;
-        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds })
+        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds, sha256 })
     }
 
     /// Stop without publishing anything: the temporary file is removed. After
@@ -874,12 +937,9 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Sink
     }
     let finish = (|| -> SinkResult {
         sink.write_pending(true)?;
-        let meta = sink.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
-        let row_groups = meta.num_row_groups() as u64;
-        let buffered = sink.writer.inner_mut();
-        std::io::Write::flush(buffered).map_err(|e| Error::Writer(format!("flushing the file: {e}")))?;
-        buffered.get_mut().sync_all().map_err(|e| Error::Writer(format!("fsync: {e}")))?;
-        Ok((sink.rows, row_groups))
+        let rows = sink.rows;
+        let (row_groups, sha256) = sink.finish()?;
+        Ok((rows, row_groups, sha256))
     })();
     if let Err(e) = &finish {
         fail(e);
@@ -1159,10 +1219,44 @@ pub(crate) mod tests {
         for (field, _) in ROW_FIELDS {
             assert!(columns.contains(&field), "{field}");
         }
-        let derived = ["detailed_results", "latent1_shape", "latent2_shape"];
+        let derived = ["detailed_results", "latent1_shape", "latent2_shape", "latent1_crc32c", "latent2_crc32c"];
         for c in columns.iter().filter(|c| !derived.contains(c)) {
             assert!(ROW_FIELDS.iter().any(|(f, _)| f == c), "{c}");
         }
+    }
+
+    #[test]
+    fn footer_metadata_checksums_and_digest() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::UInt32Type;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let dir = temp_dir("meta");
+        let path = dir.join("part.parquet");
+        let metadata = vec![("hpd_encode".to_string(), r#"{"seed":7}"#.to_string())];
+        let w = PartWriter::create(&path, WriterOptions { row_group_size: 5, metadata, ..Default::default() }).unwrap();
+        let rows: Vec<Row> = (0..12).map(row).collect();
+        w.submit(rows.clone(), || Ok(())).unwrap();
+        let stats = w.close().unwrap();
+        assert_eq!(stats.sha256, crate::parts::digest::file_sha256(&path).unwrap(), "hashed as written");
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|e| e.key == "hpd_encode" && e.value.as_deref() == Some(r#"{"seed":7}"#)));
+        let batches = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
+        let mut n = 0;
+        for batch in batches {
+            let batch = batch.unwrap();
+            let crc: Vec<_> = CHECKSUM_COLUMNS
+                .iter()
+                .map(|c| batch.column_by_name(c).unwrap().as_primitive::<UInt32Type>().clone())
+                .collect();
+            for i in 0..batch.num_rows() {
+                assert_eq!(crc[0].value(i), latent_checksum(rows[n].latent1.npy()));
+                assert_eq!(crc[1].value(i), latent_checksum(rows[n].latent2.npy()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 12);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -95,6 +95,22 @@ impl MultiBase {
     }
 }
 
+/// An exception class defined on the Python side (`hpd_encode.errors`, e.g.
+/// `PartFileError`), looked up when raised; if even that fails, the lookup's
+/// own error is raised.
+pub(crate) fn python_error(name: &str, msg: String) -> PyErr {
+    Python::attach(|py| {
+        let class = py
+            .import("hpd_encode.errors")
+            .and_then(|m| m.getattr(name))
+            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+        match class {
+            Ok(class) => PyErr::from_type(class, msg),
+            Err(e) => e,
+        }
+    })
+}
+
 /// Add the two-base classes to the module.
 pub fn add_multi_base_errors(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for class in [&UNSAFE_PATH, &NOT_REGULAR, &OUT_OF_MEMORY, &INVALID_ROW] {
@@ -124,6 +140,7 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(_) => PyValueError::new_err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
             Error::Parquet { .. } => PyValueError::new_err(msg),
+            Error::PartFile { .. } => python_error("PartFileError", msg),
         }
     }
 }
