@@ -74,7 +74,27 @@ class PartialOutputError(HpdError, ValueError):
 
 class PartFileError(HpdError, ValueError):
     """A part file, or a value in it, cannot be read (damaged footer or page,
-    malformed ``.npy`` bytes); the message names the file, row group and row."""
+    malformed ``.npy`` bytes, a latent whose bytes do not match their stored
+    checksum); the message names the file, row group and row."""
+
+
+class PartFileChangedError(PartFileError):
+    """A part file was replaced or rewritten while it was being read (its
+    identity, device, inode, size and mtime, is not the one seen before)."""
+
+
+class MixedProvenanceError(IndexInputError):
+    """Part files whose latents were made differently (another VAE, normalisation,
+    latent mode, dtype, seed or bucket set) given to one index."""
+
+
+class RepackError(HpdError, ValueError):
+    """``repack`` refuses its arguments (a destination that is, or is inside, the source)."""
+
+
+class ReencodeError(HpdError, ValueError):
+    """``verify --reencode`` cannot re-encode: a source (data root, VAE,
+    metadata) is missing or not the one recorded, or the output lacks settings."""
 
 
 __all__ = [
@@ -87,13 +107,17 @@ __all__ = [
     "InvalidRowError",
     "MetadataError",
     "MissingExtraError",
+    "MixedProvenanceError",
     "NotRegularFileError",
     "OutOfMemoryError",
     "OutputBusyError",
     "OutputOverwritesInputError",
     "PartFilesNotFoundError",
+    "PartFileChangedError",
     "PartFileError",
     "PartialOutputError",
+    "ReencodeError",
+    "RepackError",
     "ResumeMismatchError",
     "UnsafePathError",
     "WriterError",

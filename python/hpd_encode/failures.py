@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
+from hpd_encode._core import temp_name
+
 #: Stages in pipeline order.
 STAGES = ("metadata", "path", "probe", "pair_rule", "decode", "nonfinite", "write")
 
@@ -50,7 +52,7 @@ def count_by(failures: Iterable[Failure], field: str) -> dict[str, int]:
 def write_failures_csv(path: str | PathLike[str], failures: Iterable[Failure]) -> None:
     """Write ``failures.csv`` atomically (a temporary file renamed into place)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
