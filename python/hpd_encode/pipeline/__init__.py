@@ -41,6 +41,7 @@ from hpd_encode.output_dir import (
     prepare_output,
     read_lock_holder,
     read_manifest,
+    record_file,
     vae_identity,
     write_json_atomic,
 )
@@ -50,6 +51,7 @@ from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_an
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
+from hpd_encode.provenance import encode_provenance, footer_entries
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -292,6 +294,15 @@ def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
     }
 
 
+def _tool() -> str:
+    return f"hpd-encode {_core.__version__}"
+
+
+def _inputs(opts: EncodeOptions) -> dict[str, str]:
+    """Where the run's sources are (for ``verify --reencode``; not fingerprinted: a dataset may move)."""
+    return {"data_root": str(opts.data_root.resolve()), "metadata": str(opts.metadata.resolve())}
+
+
 def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
     """Rank 0 locks the output directory and prepares it; every rank learns the
     outcome, and the others check that the lock is this run's."""
@@ -301,7 +312,7 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
         try:
             lock = OutputLock(opts.output_dir, purpose="encode").acquire()
             try:
-                prepare_output(opts.output_dir, settings, opts.overwrite, f"hpd-encode {_core.__version__}")
+                prepare_output(opts.output_dir, settings, opts.overwrite, _tool(), _inputs(opts))
             except BaseException:
                 lock.release()
                 raise
@@ -346,7 +357,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, settings)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:
@@ -358,13 +369,30 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
 
 
 def _encode_rank(
-    opts: EncodeOptions, dist: Dist, plan: RankPlan, image_paths: pl.Series, device: str
+    opts: EncodeOptions,
+    dist: Dist,
+    plan: RankPlan,
+    image_paths: pl.Series,
+    device: str,
+    settings: dict[str, Any],
 ) -> RankResult:
-    rotator = PartRotator(
-        opts.output_dir, dist.rank, opts.rows_per_file, latent_compression=opts.latent_compression
-    )
+    """Encode this rank's rows into part files whose footers carry the run's
+    provenance; rank 0 (which holds the manifest) records each file's digest
+    as it is committed, the other ranks' reach the manifest in :func:`finish`."""
+
+    def make_rotator(vae: Any) -> PartRotator:
+        return PartRotator(
+            opts.output_dir,
+            dist.rank,
+            opts.rows_per_file,
+            latent_compression=opts.latent_compression,
+            metadata=footer_entries(encode_provenance(settings, _tool(), vae)),
+            on_commit=(lambda entry: record_file(opts.output_dir, entry)) if dist.rank == 0 else None,
+        )
+
     t = time.monotonic()
     if plan.n_rows == 0:
+        rotator = make_rotator(None)
         if rotator.next_k == 0:
             # Nothing for this rank in a fresh run: still write its (empty) part
             # file, so a world of N ranks gives part_rank00 .. N-1 as the reference.
@@ -374,6 +402,7 @@ def _encode_rank(
     from hpd_encode.vae import load_vae
 
     vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
+    rotator = make_rotator(vae)
     encoder = Encoder(
         opts,
         plan,
@@ -417,7 +446,8 @@ def finish(
                 stats[k] = stats.get(k, 0) + int(v)
         failures.extend(res.failures)
     write_failures_csv(out / FAILURES, failures)
-    files = committed_files(out)
+    known = [*(read_manifest(out) or {}).get("files", []), *(f for res in results for f in res.files)]
+    files = committed_files(out, known)
     encode_s = max((res.encode_seconds for res in results), default=0.0)
     rows_written = stats.get("rows_written", 0)
     summary = EncodeSummary(
