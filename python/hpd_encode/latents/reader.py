@@ -8,6 +8,15 @@ read by the Rust reader (``hpd_encode._core.read_pairs``): only the pages of
 the rows asked for, in parallel, without the GIL. Older files are read a row
 group at a time, with decoded row groups kept in a small LRU cache, so reading
 them in index order (file and row-group order) reads each row group once.
+Every latent is checked against its stored CRC-32C when the file has one
+(``verify_checksums=False`` opts out).
+
+Each part file is opened once per process, and everything read from it is
+keyed by the file's identity (device, inode, size, mtime), checked on every
+call: a part replaced since (an atomic rename, a rewrite) is opened again and
+read afresh, never the old file's prompt and votes with the new file's
+latents; the Rust reader is told the identity the small columns came from
+and refuses another file, and the batch is then read again once.
 
 :class:`BucketBatchSampler` yields batches of dataset positions whose rows share
 a bucket, so their latents stack; pass it to
@@ -25,18 +34,19 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpd_encode.errors import PartFileChangedError, PartFileError
 from hpd_encode.index.table import read_index
-from hpd_encode.schema import LATENT_DOWN_FACTOR
+from hpd_encode.schema import CHECKSUM_COLUMNS, LATENT_COLUMNS, LATENT_DOWN_FACTOR
 
 IndexLike = str | PathLike[str] | pl.DataFrame
 
@@ -76,6 +86,76 @@ class _RowGroup:
 #: Row groups whose small columns (prompt, models, votes) are kept per process.
 _SMALL_CACHE_GROUPS = 1024
 
+#: A file's identity: ``(st_dev, st_ino, st_size, st_mtime_ns)``.
+Identity = tuple[int, int, int, int]
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Lru(Generic[_K, _V]):
+    """A bounded map that forgets its least recently used entry: the reader's
+    one cache mechanism (callers hold the dataset's lock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[_K, _V] = OrderedDict()
+
+    def get(self, key: _K, load: Callable[[], _V]) -> _V:
+        """The value of ``key``, from ``load()`` (then kept) on a miss."""
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        value = self._items[key] = load()
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _Part:
+    """One part file as this process has it open: its own handle (what pyarrow
+    reads through, so every small column comes from the file ``identity``
+    names), the columns to read, and whether the Rust reader serves its latents."""
+
+    def __init__(self, path: str) -> None:
+        from hpd_encode._core import latent_layout
+
+        self.path = path
+        self.handle = open(path, "rb")  # kept open: closed by close()
+        try:
+            self.identity = _identity(os.fstat(self.handle.fileno()))
+            self.pf = pq.ParquetFile(self.handle)
+            names = set(self.pf.schema_arrow.names)
+            wanted = ["prompt", "model1", "model2"]
+            wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
+            missing = [c for c in [*wanted, *LATENT_COLUMNS] if c not in names]
+            if missing:
+                raise PartFileError(f"part file '{path}' lacks the column(s) {missing}")
+            self.columns = wanted
+            self.checksums = all(c in names for c in CHECKSUM_COLUMNS)
+            self.paged: bool = latent_layout(path)[1]
+        except BaseException:
+            self.handle.close()
+            raise
+
+    def check_group(self, group: int) -> None:
+        if not 0 <= group < self.pf.num_row_groups:
+            raise IndexError(
+                f"'{self.path}' has {self.pf.num_row_groups} row groups, the index asks for "
+                f"row group {group}: the index is stale; rebuild it"
+            )
+
+    def close(self) -> None:
+        self.handle.close()
+
 
 class LatentPairDataset:
     """A map-style dataset of latent pairs, through a bucket index.
@@ -106,6 +186,14 @@ class LatentPairDataset:
     counts those reads. ``num_threads`` bounds the reader's threads per
     process (default: all cores; with many DataLoader workers, 1 or 2 is
     plenty).
+
+    Every latent read is checked against its stored CRC-32C (files written
+    since checksums exist; the reference's files have none and are read
+    unchecked): a damaged latent raises
+    :class:`~hpd_encode.errors.PartFileError` naming its file, row group and
+    row. ``verify_checksums=False`` skips the check (measured cost: see
+    README, "Reading for training"). A part file replaced while the dataset
+    is in use is read afresh (see the module's description).
     """
 
     def __init__(
@@ -115,6 +203,7 @@ class LatentPairDataset:
         cache_row_groups: int = 4,
         root: str | PathLike[str] | None = None,
         num_threads: int | None = None,
+        verify_checksums: bool = True,
     ) -> None:
         if cache_row_groups < 1:
             raise ValueError(f"cache_row_groups must be at least 1, not {cache_row_groups}")
@@ -135,23 +224,25 @@ class LatentPairDataset:
         self._bucket = df["bucket_id"].to_numpy()
         self.cache_row_groups = cache_row_groups
         self.num_threads = num_threads
+        self.verify_checksums = verify_checksums
         self.row_group_reads = 0
         self._reset()
 
     # -- per-process state (files, caches, lock) -----------------------------
 
+    _STATE = ("_lock", "_parts", "_groups", "_small", "_pid")
+
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._files: dict[int, pq.ParquetFile] = {}
-        self._columns: dict[int, list[str]] = {}
-        self._paged: dict[int, bool] = {}
-        self._cache: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
-        self._small: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
+        self._parts: dict[int, _Part] = {}
+        # Keyed by (file, identity, row group): a replaced file never hits its predecessor's entries.
+        self._groups: _Lru[tuple[int, Identity, int], _RowGroup] = _Lru(self.cache_row_groups)
+        self._small: _Lru[tuple[int, Identity, int], _RowGroup] = _Lru(_SMALL_CACHE_GROUPS)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_files", "_columns", "_paged", "_cache", "_small", "_pid"):
+        for key in self._STATE:
             state.pop(key, None)
         return state
 
@@ -162,10 +253,10 @@ class LatentPairDataset:
     def close(self) -> None:
         """Close the open part files and drop the caches (reopened on the next read)."""
         with self._lock:
-            for f in self._files.values():
-                f.close()
-            self._files.clear()
-            self._cache.clear()
+            for part in self._parts.values():
+                part.close()
+            self._parts.clear()
+            self._groups.clear()
             self._small.clear()
 
     def __enter__(self) -> LatentPairDataset:
@@ -180,69 +271,46 @@ class LatentPairDataset:
         if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and caches
             self._reset()
 
-    def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
-        """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
-        pf = self._files.get(file_idx)
-        if pf is None:
-            pf = self._files[file_idx] = pq.ParquetFile(self._paths[file_idx])
-            names = set(pf.schema_arrow.names)
-            wanted = ["prompt", "model1", "model2"]
-            wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
-            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
-            if missing:
-                raise ValueError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
-            self._columns[file_idx] = wanted
-        return pf
+    def _part(self, file_idx: int, fresh: bool = False) -> _Part:
+        """The file as this process has it open (under ``self._lock``), opened
+        again when the file at its path is no longer the one open (or ``fresh``)."""
+        part = self._parts.get(file_idx)
+        path = self._paths[file_idx]
+        if part is not None and not fresh:
+            try:
+                if _identity(os.stat(path)) == part.identity:
+                    return part
+            except OSError:
+                pass  # gone or unreadable: opening it again says why
+        if part is not None:
+            part.close()
+            del self._parts[file_idx]
+        part = self._parts[file_idx] = _Part(path)
+        return part
 
-    def _check_group(self, pf: pq.ParquetFile, file_idx: int, group: int) -> None:
-        if not 0 <= group < pf.num_row_groups:
-            raise IndexError(
-                f"'{self._paths[file_idx]}' has {pf.num_row_groups} row groups, the index asks for "
-                f"row group {group}: the index is stale; rebuild it"
-            )
+    def _row_group_of(self, part: _Part, file_idx: int, group: int) -> _RowGroup:
+        """An old-layout row group, latents (and checksums) included (LRU cache of ``cache_row_groups``)."""
 
-    def _is_paged(self, file_idx: int) -> bool:
-        """Whether the file is in the random-access layout (asked once per process)."""
-        paged = self._paged.get(file_idx)
-        if paged is None:
-            from hpd_encode._core import latent_layout
-
-            paged = self._paged[file_idx] = latent_layout(self._paths[file_idx])[1]
-        return paged
-
-    def _row_group_of(self, file_idx: int, group: int) -> _RowGroup:
-        """An old-layout row group, latents included (LRU cache of ``cache_row_groups``)."""
-        key = (file_idx, group)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            columns = [*self._columns[file_idx], "latent1", "latent2"]
-            rg = _RowGroup(pf.read_row_group(group, columns=columns))
+        def load() -> _RowGroup:
+            part.check_group(group)
+            columns = [*part.columns, *LATENT_COLUMNS]
+            if part.checksums and self.verify_checksums:
+                columns += CHECKSUM_COLUMNS
             self.row_group_reads += 1
-            self._cache[key] = rg
-            while len(self._cache) > self.cache_row_groups:
-                self._cache.popitem(last=False)
-            return rg
+            return _RowGroup(part.pf.read_row_group(group, columns=columns))
 
-    def _small_of(self, file_idx: int, group: int) -> _RowGroup:
-        """A row group's small columns (prompt, models, votes), cached per process."""
-        key = (file_idx, group)
         with self._lock:
-            hit = self._small.get(key)
-            if hit is not None:
-                self._small.move_to_end(key)
-                return hit
-            pf = self._parquet_file(file_idx)
-            self._check_group(pf, file_idx, group)
-            rg = _RowGroup(pf.read_row_group(group, columns=self._columns[file_idx]))
-            self._small[key] = rg
-            while len(self._small) > _SMALL_CACHE_GROUPS:
-                self._small.popitem(last=False)
-            return rg
+            return self._groups.get((file_idx, part.identity, group), load)
+
+    def _small_of(self, part: _Part, file_idx: int, group: int) -> _RowGroup:
+        """A row group's small columns (prompt, models, votes), cached per process."""
+
+        def load() -> _RowGroup:
+            part.check_group(group)
+            return _RowGroup(part.pf.read_row_group(group, columns=part.columns))
+
+        with self._lock:
+            return self._small.get((file_idx, part.identity, group), load)
 
     def __len__(self) -> int:
         return len(self._global_id)
@@ -263,30 +331,45 @@ class LatentPairDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The items at ``indices``, read together (one call into the Rust reader for the paged files)."""
+        self._check_pid()
+        positions = [self._position(int(i)) for i in indices]
+        where_of = [(int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])) for i in positions]
+        try:
+            return self._items(positions, where_of, fresh=False)
+        except PartFileChangedError:
+            # A part was replaced between our look at it and the Rust reader's: read the batch again,
+            # every file opened afresh (a second change in that time is raised).
+            return self._items(positions, where_of, fresh=True)
+
+    def _items(
+        self, positions: list[int], where_of: list[tuple[int, int, int]], fresh: bool
+    ) -> list[dict[str, Any]]:
         import torch
 
         from hpd_encode._core import read_pairs
 
-        self._check_pid()
-        positions = [self._position(int(i)) for i in indices]
-        where_of: list[tuple[int, int, int]] = []
+        with self._lock:
+            parts = {f: self._part(f, fresh) for f in sorted({f for f, _, _ in where_of})}
         paged_at: list[int] = []
         requests: list[tuple[str, int, int]] = []
-        for k, i in enumerate(positions):
-            f, g, r = int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])
-            where_of.append((f, g, r))
-            if self._is_paged(f):
+        expect: list[Identity | None] = []
+        for k, (f, g, r) in enumerate(where_of):
+            if parts[f].paged:
                 paged_at.append(k)
                 requests.append((self._paths[f], g, r))
+                expect.append(parts[f].identity)
         latents: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if requests:
-            for k, read in zip(paged_at, read_pairs(requests, num_threads=self.num_threads)):
-                latents[k] = read
+            read = read_pairs(
+                requests, num_threads=self.num_threads, verify_checksums=self.verify_checksums, expect=expect
+            )
+            latents = dict(zip(paged_at, read))
         items = []
         for k, i in enumerate(positions):
             f, g, r = where_of[k]
             where = f"'{self._paths[f]}' row group {g} row {r}"
-            rg = self._small_of(f, g) if k in latents else self._row_group_of(f, g)
+            part = parts[f]
+            rg = self._small_of(part, f, g) if k in latents else self._row_group_of(part, f, g)
             if not 0 <= r < rg.num_rows:
                 raise IndexError(
                     f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
@@ -294,10 +377,7 @@ class LatentPairDataset:
             cols = rg.columns
             pair = latents.get(k)
             if pair is None:
-                pair = (
-                    _load_npy(cols["latent1"][r].as_py(), where, "latent1"),
-                    _load_npy(cols["latent2"][r].as_py(), where, "latent2"),
-                )
+                pair = (_old_layout_latent(cols, r, where, 0), _old_layout_latent(cols, r, where, 1))
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
                 if (
@@ -332,10 +412,21 @@ class LatentPairDataset:
         return items
 
 
-def _load_npy(data: bytes | None, where: str, name: str) -> np.ndarray:
-    """An old-layout latent's ``.npy`` bytes as an array."""
+def _old_layout_latent(cols: dict[str, Any], r: int, where: str, k: int) -> np.ndarray:
+    """Latent ``k`` of row ``r`` of an old-layout row group as an array,
+    checked against its stored checksum when the row group was read with it."""
+    from hpd_encode._core import latent_checksum
+
+    name = LATENT_COLUMNS[k]
+    data = cols[name][r].as_py()
     if data is None:
-        raise ValueError(f"{where}: {name} is null")
+        raise PartFileError(f"{where}: {name} is null")
+    stored = cols[CHECKSUM_COLUMNS[k]][r].as_py() if CHECKSUM_COLUMNS[k] in cols else None
+    if stored is not None and latent_checksum(data) != stored:
+        raise PartFileError(
+            f"{where}: {name}: checksum mismatch: {CHECKSUM_COLUMNS[k]} says {stored:#010x}, the stored "
+            f"bytes give {latent_checksum(data):#010x}: the latent is damaged; restore the file or encode it again"
+        )
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
