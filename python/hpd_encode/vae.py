@@ -53,6 +53,11 @@ def item_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def job_seed(seed: int, path: str, size: tuple[int, int]) -> int:
+    """The noise seed of one job: image ``path`` (relative to the data root) at target ``size``."""
+    return item_seed(seed, f"{path}@{size[0]}x{size[1]}")
+
+
 @dataclass
 class Vae:
     model: Any
@@ -208,6 +213,31 @@ def encode_pixels(vae: Vae, pixels, *, mode: str = "sample", seeds: list[int] | 
         if vae.frame_axis:
             z = z[:, :, 0]
         return vae.normalize(z)
+
+
+def decode_latents(vae: Vae, z: Any, normalization: dict[str, Any]) -> np.ndarray:
+    """Stored latents ``(B, C, h, w)`` back to pixels, ``(B, H, W, 3)`` uint8:
+    the normalisation undone (``normalization`` as the provenance records it),
+    then the VAE's decoder (for a person to look at; ``verify --preview``)."""
+    import torch
+
+    kind = normalization.get("kind")
+    z = z.to(vae.device, torch.float32)
+    if kind == "shift_scale":
+        z = z / float(normalization["scale"]) + float(normalization["shift"])
+    elif kind == "per_channel":
+        mean = torch.tensor(normalization["mean"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        std = torch.tensor(normalization["std"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        z = z * std / float(normalization.get("scale") or 1.0) + mean
+    with torch.inference_mode():
+        x = z.to(vae.dtype)
+        if vae.frame_axis:
+            x = x.unsqueeze(2)
+        out = vae.model.decode(x).sample
+        if vae.frame_axis:
+            out = out[:, :, 0]
+        pixels = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:
