@@ -59,7 +59,7 @@ def test_an_untouched_output_passes(
     prov = read_provenance(out / "part_rank00.parquet")
     assert prov is not None and prov["latent"] == "sample" and prov["seed"] == 3
     assert prov["normalization"]["kind"] == "shift_scale" and prov["compute_dtype"] == "float32"
-    assert set(prov["vae"]["weights"]) == {"diffusion_pytorch_model.safetensors"}
+    assert set(prov["vae"]["weights_sha256"]) == {"diffusion_pytorch_model.safetensors"}
 
 
 def test_a_replaced_source_image_is_named(
@@ -90,7 +90,7 @@ def test_moved_sources_and_other_weights(encoded: tuple[Path, Path, Path], tmp_p
     assert reencode_check(out, 4, device="cpu", data_root=moved, metadata=moved / "train.json").ok
     # Other weights in the same VAE folder: refused up front, naming the difference.
     make_tiny_vae(vae, seed=1)
-    with pytest.raises(ReencodeError, match=r"not the one that encoded this output \(vae\.weights"):
+    with pytest.raises(ReencodeError, match=r"not the one that encoded this output \(vae\.weights_sha256"):
         reencode_check(out, 1, device="cpu", data_root=moved)
     # A changed metadata file is reported.
     (moved / "train.json").write_text((moved / "train.json").read_text() + " ")

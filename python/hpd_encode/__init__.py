@@ -33,6 +33,8 @@ from hpd_encode.errors import (
     PartialOutputError,
     ResumeMismatchError,
     UnsafePathError,
+    VaeError,
+    VaeLoadError,
     WriterError,
 )
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.vae import DiffusersVae, LatentEncoder, load_vae
 
 # Name -> module that defines it; imported on first use.
 _LAZY = {
@@ -58,6 +61,9 @@ _LAZY = {
     "download": "hpd_encode.fetch",
     "extract": "hpd_encode.fetch",
     "check_dataset": "hpd_encode.check",
+    "LatentEncoder": "hpd_encode.vae",
+    "DiffusersVae": "hpd_encode.vae",
+    "load_vae": "hpd_encode.vae",
     "CheckReport": "hpd_encode.check",
 }
 
@@ -70,12 +76,14 @@ __all__ = [
     "BucketBatchSampler",
     "BucketSet",
     "CheckReport",
+    "DiffusersVae",
     "EncodeOptions",
     "EncodeSummary",
     "HpdError",
     "ImageDecodeError",
     "ImageTooLargeError",
     "InvalidRowError",
+    "LatentEncoder",
     "LatentPairDataset",
     "OutputBusyError",
     "ParquetWriter",
@@ -83,6 +91,8 @@ __all__ = [
     "PlanReport",
     "ResumeMismatchError",
     "UnsafePathError",
+    "VaeError",
+    "VaeLoadError",
     "WriterError",
     "build_index",
     "check_dataset",
@@ -94,6 +104,7 @@ __all__ = [
     "load_bucket_set",
     "load_image",
     "load_images",
+    "load_vae",
     "probe_image",
     "probe_images",
     "read_index",

@@ -20,9 +20,6 @@ from pathlib import Path
 
 from hpd_encode._core import temp_name
 
-#: Stages in pipeline order.
-STAGES = ("metadata", "path", "probe", "pair_rule", "decode", "nonfinite", "write")
-
 #: The columns of ``failures.csv``.
 CSV_COLUMNS = ("record_index", "image1_path", "image2_path", "stage", "reason")
 

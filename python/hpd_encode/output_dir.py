@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hpd_encode._core import temp_name
-from hpd_encode.errors import OutputBusyError, PartialOutputError
+from hpd_encode.errors import DamagedOutputError, OutputBusyError, PartialOutputError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -95,9 +95,9 @@ def read_manifest(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"'{path}' is not valid JSON ({e}); it is damaged") from e
+        raise DamagedOutputError(f"'{path}' is not valid JSON ({e}); it is damaged") from e
     if not isinstance(manifest, dict):
-        raise ValueError(f"'{path}' is not a JSON object; it is damaged")
+        raise DamagedOutputError(f"'{path}' is not a JSON object; it is damaged")
     return manifest
 
 
@@ -189,10 +189,6 @@ class OutputLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> OutputLock:
         return self.acquire()
 
@@ -244,8 +240,15 @@ def prepare_output(
         if old is not None and old.get("fingerprint") != fp:
             before = old.get("settings", {})
             changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            what = ", ".join(changed)
+            if "vae_identity" in changed:
+                from hpd_encode.vae import describe_change
+
+                what += (
+                    f"; the VAE: {describe_change(before.get('vae_identity'), settings.get('vae_identity'))}"
+                )
             raise ResumeMismatchError(
-                f"'{output_dir}' holds a run made with different settings ({', '.join(changed)}); "
+                f"'{output_dir}' holds a run made with different settings ({what}); "
                 "pass --overwrite to start over, or choose another --output-dir"
             )
         if old is None and list_part_files(output_dir):
@@ -293,17 +296,17 @@ def done_records(output_dir: Path) -> set[int]:
         try:
             names = pq.read_schema(p).names
         except Exception as e:
-            raise ValueError(
+            raise DamagedOutputError(
                 f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite"
             ) from e
         if "record_index" not in names:
-            raise ValueError(
+            raise DamagedOutputError(
                 f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
             )
         col = pq.read_table(p, columns=["record_index"]).column(0).to_numpy().tolist()
         dup = done.intersection(col)
         if dup:
-            raise ValueError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")
+            raise DamagedOutputError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")
         done.update(col)
     return done
 

@@ -137,24 +137,16 @@ def check_same_provenance(paths: Sequence[str], provenances: Sequence[dict[str, 
             )
 
 
-def encode_provenance(settings: dict[str, Any], tool: str, encoder: Any = None) -> dict[str, Any]:
+def encode_provenance(settings: dict[str, Any], tool: str, normalization: dict[str, Any]) -> dict[str, Any]:
     """The provenance of an encode run's part files, from its settings (the
-    fingerprinted ones: dtype, latent mode, seed, store dtype, buckets, alpha)
-    and its encoder's ``identity`` and ``normalization`` (None: a rank with
-    no rows, which loads no VAE; its empty files name the VAE as the settings
-    do)."""
+    fingerprinted ones: the encoder's identity, dtype, latent mode, seed, store
+    dtype, buckets, alpha) and its encoder's ``normalization``."""
     from hpd_encode.schema import LATENT_DOWN_FACTOR
 
-    if encoder is None:
-        vae: Any = settings.get("vae")
-        normalization: dict[str, Any] = {}
-    else:
-        identity, normalization = encoder_facts(encoder)
-        vae = parse_identity(identity)
     return {
         "format": PROVENANCE_FORMAT,
         "tool": tool,
-        "vae": vae,
+        "vae": parse_identity(settings.get("vae_identity") or settings.get("vae") or ""),
         "normalization": normalization,
         "latent": settings.get("latent"),
         "seed": settings.get("seed") if settings.get("latent") == "sample" else None,
@@ -164,48 +156,3 @@ def encode_provenance(settings: dict[str, Any], tool: str, encoder: Any = None) 
         "buckets": settings.get("buckets"),
         "down_factor": LATENT_DOWN_FACTOR,
     }
-
-
-def encoder_facts(encoder: Any) -> tuple[str, dict[str, Any]]:
-    """An encoder's ``identity`` and ``normalization``.
-
-    Adapter: today's :class:`hpd_encode.vae.Vae` has neither attribute, so
-    they are taken from its class, config and weight files (the SHA-256 of
-    each ``*.safetensors`` / ``*.bin`` of a local folder) until the encoder
-    protocol gives them."""
-    identity = getattr(encoder, "identity", None)
-    normalization = getattr(encoder, "normalization", None)
-    if isinstance(identity, str) and isinstance(normalization, dict):
-        return identity, normalization
-    import hashlib
-    from pathlib import Path
-
-    from hpd_encode._core import file_sha256
-
-    config = {k: v for k, v in dict(encoder.config).items() if not str(k).startswith("_")}
-    folder = Path(encoder.source) / (encoder.subfolder or "")
-    weights = (
-        {p.name: file_sha256(p) for p in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])}
-        if folder.is_dir()
-        else {}
-    )
-    facts = {
-        "class": encoder.class_name,
-        "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
-        "weights": weights,
-    }
-    if not folder.is_dir():
-        facts["hub_id"] = str(encoder.source)
-    return json.dumps(facts, sort_keys=True, separators=(",", ":")), _normalization(
-        encoder.class_name, config
-    )
-
-
-def _normalization(class_name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The normalisation ``hpd_encode.vae.Vae.normalize`` applies, with its values."""
-    mean, std = config.get("latents_mean"), config.get("latents_std")
-    if mean is not None and std is not None:
-        scale = 1.0 if class_name == "AutoencoderKLQwenImage" else float(config.get("scaling_factor") or 1.0)
-        return {"kind": "per_channel", "mean": list(mean), "std": list(std), "scale": scale}
-    scale = float(config.get("scaling_factor") or 1.0)
-    return {"kind": "shift_scale", "shift": float(config.get("shift_factor") or 0.0), "scale": scale}

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::IntoPyArray;
-use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -14,25 +13,21 @@ use crate::parts::digest;
 use crate::parts::reader::{self, ChecksumCheck, Identity, Latent, LatentData, LatentInfo, ReadError, Request};
 use crate::parts::rewrite;
 use crate::parts::writer::{LatentCompression, WriterOptions};
-use crate::py::errors::python_error;
+use crate::py::errors::{io_error, OPTION, OUT_OF_RANGE, PART_FILE, PART_FILE_CHANGED};
 
-fn to_pyerr(_py: Python<'_>, e: ReadError) -> PyErr {
+fn to_pyerr(e: ReadError) -> PyErr {
     let msg = e.to_string();
     match e {
-        ReadError::Io { kind, .. } => match kind {
-            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
-            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-            _ => PyOSError::new_err(msg),
-        },
-        ReadError::OutOfRange(_) => PyIndexError::new_err(msg),
-        ReadError::File { .. } | ReadError::Row { .. } => python_error("PartFileError", msg),
-        ReadError::Changed { .. } => python_error("PartFileChangedError", msg),
+        ReadError::Io { kind, .. } => io_error(&std::io::Error::from(kind), msg),
+        ReadError::OutOfRange(_) => OUT_OF_RANGE.err(msg),
+        ReadError::File { .. } | ReadError::Row { .. } => PART_FILE.err(msg),
+        ReadError::Changed { .. } => PART_FILE_CHANGED.err(msg),
     }
 }
 
 fn to_array<'py>(py: Python<'py>, latent: Latent) -> PyResult<Bound<'py, PyAny>> {
     let shape = IxDyn(&latent.shape);
-    let bad = |e: numpy::ndarray::ShapeError| PyValueError::new_err(format!("latent shape: {e}"));
+    let bad = |e: numpy::ndarray::ShapeError| PART_FILE.err(format!("latent shape: {e}"));
     Ok(match latent.data {
         LatentData::F32(v) => ArrayD::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any(),
         LatentData::F16(v) => {
@@ -66,7 +61,7 @@ pub fn read_pairs<'py>(
     expect: Option<Vec<Option<PyIdentity>>>,
 ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
     if expect.as_ref().is_some_and(|e| e.len() != requests.len()) {
-        return Err(python_error("PartFileError", "expect must give one identity (or None) per request".into()));
+        return Err(OPTION.err("expect must give one identity (or None) per request"));
     }
     let mut expect = expect.unwrap_or_default().into_iter();
     let requests: Vec<Request> = requests
@@ -81,7 +76,7 @@ pub fn read_pairs<'py>(
     let results = py.detach(|| reader::read_pairs(&requests, num_threads, verify_checksums));
     let mut out = Vec::with_capacity(results.len());
     for r in results {
-        let [a, b] = r.map_err(|e| to_pyerr(py, e))?;
+        let [a, b] = r.map_err(to_pyerr)?;
         out.push(PyTuple::new(py, [to_array(py, a)?, to_array(py, b)?])?);
     }
     Ok(out)
@@ -91,7 +86,7 @@ pub fn read_pairs<'py>(
 /// whether every latent value is its own page (cheap random access).
 #[pyfunction]
 pub fn latent_layout(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<i64>, bool)> {
-    let file = py.detach(|| reader::open_cached(&path)).map_err(|e| to_pyerr(py, e))?;
+    let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
     Ok((file.row_group_rows(), file.paged()))
 }
 
@@ -107,7 +102,7 @@ pub fn check_part_file<'py>(
     path: PathBuf,
     num_threads: Option<usize>,
 ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-    let checks = py.detach(|| reader::check_file(&path, num_threads)).map_err(|e| to_pyerr(py, e))?;
+    let checks = py.detach(|| reader::check_file(&path, num_threads)).map_err(to_pyerr)?;
     let info = |r: Result<LatentInfo, String>| -> PyResult<Bound<'py, PyAny>> {
         Ok(match r {
             Ok(i) => {
@@ -135,14 +130,14 @@ pub fn check_part_file<'py>(
 /// each that fails (empty when all decode).
 #[pyfunction]
 pub fn check_part_columns(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(usize, String, String)>> {
-    let problems = py.detach(|| reader::check_columns(&path)).map_err(|e| to_pyerr(py, e))?;
+    let problems = py.detach(|| reader::check_columns(&path)).map_err(to_pyerr)?;
     Ok(problems.into_iter().map(|p| (p.row_group, p.column, p.message)).collect())
 }
 
 /// `footer_metadata(path) -> dict[str, str | None]`: the footer's key-value metadata.
 #[pyfunction]
 pub fn footer_metadata<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let file = py.detach(|| reader::open_cached(&path)).map_err(|e| to_pyerr(py, e))?;
+    let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
     let d = PyDict::new(py);
     for (k, v) in file.key_values() {
         d.set_item(k, v)?;

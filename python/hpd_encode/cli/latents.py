@@ -21,13 +21,15 @@ from hpd_encode.cli._args import (
     arg_type,
     non_negative_int,
     positive_int,
+    show_progress,
 )
+from hpd_encode.errors import OptionError
 
 
 def _tolerance(text: str) -> float:
     value = float(text)
     if not value > 0:
-        raise ValueError(f"must be a positive number, not {text!r}")
+        raise OptionError(f"must be a positive number, not {text!r}")
     return value
 
 
@@ -122,7 +124,7 @@ def run_verify(args: argparse.Namespace) -> int:
     report = verify(
         args.output_dir,
         allow_partial=args.allow_partial,
-        progress=not args.json,
+        progress=show_progress(args),
         num_threads=args.num_threads,
     )
     out: dict[str, Any] = report.to_dict()
@@ -161,7 +163,7 @@ def run_repack(args: argparse.Namespace) -> int:
         args.src,
         args.dest,
         allow_partial=args.allow_partial,
-        progress=not args.json,
+        progress=show_progress(args),
         latent_compression=args.latent_compression,
     )
     if args.json:

@@ -214,17 +214,18 @@ def _small_columns(path: Path, group: int, rows: list[int]) -> list[dict[str, An
     return out
 
 
-def _check_vae(parts: list[Path], vae: Any) -> None:
-    """Refuse a VAE other than the one the part files' provenance records."""
-    from hpd_encode.provenance import encoder_facts, parse_identity, read_provenance
+def _check_vae(parts: list[Path], vae: Any, settings: dict[str, Any]) -> None:
+    """Refuse a VAE other than the one that encoded the output (its identity as
+    the part files' provenance, or else the manifest, records it)."""
+    from hpd_encode.provenance import parse_identity, provenance_difference, read_provenance
 
     recorded = next((p.get("vae") for p in map(read_provenance, parts) if p and p.get("vae")), None)
-    if not isinstance(recorded, dict):
-        return  # older files (no provenance), or a VAE recorded by its path only
-    mine = parse_identity(encoder_facts(vae)[0])
+    if recorded is None and settings.get("vae_identity"):
+        recorded = parse_identity(settings["vae_identity"])
+    if recorded is None:
+        return  # an output written before identities were recorded
+    mine = parse_identity(vae.identity)
     if mine != recorded:
-        from hpd_encode.provenance import provenance_difference
-
         how = provenance_difference({"vae": recorded}, {"vae": mine})
         raise ReencodeError(
             f"the VAE at '{vae.source}' is not the one that encoded this output ({how}); "
@@ -287,7 +288,7 @@ def reencode_check(
     picked = sorted(rng.choice(len(where), size=min(n, len(where)), replace=False).tolist())
     rows = [where[i] for i in picked]
     model = load_vae(src.vae, subfolder=src.vae_subfolder, device=dev, dtype=dtype)
-    _check_vae(parts, model)
+    _check_vae(parts, model, settings)
 
     # Stored latents (checksums checked) and each row's images and target size.
     stored = read_pairs([(str(parts[f]), g, r) for f, g, r in rows], num_threads=num_threads)
@@ -407,10 +408,9 @@ def _write_preview(
     from matplotlib.figure import Figure
 
     from hpd_encode._core import load_batch
-    from hpd_encode.provenance import encoder_facts
     from hpd_encode.vae import decode_latents
 
-    normalization = encoder_facts(model)[1]
+    normalization = model.normalization
     panels = []
     for item, pair in zip(info, stored):
         for k, rel in enumerate((item["image1_path"], item["image2_path"])):

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpd_encode.errors import PartFileError, PartFilesNotFoundError, RepackError
+from hpd_encode.errors import InputNotFoundError, OptionError, PartFileError
 from hpd_encode.output_dir import (
     FAILURES,
     MANIFEST,
@@ -64,7 +64,7 @@ _WRITER_KEYS = ("ARROW:schema",)
 
 def _check_codec(latent_compression: str) -> None:
     if latent_compression not in LATENT_CODECS:
-        raise PartFileError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
+        raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
 
 
 def write_paged_table(
@@ -108,12 +108,12 @@ class RepackReport:
 
 def _check_dirs(src: Path, dest: Path) -> None:
     if not src.is_dir():
-        raise PartFilesNotFoundError(f"source directory '{src}' does not exist")
+        raise InputNotFoundError(f"source directory '{src}' does not exist")
     s, d = src.resolve(), dest.resolve()
     if d == s:
-        raise RepackError(f"destination '{dest}' is the source directory; repack into a new directory")
+        raise OptionError(f"destination '{dest}' is the source directory; repack into a new directory")
     if s in d.parents:
-        raise RepackError(
+        raise OptionError(
             f"destination '{dest}' is inside the source directory '{src}'; choose one outside it"
         )
 
@@ -244,7 +244,7 @@ def repack(
     _refuse_if_busy(src, allow_partial, "repack")
     parts = list_part_files(src)
     if not parts:
-        raise PartFilesNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
+        raise InputNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
     source_digests = _manifest_digests(manifest)
     report = RepackReport(src_dir=str(src), dest_dir=str(dest))
     t0 = time.monotonic()

@@ -46,17 +46,30 @@ from hpd_encode.output_dir import (
     write_json_atomic,
 )
 from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
-from hpd_encode.pipeline.options import EncodeOptions, resolve_device
+from hpd_encode.pipeline.options import (
+    EncodeOptions,
+    EncoderOptions,
+    OutputOptions,
+    PlanOptions,
+    SurveyOptions,
+    resolve_device,
+    vae_is_object,
+)
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Steps, Survey, cpu_seconds, survey
 from hpd_encode.provenance import encode_provenance, footer_entries
+from hpd_encode.vae import VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
 
 __all__ = [
     "EncodeOptions",
+    "EncoderOptions",
+    "OutputOptions",
+    "PlanOptions",
+    "SurveyOptions",
     "EncodeSummary",
     "Encoder",
     "PlanReport",
@@ -103,8 +116,8 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     """Run an encode (or a dry run) with validated options."""
     dist = init_dist(opts.dist_timeout_s)
     # Decode threads: all cores, shared among this node's ranks, unless set.
-    opts = replace(
-        opts, num_threads=opts.num_threads or max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    opts = opts.with_threads(
+        opts.survey.num_threads or max(1, (os.cpu_count() or 1) // dist.local_world_size)
     )
     try:
         result: EncodeSummary | PlanReport = dry_run(opts, dist) if opts.dry_run else _encode(opts, dist)
@@ -124,7 +137,8 @@ class _Plan:
 
     def __init__(
         self,
-        opts: EncodeOptions,
+        survey_opts: SurveyOptions,
+        plan_opts: PlanOptions,
         dist: Dist,
         done: set[int],
         device: str,
@@ -137,10 +151,11 @@ class _Plan:
         if dist.world_size > 1:
             # Each rank its share (see pipeline/shared.py); one process plans every row here.
             self.survey, self.kept, self.split, self.rank_plan = plan_shared(
-                opts,
+                survey_opts,
+                plan_opts,
                 dist,
                 done,
-                opts.batch_size_for(device),
+                device,
                 with_costs=with_costs,
                 with_records=with_records,
             )
@@ -150,12 +165,12 @@ class _Plan:
             self.stages_cpu = {"plan": cpu_seconds() - cpu, **self.survey.cpu_timings}
             return
         self.survey = survey(
-            opts.data_root,
-            opts.metadata,
-            limit=opts.limit,
+            survey_opts.data_root,
+            survey_opts.metadata,
+            limit=survey_opts.limit,
             done=done,
-            num_threads=opts.num_threads,
-            max_pixels=opts.max_pixels,
+            num_threads=survey_opts.num_threads,
+            max_pixels=survey_opts.max_pixels,
             narrow=True,
         )
         step = Steps()
@@ -168,10 +183,10 @@ class _Plan:
             **{f"survey.{k}": v for k, v in self.survey.cpu_timings.items()},
         }
         # Rows without their paths while planning (with_record_columns gives them back).
-        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets, keep_paths=False)
+        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), plan_opts.buckets, keep_paths=False)
         self.rows_planned = self.kept.rows.height
         step("pair_rules")
-        self.rank_plan = order_and_batch(self.kept.rows, opts.share, opts.batch_size_for(device))
+        self.rank_plan = order_and_batch(self.kept.rows, plan_opts.share, plan_opts.batch_size, device)
         # One rank: every row is its own, and its plan has every job (what partition would count).
         rp = self.rank_plan
         self.split = Split(
@@ -238,10 +253,10 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     """Everything up to the first VAE batch, then a report. Loads no VAE and
     creates or changes nothing in the output directory."""
     t0, cpu0 = time.monotonic(), cpu_seconds()
-    out = opts.output_dir if str(opts.output_dir) else None
+    out = opts.output.output_dir if str(opts.output.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
-    device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
-    plan = _Plan(opts, dist, done, device, with_costs=True, with_records=False)
+    device = resolve_device(opts.encoder.device, import_torch=False, encoder=_encoder_object(opts.encoder))
+    plan = _Plan(opts.survey, opts.plan, dist, done, device, with_costs=True, with_records=False)
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
     mean = sum(costs) / len(costs)
@@ -270,27 +285,36 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     )
 
 
-def _cuda_available() -> bool:
-    """Whether an NVIDIA driver is loaded, without importing torch (seconds and
-    hundreds of MB): a dry run only needs it to size the auto batches."""
-    return os.path.exists("/proc/driver/nvidia/version")
+def _encoder_object(e: EncoderOptions) -> Any:
+    """The encoder object the options name, or None for a folder or hub id."""
+    return e.vae if vae_is_object(e.vae) else None
 
 
-def _settings(opts: EncodeOptions, device: str) -> dict[str, Any]:
-    """The settings that change latents: a rerun with other values refuses to resume."""
+def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict[str, Any]:
+    """The settings that change latents: a rerun with other values refuses to resume.
+
+    ``vae_identity`` is the encoder's identity: for a diffusers folder its class, config digest and
+    the digest of each weight file (``found``), so new weights in the same folder refuse to resume;
+    for an encoder object its ``identity`` as given."""
     from hpd_encode.vae import resolve_dtype
 
+    e = opts.encoder
+    if found is None:
+        vae, identity, dtype = type(e.vae).__qualname__, e.vae.identity, e.vae.dtype
+    else:
+        vae, identity, dtype = vae_identity(e.vae), found.identity, resolve_dtype(e.dtype, device)
     return {
-        "vae": vae_identity(opts.vae),
-        "vae_subfolder": opts.vae_subfolder,
-        "dtype": str(resolve_dtype(opts.dtype, device)).replace("torch.", ""),
-        "latent": opts.latent,
-        "seed": opts.seed,
-        "store_dtype": opts.store_dtype,
-        "buckets": bucket_set_spec(opts.buckets),
-        "alpha": opts.alpha,
-        "metadata_sha256": file_sha256(opts.metadata),
-        "limit": opts.limit,
+        "vae": vae,
+        "vae_identity": identity,
+        "vae_subfolder": e.vae_subfolder,
+        "dtype": str(dtype).replace("torch.", ""),
+        "latent": e.latent,
+        "seed": e.seed,
+        "store_dtype": e.store_dtype,
+        "buckets": bucket_set_spec(opts.plan.buckets),
+        "alpha": e.alpha,
+        "metadata_sha256": file_sha256(opts.survey.metadata),
+        "limit": opts.survey.limit,
     }
 
 
@@ -300,19 +324,23 @@ def _tool() -> str:
 
 def _inputs(opts: EncodeOptions) -> dict[str, str]:
     """Where the run's sources are (for ``verify --reencode``; not fingerprinted: a dataset may move)."""
-    return {"data_root": str(opts.data_root.resolve()), "metadata": str(opts.metadata.resolve())}
+    return {
+        "data_root": str(opts.survey.data_root.resolve()),
+        "metadata": str(opts.survey.metadata.resolve()),
+    }
 
 
 def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
     """Rank 0 locks the output directory and prepares it; every rank learns the
     outcome, and the others check that the lock is this run's."""
+    out = opts.output
     lock = None
     status: Any = None
     if dist.rank == 0:
         try:
-            lock = OutputLock(opts.output_dir, purpose="encode").acquire()
+            lock = OutputLock(out.output_dir, purpose="encode").acquire()
             try:
-                prepare_output(opts.output_dir, settings, opts.overwrite, _tool(), _inputs(opts))
+                prepare_output(out.output_dir, settings, out.overwrite, _tool(), _inputs(opts))
             except BaseException:
                 lock.release()
                 raise
@@ -323,10 +351,10 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
     if isinstance(status, Exception):
         raise status
     if dist.rank != 0:
-        holder = read_lock_holder(opts.output_dir) or {}
+        holder = read_lock_holder(out.output_dir) or {}
         if holder.get("run_id") != status[1]:
             raise OutputBusyError(
-                f"'{opts.output_dir}' is locked by another run ({holder or 'no holder'}), "
+                f"'{out.output_dir}' is locked by another run ({holder or 'no holder'}), "
                 "not by rank 0 of this one"
             )
     dist.barrier()
@@ -335,18 +363,23 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
 
 def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
     t0 = time.monotonic()
-    device = resolve_device(opts.device)
-    if device == "cuda" and dist.enabled:
-        device = f"cuda:{dist.local_rank}"
+    device = resolve_device(
+        opts.encoder.device,
+        local_rank=dist.local_rank if dist.enabled else None,
+        encoder=_encoder_object(opts.encoder),
+    )
+    found = (
+        None if vae_is_object(opts.encoder.vae) else find_vae(opts.encoder.vae, opts.encoder.vae_subfolder)
+    )
     if device == "cpu" and dist.local_world_size > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
-    settings = _settings(opts, device)
+    settings = _settings(opts, device, found)
     lock = _take_output_dir(opts, dist, settings)
     try:
-        done = done_records(opts.output_dir)
-        plan = _Plan(opts, dist, done, device)
+        done = done_records(opts.output.output_dir)
+        plan = _Plan(opts.survey, opts.plan, dist, done, device)
         plan.gather_failures(dist)
         if dist.rank == 0:
             log.info(
@@ -357,7 +390,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, settings)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.survey.images["path"], device, found, settings)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:
@@ -374,25 +407,24 @@ def _encode_rank(
     plan: RankPlan,
     image_paths: pl.Series,
     device: str,
+    found: VaeFolder | None,
     settings: dict[str, Any],
 ) -> RankResult:
     """Encode this rank's rows into part files whose footers carry the run's
     provenance; rank 0 (which holds the manifest) records each file's digest
     as it is committed, the other ranks' reach the manifest in :func:`finish`."""
-
-    def make_rotator(vae: Any) -> PartRotator:
-        return PartRotator(
-            opts.output_dir,
-            dist.rank,
-            opts.rows_per_file,
-            latent_compression=opts.latent_compression,
-            metadata=footer_entries(encode_provenance(settings, _tool(), vae)),
-            on_commit=(lambda entry: record_file(opts.output_dir, entry)) if dist.rank == 0 else None,
-        )
-
+    out = opts.output
+    normalization = opts.encoder.vae.normalization if found is None else found.normalization
+    rotator = PartRotator(
+        out.output_dir,
+        dist.rank,
+        out.rows_per_file,
+        latent_compression=out.latent_compression,
+        metadata=footer_entries(encode_provenance(settings, _tool(), normalization)),
+        on_commit=(lambda entry: record_file(out.output_dir, entry)) if dist.rank == 0 else None,
+    )
     t = time.monotonic()
     if plan.n_rows == 0:
-        rotator = make_rotator(None)
         if rotator.next_k == 0:
             # Nothing for this rank in a fresh run: still write its (empty) part
             # file, so a world of N ranks gives part_rank00 .. N-1 as the reference.
@@ -401,16 +433,9 @@ def _encode_rank(
         return RankResult(dist.rank, {}, rotator.files, 0.0, rotator.blocked_s, [])
     from hpd_encode.vae import load_vae
 
-    vae = load_vae(opts.vae, subfolder=opts.vae_subfolder, device=device, dtype=opts.dtype)
-    rotator = make_rotator(vae)
-    encoder = Encoder(
-        opts,
-        plan,
-        image_paths,
-        vae,
-        rotator,
-        rank=dist.rank,
-    )
+    enc = opts.encoder
+    vae = enc.vae if found is None else load_vae(found, device=device, dtype=enc.dtype)
+    encoder = Encoder(enc, plan, image_paths, vae, rotator, rank=dist.rank)
     progress = Progress(plan.n_rows, opts.progress, dist.rank)
     try:
         encoder.run(progress)
@@ -421,7 +446,7 @@ def _encode_rank(
     finally:
         progress.close()
     result = encoder.result(time.monotonic() - t)
-    result.stats["vae_class"] = vae.class_name  # type: ignore[assignment]
+    result.stats["vae_class"] = getattr(vae, "class_name", type(vae).__qualname__)  # type: ignore[arg-type]
     return result
 
 
@@ -435,7 +460,7 @@ def finish(
     t0: float,
 ) -> EncodeSummary:
     """Rank 0: write ``failures.csv``, the complete manifest and ``summary.json``."""
-    out = opts.output_dir
+    out = opts.output.output_dir
     stats: dict[str, int] = {}
     failures = list(plan.failures)
     for res in results:

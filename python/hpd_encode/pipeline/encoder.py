@@ -23,9 +23,9 @@ import polars as pl
 from hpd_encode import _core
 from hpd_encode.failures import Failure
 from hpd_encode.output_dir import PartRotator
-from hpd_encode.pipeline.options import EncodeOptions
+from hpd_encode.pipeline.options import EncoderOptions
 from hpd_encode.pipeline.plan import RankPlan
-from hpd_encode.vae import Vae, encode_pixels, job_seed, latents_to_numpy
+from hpd_encode.vae import LatentEncoder, encode_pixels, job_seed, latents_to_numpy
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -103,10 +103,10 @@ class RankResult:
 class Encoder:
     """One rank's encode run over its :class:`RankPlan`."""
 
-    opts: EncodeOptions
+    opts: EncoderOptions
     plan: RankPlan
     image_paths: pl.Series  # image id -> path relative to the data root
-    vae: Vae
+    vae: LatentEncoder
     rotator: PartRotator
     rank: int = 0
     stats: Counter[str] = field(default_factory=Counter)
@@ -197,6 +197,7 @@ class Encoder:
             x = torch.from_numpy(arr if len(ok) == len(errs) else arr[ok])
             seeds = [job_seed(self.opts.seed, rels[i], size) for i in ok]
             z = self._vae_chunked(x, seeds, size)
+            self._check_latents(z, len(ok), size)
             finite = torch.isfinite(z).flatten(1).all(dim=1).tolist()
             z_np = latents_to_numpy(z, self.opts.store_dtype)
             for pos, i in enumerate(ok):
@@ -215,6 +216,19 @@ class Encoder:
                     ready.append(r)
         return self._finish_rows(ready)
 
+    def _check_latents(self, z: Any, n: int, size: tuple[int, int]) -> None:
+        """The encoder gave ``n x latent_channels x H/f x W/f`` floats, or a VaeError naming it."""
+        f, c = self.vae.down_factor, self.vae.latent_channels
+        want = (n, c, size[0] // f, size[1] // f)
+        if tuple(z.shape) != want or not z.is_floating_point():
+            from hpd_encode.errors import VaeError
+
+            raise VaeError(
+                f"the encoder {type(self.vae).__qualname__} returned latents of shape {tuple(z.shape)} "
+                f"({z.dtype}) for {n} images at {size[0]}x{size[1]}; expected floats of shape {want} "
+                f"(latent_channels={c}, down_factor={f})"
+            )
+
     def _vae_chunked(self, x: Any, seeds: list[int], size: tuple[int, int]) -> Any:
         """Run the VAE on ``x`` in chunks; on CUDA OOM halve the chunk (auto batch size only)."""
         import torch
@@ -232,7 +246,7 @@ class Encoder:
                 self.stats["vae_calls"] += len(outs)
                 return torch.cat(outs) if len(outs) > 1 else outs[0]
             except torch.cuda.OutOfMemoryError:
-                if chunk == 1 or self.opts.batch_size is not None:
+                if chunk == 1 or not self.opts.batch_size.auto:
                     raise
                 torch.cuda.empty_cache()
                 chunk = max(1, chunk // 2)
