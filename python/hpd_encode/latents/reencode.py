@@ -149,7 +149,7 @@ def _sources(
     manifest: dict[str, Any] | None,
     data_root: str | PathLike[str] | None,
     metadata: str | PathLike[str] | None,
-    vae: str | PathLike[str] | None,
+    vae: Any,
 ) -> _Sources:
     settings = (manifest or {}).get("settings")
     if not isinstance(settings, dict) or "latent" not in settings:
@@ -228,7 +228,8 @@ def _check_vae(parts: list[Path], vae: Any, settings: dict[str, Any]) -> None:
     if mine != recorded:
         how = provenance_difference({"vae": recorded}, {"vae": mine})
         raise ReencodeError(
-            f"the VAE at '{vae.source}' is not the one that encoded this output ({how}); "
+            f"the VAE at '{getattr(vae, 'source', type(vae).__qualname__)}' is not the one that encoded this "
+            f"output ({how}); "
             "pass --vae with the VAE it was encoded with"
         )
 
@@ -240,7 +241,7 @@ def reencode_check(
     seed: int = 0,
     data_root: str | PathLike[str] | None = None,
     metadata: str | PathLike[str] | None = None,
-    vae: str | PathLike[str] | None = None,
+    vae: Any = None,
     device: str | None = None,
     tolerance: float | None = None,
     preview: str | PathLike[str] | None = None,
@@ -249,12 +250,15 @@ def reencode_check(
 ) -> ReencodeReport:
     """Re-encode ``n`` random rows of ``output_dir`` (all when ``n`` is at least
     the row count) and compare them with the stored latents; see the module's
-    description. ``tolerance`` overrides the dtype's (:data:`TOLERANCE`)."""
+    description. ``tolerance`` overrides the dtype's (:data:`TOLERANCE`).
+    ``vae`` may also be an encoder object (:class:`~hpd_encode.vae.LatentEncoder`):
+    an output encoded by one is checked with it (``--preview`` needs a diffusers VAE)."""
     import torch
 
-    from hpd_encode._core import file_sha256, read_pairs
-    from hpd_encode.pipeline.options import parse_device, resolve_device
-    from hpd_encode.vae import load_vae
+    from hpd_encode._core import read_pairs
+    from hpd_encode.output_dir import file_sha256
+    from hpd_encode.pipeline.options import parse_device, resolve_device, vae_is_object
+    from hpd_encode.vae import check_encoder, load_vae
 
     if n < 1:
         raise ReencodeError(f"--reencode needs a row count of at least 1, not {n}")
@@ -287,7 +291,11 @@ def reencode_check(
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(where), size=min(n, len(where)), replace=False).tolist())
     rows = [where[i] for i in picked]
-    model = load_vae(src.vae, subfolder=src.vae_subfolder, device=dev, dtype=dtype)
+    model = (
+        check_encoder(vae)
+        if vae is not None and vae_is_object(vae)
+        else load_vae(src.vae, subfolder=src.vae_subfolder, device=dev, dtype=dtype)
+    )
     _check_vae(parts, model, settings)
 
     # Stored latents (checksums checked) and each row's images and target size.
@@ -408,8 +416,12 @@ def _write_preview(
     from matplotlib.figure import Figure
 
     from hpd_encode._core import load_batch
-    from hpd_encode.vae import decode_latents
+    from hpd_encode.vae import DiffusersVae, decode_latents
 
+    if not isinstance(model, DiffusersVae):
+        raise ReencodeError(
+            "--preview decodes latents with a diffusers VAE; this encoder object has no decoder"
+        )
     normalization = model.normalization
     panels = []
     for item, pair in zip(info, stored):
