@@ -24,7 +24,7 @@ Each cold (the part files' pages dropped from the page cache with
 MB/s of latents delivered, bytes read from storage per pair
 (``/proc/self/io`` ``read_bytes``) and the ratio to the reference.
 
-Then the cost of checking every latent's CRC-32C on warm reads:
+Then the cost of checking every latent's checksum (XXH3) on warm reads:
 ``__getitems__`` with the check (the default) and with
 ``verify_checksums=False``, in alternating turns (``--turns``, best of each),
 as the ratio of GB of latents per CPU-second (target: at most 5 % lower).
@@ -182,7 +182,7 @@ def measure(
 
 
 def checksum_cost(index, files: list[Path], batches: list[list[int]], seconds: float, turns: int) -> None:
-    """Warm ``__getitems__`` with and without the per-latent CRC-32C check, in alternating turns."""
+    """Warm ``__getitems__`` with and without the per-latent checksum check, in alternating turns."""
     from hpd_encode.latents.reader import LatentPairDataset
 
     warm_cache(files)

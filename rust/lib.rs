@@ -52,7 +52,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_function(wrap_pyfunction!(py::reader::clear_reader_cache, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::check_part_columns, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::footer_metadata, m)?)?;
-    m.add_function(wrap_pyfunction!(py::reader::file_sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(py::reader::file_digest, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::latent_checksum, m)?)?;
     m.add_function(wrap_pyfunction!(py::reader::rewrite_part_file, m)?)?;
     m.add_function(wrap_pyfunction!(py::index::connected_components, m)?)?;

@@ -164,7 +164,7 @@ def write_ours_part(path: Path, records: Sequence[PartRecord]) -> None:
         "orig_rejected_height": [hw(r.orig_rejected, 0) for r in records],
         "orig_rejected_width": [hw(r.orig_rejected, 1) for r in records],
     }
-    for name, latents in (("latent1_crc32c", columns["latent1"]), ("latent2_crc32c", columns["latent2"])):
+    for name, latents in (("latent1_xxh3", columns["latent1"]), ("latent2_xxh3", columns["latent2"])):
         columns[name] = [latent_checksum(v) for v in latents]
     pq.write_table(pa.table(columns, schema=PART_SCHEMA), path, row_group_size=100, compression="zstd")
 

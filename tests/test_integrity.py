@@ -8,7 +8,6 @@ headers, the footer, the small columns.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,39 +21,37 @@ import pytest
 
 from conftest import PartRecord, write_reference_part, write_with_encoder
 from hpd_encode import ParquetWriter
-from hpd_encode._core import check_part_columns, latent_checksum, read_pairs
+from hpd_encode._core import check_part_columns, file_digest, latent_checksum, read_pairs
 from hpd_encode.errors import MixedProvenanceError, PartFileError
 from hpd_encode.index import build_index
 from hpd_encode.latents.verify import verify
 from hpd_encode.output_dir import MANIFEST
 from hpd_encode.provenance import PROVENANCE_KEY, read_provenance
-from hpd_encode.schema import CHECKSUM_COLUMNS
+from hpd_encode.schema import CHECKSUM_COLUMNS, FILE_DIGEST
 
 NPY_MAGIC = b"\x93NUMPY"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(path: Path) -> str:
+    return file_digest(path)
 
 
 def _output(root: Path, records: list[PartRecord], *, digest: bool = True) -> Path:
     """An output directory of one part file written by the Rust writer, its manifest
-    listing it (with its SHA-256 when ``digest``)."""
+    listing it (with its digest when ``digest``)."""
     root.mkdir(parents=True)
     part = root / "part_rank00.parquet"
     write_with_encoder(part, records)
     entry = {"path": part.name, "rows": len(records), "bytes": part.stat().st_size}
     if digest:
-        entry["sha256"] = _sha256(part)
+        entry[FILE_DIGEST] = _digest(part)
     (root / MANIFEST).write_text(json.dumps({"status": "complete", "files": [entry]}))
     return root
 
 
-def test_writer_stores_checksums_provenance_and_digest(
-    tmp_path: Path, part_records: list[PartRecord]
-) -> None:
-    path = tmp_path / "part.parquet"
-    provenance = {"format": 1, "latent": "mean", "vae": {"class": "AutoencoderKL"}}
+def _write(path: Path, records: list[PartRecord], provenance: dict | None, row_group_size: int = 100) -> dict:
+    """A part file of ``records`` written by ``ParquetWriter`` with ``provenance`` in its footer; its stats."""
+    kv = [(PROVENANCE_KEY, json.dumps(provenance))] if provenance is not None else []
     rows = [
         {
             "prompt": r.prompt,
@@ -65,16 +62,24 @@ def test_writer_stores_checksums_provenance_and_digest(
             "height": r.height,
             "width": r.width,
         }
-        for r in part_records[:30]
+        for r in records
     ]
-    with ParquetWriter(path, row_group_size=10, metadata=[(PROVENANCE_KEY, json.dumps(provenance))]) as w:
+    with ParquetWriter(path, row_group_size=row_group_size, metadata=kv) as w:
         w.submit(rows)
-    stats = w.close()
-    assert stats["sha256"] == _sha256(path)
+    return w.close()
+
+
+def test_writer_stores_checksums_provenance_and_digest(
+    tmp_path: Path, part_records: list[PartRecord]
+) -> None:
+    path = tmp_path / "part.parquet"
+    provenance = {"format": 1, "latent": "mean", "vae": {"class": "AutoencoderKL"}}
+    stats = _write(path, part_records[:30], provenance, row_group_size=10)
+    assert stats[FILE_DIGEST] == _digest(path)
     assert read_provenance(path) == provenance
     assert pq.read_metadata(path).metadata[PROVENANCE_KEY.encode()] == json.dumps(provenance).encode()
     table = pq.read_table(path)
-    assert [table.schema.field(c).type for c in CHECKSUM_COLUMNS] == [pa.uint32(), pa.uint32()]
+    assert [table.schema.field(c).type for c in CHECKSUM_COLUMNS] == [pa.uint64(), pa.uint64()]
     # The reference's readers still read the file: its ten columns, npy bytes, literal_eval.
     for i, r in enumerate(part_records[:30]):
         for k, name in enumerate(("latent1", "latent2")):
@@ -201,7 +206,7 @@ def test_verify_names_digest_checksum_and_column_damage(
     os.replace(_restored(part, clean), part)
     assert verify(out, progress=False).ok
     summary = verify(out, progress=False).summary()
-    assert "300 latents checked" in summary and "whole-file SHA-256: 1 of 1 files checked" in summary
+    assert "300 latents checked" in summary and "whole-file digests: 1 of 1 files checked" in summary
 
 
 def test_reference_files_are_read_and_reported_unchecked(reference_parts: Path) -> None:
@@ -221,23 +226,7 @@ def test_an_empty_directory_is_not_ok(tmp_path: Path) -> None:
 def test_index_refuses_mixed_provenance(
     tmp_path: Path, part_records: list[PartRecord], small_buckets_json
 ) -> None:
-    def part(path: Path, records: list[PartRecord], provenance: dict | None) -> None:
-        rows = [
-            {
-                "prompt": r.prompt,
-                "image1_path": r.image1_path,
-                "image2_path": "b.png",
-                "latent1": r.latent(1),
-                "latent2": r.latent(2),
-                "height": r.height,
-                "width": r.width,
-            }
-            for r in records
-        ]
-        kv = [(PROVENANCE_KEY, json.dumps(provenance))] if provenance is not None else []
-        with ParquetWriter(path, metadata=kv) as w:
-            w.submit(rows)
-
+    part = _write
     base = {
         "format": 1,
         "tool": "hpd-encode 0.1.0",
@@ -271,21 +260,7 @@ def test_repack_keeps_provenance_and_records_its_source(
     src = tmp_path / "src"
     src.mkdir()
     prov = {"format": 1, "latent": "mean", "seed": None}
-    with ParquetWriter(src / "part_rank00.parquet", metadata=[(PROVENANCE_KEY, json.dumps(prov))]) as w:
-        w.submit(
-            [
-                {
-                    "prompt": r.prompt,
-                    "image1_path": r.image1_path,
-                    "image2_path": "b.png",
-                    "latent1": r.latent(1),
-                    "latent2": r.latent(2),
-                    "height": r.height,
-                    "width": r.width,
-                }
-                for r in part_records[:10]
-            ]
-        )
+    _write(src / "part_rank00.parquet", part_records[:10], prov)
     repack(src, tmp_path / "dest", progress=False)
     got = read_provenance(tmp_path / "dest" / "part_rank00.parquet")
     assert got is not None
@@ -296,8 +271,8 @@ def test_repack_keeps_provenance_and_records_its_source(
         "file": "part_rank00.parquet",
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
-        "sha256": _sha256(src / "part_rank00.parquet"),
+        FILE_DIGEST: _digest(src / "part_rank00.parquet"),
     }
     manifest = json.loads((tmp_path / "dest" / MANIFEST).read_text())
-    assert manifest["files"][0]["sha256"] == _sha256(tmp_path / "dest" / "part_rank00.parquet")
+    assert manifest["files"][0][FILE_DIGEST] == _digest(tmp_path / "dest" / "part_rank00.parquet")
     assert verify(tmp_path / "dest", progress=False).files_digest_checked == 1

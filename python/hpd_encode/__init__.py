@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.provenance import read_provenance
     from hpd_encode.vae import DiffusersVae, LatentEncoder, load_vae
 
 # Name -> module that defines it; imported on first use.
@@ -65,6 +66,7 @@ _LAZY = {
     "DiffusersVae": "hpd_encode.vae",
     "load_vae": "hpd_encode.vae",
     "CheckReport": "hpd_encode.check",
+    "read_provenance": "hpd_encode.provenance",
 }
 
 
@@ -108,5 +110,6 @@ __all__ = [
     "probe_image",
     "probe_images",
     "read_index",
+    "read_provenance",
     "write_index",
 ]

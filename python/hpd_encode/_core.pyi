@@ -75,6 +75,7 @@ __all__ = [
     "LATENT_COMPRESSIONS",
     "LATENT_COLUMNS",
     "CHECKSUM_COLUMNS",
+    "FILE_DIGEST",
     "parquet_layout",
     "rank_in_group",
     "connected_components",
@@ -95,7 +96,7 @@ __all__ = [
     "clear_reader_cache",
     "check_part_columns",
     "footer_metadata",
-    "file_sha256",
+    "file_digest",
     "latent_checksum",
     "rewrite_part_file",
     "default_num_threads",
@@ -393,7 +394,7 @@ class ParquetWriter:
     Every column is zstd-compressed (``zstd_level``) except the latents:
     ``latent_compression="none"`` (default) stores them uncompressed (zstd
     saves ~8 % on float latents and halves read speed per core), ``"zstd"``
-    compresses them too. Each latent's CRC-32C goes into its checksum column
+    compresses them too. Each latent's checksum (XXH3) goes into its checksum column
     (``CHECKSUM_COLUMNS``); ``metadata`` (key, value) pairs go into the
     footer's key-value metadata (the provenance, under ``hpd_encode``)."""
 
@@ -427,7 +428,7 @@ class ParquetWriter:
     def close(self) -> dict[str, Any]:
         """Flush, write the footer, fsync and rename; returns statistics
         (``path``, ``rows``, ``row_groups``, ``bytes``, ``blocked_seconds``,
-        ``sha256``: the file's digest, computed as it was written; later
+        ``xxh3_128``: the file's digest, ``FILE_DIGEST``, computed as it was written; later
         calls return the same)."""
 
     def abort(self) -> None:
@@ -464,8 +465,10 @@ MAX_ROW_GROUP_SIZE: int
 LATENT_COMPRESSIONS: tuple[str, ...]
 #: The latent columns, in the order a pair holds them.
 LATENT_COLUMNS: tuple[str, ...]
-#: The CRC-32C column of each latent column (uint32), in the same order.
+#: The checksum column of each latent column (uint64, XXH3), in the same order.
 CHECKSUM_COLUMNS: tuple[str, ...]
+#: The whole-file digest's name and manifest key (``"xxh3_128"``).
+FILE_DIGEST: str
 
 def parquet_layout(path: _Path) -> tuple[list[int], list[str], int, str | None]:
     """``(rows per row group, top-level column names, rows, provenance)`` of a
@@ -652,7 +655,7 @@ def read_pairs(
     a damaged file or malformed ``.npy`` value, ``IndexError`` for a row group
     or row the file does not have, ``OSError`` when a file cannot be opened.
 
-    Each latent's bytes are checked against their stored CRC-32C (files without
+    Each latent's bytes are checked against their stored checksum (files without
     checksum columns are read unchecked) unless ``verify_checksums`` is false; a
     mismatch is a ``PartFileError``. ``expect`` gives, per request, the file's
     identity ``(st_dev, st_ino, st_size, st_mtime_ns)`` as the caller saw it (or
@@ -683,11 +686,12 @@ def check_part_columns(path: _Path) -> list[tuple[int, str, str]]:
 def footer_metadata(path: _Path) -> dict[str, str | None]:
     """The footer's key-value metadata of a part file."""
 
-def file_sha256(path: _Path) -> str:
-    """The SHA-256 of a file, in hex (read without the GIL)."""
+def file_digest(path: _Path) -> str:
+    """A file's digest (XXH3-128, 32 hex digits: what the manifest records
+    under ``FILE_DIGEST``), read without the GIL."""
 
 def latent_checksum(data: bytes) -> int:
-    """The CRC-32C the writer stores for a latent's bytes (its whole ``.npy`` value)."""
+    """The checksum (XXH3, 64 bits, seed 0) the writer stores for a latent's bytes (its whole ``.npy`` value)."""
 
 def rewrite_part_file(
     src: _Path,
@@ -701,5 +705,5 @@ def rewrite_part_file(
     core): every column and row group kept, checksum columns added when
     missing (checked when present), ``metadata`` as the footer's key-value
     metadata; atomic (temporary name, fsync, rename). Returns ``rows``,
-    ``row_groups``, ``bytes``, ``sha256`` and ``checksums_added``. Raises
+    ``row_groups``, ``bytes``, ``xxh3_128`` (``FILE_DIGEST``) and ``checksums_added``. Raises
     ``PartFileError`` for a source that is damaged or not a part file."""

@@ -7,7 +7,7 @@ Layout::
       part_rank00.parquet, part_rank00-0001.parquet, ...   committed part files
       .part_rank00.parquet.tmp-PID                         a part file being written
       manifest.json    settings, fingerprint, inputs, status ("running" | "complete"),
-                       files (name, rows, bytes, sha256 of each committed part file)
+                       files (name, rows, bytes, xxh3_128: each committed part file's digest)
       summary.json     the run summary
       failures.csv     every dropped or failed record
       .hpd-encode.lock held (flock) by the one process writing here
@@ -276,7 +276,7 @@ def prepare_output(
 
 def record_file(output_dir: Path, entry: dict[str, Any]) -> None:
     """Add (or replace) one committed part file's entry (``path``, ``rows``,
-    ``bytes``, ``sha256``) in the manifest's file list, as soon as it is
+    ``bytes``, ``xxh3_128``) in the manifest's file list, as soon as it is
     committed: a run killed later keeps the digests of the files it finished.
     Only the process holding the directory's lock calls this."""
     manifest = read_manifest(output_dir) or {}
@@ -312,25 +312,28 @@ def done_records(output_dir: Path) -> set[int]:
 
 
 def committed_files(output_dir: Path, known: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Name, rows, bytes and SHA-256 of every committed part file.
+    """Name, rows, bytes and digest (``schema.FILE_DIGEST``) of every committed part file.
 
     Rows come from the footers; the digest from ``known`` (entries recorded
     as the files were written: this run's and earlier runs') when its size
     agrees, else it is computed now (a file a killed torchrun rank committed
     without its digest reaching the manifest)."""
-    from hpd_encode._core import file_sha256, parquet_layout
+    from hpd_encode._core import file_digest, parquet_layout
+    from hpd_encode.schema import FILE_DIGEST
 
     digests = {
-        (f.get("path"), f.get("bytes")): f["sha256"] for f in known if isinstance(f, dict) and f.get("sha256")
+        (f.get("path"), f.get("bytes")): f[FILE_DIGEST]
+        for f in known
+        if isinstance(f, dict) and f.get(FILE_DIGEST)
     }
     out = []
     for p in list_part_files(output_dir):
         size = p.stat().st_size
         sha = digests.get((p.name, size))
         if sha is None:
-            log.info("computing the SHA-256 of %s (committed without a recorded digest)", p.name)
-            sha = file_sha256(p)
-        out.append({"path": p.name, "rows": parquet_layout(p)[2], "bytes": size, "sha256": sha})
+            log.info("computing the digest of %s (committed without a recorded one)", p.name)
+            sha = file_digest(p)
+        out.append({"path": p.name, "rows": parquet_layout(p)[2], "bytes": size, FILE_DIGEST: sha})
     return out
 
 
@@ -349,7 +352,7 @@ class PartRotator:
     ) -> None:
         """``metadata``: the footer's key-value metadata of every file (the
         provenance); ``on_commit(entry)`` is called with each committed file's
-        manifest entry (``path``, ``rows``, ``bytes``, ``sha256``)."""
+        manifest entry (``path``, ``rows``, ``bytes``, ``xxh3_128``)."""
         self.output_dir, self.rank = output_dir, rank
         self.latent_compression = latent_compression
         self.metadata = list(metadata or [])
@@ -412,11 +415,13 @@ class PartRotator:
         if self.writer is not None:
             stats = self.writer.close()
             self.blocked_s += stats["blocked_seconds"]
+            from hpd_encode.schema import FILE_DIGEST
+
             entry = {
                 "path": Path(stats["path"]).name,
                 "rows": stats["rows"],
                 "bytes": stats["bytes"],
-                "sha256": stats["sha256"],
+                FILE_DIGEST: stats[FILE_DIGEST],
             }
             self.files.append(entry)
             log.debug("committed %s (%d rows)", stats["path"], stats["rows"])

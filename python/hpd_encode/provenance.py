@@ -11,7 +11,7 @@ Hugging Face ``datasets`` keep theirs; every Parquet reader keeps it)::
      "alpha": "drop", "down_factor": 8, "buckets": {"buckets": [[256, 256], ...], ...}}
 
 ``repack`` keeps it and adds ``"repack"``: the source file's name, size,
-mtime and SHA-256, and the latent codec (what lets a rerun prove that a
+mtime and digest, and the latent codec (what lets a rerun prove that a
 finished destination file came from this source).
 
 :func:`read_provenance` reads it back; :func:`check_same_provenance` is what

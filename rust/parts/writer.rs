@@ -11,9 +11,9 @@
 //! its final name, fsynced, once complete: a killed process never leaves a
 //! file that looks complete and isn't.
 //!
-//! Every latent's CRC-32C goes into a typed column beside it
+//! Every latent's checksum (XXH3) goes into a typed column beside it
 //! ([`CHECKSUM_COLUMNS`]), and the writer hashes the file as it writes it
-//! (SHA-256, [`WriterStats::sha256`], for the manifest). Key-value metadata
+//! (XXH3-128, [`WriterStats::digest`], for the manifest). Key-value metadata
 //! ([`WriterOptions::metadata`]: the provenance) goes into the footer.
 //!
 //! The writer is one definition of the part file shared with Python:
@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::builder::{
-    BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder,
+    BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, BinaryViewArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -72,8 +72,8 @@ pub enum ColumnType {
     Float64,
     /// `list<int64>` (the latent shapes).
     Int64List,
-    /// Parquet INT32 annotated unsigned (the latent checksums).
-    UInt32,
+    /// Parquet INT64 annotated unsigned (the latent checksums).
+    UInt64,
 }
 
 impl ColumnType {
@@ -87,7 +87,7 @@ impl ColumnType {
             Self::Int32 => "int32",
             Self::Float64 => "float64",
             Self::Int64List => "list<int64>",
-            Self::UInt32 => "uint32",
+            Self::UInt64 => "uint64",
         }
     }
 
@@ -99,7 +99,7 @@ impl ColumnType {
             Self::Int32 => DataType::Int32,
             Self::Float64 => DataType::Float64,
             Self::Int64List => DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
-            Self::UInt32 => DataType::UInt32,
+            Self::UInt64 => DataType::UInt64,
         }
     }
 }
@@ -131,13 +131,13 @@ pub const PART_COLUMNS: [(&str, ColumnType); 23] = [
     ("orig_chosen_width", ColumnType::Int64),
     ("orig_rejected_height", ColumnType::Int64),
     ("orig_rejected_width", ColumnType::Int64),
-    // The CRC-32C of each latent's stored bytes (its whole `.npy` value), computed by the writer.
-    ("latent1_crc32c", ColumnType::UInt32),
-    ("latent2_crc32c", ColumnType::UInt32),
+    // The checksum (XXH3, 64 bits) of each latent's stored bytes (its whole `.npy` value), computed by the writer.
+    ("latent1_xxh3", ColumnType::UInt64),
+    ("latent2_xxh3", ColumnType::UInt64),
 ];
 
 /// The checksum column of each of [`LATENT_COLUMNS`], in the same order.
-pub const CHECKSUM_COLUMNS: [&str; 2] = ["latent1_crc32c", "latent2_crc32c"];
+pub const CHECKSUM_COLUMNS: [&str; 2] = ["latent1_xxh3", "latent2_xxh3"];
 
 /// How many of [`PART_COLUMNS`] (the first ones) are the reference's.
 pub const REFERENCE_COLUMN_COUNT: usize = 10;
@@ -397,8 +397,8 @@ pub struct WriterStats {
     /// Time `submit` calls spent waiting on a full queue (back-pressure),
     /// summed over the threads that submitted.
     pub blocked_seconds: f64,
-    /// SHA-256 of the file's bytes (hex), computed as they were written.
-    pub sha256: String,
+    /// The file's digest (XXH3-128, hex: [`crate::parts::digest::FILE_DIGEST`]), computed as it was written.
+    pub digest: String,
 }
 
 /// The part file's Arrow schema, from [`PART_COLUMNS`].
@@ -446,7 +446,7 @@ fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray;
     let mut confidence = Float64Builder::with_capacity(rows.len());
     rows.iter().for_each(|r| confidence.append_value(r.confidence));
     let checksums = |f: fn(&Row) -> &Latent| -> ArrayRef {
-        let mut b = UInt32Builder::with_capacity(rows.len());
+        let mut b = UInt64Builder::with_capacity(rows.len());
         rows.iter().for_each(|r| b.append_value(latent_checksum(f(r).npy())));
         Arc::new(b.finish())
     };
@@ -694,7 +694,7 @@ impl Sink {
         Ok(())
     }
 
-    /// Write the footer, flush and fsync the file: its row groups and SHA-256.
+    /// Write the footer, flush and fsync the file: its row groups and digest.
     pub(crate) fn finish(mut self) -> Result<(u64, String)> {
         let meta = self.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
         let buffered = self.writer.inner_mut();
@@ -711,7 +711,7 @@ struct Shared {
     queued_rows: AtomicU64,
 }
 
-/// Rows, row groups and SHA-256 of a finished file.
+/// Rows, row groups and digest of a finished file.
 type SinkResult = Result<(u64, u64, String)>;
 
 /// Where the file is in its life; guarded by one mutex so `close` and
@@ -871,7 +871,7 @@ impl PartWriter {
 
     fn finish(&self, thread: JoinHandle<SinkResult>) -> Result<WriterStats> {
         let joined = thread.join().map_err(|_| Error::Writer("the writer thread panicked".into())).and_then(|r| r);
-        let (rows, row_groups, sha256) = match joined {
+        let (rows, row_groups, digest) = match joined {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);
@@ -880,7 +880,7 @@ impl PartWriter {
         };
         let bytes = publish(&self.tmp, &self.path)?;
         let blocked_seconds = self.blocked_ns.load(Ordering::Relaxed) as f64 * 1e-9;
-        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds, sha256 })
+        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds, digest })
     }
 
     /// Stop without publishing anything: the temporary file is removed. After
@@ -938,8 +938,8 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Sink
     let finish = (|| -> SinkResult {
         sink.write_pending(true)?;
         let rows = sink.rows;
-        let (row_groups, sha256) = sink.finish()?;
-        Ok((rows, row_groups, sha256))
+        let (row_groups, digest) = sink.finish()?;
+        Ok((rows, row_groups, digest))
     })();
     if let Err(e) = &finish {
         fail(e);
@@ -977,6 +977,13 @@ pub(crate) mod tests {
             latent1: lat(i as f32),
             latent2: lat(-(i as f32)),
         }
+    }
+
+    /// Rows `0..n` ([`row`]) written to `path` in row groups of `row_group_size`.
+    pub(crate) fn write_rows(path: &Path, n: i64, row_group_size: usize) {
+        let w = PartWriter::create(path, WriterOptions { row_group_size, ..WriterOptions::default() }).unwrap();
+        w.submit((0..n).map(row).collect(), || Ok(())).unwrap();
+        w.close().unwrap();
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -1219,7 +1226,7 @@ pub(crate) mod tests {
         for (field, _) in ROW_FIELDS {
             assert!(columns.contains(&field), "{field}");
         }
-        let derived = ["detailed_results", "latent1_shape", "latent2_shape", "latent1_crc32c", "latent2_crc32c"];
+        let derived = ["detailed_results", "latent1_shape", "latent2_shape", "latent1_xxh3", "latent2_xxh3"];
         for c in columns.iter().filter(|c| !derived.contains(c)) {
             assert!(ROW_FIELDS.iter().any(|(f, _)| f == c), "{c}");
         }
@@ -1228,7 +1235,7 @@ pub(crate) mod tests {
     #[test]
     fn footer_metadata_checksums_and_digest() {
         use arrow_array::cast::AsArray;
-        use arrow_array::types::UInt32Type;
+        use arrow_array::types::UInt64Type;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let dir = temp_dir("meta");
         let path = dir.join("part.parquet");
@@ -1237,7 +1244,7 @@ pub(crate) mod tests {
         let rows: Vec<Row> = (0..12).map(row).collect();
         w.submit(rows.clone(), || Ok(())).unwrap();
         let stats = w.close().unwrap();
-        assert_eq!(stats.sha256, crate::parts::digest::file_sha256(&path).unwrap(), "hashed as written");
+        assert_eq!(stats.digest, crate::parts::digest::file_digest(&path).unwrap(), "hashed as written");
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
         assert!(kv.iter().any(|e| e.key == "hpd_encode" && e.value.as_deref() == Some(r#"{"seed":7}"#)));
@@ -1247,7 +1254,7 @@ pub(crate) mod tests {
             let batch = batch.unwrap();
             let crc: Vec<_> = CHECKSUM_COLUMNS
                 .iter()
-                .map(|c| batch.column_by_name(c).unwrap().as_primitive::<UInt32Type>().clone())
+                .map(|c| batch.column_by_name(c).unwrap().as_primitive::<UInt64Type>().clone())
                 .collect();
             for i in 0..batch.num_rows() {
                 assert_eq!(crc[0].value(i), latent_checksum(rows[n].latent1.npy()));

@@ -47,7 +47,7 @@ fn identity_of((dev, ino, len, mtime_ns): PyIdentity) -> Identity {
 /// `read_pairs(requests, *, num_threads=None, verify_checksums=True, expect=None)
 /// -> list[tuple[ndarray, ndarray]]`: the two latents of each `(part_file,
 /// row_group, row)`, in request order, each checked against its stored
-/// CRC-32C unless `verify_checksums` is false. `expect` gives, per request,
+/// checksum (XXH3) unless `verify_checksums` is false. `expect` gives, per request,
 /// the file's identity `(st_dev, st_ino, st_size, st_mtime_ns)` as the caller
 /// saw it (or None): a file replaced since raises `PartFileChangedError`.
 /// Raises on the first request that cannot be read.
@@ -145,22 +145,23 @@ pub fn footer_metadata<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'p
     Ok(d)
 }
 
-/// `file_sha256(path) -> str`: the SHA-256 of a file (hex), read without the GIL.
+/// `file_digest(path) -> str`: a file's digest (XXH3-128, 32 hex digits: the
+/// manifest's `FILE_DIGEST`), read without the GIL.
 #[pyfunction]
-pub fn file_sha256(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    Ok(py.detach(|| digest::file_sha256(&path))?)
+pub fn file_digest(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    Ok(py.detach(|| digest::file_digest(&path))?)
 }
 
-/// `latent_checksum(data) -> int`: the CRC-32C the writer stores for a latent's bytes.
+/// `latent_checksum(data) -> int`: the checksum (XXH3, 64 bits) the writer stores for a latent's bytes.
 #[pyfunction]
-pub fn latent_checksum(data: &Bound<'_, PyBytes>) -> u32 {
+pub fn latent_checksum(data: &Bound<'_, PyBytes>) -> u64 {
     digest::latent_checksum(data.as_bytes())
 }
 
 /// `rewrite_part_file(src, dest, *, latent_compression="none", zstd_level=1,
 /// metadata=None) -> dict`: `repack`'s rewrite of one part file into the
 /// page layout (see `rust/parts/rewrite.rs`); `metadata` is the footer's
-/// key-value metadata. Returns `{"rows", "row_groups", "bytes", "sha256",
+/// key-value metadata. Returns `{"rows", "row_groups", "bytes", FILE_DIGEST,
 /// "checksums_added"}`.
 #[pyfunction]
 #[pyo3(signature = (src, dest, *, latent_compression="none", zstd_level=1, metadata=None))]
@@ -183,7 +184,7 @@ pub fn rewrite_part_file<'py>(
     d.set_item("rows", done.stats.rows)?;
     d.set_item("row_groups", done.stats.row_groups)?;
     d.set_item("bytes", done.stats.bytes)?;
-    d.set_item("sha256", done.stats.sha256)?;
+    d.set_item(digest::FILE_DIGEST, done.stats.digest)?;
     d.set_item("checksums_added", done.checksums_added)?;
     Ok(d)
 }

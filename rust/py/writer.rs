@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple};
 
 use crate::error::Error;
+use crate::parts::digest::FILE_DIGEST;
 use crate::parts::writer::{
     reference_columns, temp_path, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
     CHECKSUM_COLUMNS, LATENT_COLUMNS, LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS,
@@ -252,7 +253,7 @@ impl PyParquetWriter {
         d.set_item("row_groups", stats.row_groups)?;
         d.set_item("bytes", stats.bytes)?;
         d.set_item("blocked_seconds", stats.blocked_seconds)?;
-        d.set_item("sha256", stats.sha256)?;
+        d.set_item(FILE_DIGEST, stats.digest)?;
         Ok(d.unbind())
     }
 }
@@ -392,5 +393,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LATENT_COMPRESSIONS", PyTuple::new(m.py(), LatentCompression::NAMES)?)?;
     m.add("LATENT_COLUMNS", PyTuple::new(m.py(), LATENT_COLUMNS)?)?;
     m.add("CHECKSUM_COLUMNS", PyTuple::new(m.py(), CHECKSUM_COLUMNS)?)?;
+    m.add("FILE_DIGEST", FILE_DIGEST)?;
     Ok(())
 }

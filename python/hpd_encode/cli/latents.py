@@ -39,10 +39,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "verify",
         parents=[common],
         help="read and check every row of an output directory",
-        description="Read every latent of every part file and check its bytes against its stored CRC-32C, "
+        description="Read every latent of every part file and check its bytes against its stored checksum, "
         "its .npy header, dtype, shape (against latent*_shape), that its values are finite; decode every "
         "page of the other columns; check that record_index is unique and that the part files agree with "
-        "manifest.json (each file's SHA-256 when it records one). Every problem names its file, row group "
+        "manifest.json (each file's digest when it records one). Every problem names its file, row group "
         "and row. With --reencode N, then encode N random rows again from their source images with the "
         "recorded settings and name every row that differs. Exit status 1 on any problem.",
     )

@@ -8,7 +8,7 @@ read by the Rust reader (``hpd_encode._core.read_pairs``): only the pages of
 the rows asked for, in parallel, without the GIL. Older files are read a row
 group at a time, with decoded row groups kept in a small LRU cache, so reading
 them in index order (file and row-group order) reads each row group once.
-Every latent is checked against its stored CRC-32C when the file has one
+Every latent is checked against its stored checksum (XXH3) when the file has one
 (``verify_checksums=False`` opts out).
 
 Each part file is opened once per process, and everything read from it is
@@ -193,7 +193,7 @@ class LatentPairDataset:
     process (default: all cores; with many DataLoader workers, 1 or 2 is
     plenty).
 
-    Every latent read is checked against its stored CRC-32C (files written
+    Every latent read is checked against its stored checksum (files written
     since checksums exist; the reference's files have none and are read
     unchecked): a damaged latent raises
     :class:`~hpd_encode.errors.PartFileError` naming its file, row group and
@@ -430,8 +430,8 @@ def _old_layout_latent(cols: dict[str, Any], r: int, where: str, k: int) -> np.n
     stored = cols[CHECKSUM_COLUMNS[k]][r].as_py() if CHECKSUM_COLUMNS[k] in cols else None
     if stored is not None and latent_checksum(data) != stored:
         raise PartFileError(
-            f"{where}: {name}: checksum mismatch: {CHECKSUM_COLUMNS[k]} says {stored:#010x}, the stored "
-            f"bytes give {latent_checksum(data):#010x}: the latent is damaged; restore the file or encode it again"
+            f"{where}: {name}: checksum mismatch: {CHECKSUM_COLUMNS[k]} says {stored:#018x}, the stored "
+            f"bytes give {latent_checksum(data):#018x}: the latent is damaged; restore the file or encode it again"
         )
     return np.load(io.BytesIO(data), allow_pickle=False)
 

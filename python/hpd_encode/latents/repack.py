@@ -15,14 +15,14 @@ row-group boundaries, so an index built on the repacked directory equals the
 one built on the source except for the paths. A source without checksum
 columns gets them; a source with them has every latent checked first (a
 damaged source is refused, never copied under fresh checksums), and a source
-whose manifest records its SHA-256 is compared with it.
+whose manifest records its digest is compared with it.
 
 Each destination file's footer keeps the source's metadata (its provenance
 included) and records where it came from (``"repack"`` in the provenance:
-the source's name, size, mtime and SHA-256, and the latent codec). Files are
+the source's name, size, mtime and digest, and the latent codec). Files are
 written under a temporary name, fsynced and renamed; a rerun skips a
 destination file only when that record proves it is a finished repack of
-this very source file (same size, mtime and SHA-256, same codec).
+this very source file (same size, mtime and digest, same codec).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from hpd_encode.output_dir import (
     write_json_atomic,
 )
 from hpd_encode.provenance import PROVENANCE_KEY, parse_provenance, provenance_json
-from hpd_encode.schema import CHECKSUM_COLUMNS, LATENT_COMPRESSIONS, TEMP_RE, temp_name
+from hpd_encode.schema import CHECKSUM_COLUMNS, FILE_DIGEST, LATENT_COMPRESSIONS, TEMP_RE, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _check_dirs(src: Path, dest: Path) -> None:
 
 
 def _source_facts(src: Path) -> dict[str, Any]:
-    """What identifies a source file, its SHA-256 aside: name, size, mtime."""
+    """What identifies a source file, its digest aside: name, size, mtime."""
     st = src.stat()
     return {"file": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -139,9 +139,9 @@ def _recorded_source(dest: Path) -> dict[str, Any] | None:
 def _is_proven_copy(src: Path, dest: Path, latent_compression: str) -> bool:
     """True when ``dest`` is a finished repack of this very ``src``: its
     footer records the source's name, size and mtime as they are now, the
-    same codec, and the SHA-256 ``src`` has now (read only when the rest
+    same codec, and the digest ``src`` has now (read only when the rest
     agrees), and it is in the paged layout with the source's row groups."""
-    from hpd_encode._core import file_sha256, latent_layout, parquet_layout
+    from hpd_encode._core import file_digest, latent_layout, parquet_layout
 
     if not dest.is_file():
         return False
@@ -157,7 +157,7 @@ def _is_proven_copy(src: Path, dest: Path, latent_compression: str) -> bool:
         src_rows = parquet_layout(src)[0]
     except (OSError, ValueError, IndexError):
         return False
-    return bool(paged and rows == src_rows and source.get("sha256") == file_sha256(src))
+    return bool(paged and rows == src_rows and source.get(FILE_DIGEST) == file_digest(src))
 
 
 def _footer_metadata(src: Path, source: dict[str, Any], latent_compression: str) -> list[tuple[str, str]]:
@@ -174,16 +174,16 @@ def _footer_metadata(src: Path, source: dict[str, Any], latent_compression: str)
 
 def _repack_file(src: Path, dest: Path, latent_compression: str, recorded_sha: str | None) -> dict[str, Any]:
     """Rewrite one file through the Rust writer; returns its stats."""
-    from hpd_encode._core import file_sha256, rewrite_part_file
+    from hpd_encode._core import file_digest, rewrite_part_file
 
     facts = _source_facts(src)
-    sha = file_sha256(src)
+    sha = file_digest(src)
     if recorded_sha is not None and sha != recorded_sha:
         raise PartFileError(
-            f"'{src}': its SHA-256 is {sha}, its manifest.json records {recorded_sha}: the source changed or is "
+            f"'{src}': its digest is {sha}, its manifest.json records {recorded_sha}: the source changed or is "
             "damaged since it was written; nothing was written for it (verify the source directory)"
         )
-    metadata = _footer_metadata(src, {**facts, "sha256": sha}, latent_compression)
+    metadata = _footer_metadata(src, {**facts, FILE_DIGEST: sha}, latent_compression)
     stats = rewrite_part_file(src, dest, latent_compression=latent_compression, metadata=metadata)
     if _source_facts(src) != facts:
         dest.unlink(missing_ok=True)
@@ -209,11 +209,11 @@ def _refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> None:
 
 
 def _manifest_digests(manifest: dict[str, Any] | None) -> dict[tuple[str, Any], str]:
-    """``(file name, bytes) -> sha256`` of a manifest's file entries."""
+    """``(file name, bytes) -> digest`` of a manifest's file entries."""
     return {
-        (str(f.get("path")), f.get("bytes")): f["sha256"]
+        (str(f.get("path")), f.get("bytes")): f[FILE_DIGEST]
         for f in (manifest or {}).get("files") or []
-        if isinstance(f, dict) and isinstance(f.get("sha256"), str)
+        if isinstance(f, dict) and isinstance(f.get(FILE_DIGEST), str)
     }
 
 
@@ -231,12 +231,12 @@ def repack(
     encode run has not completed (unless ``allow_partial``), and a
     destination another process holds. ``manifest.json``, ``summary.json``
     and ``failures.csv`` are copied (the manifest's file list describes the
-    new files, with their SHA-256). Rerunning after an interruption skips
+    new files, with their digests). Rerunning after an interruption skips
     the files proven done (see the module's description).
     ``latent_compression`` is ``"none"`` (default) or ``"zstd"``.
     """
     _check_codec(latent_compression)
-    from hpd_encode._core import file_sha256, parquet_layout
+    from hpd_encode._core import file_digest, parquet_layout
 
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)
@@ -267,18 +267,18 @@ def repack(
             if _is_proven_copy(part, target, latent_compression):
                 report.files_skipped.append(part.name)
                 out_size = target.stat().st_size
-                sha = old_digests.get((part.name, out_size)) or file_sha256(target)
+                sha = old_digests.get((part.name, out_size)) or file_digest(target)
                 rows = parquet_layout(target)[2]
             else:
                 stats = _repack_file(part, target, latent_compression, source_digests.get((part.name, size)))
-                rows, sha, out_size = stats["rows"], stats["sha256"], stats["bytes"]
+                rows, sha, out_size = stats["rows"], stats[FILE_DIGEST], stats["bytes"]
                 report.files_written.append(part.name)
                 if stats["checksums_added"]:
                     report.checksums_added.append(part.name)
                 report.bytes_read += size
                 report.bytes_written += out_size
             report.rows += rows
-            files.append({"path": part.name, "rows": rows, "bytes": out_size, "sha256": sha})
+            files.append({"path": part.name, "rows": rows, "bytes": out_size, FILE_DIGEST: sha})
             if bar is not None:
                 bar.update(size)
         if bar is not None:

@@ -4,7 +4,7 @@
 (row groups in parallel, large sequential reads, the ``.npy`` checks in Rust)
 and checks:
 
-- each value's bytes against the CRC-32C stored beside it (files without
+- each value's bytes against the checksum (XXH3) stored beside it (files without
   the checksum columns, the reference's and older ones, are reported as
   unchecked: a flipped bit inside their float data is only caught when it
   makes a NaN or an infinity);
@@ -14,8 +14,8 @@ and checks:
 - every page of every other column decodes;
 - ``record_index`` (when the files have it) is unique across the directory;
 - the part files agree with ``manifest.json``: files listed but missing,
-  present but not listed, row counts that differ, and each file's SHA-256
-  when the manifest records it (then every changed byte of the file, page
+  present but not listed, row counts that differ, and each file's digest
+  (XXH3-128) when the manifest records it (then every changed byte of the file, page
   headers and footer included, is found).
 
 A directory without part files is a problem, not "OK". Each problem names
@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from hpd_encode.errors import InputNotFoundError, OutputBusyError
 from hpd_encode.output_dir import LOCK_FILE, list_part_files, read_lock_holder, require_complete
+from hpd_encode.schema import FILE_DIGEST
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class VerifyReport:
     latents: int = 0
     #: Latents read whose file stores no checksum (their bytes are unchecked).
     latents_unchecked: int = 0
-    #: Files whose SHA-256 was compared with the one ``manifest.json`` records.
+    #: Files whose digest was compared with the one ``manifest.json`` records.
     files_digest_checked: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -117,7 +118,7 @@ class VerifyReport:
                 if self.latents_unchecked
                 else ""
             )
-            + f"; whole-file SHA-256: {self.files_digest_checked} of {self.files} files checked"
+            + f"; whole-file digests: {self.files_digest_checked} of {self.files} files checked"
             + ("" if self.files_digest_checked == self.files else " (the others have none in manifest.json)")
         )
         if self.ok:
@@ -194,14 +195,14 @@ def _read_file(path: Path, threads: int | None) -> _Read:
 
 
 def _digest(path: Path, want: str | None) -> Problem | bool:
-    """Compare the file's SHA-256 with the one the manifest records (False:
+    """Compare the file's digest with the one the manifest records (False:
     none recorded; True: equal)."""
-    from hpd_encode._core import file_sha256
+    from hpd_encode._core import file_digest
 
     if not want:
         return False
     try:
-        got = file_sha256(path)
+        got = file_digest(path)
     except OSError as e:
         return Problem(str(path), None, None, "unreadable_file", str(e))
     if got != want:
@@ -210,7 +211,7 @@ def _digest(path: Path, want: str | None) -> Problem | bool:
             None,
             None,
             "digest",
-            f"its SHA-256 is {got}, manifest.json records {want}: the file changed or is damaged "
+            f"its digest (XXH3-128) is {got}, manifest.json records {want}: the file changed or is damaged "
             "since it was written; restore it, or encode it again",
         )
     return True
@@ -247,7 +248,7 @@ def _check_file(path: Path, read: _Read, report: VerifyReport, seen: dict[int, t
                         group,
                         row,
                         "checksum",
-                        f"{column}'s bytes give CRC-32C {computed:#010x}, {column}_crc32c says {stored:#010x}: "
+                        f"{column}'s bytes give checksum {computed:#018x}, {column}_xxh3 says {stored:#018x}: "
                         "the latent is damaged",
                     )
                 )
@@ -369,8 +370,8 @@ def verify(
         for entry in manifest.get("files") or []:
             if isinstance(entry, dict) and "path" in entry:
                 listed[str(entry["path"])] = entry.get("rows")
-                if isinstance(entry.get("sha256"), str):
-                    digests[str(entry["path"])] = entry["sha256"]
+                if isinstance(entry.get(FILE_DIGEST), str):
+                    digests[str(entry["path"])] = entry[FILE_DIGEST]
     if not parts:
         report.problems.append(
             Problem(str(out), None, None, "no_part_files", "it holds no part files (part_rankNN*.parquet)")
