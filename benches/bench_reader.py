@@ -23,6 +23,11 @@ Each cold (the part files' pages dropped from the page cache with
 ``posix_fadvise(DONTNEED)`` before each batch) and warm. Reports pairs/s,
 MB/s of latents delivered, bytes read from storage per pair
 (``/proc/self/io`` ``read_bytes``) and the ratio to the reference.
+
+Then the cost of checking every latent's checksum (XXH3) on warm reads:
+``__getitems__`` with the check (the default) and with
+``verify_checksums=False``, in alternating turns (``--turns``, best of each),
+as the ratio of GB of latents per CPU-second (target: at most 5 % lower).
 ``verify`` beside a plain sequential read is ``benches/bench_verify.py``.
 
 Usage::
@@ -176,6 +181,29 @@ def measure(
     }
 
 
+def checksum_cost(index, files: list[Path], batches: list[list[int]], seconds: float, turns: int) -> None:
+    """Warm ``__getitems__`` with and without the per-latent checksum check, in alternating turns."""
+    from hpd_encode.latents.reader import LatentPairDataset
+
+    warm_cache(files)
+    readers = {
+        "checked (default)": LatentPairDataset(index),
+        "verify_checksums=False": LatentPairDataset(index, verify_checksums=False),
+    }
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(turns):
+        for name, ds in readers.items():
+            ds.__getitems__(batches[-1])  # open files, fill footers and stored checksums
+            res = measure(lambda b, ds=ds: ds.__getitems__(b) and None, batches, files, False, seconds, False)
+            if name not in best or res["gb_cpu_s"] > best[name]["gb_cpu_s"]:
+                best[name] = res
+    base = best["verify_checksums=False"]
+    print(f"\nchecksum cost, warm __getitems__ of {BATCH} pairs (best of {turns} alternating turns):")
+    print(f"{'reader':26} {'pairs/s':>9} {'GB/CPU-s':>9} {'vs unchecked':>13}")
+    for name, r in best.items():
+        print(f"{name:26} {r['pairs_s']:9.1f} {r['gb_cpu_s']:9.2f} {r['gb_cpu_s'] / base['gb_cpu_s']:12.3f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=1024, help="pairs per layout (2 MiB each)")
@@ -183,6 +211,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="time limit per measurement")
     ap.add_argument("--data", type=Path, default=None, help="where to put the files (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--turns", type=int, default=5, help="alternating turns of the checksum-cost measurement")
     ap.add_argument(
         "--latent-compression",
         choices=("none", "zstd"),
@@ -246,6 +275,7 @@ def main() -> None:
             "(read/pair: bytes read from storage per pair, over the pair's own 2 MiB of latents; "
             "GB/CPU-s: GB of latents per CPU-second of the whole process)"
         )
+        checksum_cost(new_index, new, batches, args.seconds, args.turns)
 
     finally:
         if not args.keep:

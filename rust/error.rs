@@ -97,6 +97,10 @@ pub enum Error {
     /// A request to the object store failed (names the URL and HTTP status).
     #[error("{0}")]
     Store(crate::parts::store::StoreError),
+    /// A part file (or a value in it) that cannot be used as it is: damaged,
+    /// or not a part file; `message` says where and what to do.
+    #[error("'{path}': {message}")]
+    PartFile { path: String, message: String },
 }
 
 impl Error {

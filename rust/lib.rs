@@ -67,6 +67,11 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         wrap_pyfunction!(py::store::reset_object_store_stats, m)?,
         wrap_pyfunction!(py::store::read_row_group_columns, m)?,
         wrap_pyfunction!(py::reader::part_file_columns, m)?,
+        wrap_pyfunction!(py::reader::check_part_columns, m)?,
+        wrap_pyfunction!(py::reader::footer_metadata, m)?,
+        wrap_pyfunction!(py::reader::file_digest, m)?,
+        wrap_pyfunction!(py::reader::latent_checksum, m)?,
+        wrap_pyfunction!(py::reader::rewrite_part_file, m)?,
     ] {
         m.add_function(f)?;
     }

@@ -132,7 +132,9 @@ def write_reference_part(
 
 
 def write_ours_part(path: Path, records: Sequence[PartRecord]) -> None:
-    """A part file with hpd-encode's schema (``PART_SCHEMA``: reference columns + typed extras)."""
+    """A part file with hpd-encode's schema (``PART_SCHEMA``: reference columns + typed extras and
+    checksums), written by pyarrow (one row group's latents in one page: the old layout)."""
+    from hpd_encode._core import latent_checksum
     from hpd_encode.schema import PART_SCHEMA
 
     def hw(v: tuple[int, int] | None, i: int) -> int | None:
@@ -162,6 +164,8 @@ def write_ours_part(path: Path, records: Sequence[PartRecord]) -> None:
         "orig_rejected_height": [hw(r.orig_rejected, 0) for r in records],
         "orig_rejected_width": [hw(r.orig_rejected, 1) for r in records],
     }
+    for name, latents in (("latent1_xxh3", columns["latent1"]), ("latent2_xxh3", columns["latent2"])):
+        columns[name] = [latent_checksum(v) for v in latents]
     pq.write_table(pa.table(columns, schema=PART_SCHEMA), path, row_group_size=100, compression="zstd")
 
 

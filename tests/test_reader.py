@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
+import os
 import pickle
 import shutil
 from collections import Counter
@@ -17,7 +19,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import SMALL_BUCKETS, PartRecord
+from conftest import SMALL_BUCKETS, PartRecord, write_reference_part, write_with_encoder
 from hpd_encode._core import latent_layout, read_pairs
 from hpd_encode.errors import PartFileError
 from hpd_encode.index import build_index, read_index, write_index
@@ -148,6 +150,35 @@ def test_pickles_without_its_cache(ref_index: Path) -> None:
     with ds:
         ds[1]
     assert torch.equal(ds[0]["latent1"], first["latent1"])  # reopens after close()
+
+
+@pytest.mark.parametrize("writer", ["encoder", "reference"])
+def test_a_part_replaced_by_rename_is_read_afresh(
+    tmp_path: Path, part_records: list[PartRecord], small_buckets_json: Path, writer: str
+) -> None:
+    """Hostile finding 3 of issue 24: after a part is replaced by an atomic rename (same shapes),
+    an item must not pair the old file's prompt and votes with the new file's latents."""
+    records = [r for r in part_records[:120] if (r.height, r.width) in SMALL_BUCKETS]
+    other = [
+        dataclasses.replace(r, rec=r.rec + 5000, prompt=r.prompt + " (new)", votes_chosen=9) for r in records
+    ]
+    write = write_with_encoder if writer == "encoder" else write_reference_part
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    part = parts / "part_rank00.parquet"
+    write(part, records)
+    ds = LatentPairDataset(build_index(parts, buckets=small_buckets_json, max_per_prompt=None))
+    before = ds.__getitems__([0, 1, 2])
+    assert [record_of(item, part_records).prompt for item in before] == [item["prompt"] for item in before]
+    staged = tmp_path / "staged.parquet"
+    write(staged, other)
+    os.replace(staged, part)
+    after = ds.__getitems__([0, 1, 2])
+    for old, new in zip(before, after):
+        rec = int(new["latent1"][0, 0, 0])
+        assert rec == int(old["latent1"][0, 0, 0]) + 5000, "the new file's latents"
+        assert new["prompt"] == old["prompt"] + " (new)", "and the new file's prompt with them"
+        assert new["votes_chosen"] == 9
 
 
 # ---------------------------------------------------------------------------
@@ -311,6 +342,7 @@ def seeded_parts(
                 "latent1": pa.array([_npy_bytes(a) for a, _ in pairs], pa.binary()),
                 "latent2": pa.array([_npy_bytes(b) for _, b in pairs], pa.binary()),
                 "latent1_shape": [list(a.shape) for a, _ in pairs],
+                "latent2_shape": [list(b.shape) for _, b in pairs],
             }
         )
         path = root / f"part_rank{k:02d}.parquet"
@@ -463,7 +495,15 @@ def test_bad_npy_bytes_name_file_row_group_and_row(tmp_path: Path, value: object
     }.get(value, value)  # type: ignore[arg-type]
     latent2 = [_npy_bytes(good)] * 25
     latent2[13] = bad
-    table = pa.table({"latent1": [_npy_bytes(good)] * 25, "latent2": pa.array(latent2, pa.binary())})
+    shapes = [list(good.shape)] * 25
+    table = pa.table(
+        {
+            "latent1": [_npy_bytes(good)] * 25,
+            "latent2": pa.array(latent2, pa.binary()),
+            "latent1_shape": shapes,
+            "latent2_shape": shapes,
+        }
+    )
     path = tmp_path / "part_rank00.parquet"
     write_paged_table(table, path, row_group_size=10)
     assert read_pairs([(path, 1, 2)])[0][0].shape == (2, 3, 3)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from hpd_encode.index import build_index, read_index, write_index
     from hpd_encode.latents.reader import BucketBatchSampler, LatentPairDataset
     from hpd_encode.pipeline import EncodeOptions, EncodeSummary, PlanReport, encode
+    from hpd_encode.provenance import read_provenance
     from hpd_encode.transfer import PushReport, pull, push
     from hpd_encode.vae import DiffusersVae, LatentEncoder, load_vae
 
@@ -69,6 +70,7 @@ _LAZY = {
     "push": "hpd_encode.transfer",
     "pull": "hpd_encode.transfer",
     "PushReport": "hpd_encode.transfer",
+    "read_provenance": "hpd_encode.provenance",
 }
 
 
@@ -115,5 +117,6 @@ __all__ = [
     "push",
     "probe_images",
     "read_index",
+    "read_provenance",
     "write_index",
 ]

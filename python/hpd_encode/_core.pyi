@@ -50,6 +50,7 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectStoreAuthError",
     "ObjectStoreConfigError",
+    "PartFileChangedError",
     "DEFAULT_MAX_FILE_BYTES",
     "METADATA_WINDOW",
     "PROBE_OK",
@@ -76,6 +77,9 @@ __all__ = [
     "LATENT_DOWN_FACTOR",
     "MAX_ROW_GROUP_SIZE",
     "LATENT_COMPRESSIONS",
+    "LATENT_COLUMNS",
+    "CHECKSUM_COLUMNS",
+    "FILE_DIGEST",
     "parquet_layout",
     "rank_in_group",
     "connected_components",
@@ -117,6 +121,11 @@ __all__ = [
     "reset_object_store_stats",
     "read_row_group_columns",
     "part_file_columns",
+    "check_part_columns",
+    "footer_metadata",
+    "file_digest",
+    "latent_checksum",
+    "rewrite_part_file",
     "default_num_threads",
 ]
 
@@ -216,6 +225,10 @@ class ObjectStoreAuthError(ObjectStoreError, PermissionError):
 
 class ObjectStoreConfigError(HpdError, ValueError):
     """An s3:// URL, endpoint, credential or object store setting that cannot be used."""
+
+class PartFileChangedError(PartFileError, ValueError):
+    """A part file was replaced or rewritten while it was being read (its identity, device, inode,
+    size and mtime, is not the one seen before)."""
 
 def probe_paths(
     root: _Path | None,
@@ -430,7 +443,9 @@ class ParquetWriter:
     Every column is zstd-compressed (``zstd_level``) except the latents:
     ``latent_compression="none"`` (default) stores them uncompressed (zstd
     saves ~8 % on float latents and halves read speed per core), ``"zstd"``
-    compresses them too."""
+    compresses them too. Each latent's checksum (XXH3) goes into its checksum column
+    (``CHECKSUM_COLUMNS``); ``metadata`` (key, value) pairs go into the
+    footer's key-value metadata (the provenance, under ``hpd_encode``)."""
 
     def __new__(
         cls,
@@ -440,6 +455,7 @@ class ParquetWriter:
         queue_size: int = 64,
         zstd_level: int = 1,
         latent_compression: str = "none",
+        metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Self: ...
     @property
     def path(self) -> Path:
@@ -460,7 +476,9 @@ class ParquetWriter:
 
     def close(self) -> dict[str, Any]:
         """Flush, write the footer, fsync and rename; returns statistics
-        (later calls return the same)."""
+        (``path``, ``rows``, ``row_groups``, ``bytes``, ``blocked_seconds``,
+        ``xxh3_128``: the file's digest, ``FILE_DIGEST``, computed as it was written; later
+        calls return the same)."""
 
     def abort(self) -> None:
         """Discard everything: no file appears (nothing happens after ``close()``)."""
@@ -494,11 +512,19 @@ LATENT_DOWN_FACTOR: int
 MAX_ROW_GROUP_SIZE: int
 #: The codecs ``ParquetWriter(latent_compression=...)`` accepts for the latent columns; the first is the default.
 LATENT_COMPRESSIONS: tuple[str, ...]
+#: The latent columns, in the order a pair holds them.
+LATENT_COLUMNS: tuple[str, ...]
+#: The checksum column of each latent column (uint64, XXH3), in the same order.
+CHECKSUM_COLUMNS: tuple[str, ...]
+#: The whole-file digest's name and manifest key (``"xxh3_128"``).
+FILE_DIGEST: str
 
-def parquet_layout(path: _Path) -> tuple[list[int], list[str], int]:
-    """``(rows per row group, top-level column names, rows)`` of a Parquet file,
-    from its footer alone. Raises ``OSError`` when the file cannot be opened and
-    ``ValueError`` naming the file when it is not Parquet or its footer is damaged."""
+def parquet_layout(path: _Path) -> tuple[list[int], list[str], int, str | None]:
+    """``(rows per row group, top-level column names, rows, provenance)`` of a
+    Parquet file, from its footer alone (``provenance``: the JSON text under the
+    footer key ``hpd_encode``, None when absent). Raises ``OSError`` when the file
+    cannot be opened and ``ValueError`` naming the file when it is not Parquet or
+    its footer is damaged."""
 
 def rank_in_group(groups: npt.NDArray[np.int64], order: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each row's rank (0-based) among the rows of its group (``groups[i]``, any
@@ -777,10 +803,16 @@ def partition_rows(
     lower rank). Returns the ranks, the number of distinct jobs and each
     rank's pixels (each job once)."""
 
-_LatentInfo: TypeAlias = tuple[str, tuple[int, ...], int] | str
+_Checksum: TypeAlias = bool | tuple[int, int] | None
+_LatentInfo: TypeAlias = tuple[str, tuple[int, ...], int, _Checksum] | str
+_Identity: TypeAlias = tuple[int, int, int, int]
 
 def read_pairs(
-    requests: Sequence[tuple[_Path, int, int]], *, num_threads: int | None = None
+    requests: Sequence[tuple[_Path, int, int]],
+    *,
+    num_threads: int | None = None,
+    verify_checksums: bool = True,
+    expect: Sequence[_Identity | None] | None = None,
 ) -> list[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
     """The two latents (``latent1``, ``latent2``) of each ``(part_file, row_group,
     row)``, in request order, as NumPy arrays (float32 or float16, as stored).
@@ -792,7 +824,13 @@ def read_pairs(
     the GIL released; files and footers stay open per process. Raises
     ``hpd_encode.errors.PartFileError`` naming the file, row group and row for
     a damaged file or malformed ``.npy`` value, ``IndexError`` for a row group
-    or row the file does not have, ``OSError`` when a file cannot be opened."""
+    or row the file does not have, ``OSError`` when a file cannot be opened.
+
+    Each latent's bytes are checked against their stored checksum (files without
+    checksum columns are read unchecked) unless ``verify_checksums`` is false; a
+    mismatch is a ``PartFileError``. ``expect`` gives, per request, the file's
+    identity ``(st_dev, st_ino, st_size, st_mtime_ns)`` as the caller saw it (or
+    None): a file replaced since raises ``PartFileChangedError``."""
 
 def latent_layout(path: _Path) -> tuple[list[int], bool]:
     """``(rows per row group, paged)``: ``paged`` is true when every latent value
@@ -804,9 +842,10 @@ def check_part_file(
 ) -> list[tuple[int, int, _LatentInfo, _LatentInfo]]:
     """Read every latent of a part file (row groups in parallel, large sequential
     reads) and return, per row in file order, ``(row_group, row, latent1,
-    latent2)``; each latent is ``(dtype, shape, nonfinite_count)`` or the reason
-    it cannot be read. Raises like :func:`read_pairs` when the file itself
-    cannot be read."""
+    latent2)``; each latent is ``(dtype, shape, nonfinite_count, checksum)`` or
+    the reason it cannot be read; ``checksum`` is None when the file stores none,
+    True when the bytes match it, ``(stored, computed)`` when they do not.
+    Raises like :func:`read_pairs` when the file itself cannot be read."""
 
 def clear_reader_cache() -> None:
     """Close the part files :func:`read_pairs` keeps open (reopened when next read)."""
@@ -873,3 +912,32 @@ def read_row_group_columns(path: _Path, row_group: int, columns: Sequence[str]) 
 
 def part_file_columns(path: _Path) -> list[str]:
     """The top-level column names of a part file (local or s3://), from the reader's cached footer."""
+
+def check_part_columns(path: _Path) -> list[tuple[int, str, str]]:
+    """Decode every page of every column of a part file but the latents:
+    ``(row_group, column, reason)`` for each that fails (empty when all decode)."""
+
+def footer_metadata(path: _Path) -> dict[str, str | None]:
+    """The footer's key-value metadata of a part file."""
+
+def file_digest(path: _Path) -> str:
+    """A file's digest (XXH3-128, 32 hex digits: what the manifest records
+    under ``FILE_DIGEST``), read without the GIL."""
+
+def latent_checksum(data: bytes) -> int:
+    """The checksum (XXH3, 64 bits, seed 0) the writer stores for a latent's bytes (its whole ``.npy`` value)."""
+
+def rewrite_part_file(
+    src: _Path,
+    dest: _Path,
+    *,
+    latent_compression: str = "none",
+    zstd_level: int = 1,
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Rewrite a part file into the page layout the writer uses (``repack``'s
+    core): every column and row group kept, checksum columns added when
+    missing (checked when present), ``metadata`` as the footer's key-value
+    metadata; atomic (temporary name, fsync, rename). Returns ``rows``,
+    ``row_groups``, ``bytes``, ``xxh3_128`` (``FILE_DIGEST``) and ``checksums_added``. Raises
+    ``PartFileError`` for a source that is damaged or not a part file."""

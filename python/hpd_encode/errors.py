@@ -28,6 +28,7 @@ from hpd_encode._core import (
     ObjectStoreError,
     OptionError,
     OutOfMemoryError,
+    PartFileChangedError,
     PartFileError,
     PathNotADirectoryError,
     RowOutOfRangeError,
@@ -133,6 +134,16 @@ class UploadCheckError(HpdError, OSError):
     checksum or ETag, checked by a HEAD after the upload); run push again."""
 
 
+class MixedProvenanceError(IndexInputError):
+    """Part files whose latents were made differently (another VAE, normalisation,
+    latent mode, dtype, seed or bucket set) given to one index."""
+
+
+class ReencodeError(HpdError, ValueError):
+    """``verify --reencode`` cannot re-encode: a source (data root, VAE,
+    metadata) is missing or not the one recorded, or the output lacks settings."""
+
+
 __all__ = [
     "AccessDeniedError",
     "ArchiveError",
@@ -150,6 +161,7 @@ __all__ = [
     "MetadataError",
     "MissingExtraError",
     "MissingNameError",
+    "MixedProvenanceError",
     "NotRegularFileError",
     "ObjectNotFoundError",
     "ObjectStoreAuthError",
@@ -160,10 +172,12 @@ __all__ = [
     "OutputBusyError",
     "OutputOverwritesInputError",
     "OutputPathError",
+    "PartFileChangedError",
     "PartFileError",
     "PartFilesNotFoundError",
     "PartialOutputError",
     "PathNotADirectoryError",
+    "ReencodeError",
     "ResumeMismatchError",
     "RowOutOfRangeError",
     "SourceError",

@@ -19,6 +19,7 @@ from os import PathLike
 from pathlib import Path
 
 from hpd_encode import record
+from hpd_encode._core import temp_name
 
 #: The columns of ``failures.csv``: the record's number and image paths by their part-file names
 #: (:mod:`hpd_encode.record`), then where and why it failed.
@@ -58,7 +59,7 @@ def count_by(failures: Iterable[Failure], field: str) -> dict[str, int]:
 def write_failures_csv(path: str | PathLike[str], failures: Iterable[Failure]) -> None:
     """Write ``failures.csv`` atomically (a temporary file renamed into place)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)

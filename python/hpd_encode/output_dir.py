@@ -6,7 +6,8 @@ Layout::
     OUTPUT_DIR/
       part_rank00.parquet, part_rank00-0001.parquet, ...   committed part files
       .part_rank00.parquet.tmp-PID                         a part file being written
-      manifest.json    settings, fingerprint, status ("running" | "complete"), files
+      manifest.json    settings, fingerprint, inputs, status ("running" | "complete"),
+                       files (name, rows, bytes, xxh3_128: each committed part file's digest)
       summary.json     the run summary
       failures.csv     every dropped or failed record
       .hpd-encode.lock held (flock) by the one process writing here
@@ -26,10 +27,12 @@ import socket
 import stat
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from hpd_encode._core import temp_name
 from hpd_encode.errors import DamagedOutputError, OutputBusyError, PartialOutputError
 
 MANIFEST = "manifest.json"
@@ -79,7 +82,7 @@ def fsync_path(path: Path) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to a temporary name, fsync, rename; the temporary
     file is removed whatever happens (a full disk leaves nothing behind)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=str)
@@ -311,15 +314,25 @@ def clear_run(output_dir: Path) -> None:
         (output_dir / name).unlink(missing_ok=True)
 
 
-def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, tool: str) -> dict[str, Any]:
+def prepare_output(
+    output_dir: Path,
+    settings: dict[str, Any],
+    overwrite: bool,
+    tool: str,
+    inputs: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Check a previous run's settings (or clear it with ``overwrite``), remove
     temporary files an interrupted run left, and write the ``running`` manifest.
     The caller holds the directory's :class:`OutputLock`, so no other run's
-    files are touched."""
+    files are touched. ``inputs`` (the data root and metadata file, absolute)
+    are recorded for ``verify --reencode``; they are not part of the
+    fingerprint (a dataset may move). A resumed run keeps the earlier runs'
+    file entries (with their digests)."""
     from hpd_encode.errors import ResumeMismatchError
 
     output_dir.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(settings)
+    old: dict[str, Any] | None = None
     if overwrite:
         clear_run(output_dir)
     else:
@@ -346,16 +359,32 @@ def prepare_output(output_dir: Path, settings: dict[str, Any], overwrite: bool, 
         if _is_part_temp(p.name):
             log.info("removing the incomplete file %s left by an interrupted run", p.name)
             p.unlink()
+    present = {p.name for p in list_part_files(output_dir)}
+    kept = [f for f in (old or {}).get("files") or [] if isinstance(f, dict) and f.get("path") in present]
     manifest = {
         "format": 1,
         "tool": tool,
         "fingerprint": fp,
         "settings": settings,
+        "inputs": inputs or {},
         "status": "running",
-        "files": [],
+        "files": kept,
     }
     write_json_atomic(output_dir / MANIFEST, manifest)
     return manifest
+
+
+def record_file(output_dir: Path, entry: dict[str, Any]) -> None:
+    """Add (or replace) one committed part file's entry (``path``, ``rows``,
+    ``bytes``, ``xxh3_128``) in the manifest's file list, as soon as it is
+    committed: a run killed later keeps the digests of the files it finished.
+    Only the process holding the directory's lock calls this."""
+    manifest = read_manifest(output_dir) or {}
+    files = [
+        f for f in manifest.get("files") or [] if not (isinstance(f, dict) and f.get("path") == entry["path"])
+    ]
+    manifest["files"] = sorted([*files, entry], key=lambda f: str(f.get("path")))
+    write_json_atomic(output_dir / MANIFEST, manifest)
 
 
 def done_records(output_dir: Path) -> set[int]:
@@ -385,14 +414,30 @@ def done_records(output_dir: Path) -> set[int]:
     return done
 
 
-def committed_files(output_dir: Path) -> list[dict[str, Any]]:
-    """Name, rows and bytes of every committed part file (from the footers)."""
-    from hpd_encode._core import parquet_layout
+def committed_files(output_dir: Path, known: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Name, rows, bytes and digest (``schema.FILE_DIGEST``) of every committed part file.
 
-    return [
-        {"path": p.name, "rows": parquet_layout(p)[2], "bytes": p.stat().st_size}
-        for p in list_part_files(output_dir)
-    ]
+    Rows come from the footers; the digest from ``known`` (entries recorded
+    as the files were written: this run's and earlier runs') when its size
+    agrees, else it is computed now (a file a killed torchrun rank committed
+    without its digest reaching the manifest)."""
+    from hpd_encode._core import file_digest, parquet_layout
+    from hpd_encode.schema import FILE_DIGEST
+
+    digests = {
+        (f.get("path"), f.get("bytes")): f[FILE_DIGEST]
+        for f in known
+        if isinstance(f, dict) and f.get(FILE_DIGEST)
+    }
+    out = []
+    for p in list_part_files(output_dir):
+        size = p.stat().st_size
+        sha = digests.get((p.name, size))
+        if sha is None:
+            log.info("computing the digest of %s (committed without a recorded one)", p.name)
+            sha = file_digest(p)
+        out.append({"path": p.name, "rows": parquet_layout(p)[2], "bytes": size, FILE_DIGEST: sha})
+    return out
 
 
 class PartRotator:
@@ -405,9 +450,16 @@ class PartRotator:
         rows_per_file: int,
         queue_size: int = 8,
         latent_compression: str = "none",
+        metadata: list[tuple[str, str]] | None = None,
+        on_commit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """``metadata``: the footer's key-value metadata of every file (the
+        provenance); ``on_commit(entry)`` is called with each committed file's
+        manifest entry (``path``, ``rows``, ``bytes``, ``xxh3_128``)."""
         self.output_dir, self.rank = output_dir, rank
         self.latent_compression = latent_compression
+        self.metadata = list(metadata or [])
+        self.on_commit = on_commit
         self.rows_per_file = rows_per_file if rows_per_file > 0 else None
         self.queue_size = queue_size
         taken = [
@@ -432,6 +484,7 @@ class PartRotator:
             row_group_size=ROW_GROUP_SIZE,
             queue_size=self.queue_size,
             latent_compression=self.latent_compression,
+            metadata=self.metadata,
         )
         self.in_file = 0
 
@@ -465,11 +518,19 @@ class PartRotator:
         if self.writer is not None:
             stats = self.writer.close()
             self.blocked_s += stats["blocked_seconds"]
-            self.files.append(
-                {"path": Path(stats["path"]).name, "rows": stats["rows"], "bytes": stats["bytes"]}
-            )
+            from hpd_encode.schema import FILE_DIGEST
+
+            entry = {
+                "path": Path(stats["path"]).name,
+                "rows": stats["rows"],
+                "bytes": stats["bytes"],
+                FILE_DIGEST: stats[FILE_DIGEST],
+            }
+            self.files.append(entry)
             log.debug("committed %s (%d rows)", stats["path"], stats["rows"])
             self.writer = None
+            if self.on_commit is not None:
+                self.on_commit(entry)
 
     def abort(self) -> None:
         if self.writer is not None:

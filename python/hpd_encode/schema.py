@@ -7,8 +7,9 @@ objects, so the two sides cannot drift apart.
 The first ten columns are the reference pipeline's, same names, types and
 contents, so existing trainers keep working (``ast.literal_eval`` on
 ``detailed_results``, ``np.load(io.BytesIO(latent1))``). The rest are typed
-extras that spare readers the string parsing; readers must not require them
-(files written by the reference lack them).
+extras that spare readers the string parsing, and each latent's checksum
+(``CHECKSUM_COLUMNS``); readers must not require them (files written by the
+reference lack them).
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ LATENT_COMPRESSIONS: tuple[str, ...] = tuple(_core.LATENT_COMPRESSIONS)
 #: The temporary name a file has while it is written (``.NAME.tmp-PID``):
 #: group ``name`` is the final file name, group ``pid`` the writing process.
 TEMP_RE: re.Pattern[str] = re.compile(_core.TEMP_FILE_PATTERN)
+
+#: The latent columns (one data page per value), in the order a pair holds them.
+LATENT_COLUMNS: tuple[str, ...] = tuple(_core.LATENT_COLUMNS)
+
+#: The checksum column of each of ``LATENT_COLUMNS`` (uint64: XXH3 of the value, computed by the
+#: writer over the latent's stored ``.npy`` bytes; readers check it).
+CHECKSUM_COLUMNS: tuple[str, ...] = tuple(_core.CHECKSUM_COLUMNS)
+
+#: The whole-file digest the manifest records for each part file, and its key
+#: in a file entry: XXH3-128, 32 hex digits (``ParquetWriter.close()`` and
+#: ``_core.rewrite_part_file`` return it under this key; ``_core.file_digest``
+#: computes it).
+FILE_DIGEST: str = _core.FILE_DIGEST
 
 #: The fields of a row given to ``ParquetWriter.submit``: ``(name, required)``.
 ROW_FIELDS: list[tuple[str, bool]] = _core.row_fields()
@@ -104,6 +118,9 @@ else:
 temp_name = _core.temp_name
 
 __all__ = [
+    "CHECKSUM_COLUMNS",
+    "FILE_DIGEST",
+    "LATENT_COLUMNS",
     "LATENT_DOWN_FACTOR",
     "PART_SCHEMA",
     "REFERENCE_COLUMNS",

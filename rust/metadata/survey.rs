@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hashbrown::hash_table::{Entry, HashTable};
-use xxhash_rust::xxh3::xxh3_64;
+use twox_hash::XxHash3_64;
 
 use crate::image::decode::{probe_file, ProbeLimits};
 use crate::image::load::ProbeColumns;
@@ -37,7 +37,7 @@ const PROBE_CHUNK: usize = 1024;
 /// The 64-bit hash that names an image path on every rank (XXH3, seed 0: the
 /// same bytes give the same hash in every process and on every machine).
 pub fn path_hash(path: &[u8]) -> u64 {
-    xxh3_64(path)
+    XxHash3_64::oneshot(path)
 }
 
 /// Distinct strings numbered in order of first appearance, each with its [`path_hash`].

@@ -21,7 +21,12 @@ pub struct Layout {
     pub columns: Vec<String>,
     /// Rows in the file, as the footer states it.
     pub num_rows: i64,
+    /// The footer's key-value metadata under [`PROVENANCE_KEY`] (the provenance JSON).
+    pub provenance: Option<String>,
 }
+
+/// The footer key hpd-encode keeps a part file's provenance under.
+pub const PROVENANCE_KEY: &str = "hpd_encode";
 
 /// Read the footer of the Parquet file at `path` (a local path or an `s3://` URL).
 ///
@@ -58,7 +63,12 @@ pub fn read_layout(path: &Path) -> Result<Layout> {
         .iter()
         .map(|f| f.name().to_owned())
         .collect();
-    Ok(Layout { row_group_rows, columns, num_rows })
+    let provenance = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == PROVENANCE_KEY))
+        .and_then(|e| e.value.clone());
+    Ok(Layout { row_group_rows, columns, num_rows, provenance })
 }
 
 #[cfg(test)]

@@ -11,24 +11,32 @@
 //! its final name, fsynced, once complete: a killed process never leaves a
 //! file that looks complete and isn't.
 //!
+//! Every latent's checksum (XXH3) goes into a typed column beside it
+//! ([`CHECKSUM_COLUMNS`]), and the writer hashes the file as it writes it
+//! (XXH3-128, [`WriterStats::digest`], for the manifest). Key-value metadata
+//! ([`WriterOptions::metadata`]: the provenance) goes into the footer.
+//!
 //! The writer is one definition of the part file shared with Python:
 //! [`PART_COLUMNS`], [`REFERENCE_COLUMNS`], [`ROW_FIELDS`], the temporary
 //! name rule ([`temp_path`], [`TEMP_FILE_PATTERN`]), [`LATENT_DOWN_FACTOR`]
 //! and [`MAX_ROW_GROUP_SIZE`] are exported by `hpd_encode._core` and
-//! `hpd_encode.schema` derives from them.
+//! `hpd_encode.schema` derives from them. `repack` rewrites other files
+//! through the same page layout ([`crate::parts::rewrite`]).
 //!
 //! A [`PartWriter`] is `Sync`: any number of threads may `submit` to one
 //! writer, and `close` / `abort` may be called from any of them.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::builder::{
+    BinaryViewBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, UInt64Builder,
+};
 use arrow_array::{ArrayRef, BinaryViewArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
@@ -37,12 +45,14 @@ use parquet::arrow::arrow_writer::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::metadata::record::{fields_where, position, str_eq, Field as RecordField, Kind, Missing, FIELDS};
+use crate::parts::digest::{latent_checksum, Hashing};
 use crate::parts::npy::{npy_header, py_float_repr};
 
 /// An image's height and width over its latent's (8 for every VAE family we
@@ -63,6 +73,8 @@ pub enum ColumnType {
     Float64,
     /// `list<int64>` (the latent shapes).
     Int64List,
+    /// Parquet INT64 annotated unsigned (the latent checksums).
+    UInt64,
 }
 
 impl ColumnType {
@@ -76,6 +88,7 @@ impl ColumnType {
             Self::Int32 => "int32",
             Self::Float64 => "float64",
             Self::Int64List => "list<int64>",
+            Self::UInt64 => "uint64",
         }
     }
 
@@ -87,6 +100,7 @@ impl ColumnType {
             Self::Int32 => DataType::Int32,
             Self::Float64 => DataType::Float64,
             Self::Int64List => DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            Self::UInt64 => DataType::UInt64,
         }
     }
 }
@@ -115,6 +129,8 @@ pub enum PartSource {
     Latent(usize),
     /// The shape of latent 0 or 1.
     Shape(usize),
+    /// The checksum of latent 0 or 1's stored bytes ([`latent_checksum`]), computed by the writer.
+    Checksum(usize),
 }
 
 /// The reference pipeline's ten columns, in its order, with what each holds (the record's fields
@@ -131,6 +147,9 @@ const REFERENCE_LAYOUT: [(&str, PartSource); 10] = [
     ("latent1_shape", PartSource::Shape(0)),
     ("latent2_shape", PartSource::Shape(1)),
 ];
+
+/// The checksum column of each of [`LATENT_COLUMNS`], in the same order.
+pub const CHECKSUM_COLUMNS: [&str; 2] = ["latent1_xxh3", "latent2_xxh3"];
 
 /// How many of [`PART_COLUMNS`] (the first ones) are the reference's.
 pub const REFERENCE_COLUMN_COUNT: usize = REFERENCE_LAYOUT.len();
@@ -157,13 +176,14 @@ const fn count_extras() -> usize {
     n
 }
 
-/// How many columns the part file has.
-pub const N_PART_COLUMNS: usize = REFERENCE_COLUMN_COUNT + count_extras();
+/// How many columns the part file has: the reference's, the record's other fields, the checksums.
+pub const N_PART_COLUMNS: usize = REFERENCE_COLUMN_COUNT + count_extras() + CHECKSUM_COLUMNS.len();
 
 /// The part file's columns in file order, with what each holds: the reference's ten (same names,
 /// types and contents, so existing trainers keep working), then, as typed extras that spare
 /// readers the string parsing, every other field of the record ([`CELL_FIELDS`], in declaration
-/// order). Readers must not require the extras (the reference's files lack them).
+/// order), then each latent's checksum ([`CHECKSUM_COLUMNS`]). Readers must not require the
+/// extras (the reference's files lack them).
 pub const PART_LAYOUT: [(&str, ColumnType, PartSource); N_PART_COLUMNS] = {
     let mut out = [("", ColumnType::String, PartSource::DetailedResults); N_PART_COLUMNS];
     let mut i = 0;
@@ -174,6 +194,7 @@ pub const PART_LAYOUT: [(&str, ColumnType, PartSource); N_PART_COLUMNS] = {
             PartSource::DetailedResults => ColumnType::String,
             PartSource::Latent(_) => ColumnType::Binary,
             PartSource::Shape(_) => ColumnType::Int64List,
+            PartSource::Checksum(_) => ColumnType::UInt64,
         };
         out[i] = (name, ty, source);
         i += 1;
@@ -186,6 +207,12 @@ pub const PART_LAYOUT: [(&str, ColumnType, PartSource); N_PART_COLUMNS] = {
             n += 1;
         }
         c += 1;
+    }
+    let mut k = 0;
+    while k < CHECKSUM_COLUMNS.len() {
+        out[n] = (CHECKSUM_COLUMNS[k], ColumnType::UInt64, PartSource::Checksum(k));
+        n += 1;
+        k += 1;
     }
     out
 };
@@ -213,8 +240,8 @@ pub fn reference_columns() -> impl Iterator<Item = &'static str> {
 /// confidence 0.0) or are stored as null (`record_index`, `bucket_id`, original sizes).
 pub use crate::metadata::record::ROW_FIELDS;
 
-/// The latent columns, written one data page per value.
-const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
+/// The latent columns, written one data page per value (in the order a pair holds them).
+pub const LATENT_COLUMNS: [&str; 2] = ["latent1", "latent2"];
 
 const fn is_cell(f: &RecordField) -> bool {
     !matches!(f.kind, Kind::Latent)
@@ -498,6 +525,8 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Codec of the two latent columns (the others are always zstd).
     pub latent_compression: LatentCompression,
+    /// Key-value metadata for the footer (the provenance, under `hpd_encode`).
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Default for WriterOptions {
@@ -507,6 +536,7 @@ impl Default for WriterOptions {
             queue_size: 64,
             zstd_level: 1,
             latent_compression: LatentCompression::None,
+            metadata: Vec::new(),
         }
     }
 }
@@ -520,6 +550,8 @@ pub struct WriterStats {
     /// Time `submit` calls spent waiting on a full queue (back-pressure),
     /// summed over the threads that submitted.
     pub blocked_seconds: f64,
+    /// The file's digest (XXH3-128, hex: [`crate::parts::digest::FILE_DIGEST`]), computed as it was written.
+    pub digest: String,
 }
 
 /// The part file's Arrow schema, from [`PART_COLUMNS`].
@@ -603,6 +635,11 @@ fn row_group_columns(rows: Vec<Row>) -> Result<(Vec<ArrayRef>, [BinaryViewArray;
                 Some(Arc::new(details.finish()) as ArrayRef)
             }
             PartSource::Shape(k) => Some(shapes(&rows, |r| latent(r, k))),
+            PartSource::Checksum(k) => {
+                let mut b = UInt64Builder::with_capacity(rows.len());
+                rows.iter().for_each(|r| b.append_value(latent_checksum(latent(r, k).npy())));
+                Some(Arc::new(b.finish()) as ArrayRef)
+            }
             PartSource::Latent(_) => None,
         })
         .collect();
@@ -630,6 +667,10 @@ fn properties(opts: &WriterOptions) -> Result<WriterProperties> {
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(opts.row_group_size))
         .set_offset_index_disabled(false);
+    if !opts.metadata.is_empty() {
+        let kv = opts.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        b = b.set_key_value_metadata(Some(kv));
+    }
     for col in LATENT_COLUMNS {
         b = b
             .set_column_compression(ColumnPath::from(col), latent_codec)
@@ -658,6 +699,25 @@ fn sync_dir(path: &Path) {
             let _ = d.sync_all();
         }
     }
+}
+
+/// Create the temporary file `path` is written under ([`temp_path`]).
+pub(crate) fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
+    let tmp = temp_path(path);
+    let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    Ok((tmp, file))
+}
+
+/// Move a complete, fsynced temporary file to its final name and fsync the
+/// directory; the temporary file is removed if that fails. Returns the
+/// file's size.
+pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<u64> {
+    if let Err(e) = std::fs::rename(tmp, path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(Error::io(path.display().to_string(), e));
+    }
+    sync_dir(path);
+    Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }
 
 /// Latent buffers given back by the writer thread once their row group is
@@ -711,10 +771,12 @@ impl Spares {
 /// The writer thread's side: owns the Parquet writer and the temporary file.
 /// Each row group's columns are encoded in parallel (the two latent columns,
 /// which are nearly all the bytes and the zstd work, each on its own thread),
-/// then appended in schema order.
-struct Sink {
+/// then appended in schema order. The page layout of every file hpd-encode
+/// writes comes from here (and [`properties`]): the part writer's rows, and
+/// the row groups `repack` copies ([`crate::parts::rewrite`]).
+pub(crate) struct Sink {
     schema: SchemaRef,
-    writer: SerializedFileWriter<BufWriter<File>>,
+    writer: SerializedFileWriter<BufWriter<Hashing<File>>>,
     columns: ArrowRowGroupWriterFactory,
     pending: Vec<Row>,
     row_group_size: usize,
@@ -731,12 +793,12 @@ fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) ->
 }
 
 impl Sink {
-    fn create(file: File, opts: &WriterOptions, spares: Arc<Spares>) -> Result<Self> {
-        let schema = part_schema();
-        let (writer, columns) =
-            ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.clone(), Some(properties(opts)?))
-                .and_then(ArrowWriter::into_serialized_writer)
-                .map_err(|e| Error::Writer(format!("opening the file: {e}")))?;
+    /// A sink writing `schema`'s columns into `file` with the layout of [`properties`].
+    pub(crate) fn create(file: File, schema: SchemaRef, opts: &WriterOptions, spares: Arc<Spares>) -> Result<Self> {
+        let out = BufWriter::with_capacity(1 << 20, Hashing::new(file));
+        let (writer, columns) = ArrowWriter::try_new(out, schema.clone(), Some(properties(opts)?))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(|e| Error::Writer(format!("opening the file: {e}")))?;
         Ok(Self {
             schema,
             writer,
@@ -764,7 +826,8 @@ impl Sink {
         Ok(())
     }
 
-    fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
+    /// Write `columns` (in schema order, equal lengths) as one row group.
+    pub(crate) fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
         let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
         let writers = self.columns.create_column_writers(self.row_groups).map_err(err)?;
         let mut jobs = Vec::with_capacity(writers.len());
@@ -801,6 +864,16 @@ impl Sink {
         self.row_groups += 1;
         Ok(())
     }
+
+    /// Write the footer, flush and fsync the file: its row groups and digest.
+    pub(crate) fn finish(mut self) -> Result<(u64, String)> {
+        let meta = self.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
+        let buffered = self.writer.inner_mut();
+        buffered.flush().map_err(|e| Error::Writer(format!("flushing the file: {e}")))?;
+        let hashing = buffered.get_mut();
+        hashing.get_mut().sync_all().map_err(|e| Error::Writer(format!("fsync: {e}")))?;
+        Ok((meta.num_row_groups() as u64, hashing.hex_digest()))
+    }
 }
 
 struct Shared {
@@ -809,7 +882,8 @@ struct Shared {
     queued_rows: AtomicU64,
 }
 
-type SinkResult = Result<(u64, u64)>;
+/// Rows, row groups and digest of a finished file.
+type SinkResult = Result<(u64, u64, String)>;
 
 /// Where the file is in its life; guarded by one mutex so `close` and
 /// `abort` from different threads happen once, in some order.
@@ -851,10 +925,9 @@ impl PartWriter {
             return Err(Error::InvalidArgument("queue_size must be > 0".into()));
         }
         properties(&opts)?; // bad options fail before any file is created
-        let tmp = temp_path(&path);
-        let file = File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        let (tmp, file) = create_temp(&path)?;
         let spares = Arc::new(Spares::default());
-        let sink = Sink::create(file, &opts, spares.clone()).inspect_err(|_| {
+        let sink = Sink::create(file, part_schema(), &opts, spares.clone()).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
         let (tx, rx) = bounded::<Vec<Row>>(opts.queue_size);
@@ -969,21 +1042,16 @@ impl PartWriter {
 
     fn finish(&self, thread: JoinHandle<SinkResult>) -> Result<WriterStats> {
         let joined = thread.join().map_err(|_| Error::Writer("the writer thread panicked".into())).and_then(|r| r);
-        let (rows, row_groups) = match joined {
+        let (rows, row_groups, digest) = match joined {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&self.tmp);
                 return Err(e);
             }
         };
-        if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(Error::io(self.path.display().to_string(), e));
-        }
-        sync_dir(&self.path);
-        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let bytes = publish(&self.tmp, &self.path)?;
         let blocked_seconds = self.blocked_ns.load(Ordering::Relaxed) as f64 * 1e-9;
-        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds })
+        Ok(WriterStats { rows, row_groups, bytes, blocked_seconds, digest })
     }
 
     /// Stop without publishing anything: the temporary file is removed. After
@@ -1040,12 +1108,9 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Sink
     }
     let finish = (|| -> SinkResult {
         sink.write_pending(true)?;
-        let meta = sink.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
-        let row_groups = meta.num_row_groups() as u64;
-        let buffered = sink.writer.inner_mut();
-        std::io::Write::flush(buffered).map_err(|e| Error::Writer(format!("flushing the file: {e}")))?;
-        buffered.get_mut().sync_all().map_err(|e| Error::Writer(format!("fsync: {e}")))?;
-        Ok((sink.rows, row_groups))
+        let rows = sink.rows;
+        let (row_groups, digest) = sink.finish()?;
+        Ok((rows, row_groups, digest))
     })();
     if let Err(e) = &finish {
         fail(e);
@@ -1088,6 +1153,13 @@ pub(crate) mod tests {
             assert!(r.set(name, v), "{name}");
         }
         r
+    }
+
+    /// Rows `0..n` ([`row`]) written to `path` in row groups of `row_group_size`.
+    pub(crate) fn write_rows(path: &Path, n: i64, row_group_size: usize) {
+        let w = PartWriter::create(path, WriterOptions { row_group_size, ..WriterOptions::default() }).unwrap();
+        w.submit((0..n).map(row).collect(), || Ok(())).unwrap();
+        w.close().unwrap();
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -1353,10 +1425,44 @@ pub(crate) mod tests {
         for (field, _) in ROW_FIELDS {
             assert!(columns.contains(&field), "{field}");
         }
-        let derived = ["detailed_results", "latent1_shape", "latent2_shape"];
+        let derived = ["detailed_results", "latent1_shape", "latent2_shape", "latent1_xxh3", "latent2_xxh3"];
         for c in columns.iter().filter(|c| !derived.contains(c)) {
             assert!(ROW_FIELDS.iter().any(|(f, _)| f == c), "{c}");
         }
+    }
+
+    #[test]
+    fn footer_metadata_checksums_and_digest() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::UInt64Type;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let dir = temp_dir("meta");
+        let path = dir.join("part.parquet");
+        let metadata = vec![("hpd_encode".to_string(), r#"{"seed":7}"#.to_string())];
+        let w = PartWriter::create(&path, WriterOptions { row_group_size: 5, metadata, ..Default::default() }).unwrap();
+        let rows: Vec<Row> = (0..12).map(row).collect();
+        w.submit(rows.clone(), || Ok(())).unwrap();
+        let stats = w.close().unwrap();
+        assert_eq!(stats.digest, crate::parts::digest::file_digest(&path).unwrap(), "hashed as written");
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let kv = reader.metadata().file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|e| e.key == "hpd_encode" && e.value.as_deref() == Some(r#"{"seed":7}"#)));
+        let batches = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
+        let mut n = 0;
+        for batch in batches {
+            let batch = batch.unwrap();
+            let crc: Vec<_> = CHECKSUM_COLUMNS
+                .iter()
+                .map(|c| batch.column_by_name(c).unwrap().as_primitive::<UInt64Type>().clone())
+                .collect();
+            for i in 0..batch.num_rows() {
+                assert_eq!(crc[0].value(i), latent_checksum(rows[n].latent1.npy()));
+                assert_eq!(crc[1].value(i), latent_checksum(rows[n].latent2.npy()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 12);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

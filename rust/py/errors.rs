@@ -91,9 +91,12 @@ multi_base!(OBJECT_DENIED: "ObjectStoreAuthError", |py| OBJECT_STORE.get_or_root
     &["url", "status"], "The object store refused the credentials (HTTP 401 or 403).");
 multi_base!(OBJECT_CONFIG: "ObjectStoreConfigError", hpd_error, PyValueError, &[],
     "An s3:// URL, endpoint, credential or object store setting that cannot be used.");
+multi_base!(pub(crate) PART_FILE_CHANGED: "PartFileChangedError", |py| PART_FILE.get_or_root(py), PyValueError, &[],
+    "A part file was replaced or rewritten while it was being read (its identity, device, inode, size and \
+     mtime, is not the one seen before).");
 
 /// Every two-base class, in the order they are built (a base before its subclasses).
-static ALL: [&MultiBase; 16] = [
+static ALL: [&MultiBase; 17] = [
     &UNSAFE_PATH,
     &FILE_ACCESS,
     &NOT_REGULAR,
@@ -110,6 +113,7 @@ static ALL: [&MultiBase; 16] = [
     &OBJECT_NOT_FOUND,
     &OBJECT_DENIED,
     &OBJECT_CONFIG,
+    &PART_FILE_CHANGED,
 ];
 
 /// The exception of a failed object store request or setting: its class by
@@ -188,7 +192,7 @@ impl From<Error> for PyErr {
             Error::OutOfMemory { .. } | Error::MemoryUnavailable { .. } => OUT_OF_MEMORY.err(msg),
             Error::InvalidArgument(_) => OPTION.err(msg),
             Error::Writer(_) => WriterError::new_err(msg),
-            Error::Parquet { .. } => PART_FILE.err(msg),
+            Error::Parquet { .. } | Error::PartFile { .. } => PART_FILE.err(msg),
             Error::Store(e) => store_error(e),
         }
     }

@@ -8,12 +8,16 @@ use pyo3::prelude::*;
 use crate::parts::footer::read_layout;
 use crate::plan::groups;
 
-/// `parquet_layout(path) -> (row_group_rows, columns, num_rows)`: a Parquet
-/// file's rows per row group and top-level column names, from its footer.
+/// What `parquet_layout` returns: rows per row group, column names, rows, provenance.
+type FooterLayout = (Vec<i64>, Vec<String>, i64, Option<String>);
+
+/// `parquet_layout(path) -> (row_group_rows, columns, num_rows, provenance)`:
+/// a Parquet file's rows per row group, top-level column names, row count
+/// and provenance JSON (None when it has none), from its footer.
 #[pyfunction]
-pub fn parquet_layout(py: Python<'_>, path: std::path::PathBuf) -> PyResult<(Vec<i64>, Vec<String>, i64)> {
+pub fn parquet_layout(py: Python<'_>, path: std::path::PathBuf) -> PyResult<FooterLayout> {
     let layout = py.detach(|| read_layout(&path))?;
-    Ok((layout.row_group_rows, layout.columns, layout.num_rows))
+    Ok((layout.row_group_rows, layout.columns, layout.num_rows, layout.provenance))
 }
 
 /// `rank_in_group(groups, order) -> int64 array`: each row's rank among the

@@ -18,9 +18,11 @@ use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple};
 
 use crate::error::Error;
 use crate::metadata::record::{Kind, Missing};
+use crate::parts::digest::FILE_DIGEST;
 use crate::parts::writer::{
     reference_columns, temp_path, Cell, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
-    CELL_FIELDS, LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
+    CELL_FIELDS, CHECKSUM_COLUMNS, LATENT_COLUMNS, LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS,
+    TEMP_FILE_PATTERN,
 };
 use crate::py::errors::{INVALID_ROW, USAGE};
 
@@ -240,6 +242,7 @@ impl PyParquetWriter {
         d.set_item("row_groups", stats.row_groups)?;
         d.set_item("bytes", stats.bytes)?;
         d.set_item("blocked_seconds", stats.blocked_seconds)?;
+        d.set_item(FILE_DIGEST, stats.digest)?;
         Ok(d.unbind())
     }
 }
@@ -250,18 +253,22 @@ impl PyParquetWriter {
     // (a literal default so the signature shows it; the assert keeps it MAX_ROW_GROUP_SIZE)
     // `latent_compression`: "none" (default; zstd saves ~8 % on float latents
     // and halves read speed per core) or "zstd" (at `zstd_level`).
-    #[pyo3(signature = (path, *, row_group_size=100, queue_size=64, zstd_level=1, latent_compression="none"))]
+    // `metadata`: the footer's key-value metadata (the provenance).
+    #[pyo3(signature = (
+        path, *, row_group_size=100, queue_size=64, zstd_level=1, latent_compression="none", metadata=None
+    ))]
     fn new(
         path: PathBuf,
         row_group_size: usize,
         queue_size: usize,
         zstd_level: i32,
         latent_compression: &str,
+        metadata: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         let latent_compression = LatentCompression::parse(latent_compression)?;
-        let inner =
-            PartWriter::create(path, WriterOptions { row_group_size, queue_size, zstd_level, latent_compression })?;
-        Ok(Self { inner })
+        let metadata = metadata.unwrap_or_default();
+        let opts = WriterOptions { row_group_size, queue_size, zstd_level, latent_compression, metadata };
+        Ok(Self { inner: PartWriter::create(path, opts)? })
     }
 
     /// Final path of the file (it exists only after `close()`).
@@ -373,5 +380,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LATENT_DOWN_FACTOR", LATENT_DOWN_FACTOR)?;
     m.add("MAX_ROW_GROUP_SIZE", MAX_ROW_GROUP_SIZE)?;
     m.add("LATENT_COMPRESSIONS", PyTuple::new(m.py(), LatentCompression::NAMES)?)?;
+    m.add("LATENT_COLUMNS", PyTuple::new(m.py(), LATENT_COLUMNS)?)?;
+    m.add("CHECKSUM_COLUMNS", PyTuple::new(m.py(), CHECKSUM_COLUMNS)?)?;
+    m.add("FILE_DIGEST", FILE_DIGEST)?;
     Ok(())
 }

@@ -73,6 +73,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="index an encode output directory whose run has not completed (what is committed so far)",
     )
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="index part files whose latents were made differently (their footers' provenance differs: "
+        "VAE, normalisation, latent mode, dtype, seed or bucket set); refused by default",
+    )
     p.set_defaults(func=run_index)
 
 
@@ -103,6 +109,7 @@ def run_index(args: argparse.Namespace) -> int:
         shuffle=not args.no_shuffle,
         buckets=args.buckets,
         allow_partial=args.allow_partial,
+        allow_mixed=args.allow_mixed,
     )
     write_index(df, args.output)
     if args.stats:

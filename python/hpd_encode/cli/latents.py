@@ -2,17 +2,35 @@
 
 ``verify OUTPUT_DIR``: exit 0 when every row reads and checks out, 1 when
 there is any problem (or the directory is refused: an encode still running or
-interrupted, unless ``--allow-partial``). ``repack SRC DEST``: exit 0 when
-every part file is in DEST in the random-access layout.
+interrupted, unless ``--allow-partial``); with ``--reencode N`` it then
+re-encodes N random rows from their source images and compares (exit 1 when
+any row differs). ``repack SRC DEST``: exit 0 when every part file is in
+DEST in the random-access layout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-from hpd_encode.cli._args import add_latent_compression_option, add_threads_option, show_progress
+from hpd_encode.cli._args import (
+    add_latent_compression_option,
+    add_threads_option,
+    arg_type,
+    non_negative_int,
+    positive_int,
+    show_progress,
+)
+from hpd_encode.errors import OptionError
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise OptionError(f"must be a positive number, not {text!r}")
+    return value
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -21,10 +39,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "verify",
         parents=[common],
         help="read and check every row of an output directory",
-        description="Read every latent of every part file and check its .npy header, dtype, shape "
-        "(against latent*_shape), that its values are finite, that record_index is unique, and that the "
-        "part files agree with manifest.json. Every problem names its file, row group and row. "
-        "Exit status 1 on any problem.",
+        description="Read every latent of every part file and check its bytes against its stored checksum, "
+        "its .npy header, dtype, shape (against latent*_shape), that its values are finite; decode every "
+        "page of the other columns; check that record_index is unique and that the part files agree with "
+        "manifest.json (each file's digest when it records one). Every problem names its file, row group "
+        "and row. With --reencode N, then encode N random rows again from their source images with the "
+        "recorded settings and name every row that differs. Exit status 1 on any problem.",
     )
     p.add_argument(
         "output_dir",
@@ -38,6 +58,31 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="verify a directory whose encode run has not completed (what is committed so far)",
     )
     add_threads_option(p, "reader threads (default: all cores)")
+    g = p.add_argument_group("re-encoding (needs the 'encode' extra: torch, diffusers)")
+    g.add_argument(
+        "--reencode",
+        type=positive_int,
+        metavar="N",
+        help="re-encode N random rows (all when N >= the row count) from their source images and compare",
+    )
+    g.add_argument(
+        "--seed", type=non_negative_int, default=0, help="which rows --reencode picks (default: 0)"
+    )
+    g.add_argument("--data-root", help="where the images are now (default: as manifest.json records)")
+    g.add_argument("--metadata", help="the metadata file now (default: as manifest.json records)")
+    g.add_argument("--vae", help="the VAE folder or hub id now (default: as manifest.json records)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    g.add_argument(
+        "--tolerance",
+        type=arg_type(_tolerance),
+        help="largest relative RMS difference of a latent (default: by the recorded compute dtype; see README)",
+    )
+    g.add_argument(
+        "--preview",
+        metavar="PNG",
+        help="write a contact sheet of the first rows re-encoded: source | stored latent decoded | "
+        "difference, with PSNR (needs the 'plot' extra)",
+    )
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser(
@@ -86,17 +131,53 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from hpd_encode.latents.verify import verify
 
+    if args.reencode is None and any(
+        getattr(args, k) is not None
+        for k in ("data_root", "metadata", "vae", "device", "tolerance", "preview")
+    ):
+        print(
+            "hpd-encode verify: error: --data-root, --metadata, --vae, --device, --tolerance and --preview "
+            "go with --reencode N (see hpd-encode verify --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.preview:
+        from hpd_encode.index.plot import require_matplotlib
+
+        require_matplotlib("--preview")  # before any work
     report = verify(
         args.output_dir,
         allow_partial=args.allow_partial,
         progress=show_progress(args),
         num_threads=args.num_threads,
     )
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
+    out: dict[str, Any] = report.to_dict()
+    ok = report.ok
+    if not args.json:
         print(report.summary())
-    return 0 if report.ok else 1
+    if args.reencode is not None and report.ok:
+        from hpd_encode.latents.reencode import reencode_check
+
+        again = reencode_check(
+            args.output_dir,
+            args.reencode,
+            seed=args.seed,
+            data_root=args.data_root,
+            metadata=args.metadata,
+            vae=args.vae,
+            device=args.device,
+            tolerance=args.tolerance,
+            preview=args.preview,
+            allow_partial=args.allow_partial,
+            num_threads=args.num_threads,
+        )
+        out["reencode"] = again.to_dict()
+        ok = ok and again.ok
+        if not args.json:
+            print(again.summary())
+    if args.json:
+        print(json.dumps(out))
+    return 0 if ok else 1
 
 
 def run_push(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from hpd_encode.index.parts import (
     RowLocator,
     Source,
     check_outputs_complete,
+    check_provenance,
     find_part_files,
     inspect_part,
 )
@@ -100,6 +101,7 @@ def build_index(
     shuffle: bool = True,
     buckets: str | PathLike[str] | BucketSet = "hpdv3",
     allow_partial: bool = False,
+    allow_mixed: bool = False,
 ) -> pl.DataFrame:
     """Build the bucket index of the part files in ``source``.
 
@@ -115,6 +117,7 @@ def build_index(
         buckets=buckets,
         per_model=False,
         allow_partial=allow_partial,
+        allow_mixed=allow_mixed,
     )[0]
 
 
@@ -128,6 +131,7 @@ def build_index_with_stats(
     buckets: str | PathLike[str] | BucketSet = "hpdv3",
     per_model: bool = True,
     allow_partial: bool = False,
+    allow_mixed: bool = False,
 ) -> tuple[pl.DataFrame, IndexStats]:
     """Build the bucket index and count what each step kept.
 
@@ -150,7 +154,10 @@ def build_index_with_stats(
 
     Part files in an encode output directory whose ``manifest.json`` does not
     say ``complete`` are refused (:class:`~hpd_encode.errors.PartialOutputError`)
-    unless ``allow_partial``.
+    unless ``allow_partial``. Part files whose latents were made differently
+    (their footers' provenance differs: another VAE, normalisation, latent
+    mode, dtype, seed or bucket set) are refused
+    (:class:`~hpd_encode.errors.MixedProvenanceError`) unless ``allow_mixed``.
 
     ``per_model=False`` skips the per-model counts (``stats.per_model`` is
     empty) and, unless the filter uses them, the reading of ``model1`` and
@@ -161,6 +168,8 @@ def build_index_with_stats(
     bucket_set = load_bucket_set(buckets)
     expr, row_fn, desc = resolve_filter(filter)
     paths, parts, incomplete = _load_parts(source, allow_partial)
+    if not allow_mixed:
+        check_provenance(parts)
     locator = RowLocator(parts)
 
     # Parse only what is needed: a callable may read any field, an expression its own.

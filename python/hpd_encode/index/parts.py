@@ -50,6 +50,8 @@ class Part:
     path: str
     row_group_rows: tuple[int, ...]
     columns: frozenset[str]
+    #: The footer's provenance JSON text (None: the file has none).
+    provenance: str | None = None
 
     @property
     def num_rows(self) -> int:
@@ -125,7 +127,7 @@ def inspect_part(path: str) -> Part:
     """Row-group sizes and column names, from the footer only (parsed in Rust:
     pyarrow hands out one Python object per row group, thousands per file)."""
     try:
-        sizes, names, total = parquet_layout(path)  # ValueError naming the file when damaged
+        sizes, names, total, provenance = parquet_layout(path)  # ValueError naming the file when damaged
     except ObjectStoreError:
         raise  # names the URL and the HTTP status already
     except OSError as e:
@@ -134,7 +136,18 @@ def inspect_part(path: str) -> Part:
         raise IndexInputError(str(e)) from e
     if sum(sizes) != total:
         raise IndexInputError(f"'{path}': row groups hold {sum(sizes)} rows but the footer says {total}")
-    return Part(path=path, row_group_rows=tuple(sizes), columns=frozenset(names))
+    return Part(path=path, row_group_rows=tuple(sizes), columns=frozenset(names), provenance=provenance)
+
+
+def check_provenance(parts: Sequence[Part]) -> None:
+    """Refuse part files of different provenance in one index
+    (:class:`~hpd_encode.errors.MixedProvenanceError`, one line naming two
+    files and how they differ). Files without rows are not compared (a
+    torchrun rank with no rows writes an empty file without loading the VAE)."""
+    from hpd_encode.provenance import check_same_provenance, parse_provenance
+
+    used = [p for p in parts if p.num_rows > 0]
+    check_same_provenance([p.path for p in used], [parse_provenance(p.provenance, p.path) for p in used])
 
 
 class RowLocator:

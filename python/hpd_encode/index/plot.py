@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'hpd-encode[plot]'"
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(option: str = "--plot") -> None:
     """Raise :class:`MissingExtraError` (an ``ImportError``) with the install command when matplotlib is missing
-    (called by the CLI before any work, so a missing extra costs no scan)."""
+    (called by the CLI before any work, so a missing extra costs no scan); ``option`` names what needs it."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise MissingExtraError(f"--plot needs matplotlib, an optional extra: {INSTALL_HINT}") from None
+        raise MissingExtraError(f"{option} needs matplotlib, an optional extra: {INSTALL_HINT}") from None
 
 
 def bucket_figure(stats: IndexStats) -> Figure:

@@ -8,6 +8,15 @@ read by the Rust reader (``hpd_encode._core.read_pairs``): only the pages of
 the rows asked for, in parallel, without the GIL. Older files are read a row
 group at a time, with decoded row groups kept in a small LRU cache, so reading
 them in index order (file and row-group order) reads each row group once.
+Every latent is checked against its stored checksum (XXH3) when the file has one
+(``verify_checksums=False`` opts out).
+
+Each part file is opened once per process, and everything read from it is
+keyed by the file's identity (device, inode, size, mtime), checked on every
+call: a part replaced since (an atomic rename, a rewrite) is opened again and
+read afresh, never the old file's prompt and votes with the new file's
+latents; the Rust reader is told the identity the small columns came from
+and refuses another file, and the batch is then read again once.
 
 :class:`BucketBatchSampler` yields batches of dataset positions whose rows share
 a bucket, so their latents stack; pass it to
@@ -25,10 +34,10 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import polars as pl
@@ -39,12 +48,13 @@ from hpd_encode.errors import (
     InputNotFoundError,
     NotRegularFileError,
     OptionError,
+    PartFileChangedError,
     PartFileError,
     RowOutOfRangeError,
 )
-from hpd_encode.files import open_parquet, path_kind
+from hpd_encode.files import open_regular, path_kind
 from hpd_encode.index.table import read_index
-from hpd_encode.schema import LATENT_DOWN_FACTOR
+from hpd_encode.schema import CHECKSUM_COLUMNS, LATENT_COLUMNS, LATENT_DOWN_FACTOR
 from hpd_encode.store import is_remote
 from hpd_encode.store import join as join_url
 
@@ -118,6 +128,98 @@ MAX_REQUEST_BYTES = 4 << 30
 #: chunks, so a refused request has read at most one chunk past what told it would not fit.
 _REQUEST_CHUNK = 64
 
+#: A local file's identity, ``(st_dev, st_ino, st_size, st_mtime_ns)``; None for an object
+#: (the Rust reader checks its ETag on every read).
+Identity = tuple[int, int, int, int] | None
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Lru(Generic[_K, _V]):
+    """A bounded map that forgets its least recently used entry: the reader's
+    one cache mechanism (callers hold the dataset's lock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[_K, _V] = OrderedDict()
+
+    def get(self, key: _K, load: Callable[[], _V]) -> _V:
+        """The value of ``key``, from ``load()`` (then kept) on a miss."""
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        value = self._items[key] = load()
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _Part:
+    """One part file as this process has it open: for a local file its own
+    handle (what pyarrow reads through, so every small column comes from the
+    file ``identity`` names; opened without blocking, so a FIFO named like a
+    part file is refused), the columns to read, and whether the Rust reader
+    serves its latents. An ``s3://`` object's columns are read by the Rust
+    reader (its cached footer; one GET per row group for columns side by side)."""
+
+    def __init__(self, path: str) -> None:
+        from hpd_encode._core import latent_layout, part_file_columns
+
+        self.path = path
+        self.handle: io.BufferedReader | None = None
+        self.pf: pq.ParquetFile | None = None
+        self.identity: Identity = None
+        try:
+            if is_remote(path):
+                names = set(part_file_columns(path))
+                wanted = ["prompt", "model1", "model2"]
+                # The reference's four small columns lie side by side: one GET per row group.
+                wanted += ["detailed_results"] if "detailed_results" in names else list(_TYPED_VOTES)
+            else:
+                self.handle = open_regular(path, "part file")  # kept open: closed by close()
+                self.identity = _identity(os.fstat(self.handle.fileno()))
+                self.pf = pq.ParquetFile(self.handle)
+                names = set(self.pf.schema_arrow.names)
+                wanted = ["prompt", "model1", "model2"]
+                wanted += (
+                    list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
+                )
+            missing = [c for c in [*wanted, *LATENT_COLUMNS] if c not in names]
+            if missing:
+                raise PartFileError(f"part file '{path}' lacks the column(s) {missing}")
+            self.columns = wanted
+            self.checksums = all(c in names for c in CHECKSUM_COLUMNS)
+            self.paged: bool = latent_layout(path)[1]
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, group: int, columns: list[str]) -> _RowGroup:
+        """``columns`` of row group ``group``."""
+        if self.pf is None:
+            from hpd_encode._core import read_row_group_columns
+
+            return _RowGroup(read_row_group_columns(self.path, group, columns))
+        if not 0 <= group < self.pf.num_row_groups:
+            raise RowOutOfRangeError(
+                f"'{self.path}' has {self.pf.num_row_groups} row groups, the index asks for "
+                f"row group {group}: the index is stale; rebuild it"
+            )
+        return _RowGroup.from_table(self.pf.read_row_group(group, columns=columns))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
 
 class LatentPairDataset:
     """A map-style dataset of latent pairs, through a bucket index.
@@ -149,6 +251,14 @@ class LatentPairDataset:
     process (default: all cores; with many DataLoader workers, 1 or 2 is
     plenty).
 
+    Every latent read is checked against its stored checksum (files written
+    since checksums exist; the reference's files have none and are read
+    unchecked): a damaged latent raises
+    :class:`~hpd_encode.errors.PartFileError` naming its file, row group and
+    row. ``verify_checksums=False`` skips the check (measured cost: see
+    README, "Reading for training"). A part file replaced while the dataset
+    is in use is read afresh (see the module's description).
+
     ``max_request_bytes`` (default :data:`MAX_REQUEST_BYTES`, 4 GiB) bounds
     the latent bytes one ``__getitems__`` call may return: a larger request
     is read in chunks of 64 items and refused with
@@ -165,6 +275,7 @@ class LatentPairDataset:
         cache_row_groups: int = 4,
         root: str | PathLike[str] | None = None,
         num_threads: int | None = None,
+        verify_checksums: bool = True,
         max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         if cache_row_groups < 1:
@@ -191,23 +302,25 @@ class LatentPairDataset:
         self._bucket = df["bucket_id"].to_numpy()
         self.cache_row_groups = cache_row_groups
         self.num_threads = num_threads
+        self.verify_checksums = verify_checksums
         self.row_group_reads = 0
         self._reset()
 
     # -- per-process state (files, caches, lock) -----------------------------
 
+    _STATE = ("_lock", "_parts", "_groups", "_small", "_pid")
+
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._files: dict[int, pq.ParquetFile] = {}
-        self._columns: dict[int, list[str]] = {}
-        self._paged: dict[int, bool] = {}
-        self._cache: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
-        self._small: OrderedDict[tuple[int, int], _RowGroup] = OrderedDict()
+        self._parts: dict[int, _Part] = {}
+        # Keyed by (file, identity, row group): a replaced file never hits its predecessor's entries.
+        self._groups: _Lru[tuple[int, Identity, int], _RowGroup] = _Lru(self.cache_row_groups)
+        self._small: _Lru[tuple[int, Identity, int], _RowGroup] = _Lru(_SMALL_CACHE_GROUPS)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_files", "_columns", "_paged", "_cache", "_small", "_pid"):
+        for key in self._STATE:
             state.pop(key, None)
         return state
 
@@ -218,11 +331,10 @@ class LatentPairDataset:
     def close(self) -> None:
         """Close the open part files and drop the caches (reopened on the next read)."""
         with self._lock:
-            for f in self._files.values():
-                f.close(force=True)
-            self._files.clear()
-            self._columns.clear()
-            self._cache.clear()
+            for part in self._parts.values():
+                part.close()
+            self._parts.clear()
+            self._groups.clear()
             self._small.clear()
 
     def __enter__(self) -> LatentPairDataset:
@@ -237,100 +349,46 @@ class LatentPairDataset:
         if os.getpid() != self._pid:  # a forked DataLoader worker: its own files and caches
             self._reset()
 
-    def _remote_columns(self, file_idx: int) -> list[str]:
-        """The small columns read from an ``s3://`` part file (under ``self._lock``): the
-        reference's ``prompt, model1, model2, detailed_results``, which lie side by side
-        (one GET per row group), else the typed vote columns."""
-        wanted = self._columns.get(file_idx)
-        if wanted is None:
-            from hpd_encode._core import part_file_columns
+    def _part(self, file_idx: int, fresh: bool = False) -> _Part:
+        """The file as this process has it open (under ``self._lock``), opened
+        again when the file at its path is no longer the one open (or ``fresh``)."""
+        part = self._parts.get(file_idx)
+        path = self._paths[file_idx]
+        if part is not None and not fresh:
+            if part.identity is None:  # an object: the Rust reader checks its ETag on every read
+                return part
+            try:
+                if _identity(os.stat(path)) == part.identity:
+                    return part
+            except OSError:
+                pass  # gone or unreadable: opening it again says why
+        if part is not None:
+            part.close()
+            del self._parts[file_idx]
+        part = self._parts[file_idx] = _Part(path)
+        return part
 
-            names = set(part_file_columns(self._paths[file_idx]))
-            wanted = ["prompt", "model1", "model2"]
-            wanted += ["detailed_results"] if "detailed_results" in names else list(_TYPED_VOTES)
-            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
-            if missing:
-                raise PartFileError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
-            self._columns[file_idx] = wanted
-        return wanted
+    def _row_group_of(self, part: _Part, file_idx: int, group: int) -> _RowGroup:
+        """An old-layout row group, latents (and checksums) included (LRU cache of ``cache_row_groups``)."""
 
-    def _read_remote(self, file_idx: int, group: int, columns: list[str]) -> _RowGroup:
-        """A row group's ``columns`` of an ``s3://`` part file, through the Rust reader."""
-        from hpd_encode._core import read_row_group_columns
-
-        return _RowGroup(read_row_group_columns(self._paths[file_idx], group, columns))
-
-    def _parquet_file(self, file_idx: int) -> pq.ParquetFile:
-        """The file opened with pyarrow (under ``self._lock``), its small columns decided."""
-        pf = self._files.get(file_idx)
-        if pf is None:
-            pf = self._files[file_idx] = open_parquet(self._paths[file_idx])  # never waits on a FIFO
-            names = set(pf.schema_arrow.names)
-            wanted = ["prompt", "model1", "model2"]
-            wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
-            missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
-            if missing:
-                raise PartFileError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
-            self._columns[file_idx] = wanted
-        return pf
-
-    def _check_group(self, pf: pq.ParquetFile, file_idx: int, group: int) -> None:
-        if not 0 <= group < pf.num_row_groups:
-            raise RowOutOfRangeError(
-                f"'{self._paths[file_idx]}' has {pf.num_row_groups} row groups, the index asks for "
-                f"row group {group}: the index is stale; rebuild it"
-            )
-
-    def _is_paged(self, file_idx: int) -> bool:
-        """Whether the file is in the random-access layout (asked once per process)."""
-        paged = self._paged.get(file_idx)
-        if paged is None:
-            from hpd_encode._core import latent_layout
-
-            paged = self._paged[file_idx] = latent_layout(self._paths[file_idx])[1]
-        return paged
-
-    def _row_group_of(self, file_idx: int, group: int) -> _RowGroup:
-        """An old-layout row group, latents included (LRU cache of ``cache_row_groups``)."""
-        key = (file_idx, group)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-            if is_remote(self._paths[file_idx]):
-                rg = self._read_remote(
-                    file_idx, group, [*self._remote_columns(file_idx), "latent1", "latent2"]
-                )
-            else:
-                pf = self._parquet_file(file_idx)
-                self._check_group(pf, file_idx, group)
-                columns = [*self._columns[file_idx], "latent1", "latent2"]
-                rg = _RowGroup.from_table(pf.read_row_group(group, columns=columns))
+        def load() -> _RowGroup:
+            columns = [*part.columns, *LATENT_COLUMNS]
+            if part.checksums and self.verify_checksums:
+                columns += CHECKSUM_COLUMNS
             self.row_group_reads += 1
-            self._cache[key] = rg
-            while len(self._cache) > self.cache_row_groups:
-                self._cache.popitem(last=False)
-            return rg
+            return part.read(group, columns)
 
-    def _small_of(self, file_idx: int, group: int) -> _RowGroup:
-        """A row group's small columns (prompt, models, votes), cached per process."""
-        key = (file_idx, group)
         with self._lock:
-            hit = self._small.get(key)
-            if hit is not None:
-                self._small.move_to_end(key)
-                return hit
-            if is_remote(self._paths[file_idx]):
-                rg = self._read_remote(file_idx, group, self._remote_columns(file_idx))
-            else:
-                pf = self._parquet_file(file_idx)
-                self._check_group(pf, file_idx, group)
-                rg = _RowGroup.from_table(pf.read_row_group(group, columns=self._columns[file_idx]))
-            self._small[key] = rg
-            while len(self._small) > _SMALL_CACHE_GROUPS:
-                self._small.popitem(last=False)
-            return rg
+            return self._groups.get((file_idx, part.identity, group), load)
+
+    def _small_of(self, part: _Part, file_idx: int, group: int) -> _RowGroup:
+        """A row group's small columns (prompt, models, votes), cached per process."""
+
+        def load() -> _RowGroup:
+            return part.read(group, part.columns)
+
+        with self._lock:
+            return self._small.get((file_idx, part.identity, group), load)
 
     def __len__(self) -> int:
         return len(self._global_id)
@@ -391,42 +449,54 @@ class LatentPairDataset:
             )
 
     def _read_items(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """The items at ``indices``, read together (one call into the Rust reader for the paged files)."""
+        """The items at ``indices``, read together (one call into the Rust reader for the paged files);
+        a part replaced meanwhile is read again once."""
+        self._check_pid()
+        positions = [self._position(int(i)) for i in indices]
+        where_of = [(int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])) for i in positions]
+        try:
+            return self._items(positions, where_of, fresh=False)
+        except PartFileChangedError:
+            # A part was replaced between our look at it and the Rust reader's: read the batch again,
+            # every file opened afresh (a second change in that time is raised).
+            return self._items(positions, where_of, fresh=True)
+
+    def _items(
+        self, positions: list[int], where_of: list[tuple[int, int, int]], fresh: bool
+    ) -> list[dict[str, Any]]:
         import torch
 
         from hpd_encode._core import read_pairs
 
-        self._check_pid()
-        positions = [self._position(int(i)) for i in indices]
-        where_of: list[tuple[int, int, int]] = []
+        with self._lock:
+            parts = {f: self._part(f, fresh) for f in sorted({f for f, _, _ in where_of})}
         paged_at: list[int] = []
         requests: list[tuple[str, int, int]] = []
-        for k, i in enumerate(positions):
-            f, g, r = int(self._file[i]), int(self._row_group[i]), int(self._row_index[i])
-            where_of.append((f, g, r))
-            if self._is_paged(f):
+        expect: list[Identity | None] = []
+        for k, (f, g, r) in enumerate(where_of):
+            if parts[f].paged:
                 paged_at.append(k)
                 requests.append((self._paths[f], g, r))
+                expect.append(parts[f].identity)
         latents: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if requests:
-            for k, read in zip(paged_at, read_pairs(requests, num_threads=self.num_threads)):
-                latents[k] = read
+            read = read_pairs(
+                requests, num_threads=self.num_threads, verify_checksums=self.verify_checksums, expect=expect
+            )
+            latents = dict(zip(paged_at, read))
         items = []
         for k, i in enumerate(positions):
             f, g, r = where_of[k]
             where = f"'{self._paths[f]}' row group {g} row {r}"
-            rg = self._small_of(f, g) if k in latents else self._row_group_of(f, g)
+            part = parts[f]
+            rg = self._small_of(part, f, g) if k in latents else self._row_group_of(part, f, g)
             if not 0 <= r < rg.num_rows:
                 raise RowOutOfRangeError(
                     f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
                 )
-            cols = rg.columns
             pair = latents.get(k)
             if pair is None:
-                pair = (
-                    _load_npy(rg.value("latent1", r), where, "latent1"),
-                    _load_npy(rg.value("latent2", r), where, "latent2"),
-                )
+                pair = (_old_layout_latent(rg, r, where, 0), _old_layout_latent(rg, r, where, 1))
             height, width = int(self._height[i]), int(self._width[i])
             for name, arr in zip(("latent1", "latent2"), pair):
                 if (
@@ -438,7 +508,7 @@ class LatentPairDataset:
                         f"{where}: {name} has shape {arr.shape}, the index says {height}x{width}: "
                         "rebuild the index"
                     )
-            if "detailed_results" in cols:
+            if "detailed_results" in rg.columns:
                 votes = _parse_votes(rg.value("detailed_results", r), where)
             else:
                 votes = {c: rg.value(c, r) for c in _TYPED_VOTES}
@@ -465,10 +535,21 @@ def _latent_bytes(items: list[dict[str, Any]]) -> int:
     return sum(it["latent1"].nbytes + it["latent2"].nbytes for it in items)
 
 
-def _load_npy(data: bytes | None, where: str, name: str) -> np.ndarray:
-    """An old-layout latent's ``.npy`` bytes as an array."""
+def _old_layout_latent(rg: _RowGroup, r: int, where: str, k: int) -> np.ndarray:
+    """Latent ``k`` of row ``r`` of an old-layout row group as an array,
+    checked against its stored checksum when the row group was read with it."""
+    from hpd_encode._core import latent_checksum
+
+    name = LATENT_COLUMNS[k]
+    data = rg.value(name, r)
     if data is None:
         raise PartFileError(f"{where}: {name} is null")
+    stored = rg.value(CHECKSUM_COLUMNS[k], r) if CHECKSUM_COLUMNS[k] in rg.columns else None
+    if stored is not None and latent_checksum(data) != stored:
+        raise PartFileError(
+            f"{where}: {name}: checksum mismatch: {CHECKSUM_COLUMNS[k]} says {stored:#018x}, the stored "
+            f"bytes give {latent_checksum(data):#018x}: the latent is damaged; restore the file or encode it again"
+        )
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 

@@ -1,17 +1,28 @@
-"""Rewrite part files into the random-access layout.
+"""Rewrite part files into the random-access layout, through the Rust writer.
 
 Part files written by the reference pipeline, by pyarrow with its defaults, or
 by earlier versions of hpd-encode store a row group's latents in one or a few
 large pages, so reading one pair decodes the whole row group. :func:`repack`
 rewrites them so that every ``latent1``/``latent2`` value is its own data page
 and the offset index (page index) is written: one pair is then two small
-positional reads (see :mod:`hpd_encode.latents.reader`).
+positional reads (see :mod:`hpd_encode.latents.reader`). The page layout comes
+from the part writer itself (``_core.rewrite_part_file``, ``rust/parts/rewrite.rs``):
+one author of the layout.
 
 Every column's values are kept as they are (the latent ``.npy`` bytes are
-identical), and so are the schema and the row-group boundaries, so an index
-built on the repacked directory equals the one built on the source except for
-the paths. Files are written under a temporary name, fsynced and renamed;
-a rerun skips the files already complete in the destination.
+identical; columns beyond hpd-encode's are carried too), and so are the
+row-group boundaries, so an index built on the repacked directory equals the
+one built on the source except for the paths. A source without checksum
+columns gets them; a source with them has every latent checked first (a
+damaged source is refused, never copied under fresh checksums), and a source
+whose manifest records its digest is compared with it.
+
+Each destination file's footer keeps the source's metadata (its provenance
+included) and records where it came from (``"repack"`` in the provenance:
+the source's name, size, mtime and digest, and the latent codec). Files are
+written under a temporary name, fsynced and renamed; a rerun skips a
+destination file only when that record proves it is a finished repack of
+this very source file (same size, mtime and digest, same codec).
 """
 
 from __future__ import annotations
@@ -35,70 +46,66 @@ from hpd_encode.output_dir import (
     MANIFEST,
     SUMMARY,
     OutputLock,
-    fsync_path,
     list_part_files,
     read_manifest,
     require_complete,
     write_json_atomic,
 )
-from hpd_encode.schema import LATENT_COMPRESSIONS, REFERENCE_COLUMNS
+from hpd_encode.provenance import PROVENANCE_KEY, parse_provenance, provenance_json
+from hpd_encode.schema import (
+    CHECKSUM_COLUMNS,
+    FILE_DIGEST,
+    LATENT_COMPRESSIONS,
+    REFERENCE_COLUMNS,
+    TEMP_RE,
+    temp_name,
+)
 from hpd_encode.store import is_remote
 
 log = logging.getLogger(__name__)
 
-#: The columns that get one data page per value.
-LATENT_COLUMNS = ("latent1", "latent2")
-
-
 #: Codecs :func:`repack` offers for the latent columns (the writer's; the first, ``"none"``, is the default).
 LATENT_CODECS = LATENT_COMPRESSIONS
 
+#: Footer keys the writer makes itself (never copied from a source).
+_WRITER_KEYS = ("ARROW:schema",)
 
-def paged_write_options(schema: pa.Schema, latent_compression: str = "none") -> dict[str, Any]:
-    """``pyarrow.parquet`` writer options for the random-access layout.
 
-    One value per data page (``write_batch_size=1`` with a 1-byte page size
-    limit closes a page after every value), the offset index written, no
-    dictionary for the latents, and no statistics on the latent columns (their
-    min/max would copy whole latents into the footer and the column index).
-    pyarrow applies the page size to every column; the small columns' extra
-    page headers cost a few tens of kilobytes per row group.
-
-    ``latent_compression="none"`` (the default, as our writer's) stores the
-    latents uncompressed: zstd saves only ~8 % on float latents and costs
-    more CPU than the read itself (warm batch reads: 1.9 GB of latents per
-    CPU-second uncompressed, 0.76 with zstd), so uncompressed latents keep
-    readers and ``verify`` at disk speed. ``"zstd"`` suits storage-bound setups.
-    """
+def _check_codec(latent_compression: str) -> None:
     if latent_compression not in LATENT_CODECS:
         raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
-    names = schema.names
-    return {
-        "compression": {n: latent_compression if n in LATENT_COLUMNS else "zstd" for n in names},
-        "write_batch_size": 1,
-        "data_page_size": 1,
-        "write_page_index": True,
-        "use_dictionary": [n for n in names if n not in LATENT_COLUMNS],
-        "write_statistics": [n for n in names if n not in LATENT_COLUMNS],
-    }
 
 
 def write_paged_table(
     table: pa.Table, path: str | PathLike[str], row_group_size: int = 100, latent_compression: str = "none"
 ) -> None:
-    """Write ``table`` to ``path`` in the random-access layout (row groups of ``row_group_size``)."""
-    options = paged_write_options(table.schema, latent_compression)
-    pq.write_table(table, path, row_group_size=row_group_size, **options)
+    """Write ``table`` (a part file's columns) to ``path`` in the random-access
+    layout, with row groups of ``row_group_size``: pyarrow writes the values,
+    the Rust writer lays them out and computes each latent's checksum (any
+    checksum columns in ``table`` are dropped and computed afresh)."""
+    _check_codec(latent_compression)
+    from hpd_encode._core import rewrite_part_file
+
+    path = Path(path)
+    plain = temp_name(path.with_name(path.name + ".plain"))
+    keep = [n for n in table.column_names if n not in CHECKSUM_COLUMNS]
+    try:
+        pq.write_table(table.select(keep), plain, row_group_size=row_group_size)
+        rewrite_part_file(plain, path, latent_compression=latent_compression)
+    finally:
+        plain.unlink(missing_ok=True)
 
 
 @dataclass
 class RepackReport:
-    """What :func:`repack` did."""
+    """What :func:`repack` did. ``checksums_added`` names the files whose
+    source had no checksums (they were computed from its latents)."""
 
     src_dir: str
     dest_dir: str
     files_written: list[str] = field(default_factory=list)
     files_skipped: list[str] = field(default_factory=list)
+    checksums_added: list[str] = field(default_factory=list)
     rows: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
@@ -140,59 +147,86 @@ def _check_sources(parts: list[Path]) -> None:
             )
 
 
-def _is_complete_copy(src: pq.ParquetFile, dest: Path) -> bool:
-    """True when ``dest`` is a finished repack of ``src`` (same row groups, paged latents)."""
-    from hpd_encode._core import latent_layout
+def _source_facts(src: Path) -> dict[str, Any]:
+    """What identifies a source file, its digest aside: name, size, mtime."""
+    st = src.stat()
+    return {"file": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _recorded_source(dest: Path) -> dict[str, Any] | None:
+    """What a destination file's footer says it was repacked from (None: nothing, or unreadable)."""
+    from hpd_encode._core import footer_metadata
+
+    try:
+        prov = parse_provenance(footer_metadata(dest).get(PROVENANCE_KEY), str(dest))
+    except (OSError, ValueError):
+        return None
+    record = (prov or {}).get("repack")
+    return record if isinstance(record, dict) else None
+
+
+def _is_proven_copy(src: Path, dest: Path, latent_compression: str) -> bool:
+    """True when ``dest`` is a finished repack of this very ``src``: its
+    footer records the source's name, size and mtime as they are now, the
+    same codec, and the digest ``src`` has now (read only when the rest
+    agrees), and it is in the paged layout with the source's row groups."""
+    from hpd_encode._core import file_digest, latent_layout, parquet_layout
 
     if not dest.is_file():
         return False
+    record = _recorded_source(dest)
+    if record is None or record.get("latent_compression") != latent_compression:
+        return False
+    source = record.get("source") or {}
+    facts = _source_facts(src)
+    if any(source.get(k) != v for k, v in facts.items()):
+        return False
     try:
         rows, paged = latent_layout(dest)
-        dest_schema = pq.read_schema(dest)
+        src_rows = parquet_layout(src)[0]
     except (OSError, ValueError, IndexError):
         return False
-    src_rows = [src.metadata.row_group(i).num_rows for i in range(src.metadata.num_row_groups)]
-    return paged and rows == src_rows and dest_schema.equals(src.schema_arrow, check_metadata=False)
+    return bool(paged and rows == src_rows and source.get(FILE_DIGEST) == file_digest(src))
 
 
-def _repack_file(src_path: Path, dest_path: Path, latent_compression: str) -> int:
-    """Rewrite one file; returns its row count."""
-    tmp = dest_path.with_name(f".{dest_path.name}.tmp-{os.getpid()}")
-    src = pq.ParquetFile(src_path)
-    schema = src.schema_arrow
-    rows = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, **paged_write_options(schema, latent_compression)) as writer:
-            for g in range(src.num_row_groups):
-                table = src.read_row_group(g)
-                # One source row group -> one destination row group: the index's
-                # (row_group, row_index) positions stay the same.
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
-                rows += table.num_rows
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest_path)
-        fsync_path(dest_path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return rows
+def _footer_metadata(src: Path, source: dict[str, Any], latent_compression: str) -> list[tuple[str, str]]:
+    """The destination's footer metadata: the source's (its provenance
+    included), plus the record of the source this copy was made from."""
+    from hpd_encode._core import footer_metadata
+
+    kv = footer_metadata(src)
+    provenance = parse_provenance(kv.get(PROVENANCE_KEY), str(src)) or {}
+    provenance["repack"] = {"source": source, "latent_compression": latent_compression}
+    kept = [(k, v) for k, v in kv.items() if v is not None and k not in (*_WRITER_KEYS, PROVENANCE_KEY)]
+    return [*kept, (PROVENANCE_KEY, provenance_json(provenance))]
 
 
-def _refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> None:
-    """Refuse a directory whose lock another process holds (an encode writing it)."""
-    from hpd_encode.latents.verify import lock_holder_if_busy
+def _repack_file(src: Path, dest: Path, latent_compression: str, recorded_sha: str | None) -> dict[str, Any]:
+    """Rewrite one file through the Rust writer; returns its stats."""
+    from hpd_encode._core import file_digest, rewrite_part_file
 
-    holder = lock_holder_if_busy(directory)
-    if holder is None:
-        return
-    from hpd_encode.errors import OutputBusyError
-
-    msg = f"'{directory}' is in use: {holder}"
-    if not allow_partial:
-        raise OutputBusyError(
-            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
+    facts = _source_facts(src)
+    sha = file_digest(src)
+    if recorded_sha is not None and sha != recorded_sha:
+        raise PartFileError(
+            f"'{src}': its digest is {sha}, its manifest.json records {recorded_sha}: the source changed or is "
+            "damaged since it was written; nothing was written for it (verify the source directory)"
         )
-    log.warning("%s; going on with what is committed (--allow-partial)", msg)
+    metadata = _footer_metadata(src, {**facts, FILE_DIGEST: sha}, latent_compression)
+    stats = rewrite_part_file(src, dest, latent_compression=latent_compression, metadata=metadata)
+    if _source_facts(src) != facts:
+        dest.unlink(missing_ok=True)
+        raise PartFileError(f"'{src}' changed while it was being repacked; run repack again")
+    return dict(stats)
+
+
+def _manifest_digests(manifest: dict[str, Any] | None) -> dict[tuple[str, Any], str]:
+    """``(file name, bytes) -> digest`` of a manifest's file entries."""
+    return {
+        (str(f.get("path")), f.get("bytes")): f[FILE_DIGEST]
+        for f in (manifest or {}).get("files") or []
+        if isinstance(f, dict) and isinstance(f.get(FILE_DIGEST), str)
+    }
 
 
 def repack(
@@ -209,14 +243,13 @@ def repack(
     encode run has not completed (unless ``allow_partial``), and a
     destination another process holds. ``manifest.json``, ``summary.json``
     and ``failures.csv`` are copied (the manifest's file list describes the
-    new files). Rerunning after an interruption skips the files already done.
+    new files, with their digests). Rerunning after an interruption skips
+    the files proven done (see the module's description).
     Either side may be an ``s3://`` prefix (staged through a local temporary
     directory: :func:`hpd_encode.transfer.repack_remote`).
-    ``latent_compression`` is ``"none"`` (default) or ``"zstd"`` (as the
-    reference; see :func:`paged_write_options`).
+    ``latent_compression`` is ``"none"`` (default) or ``"zstd"``.
     """
-    if latent_compression not in LATENT_CODECS:
-        raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
+    _check_codec(latent_compression)
     if is_remote(os.fspath(src_dir)) or is_remote(os.fspath(dest_dir)):
         # s3:// source or destination: staged through a local directory (pulled, pushed).
         from hpd_encode.transfer import repack_remote
@@ -228,37 +261,52 @@ def repack(
             progress=progress,
             latent_compression=latent_compression,
         )
+    from hpd_encode._core import file_digest, parquet_layout
+
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)
     manifest = require_complete(src, allow_partial, "repack")
-    _refuse_if_busy(src, allow_partial, "repack")
+    from hpd_encode.latents.verify import refuse_if_busy
+
+    refuse_if_busy(src, allow_partial, "repack")
     parts = list_part_files(src)
     if not parts:
         raise InputNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
     _check_sources(parts)
+    source_digests = _manifest_digests(manifest)
     report = RepackReport(src_dir=str(src), dest_dir=str(dest))
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
     with OutputLock(dest, purpose="repack"):
-        for stale in dest.glob(".part_rank*.parquet.tmp-*"):  # left by a killed repack; we hold the lock
-            stale.unlink(missing_ok=True)
+        old_digests = _manifest_digests(read_manifest(dest))
+        for p in dest.iterdir():  # left by a killed repack; we hold the lock
+            m = TEMP_RE.match(p.name)
+            if m is not None and m["name"].startswith("part_rank"):
+                p.unlink(missing_ok=True)
         bar = None
         if progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(total=sum(p.stat().st_size for p in parts), unit="B", unit_scale=True, desc="repack")
+        files: list[dict[str, Any]] = []
         for part in parts:
             target = dest / part.name
             size = part.stat().st_size
-            src_file = pq.ParquetFile(part)
-            if _is_complete_copy(src_file, target):
+            if _is_proven_copy(part, target, latent_compression):
                 report.files_skipped.append(part.name)
-                report.rows += src_file.metadata.num_rows
+                out_size = target.stat().st_size
+                sha = old_digests.get((part.name, out_size)) or file_digest(target)
+                rows = parquet_layout(target)[2]
             else:
-                report.rows += _repack_file(part, target, latent_compression)
+                stats = _repack_file(part, target, latent_compression, source_digests.get((part.name, size)))
+                rows, sha, out_size = stats["rows"], stats[FILE_DIGEST], stats["bytes"]
                 report.files_written.append(part.name)
+                if stats["checksums_added"]:
+                    report.checksums_added.append(part.name)
                 report.bytes_read += size
-                report.bytes_written += target.stat().st_size
+                report.bytes_written += out_size
+            report.rows += rows
+            files.append({"path": part.name, "rows": rows, "bytes": out_size, FILE_DIGEST: sha})
             if bar is not None:
                 bar.update(size)
         if bar is not None:
@@ -266,20 +314,17 @@ def repack(
         for name in (SUMMARY, FAILURES):
             if (src / name).is_file():
                 data = (src / name).read_bytes()
-                tmp = dest / f".{name}.tmp-{os.getpid()}"
+                tmp = temp_name(dest / name)
                 try:
                     tmp.write_bytes(data)
                     os.replace(tmp, dest / name)
                 finally:
                     tmp.unlink(missing_ok=True)
-        if manifest is not None or read_manifest(src) is not None:
-            new = dict(manifest or read_manifest(src) or {})
-            new["files"] = [
-                {"path": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "bytes": p.stat().st_size}
-                for p in list_part_files(dest)
-                if p.name in {q.name for q in parts}
-            ]
-            new["repacked_from"] = str(src.resolve())
-            write_json_atomic(dest / MANIFEST, new)
+        new = dict(manifest or {})
+        new.setdefault("status", "complete")
+        new["files"] = files
+        new["repacked_from"] = str(src.resolve())
+        new["repack_latent_compression"] = latent_compression
+        write_json_atomic(dest / MANIFEST, new)
     report.seconds = round(time.monotonic() - t0, 3)
     return report

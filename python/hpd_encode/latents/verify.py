@@ -4,15 +4,23 @@
 (row groups in parallel, large sequential reads, the ``.npy`` checks in Rust)
 and checks:
 
+- each value's bytes against the checksum (XXH3) stored beside it (files without
+  the checksum columns, the reference's and older ones, are reported as
+  unchecked: a flipped bit inside their float data is only caught when it
+  makes a NaN or an infinity);
 - each value's ``.npy`` header parses, its dtype is float32 or float16 and
   its shape equals the row's ``latent1_shape`` / ``latent2_shape``;
 - every value is finite (no NaN or infinity);
+- every page of every other column decodes;
 - ``record_index`` (when the files have it) is unique across the directory;
 - the part files agree with ``manifest.json``: files listed but missing,
-  present but not listed, and row counts that differ.
+  present but not listed, row counts that differ, and each file's digest
+  (XXH3-128) when the manifest records it (then every changed byte of the file, page
+  headers and footer included, is found).
 
-Each problem names its file, row group and row. The result is a
-:class:`VerifyReport`; ``hpd-encode verify`` prints it.
+A directory without part files is a problem, not "OK". Each problem names
+its file, row group and row. The result is a :class:`VerifyReport`;
+``hpd-encode verify`` prints it.
 """
 
 from __future__ import annotations
@@ -27,8 +35,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import pyarrow.parquet as pq
-
 from hpd_encode import store
 from hpd_encode.errors import OutputBusyError
 from hpd_encode.files import open_parquet, require_directory
@@ -38,6 +44,7 @@ from hpd_encode.output_dir import (
     list_part_urls,
     require_complete,
 )
+from hpd_encode.schema import FILE_DIGEST
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,10 @@ class VerifyReport:
     files: int = 0
     rows: int = 0
     latents: int = 0
+    #: Latents read whose file stores no checksum (their bytes are unchecked).
+    latents_unchecked: int = 0
+    #: Files whose digest was compared with the one ``manifest.json`` records.
+    files_digest_checked: int = 0
     bytes: int = 0
     seconds: float = 0.0
     manifest_status: str | None = None
@@ -100,6 +111,18 @@ class VerifyReport:
             f"{self.output_dir}: {self.files} part files, {self.rows} rows, {self.latents} latents, "
             f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s ({self.mb_per_second:.0f} MB/s)",
         ]
+        checked = self.latents - self.latents_unchecked
+        lines.append(
+            f"checksums: {checked} latents checked"
+            + (
+                f", {self.latents_unchecked} unchecked (files without checksum columns: "
+                "the reference's or older ones)"
+                if self.latents_unchecked
+                else ""
+            )
+            + f"; whole-file digests: {self.files_digest_checked} of {self.files} files checked"
+            + ("" if self.files_digest_checked == self.files else " (the others have none in manifest.json)")
+        )
         if self.ok:
             lines.append("OK: no problems found")
         else:
@@ -136,8 +159,9 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
-#: What :func:`_read_file` gives: the Rust checks and the small columns, or why the file is unreadable.
-_Read: TypeAlias = "tuple[list[Any], dict[str, list[Any]]] | Problem"
+#: What :func:`_read_file` gives: the Rust checks, the small columns and the
+#: columns that do not decode, or why the file is unreadable.
+_Read: TypeAlias = "tuple[list[Any], dict[str, list[Any]], list[Problem]] | Problem"
 
 #: A part file: a local path, or an ``s3://`` URL.
 _Part: TypeAlias = "Path | str"
@@ -162,13 +186,17 @@ def _remote_small_columns(url: str) -> dict[str, list[Any]]:
 def _read_file(path: _Part, threads: int | None) -> _Read:
     """The reads of one file (no GIL held for long, so it runs on a worker
     thread ahead of the checks): every latent's check from the Rust reader,
-    and the small columns the checks compare against; or the problem that
-    stops the file from being read."""
-    from hpd_encode._core import check_part_file
+    every page of the other columns decoded (Rust), and the small columns the
+    checks compare against; or the problem that stops the file from being read."""
+    from hpd_encode._core import check_part_columns, check_part_file
 
     name = str(path)
     try:
         checks = check_part_file(path, num_threads=threads)
+        columns = [
+            Problem(name, group, None, "unreadable_column", f"column '{column}': {reason}")
+            for group, column, reason in check_part_columns(path)
+        ]
     except (OSError, ValueError) as e:
         return Problem(name, None, None, "unreadable_file", str(e))
     try:
@@ -181,9 +209,33 @@ def _read_file(path: _Part, threads: int | None) -> _Read:
                 small = pf.read(columns=cols).to_pydict() if cols else {}
             finally:
                 pf.close(force=True)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on damaged pages
         return Problem(name, None, None, "unreadable_file", f"cannot read its small columns: {e}")
-    return checks, small
+    return checks, small, columns
+
+
+def _digest(path: _Part, want: str | None) -> Problem | bool:
+    """Compare the file's digest with the one the manifest records (False:
+    none recorded, or an ``s3://`` object, whose bytes were checked against
+    their CRC-64/NVME when pushed; True: equal)."""
+    from hpd_encode._core import file_digest
+
+    if not want or isinstance(path, str):
+        return False
+    try:
+        got = file_digest(path)
+    except OSError as e:
+        return Problem(str(path), None, None, "unreadable_file", str(e))
+    if got != want:
+        return Problem(
+            str(path),
+            None,
+            None,
+            "digest",
+            f"its digest (XXH3-128) is {got}, manifest.json records {want}: the file changed or is damaged "
+            "since it was written; restore it, or encode it again",
+        )
+    return True
 
 
 def _check_file(
@@ -193,7 +245,8 @@ def _check_file(
     if isinstance(read, Problem):
         report.problems.append(read)
         return
-    checks, small = read
+    checks, small, columns = read
+    report.problems += columns
     n = len(checks)
     for c in ("latent1_shape", "latent2_shape"):
         if c not in small:
@@ -207,7 +260,21 @@ def _check_file(
                 report.problems.append(Problem(name, group, row, "unreadable_latent", info))
                 continue
             report.latents += 1
-            dtype, shape, nonfinite = info
+            dtype, shape, nonfinite, checksum = info
+            if checksum is None:
+                report.latents_unchecked += 1
+            elif checksum is not True:
+                stored, computed = checksum
+                report.problems.append(
+                    Problem(
+                        name,
+                        group,
+                        row,
+                        "checksum",
+                        f"{column}'s bytes give checksum {computed:#018x}, {column}_xxh3 says {stored:#018x}: "
+                        "the latent is damaged",
+                    )
+                )
             if dtype not in _DTYPES:
                 report.problems.append(Problem(name, group, row, "dtype", f"{column} is {dtype}"))
             stated = _shape_of(small[f"{column}_shape"][pos]) if f"{column}_shape" in small else tuple(shape)
@@ -252,6 +319,7 @@ def _account(
     path: _Part,
     size: int,
     read: _Read,
+    digest: Problem | bool,
     report: VerifyReport,
     seen: dict[int, tuple[str, int, int]],
     listed: dict[str, int | None],
@@ -262,6 +330,10 @@ def _account(
     _check_file(path, read, report, seen)
     report.files += 1
     report.bytes += size
+    if isinstance(digest, Problem):
+        report.problems.append(digest)
+    elif digest:
+        report.files_digest_checked += 1
     if manifest is None:
         return
     name = _name(path)
@@ -328,10 +400,17 @@ def _verify(out: Path | str, allow_partial: bool, progress: bool, num_threads: i
             len(parts),
         )
     listed: dict[str, int | None] = {}
+    digests: dict[str, str] = {}
     if manifest is not None:
         for entry in manifest.get("files") or []:
             if isinstance(entry, dict) and "path" in entry:
                 listed[str(entry["path"])] = entry.get("rows")
+                if isinstance(entry.get(FILE_DIGEST), str):
+                    digests[str(entry["path"])] = entry[FILE_DIGEST]
+    if not parts:
+        report.problems.append(
+            Problem(str(out), None, None, "no_part_files", "it holds no part files (part_rankNN*.parquet)")
+        )
     t0 = time.monotonic()
     bar = None
     if progress and sys.stderr.isatty():
@@ -342,13 +421,18 @@ def _verify(out: Path | str, allow_partial: bool, progress: bool, num_threads: i
     # The next file is read (Rust, GIL released, on the same thread pool) while
     # this one is read and checked: the disk never waits for the Python side or
     # for the last column chunks of a file.
-    with ThreadPoolExecutor(2, thread_name_prefix="verify-read") as ahead:
-        reads: dict[int, Future[_Read]] = {}
+    # The whole-file digest is computed on a thread of its own beside the checks.
+    with ThreadPoolExecutor(3, thread_name_prefix="verify-read") as ahead:
+        reads: dict[int, tuple[Future[_Read], Future[Problem | bool]]] = {}
         for i, path in enumerate(parts):
             for j in (i, i + 1):
                 if j < len(parts) and j not in reads:
-                    reads[j] = ahead.submit(_read_file, parts[j], num_threads)
-            _account(path, sizes[i], reads.pop(i).result(), report, seen, listed, manifest)
+                    reads[j] = (
+                        ahead.submit(_read_file, parts[j], num_threads),
+                        ahead.submit(_digest, parts[j], digests.get(_name(parts[j]))),
+                    )
+            read, digest = reads.pop(i)
+            _account(path, sizes[i], read.result(), digest.result(), report, seen, listed, manifest)
             if bar is not None:
                 bar.update(sizes[i])
     if bar is not None:

@@ -40,6 +40,7 @@ from hpd_encode.output_dir import (
     prepare_output,
     read_lock_holder,
     read_manifest,
+    record_file,
     vae_identity,
     write_json_atomic,
 )
@@ -56,6 +57,7 @@ from hpd_encode.pipeline.options import (
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition, plan
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Survey, cpu_seconds, survey
+from hpd_encode.provenance import encode_provenance, footer_entries
 from hpd_encode.vae import VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
@@ -278,16 +280,29 @@ def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict
     }
 
 
-def _take_output_dir(out: OutputOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
+def _tool() -> str:
+    return f"hpd-encode {_core.__version__}"
+
+
+def _inputs(opts: EncodeOptions) -> dict[str, str]:
+    """Where the run's sources are (for ``verify --reencode``; not fingerprinted: a dataset may move)."""
+    return {
+        "data_root": str(opts.survey.data_root.resolve()),
+        "metadata": str(opts.survey.metadata.resolve()),
+    }
+
+
+def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
     """Rank 0 locks the output directory and prepares it; every rank learns the
     outcome, and the others check that the lock is this run's."""
+    out = opts.output
     lock = None
     status: Any = None
     if dist.rank == 0:
         try:
             lock = OutputLock(out.output_dir, purpose="encode").acquire()
             try:
-                prepare_output(out.output_dir, settings, out.overwrite, f"hpd-encode {_core.__version__}")
+                prepare_output(out.output_dir, settings, out.overwrite, _tool(), _inputs(opts))
             except BaseException:
                 lock.release()
                 raise
@@ -323,7 +338,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     settings = _settings(opts, device, found)
-    lock = _take_output_dir(opts.output, dist, settings)
+    lock = _take_output_dir(opts, dist, settings)
     try:
         done = done_records(opts.output.output_dir)
         plan = _Plan(opts.survey, opts.plan, dist, done, device)
@@ -337,7 +352,7 @@ def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
                 plan.n_failures,
             )
         plan.keep_only_this_rank()
-        result = _encode_rank(opts, dist, plan.rank_plan, plan.image_paths, device, found)
+        result = _encode_rank(opts, dist, plan.rank_plan, plan.image_paths, device, found, settings)
         results: list[RankResult] = dist.all_gather(result)
         summary: EncodeSummary | None = None
         if dist.rank == 0:
@@ -355,10 +370,20 @@ def _encode_rank(
     image_paths: pl.Series,
     device: str,
     found: VaeFolder | None,
+    settings: dict[str, Any],
 ) -> RankResult:
+    """Encode this rank's rows into part files whose footers carry the run's
+    provenance; rank 0 (which holds the manifest) records each file's digest
+    as it is committed, the other ranks' reach the manifest in :func:`finish`."""
     out = opts.output
+    normalization = opts.encoder.vae.normalization if found is None else found.normalization
     rotator = PartRotator(
-        out.output_dir, dist.rank, out.rows_per_file, latent_compression=out.latent_compression
+        out.output_dir,
+        dist.rank,
+        out.rows_per_file,
+        latent_compression=out.latent_compression,
+        metadata=footer_entries(encode_provenance(settings, _tool(), normalization)),
+        on_commit=(lambda entry: record_file(out.output_dir, entry)) if dist.rank == 0 else None,
     )
     t = time.monotonic()
     if plan.n_rows == 0:
@@ -408,7 +433,8 @@ def finish(
                 stats[k] = stats.get(k, 0) + int(v)
         failures.extend(res.failures)
     write_failures_csv(out / FAILURES, failures)
-    files = committed_files(out)
+    known = [*(read_manifest(out) or {}).get("files", []), *(f for res in results for f in res.files)]
+    files = committed_files(out, known)
     encode_s = max((res.encode_seconds for res in results), default=0.0)
     rows_written = stats.get("rows_written", 0)
     summary = EncodeSummary(

@@ -25,7 +25,7 @@ from hpd_encode.failures import Failure
 from hpd_encode.output_dir import PartRotator
 from hpd_encode.pipeline.options import EncoderOptions
 from hpd_encode.pipeline.plan import RankPlan
-from hpd_encode.vae import LatentEncoder, encode_pixels, item_seed, latents_to_numpy
+from hpd_encode.vae import LatentEncoder, encode_pixels, job_seed, latents_to_numpy
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -178,7 +178,7 @@ class Encoder:
                 self.stats["images_failed"] += 1
         if ok:
             x = torch.from_numpy(arr if len(ok) == len(errs) else arr[ok])
-            seeds = [item_seed(self.opts.seed, f"{rels[i]}@{size[0]}x{size[1]}") for i in ok]
+            seeds = [job_seed(self.opts.seed, rels[i], size) for i in ok]
             z = self._vae_chunked(x, seeds, size)
             self._check_latents(z, len(ok), size)
             finite = torch.isfinite(z).flatten(1).all(dim=1).tolist()

@@ -11,6 +11,7 @@ from hpd_encode.vae.diffusers_vae import (
     DiffusersVae,
     Vae,
     VaeFolder,
+    decode_latents,
     find_vae,
     latents_to_numpy,
     load_vae,
@@ -28,6 +29,7 @@ from hpd_encode.vae.protocol import (
     fill_noise,
     gaussian_noise,
     item_seed,
+    job_seed,
     to_encoder_input,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "Vae",
     "VaeFolder",
     "check_encoder",
+    "decode_latents",
     "describe_change",
     "encode_pixels",
     "file_digest",
@@ -48,6 +51,7 @@ __all__ = [
     "folder_identity",
     "gaussian_noise",
     "item_seed",
+    "job_seed",
     "latents_to_numpy",
     "load_vae",
     "make_tiny_vae",

@@ -53,6 +53,18 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
+def normalization_of(class_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The normalisation a diffusers VAE of ``class_name`` with ``config`` applies
+    (:meth:`DiffusersVae.normalize`), as :attr:`LatentEncoder.normalization` states it."""
+    mean, std = config.get("latents_mean"), config.get("latents_std")
+    if class_name == "AutoencoderKLQwenImage":
+        return {"kind": "per_channel", "mean": list(mean or []), "std": list(std or []), "scale": 1.0}
+    scale = float(config.get("scaling_factor") or 1.0)
+    if mean is not None and std is not None:
+        return {"kind": "per_channel", "mean": list(mean), "std": list(std), "scale": scale}
+    return {"kind": "shift_scale", "shift": float(config.get("shift_factor") or 0.0), "scale": scale}
+
+
 @dataclass(frozen=True)
 class VaeFolder:
     """A diffusers VAE found on disk (a local folder, or a hub id's files in
@@ -64,6 +76,11 @@ class VaeFolder:
     class_name: str
     config: dict[str, Any]
     identity: str
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """What a loaded VAE's :attr:`DiffusersVae.normalization` will be (no model loaded)."""
+        return normalization_of(self.class_name, self.config)
 
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
@@ -203,23 +220,7 @@ class DiffusersVae:
         else:
             self.down_factor = 2 ** (len(cfg["block_out_channels"]) - 1)
             self.latent_channels = int(cfg["latent_channels"])
-        mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
-        if self.frame_axis:
-            self.normalization = {
-                "kind": "per_channel",
-                "mean": list(mean or []),
-                "std": list(std or []),
-                "scale": 1.0,
-            }
-        elif mean is not None and std is not None:
-            scale = float(cfg.get("scaling_factor") or 1.0)
-            self.normalization = {"kind": "per_channel", "mean": list(mean), "std": list(std), "scale": scale}
-        else:
-            self.normalization = {
-                "kind": "shift_scale",
-                "shift": float(cfg.get("shift_factor") or 0.0),
-                "scale": float(cfg.get("scaling_factor") or 1.0),
-            }
+        self.normalization = normalization_of(self.class_name, cfg)
 
     @property
     def frame_axis(self) -> bool:
@@ -329,6 +330,31 @@ class DiffusersVae:
 
 #: The name this class had before the encoder protocol.
 Vae = DiffusersVae
+
+
+def decode_latents(vae: DiffusersVae, z: Any, normalization: dict[str, Any]) -> np.ndarray:
+    """Stored latents ``(B, C, h, w)`` back to pixels, ``(B, H, W, 3)`` uint8:
+    the normalisation undone (``normalization`` as the provenance records it),
+    then the VAE's decoder (for a person to look at: ``verify --preview``)."""
+    import torch
+
+    kind = normalization.get("kind")
+    z = z.to(vae.device, torch.float32)
+    if kind == "shift_scale":
+        z = z / float(normalization["scale"]) + float(normalization["shift"])
+    elif kind == "per_channel":
+        mean = torch.tensor(normalization["mean"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        std = torch.tensor(normalization["std"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+        z = z * std / float(normalization.get("scale") or 1.0) + mean
+    with torch.inference_mode():
+        x = z.to(vae.dtype)
+        if vae.frame_axis:
+            x = x.unsqueeze(2)
+        out = vae.model.decode(x).sample
+        if vae.frame_axis:
+            out = out[:, :, 0]
+        pixels = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_tiny_vae(path: str | Path, *, kind: str = "kl", seed: int = 0) -> Path:

@@ -66,6 +66,12 @@ def item_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def job_seed(seed: int, path: str, size: tuple[int, int]) -> int:
+    """The noise seed of one job: image ``path`` (relative to the data root) at
+    target ``size`` (what the encode loop and ``verify --reencode`` use)."""
+    return item_seed(seed, f"{path}@{size[0]}x{size[1]}")
+
+
 def fill_noise(out: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     """Write image *i*'s standard normal noise, from a generator seeded with
     ``seeds[i]``, into ``out[i]`` (a float32 CPU tensor, pinned or not).
