@@ -294,3 +294,25 @@ def encode_cmd(root: Path, meta: Path, vae: Path, out: Path, *extra: str) -> lis
         "-q",
     ]
     return [sys.executable, "-m", "hpd_encode", "encode", *map(str, args), *extra]
+
+
+# ---------------------------------------------------------------------------
+# The encoder protocol and the encode loop (tests/test_encoder_protocol.py, tests/test_encode_loop.py)
+
+
+@pytest.fixture(scope="module")
+def encode_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, metadata): 4 prompts of 3-4 real image files each and all their pairs, plus bad records."""
+    from test_encode import build_dataset
+
+    root = tmp_path_factory.mktemp("ds") / "root"
+    root.mkdir()
+    return root, build_dataset(root, n_prompts=4)
+
+
+@pytest.fixture(scope="module")
+def kl_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD3.5-shaped AutoencoderKL saved as a diffusers folder."""
+    from hpd_encode.vae import make_tiny_vae
+
+    return make_tiny_vae(tmp_path_factory.mktemp("vae"))

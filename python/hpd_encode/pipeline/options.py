@@ -153,6 +153,7 @@ class EncodeOptions:
     prefetch: int = 2
     alpha: Literal["drop", "white", "black"] = "drop"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    compile: bool | str = False  # torch.compile the encoder: True (inductor) or a backend name
     progress: bool = True
     dist_timeout_s: float = 7200.0
     dry_run: bool = False
@@ -219,6 +220,12 @@ class EncodeOptions:
         _int("rows_per_file", self.rows_per_file, 0)
         _int("prefetch", self.prefetch, 1)
         _int("max_pixels", self.max_pixels, 1)
+        if not isinstance(self.compile, (bool, str)) or self.compile == "":
+            from hpd_encode.errors import VaeError
+
+            raise VaeError(
+                f"compile must be True, False or a torch.compile backend name, not {self.compile!r}"
+            )
         if not self.dist_timeout_s > 0:
             raise ValueError(f"dist_timeout_s must be > 0, not {self.dist_timeout_s}")
 
