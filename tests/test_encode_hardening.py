@@ -287,6 +287,7 @@ def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_pat
     from hpd_encode.output_dir import PartRotator
     from hpd_encode.pipeline import EncodeOptions
     from hpd_encode.pipeline.encoder import Encoder, Progress
+    from hpd_encode.pipeline.options import BatchSize
     from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch
     from hpd_encode.pipeline.survey import survey
     from hpd_encode.vae import load_vae
@@ -298,14 +299,16 @@ def test_a_symlink_swapped_in_after_planning_is_refused_at_decode(small, tmp_pat
         (data / p.name).write_bytes(p.read_bytes())
     opts = EncodeOptions.create(data, meta, tmp_path / "out", vae_dir, latent="mean", limit=4)
     s = survey(data, meta, limit=4)
-    plan = order_and_batch(apply_pair_rules(s.pairable, opts.buckets).rows, True, lambda h, w: 2)
+    plan = order_and_batch(
+        apply_pair_rules(s.pairable, opts.plan.buckets).rows, True, BatchSize(fixed=2), "cpu"
+    )
     assert plan.n_rows == 4
     (tmp_path / "outside.png").write_bytes((data / "1.png").read_bytes())
     (data / "1.png").unlink()
     os.symlink(tmp_path / "outside.png", data / "1.png")  # swapped in after planning
     (tmp_path / "out").mkdir()
     rotator = PartRotator(tmp_path / "out", 0, 0)
-    enc = Encoder(opts, plan, s.images["path"], load_vae(str(vae_dir), device="cpu"), rotator)
+    enc = Encoder(opts.encoder, plan, s.images["path"], load_vae(str(vae_dir), device="cpu"), rotator)
     enc.run(Progress(plan.n_rows, False, 0))
     rotator.commit()
     bad = {f.record_index: f for f in enc.failures}

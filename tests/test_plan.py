@@ -12,6 +12,7 @@ import pytest
 
 import reference_planner as ref
 from hpd_encode import BucketSet
+from hpd_encode.pipeline.options import BatchSize
 from hpd_encode.pipeline.plan import apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.survey import Survey
 
@@ -82,8 +83,12 @@ def _reference_rows(kept: pl.DataFrame) -> list[ref.PlannedRow]:
     ]
 
 
+BATCH = BatchSize(pixels=3 * 1024 * 1024)
+
+
 def _batch_size_for(h: int, w: int) -> int:
-    return max(1, (3 * 1024 * 1024) // (h * w))
+    """The reference planner's form of :data:`BATCH`."""
+    return BATCH.per_call(h, w, "cpu")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -107,7 +112,7 @@ def test_array_planner_matches_the_object_planner(seed: int, world: int, share: 
     for r in range(world):
         mine = kept.rows.filter(pl.Series(ranks == r))
         assert sorted(mine["record_index"].to_list()) == sorted(x.record.index for x in expected[r])
-        plan = order_and_batch(mine, share, _batch_size_for)
+        plan = order_and_batch(mine, share, BATCH, "cpu")
         e_rows, e_jobs, e_batches = ref.order_and_batch(expected[r], share, _batch_size_for)
         assert plan.rows["record_index"].to_list() == [x.record.index for x in e_rows]
         got_jobs = list(
@@ -125,10 +130,10 @@ def test_array_planner_matches_the_object_planner(seed: int, world: int, share: 
     assert costs is not None and len(costs) == world
     # Each rank's cost is the pixels of the jobs of its own plan.
     for r in range(world):
-        plan = order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, _batch_size_for)
+        plan = order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, BATCH, "cpu")
         assert costs[r] == int((plan.job_height * plan.job_width).sum())
     assert split.jobs == sum(
-        order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, _batch_size_for).n_jobs
+        order_and_batch(kept.rows.filter(pl.Series(ranks == r)), share, BATCH, "cpu").n_jobs
         for r in range(world)
     )
     if share:
@@ -149,6 +154,7 @@ def test_empty_plan() -> None:
     plan = order_and_batch(
         records.head(0).with_columns(pl.lit(0).alias("height"), pl.lit(0).alias("width")),
         True,
-        _batch_size_for,
+        BATCH,
+        "cpu",
     )
     assert plan.n_rows == 0 and plan.n_jobs == 0 and plan.n_batches == 0

@@ -34,7 +34,7 @@ from hpd_encode.pipeline.options import EncodeOptions
 root, meta, out, share = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 dist = init_dist()
 opts = EncodeOptions.create(root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1)
-plan = _Plan(opts, dist, set(), "cpu", with_costs=True)
+plan = _Plan(opts.survey, opts.plan, dist, set(), "cpu", with_costs=True)
 counts = plan.failure_counts(dist)  # what a dry run reports, before any gather of the failures
 plan.gather_failures(dist)
 rp = plan.rank_plan
@@ -95,13 +95,13 @@ def _expected(root: Path, meta: Path, world: int, share: bool) -> tuple[list[dic
     opts = EncodeOptions.create(
         root, meta, None, None, dry_run=True, share=share, batch_size=3, num_threads=1
     )
-    plan = _Plan(opts, Dist(), set(), "cpu")
+    plan = _Plan(opts.survey, opts.plan, Dist(), set(), "cpu")
     images = plan.survey.images["path"]
     split = partition(plan.kept.rows, world, share, with_costs=True)
     out = []
     for r in range(world):
         rp = order_and_batch(
-            plan.kept.rows.filter(pl.Series(split.rank_of_row == r)), share, opts.batch_size_for("cpu")
+            plan.kept.rows.filter(pl.Series(split.rank_of_row == r)), share, opts.plan.batch_size, "cpu"
         )
         rows = plan.survey.with_record_columns(rp.rows)
         out.append(

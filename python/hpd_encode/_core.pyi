@@ -38,7 +38,16 @@ __all__ = [
     "UnsafePathError",
     "NotRegularFileError",
     "OutOfMemoryError",
+    "OptionError",
+    "UsageError",
+    "FileAccessError",
+    "InputNotFoundError",
+    "AccessDeniedError",
+    "PathNotADirectoryError",
+    "PartFileError",
+    "RowOutOfRangeError",
     "DEFAULT_MAX_FILE_BYTES",
+    "METADATA_WINDOW",
     "PROBE_OK",
     "PROBE_UNSAFE_PATH",
     "PROBE_UNREADABLE",
@@ -77,7 +86,6 @@ __all__ = [
     "survey_metadata",
     "Counter",
     "PathIds",
-    "METADATA_WINDOW",
     "read_pairs",
     "latent_layout",
     "check_part_file",
@@ -129,11 +137,36 @@ class InvalidRowError(WriterError, ValueError):
 class UnsafePathError(HpdError, ValueError):
     """A metadata path that is absolute or leaves the data root."""
 
-class NotRegularFileError(HpdError, OSError):
-    """A FIFO, socket, device or directory where an image file was expected."""
+class FileAccessError(HpdError, OSError):
+    """A file or directory that cannot be opened, read or written; the message names it."""
+
+class InputNotFoundError(FileAccessError, FileNotFoundError):
+    """A file or directory that does not exist."""
+
+class AccessDeniedError(FileAccessError, PermissionError):
+    """A file or directory this process may not open."""
+
+class PathNotADirectoryError(FileAccessError, NotADirectoryError):
+    """A path that goes through something other than a directory."""
+
+class NotRegularFileError(FileAccessError, OSError):
+    """A FIFO, socket, device or directory where a regular file was expected."""
 
 class OutOfMemoryError(HpdError, MemoryError):
     """A batch or image that this machine's memory cannot hold (refused, not an abort)."""
+
+class OptionError(HpdError, ValueError):
+    """An option or argument whose value cannot be used; the message names it and what is allowed."""
+
+class UsageError(HpdError, TypeError):
+    """A call with an unknown or missing argument, or an argument of the wrong type."""
+
+class PartFileError(HpdError, ValueError):
+    """A part file, or a value in it, cannot be read (damaged footer or page, malformed ``.npy``
+    bytes); the message names the file, row group and row."""
+
+class RowOutOfRangeError(HpdError, IndexError):
+    """A row group or row that the part file or dataset does not have."""
 
 def probe_paths(
     root: _Path | None,
@@ -429,6 +462,7 @@ def connected_components(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int
     the graph on nodes ``0..n`` with edges ``(a[i], b[i])``. Union-find, GIL
     released; ``ValueError`` for an edge end outside ``0..n``."""
 
+#: Bytes of a metadata file the reader holds at a time (``metadata._WINDOW``).
 METADATA_WINDOW: int
 
 def read_metadata_columns(

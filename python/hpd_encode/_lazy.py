@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from hpd_encode.errors import MissingNameError
+
 
 def lazy_exports(package: str, table: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``package``: ``table`` maps a name to the
@@ -15,7 +17,7 @@ def lazy_exports(package: str, table: dict[str, str], namespace: dict[str, Any])
     def __getattr__(name: str) -> Any:
         module = table.get(name)
         if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            raise MissingNameError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module, package), name)
         namespace[name] = value
         return value

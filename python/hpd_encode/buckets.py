@@ -7,6 +7,7 @@ from os import PathLike
 from pathlib import Path
 
 from hpd_encode._core import BucketSet
+from hpd_encode.errors import OptionError
 
 #: Largest bucket side accepted from a bucket file (pixels).
 MAX_SIDE = 16384
@@ -25,16 +26,16 @@ def load_bucket_set(spec: str | PathLike[str] | BucketSet = "hpdv3") -> BucketSe
         return BucketSet.hpdv3()
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"bucket set {str(spec)!r} is neither 'hpdv3' nor an existing JSON file")
+        raise OptionError(f"bucket set {str(spec)!r} is neither 'hpdv3' nor an existing JSON file")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"cannot parse bucket file '{path}': {e}") from e
+        raise OptionError(f"cannot parse bucket file '{path}': {e}") from e
     options: dict[str, float | int] = {}
     if isinstance(data, dict):
         unknown = set(data) - {"buckets", *_OPTION_LIMITS}
         if unknown:
-            raise ValueError(f"bucket file '{path}' has unknown key(s): {', '.join(sorted(unknown))}")
+            raise OptionError(f"bucket file '{path}' has unknown key(s): {', '.join(sorted(unknown))}")
         options = {k: _option(path, k, data[k]) for k in _OPTION_LIMITS if k in data}
         data = data.get("buckets")
     if (
@@ -42,7 +43,7 @@ def load_bucket_set(spec: str | PathLike[str] | BucketSet = "hpdv3") -> BucketSe
         or not data
         or not all(isinstance(b, (list, tuple)) and len(b) == 2 for b in data)
     ):
-        raise ValueError(f"bucket file '{path}' must hold a non-empty list of [height, width] pairs")
+        raise OptionError(f"bucket file '{path}' must hold a non-empty list of [height, width] pairs")
     sizes = [(_side(path, h), _side(path, w)) for h, w in data]
     return BucketSet(sizes, **options)  # type: ignore[arg-type]
 
@@ -57,7 +58,7 @@ _OPTION_LIMITS = {
 
 def _side(path: Path, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
-        raise ValueError(
+        raise OptionError(
             f"bucket file '{path}': a bucket side must be an integer in 1..{MAX_SIDE}, not {v!r}"
         )
     return v
@@ -68,7 +69,7 @@ def _option(path: Path, key: str, v: object) -> float | int:
     ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok_type or not 0 <= v <= top:  # type: ignore[operator]
         kind = "an integer" if integer else "a number"
-        raise ValueError(f"bucket file '{path}': {key} must be {kind} in 0..{top:g}, not {v!r}")
+        raise OptionError(f"bucket file '{path}': {key} must be {kind} in 0..{top:g}, not {v!r}")
     return v  # type: ignore[return-value]
 
 

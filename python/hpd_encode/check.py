@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from hpd_encode._core import PROBE_MISSING, PROBE_OK, PROBE_UNSAFE_PATH
+from hpd_encode.errors import InputNotFoundError
 from hpd_encode.failures import Failure, count_by
 from hpd_encode.pipeline.survey import survey
 
@@ -89,7 +90,7 @@ def check_dataset(
     """
     root, meta = Path(data_root), Path(metadata)
     if not root.is_dir():
-        raise FileNotFoundError(f"data root '{root}' is not a directory")
+        raise InputNotFoundError(f"data root '{root}' is not a directory")
     s = survey(root, meta, num_threads=num_threads, progress=progress)
     failures = [f for f in s.failures if f.stage == "metadata"]
     images = s.images

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from hpd_encode.errors import OptionError
+
 
 @dataclass
 class Dist:
@@ -63,7 +65,7 @@ class Dist:
         import torch.distributed as td
 
         if len(parts) != self.world_size:
-            raise ValueError(f"{len(parts)} parts for {self.world_size} ranks")
+            raise OptionError(f"{len(parts)} parts for {self.world_size} ranks")
         dtype = parts[0].dtype
         chunks = [_as_bytes(p) for p in parts]
         send_sizes = torch.tensor([len(c) for c in chunks], dtype=torch.int64)

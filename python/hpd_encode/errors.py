@@ -1,9 +1,11 @@
 """Every exception hpd-encode raises derives from :class:`HpdError`.
 
-The Rust core defines the root and the errors it raises (image, path
-containment, non-regular files, memory, writer); the Python-side ones are
-here. Each keeps the built-in base it had before (``ValueError``,
-``RuntimeError``), so callers' existing ``except`` clauses still work.
+The Rust core defines the root and the errors both sides raise (options,
+usage, file access, images, path containment, memory, part files, the
+writer); the Python-only ones are here. Each also has the built-in base a
+caller would expect (``ValueError``, ``OSError``, ``FileNotFoundError``,
+``TypeError``, ``IndexError``...), so ``except ValueError`` still works.
+``tests/test_errors.py`` fails on any ``raise`` of a bare built-in class.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from hpd_encode._core import (
+    AccessDeniedError,
+    FileAccessError,
     HpdError,
     ImageDecodeError,
     ImageTooLargeError,
+    InputNotFoundError,
     InvalidRowError,
     NotRegularFileError,
+    OptionError,
     OutOfMemoryError,
+    PartFileError,
+    PathNotADirectoryError,
+    RowOutOfRangeError,
     UnsafePathError,
+    UsageError,
     WriterError,
 )
 
@@ -52,7 +62,7 @@ class IndexInputError(HpdError, ValueError):
     """A part file, filter or option the index cannot use (the message names it)."""
 
 
-class PartFilesNotFoundError(HpdError, FileNotFoundError):
+class PartFilesNotFoundError(InputNotFoundError):
     """A source names no Parquet file: a missing path, an empty directory, a glob matching nothing."""
 
 
@@ -72,9 +82,9 @@ class PartialOutputError(HpdError, ValueError):
     """An output directory whose encode run has not completed."""
 
 
-class PartFileError(HpdError, ValueError):
-    """A part file, or a value in it, cannot be read (damaged footer or page,
-    malformed ``.npy`` bytes); the message names the file, row group and row."""
+class DamagedOutputError(HpdError, ValueError):
+    """An output directory's own files (manifest, part files) are damaged or disagree; the message
+    names the file and what to do."""
 
 
 class VaeError(HpdError, ValueError):
@@ -83,29 +93,63 @@ class VaeError(HpdError, ValueError):
     of the wrong shape, pixels of the wrong layout (the message says which)."""
 
 
-class VaeLoadError(HpdError, OSError):
+class VaeLoadError(FileAccessError):
     """A VAE's files cannot be read or downloaded (the message names the folder or hub id)."""
 
 
+class SourceError(HpdError, ValueError):
+    """A dataset source that holds something other than the data (a Git LFS pointer, a directory
+    that overlaps the output)."""
+
+
+class FetchError(FileAccessError):
+    """A download or local copy that failed; the message names the file or repository."""
+
+
+class DistError(HpdError, RuntimeError):
+    """torchrun ranks that disagree (an exchange that gave a rank other data than the plan)."""
+
+
+class MissingNameError(HpdError, AttributeError):
+    """A name the package does not have."""
+
+
+class UnknownKeyError(HpdError, KeyError):
+    """A key a result object does not have."""
+
+
 __all__ = [
+    "AccessDeniedError",
     "ArchiveError",
+    "DamagedOutputError",
+    "DistError",
     "ExtractLimitError",
+    "FetchError",
+    "FileAccessError",
     "HpdError",
     "ImageDecodeError",
     "ImageTooLargeError",
     "IndexInputError",
+    "InputNotFoundError",
     "InvalidRowError",
     "MetadataError",
     "MissingExtraError",
+    "MissingNameError",
     "NotRegularFileError",
+    "OptionError",
     "OutOfMemoryError",
     "OutputBusyError",
     "OutputOverwritesInputError",
-    "PartFilesNotFoundError",
     "PartFileError",
+    "PartFilesNotFoundError",
     "PartialOutputError",
+    "PathNotADirectoryError",
     "ResumeMismatchError",
+    "RowOutOfRangeError",
+    "SourceError",
+    "UnknownKeyError",
     "UnsafePathError",
+    "UsageError",
     "VaeError",
     "VaeLoadError",
     "WriterError",

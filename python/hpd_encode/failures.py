@@ -18,9 +18,6 @@ from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
-#: Stages in pipeline order.
-STAGES = ("metadata", "path", "probe", "pair_rule", "decode", "nonfinite", "write")
-
 #: The columns of ``failures.csv``.
 CSV_COLUMNS = ("record_index", "image1_path", "image2_path", "stage", "reason")
 

@@ -48,7 +48,7 @@ import polars as pl
 # isort: on
 
 from hpd_encode import _core
-from hpd_encode.errors import MetadataError
+from hpd_encode.errors import InputNotFoundError, MetadataError, OptionError
 from hpd_encode.failures import Failure
 
 #: Columns of :attr:`Metadata.table`, in order.
@@ -68,8 +68,6 @@ TABLE_SCHEMA: dict[str, pl.DataType] = {
 MAX_DETAIL = 200
 
 _INT64_MAX = 2**63 - 1
-#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry).
-_WINDOW = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -106,6 +104,15 @@ class Metadata:
 # The per-entry path: the authority on what is good and on the reasons.
 
 
+#: Bytes of the file the Rust reader holds at a time (plus the unfinished entry): Rust's
+#: ``DEFAULT_WINDOW`` (tests set smaller windows here to cross window edges).
+_WINDOW = _core.METADATA_WINDOW
+
+
+class _BadRecord(ValueError):
+    """A record that is not good (internal: it becomes the record's failure, never escapes)."""
+
+
 def _cap(text: str) -> str:
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
@@ -137,13 +144,13 @@ def _as_votes(v: object) -> int:
         or not isinstance(v, (int, float))
         or (isinstance(v, float) and not math.isfinite(v))
     ):
-        raise ValueError(f"vote count {_show(v)} is not a number")
+        raise _BadRecord(f"vote count {_show(v)} is not a number")
     if isinstance(v, float) and not v.is_integer():
-        raise ValueError(f"vote count {v!r} is not a whole number")
+        raise _BadRecord(f"vote count {v!r} is not a whole number")
     if v < 0:
-        raise ValueError(f"vote count {_show(v)} is negative")
+        raise _BadRecord(f"vote count {_show(v)} is negative")
     if v > _INT64_MAX:
-        raise ValueError(f"vote count {_show(v)} does not fit in a signed 64-bit integer")
+        raise _BadRecord(f"vote count {_show(v)} does not fit in a signed 64-bit integer")
     return int(v)
 
 
@@ -158,7 +165,7 @@ def _as_confidence(conf: object) -> float:
         if math.isfinite(value):
             return value
     # NaN/inf would make detailed_results unreadable by ast.literal_eval.
-    raise ValueError(f"confidence {_show(conf)} is not a finite number")
+    raise _BadRecord(f"confidence {_show(conf)} is not a finite number")
 
 
 def _usable_path(v: object) -> str:
@@ -168,26 +175,26 @@ def _usable_path(v: object) -> str:
 def _parse(raw: object) -> tuple[str, str, str, str, str, int, int, float]:
     """Validate one decoded record; raises ValueError with the reason. Returns the table's values."""
     if not isinstance(raw, dict):
-        raise ValueError(f"record is a {type(raw).__name__}, not an object")
+        raise _BadRecord(f"record is a {type(raw).__name__}, not an object")
     for key in ("prompt", "path1", "path2"):
         v = raw.get(key)
         if not isinstance(v, str) or (key != "prompt" and not v):
-            raise ValueError(f"field {key!r} is missing or not a string")
+            raise _BadRecord(f"field {key!r} is missing or not a string")
         if (bad := _surrogate(v)) is not None:
-            raise ValueError(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
+            raise _BadRecord(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
     models = []
     for key in ("model1", "model2"):
         m = raw.get(key)
         if m is not None and not isinstance(m, str):
-            raise ValueError(f"field {key!r} is a {type(m).__name__}, not a string or null")
+            raise _BadRecord(f"field {key!r} is a {type(m).__name__}, not a string or null")
         if m is not None and (bad := _surrogate(m)) is not None:
-            raise ValueError(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
+            raise _BadRecord(f"field {key!r} contains a lone surrogate ({bad}), not valid Unicode")
         models.append(m or "")
     dist = raw.get("choice_dist")
     if dist is None:
         dist = [0, 0]
     if not isinstance(dist, list) or len(dist) != 2:
-        raise ValueError(f"choice_dist {_show(dist)} is not a pair of vote counts")
+        raise _BadRecord(f"choice_dist {_show(dist)} is not a pair of vote counts")
     votes = (_as_votes(dist[0]), _as_votes(dist[1]))
     conf = _as_confidence(raw.get("confidence"))
     return raw["prompt"], raw["path1"], raw["path2"], models[0], models[1], votes[0], votes[1], conf
@@ -254,7 +261,7 @@ class _File:
     def open(cls, path: Path) -> _File:
         """The metadata file; ``FileNotFoundError`` naming it when it is not a file."""
         if not path.is_file():
-            raise FileNotFoundError(f"metadata file '{path}' does not exist")
+            raise InputNotFoundError(f"metadata file '{path}' does not exist")
         return cls(path)
 
     def read(self, start: int, n: int) -> bytearray:
@@ -419,7 +426,7 @@ def read_metadata_via(
     the per-entry path read). Returns the metadata and what else ``read_columns`` gave."""
     path = Path(path)
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")
+        raise OptionError(f"limit must be >= 0, not {limit}")
     file = _File.open(path)
     try:
         start, first, is_list = _layout(file, path)
@@ -458,7 +465,7 @@ def read_metadata_shared(
     again, by byte offset, for the rows it needs)."""
     path = Path(path)
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} of {world_size}")
+        raise OptionError(f"rank {rank} of {world_size}")
     file = _File.open(path)
     try:
         start, first, is_list = _layout(file, path)

@@ -29,7 +29,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from hpd_encode.errors import OutputBusyError, PartialOutputError
+from hpd_encode.errors import DamagedOutputError, OutputBusyError, PartialOutputError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -92,9 +92,9 @@ def read_manifest(output_dir: str | PathLike[str]) -> dict[str, Any] | None:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"'{path}' is not valid JSON ({e}); it is damaged") from e
+        raise DamagedOutputError(f"'{path}' is not valid JSON ({e}); it is damaged") from e
     if not isinstance(manifest, dict):
-        raise ValueError(f"'{path}' is not a JSON object; it is damaged")
+        raise DamagedOutputError(f"'{path}' is not a JSON object; it is damaged")
     return manifest
 
 
@@ -186,10 +186,6 @@ class OutputLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> OutputLock:
         return self.acquire()
 
@@ -271,17 +267,17 @@ def done_records(output_dir: Path) -> set[int]:
         try:
             names = pq.read_schema(p).names
         except Exception as e:
-            raise ValueError(
+            raise DamagedOutputError(
                 f"cannot read the existing part file '{p}': {e}; remove it or pass --overwrite"
             ) from e
         if "record_index" not in names:
-            raise ValueError(
+            raise DamagedOutputError(
                 f"'{p}' was not written by hpd-encode (no record_index column); pass --overwrite"
             )
         col = pq.read_table(p, columns=["record_index"]).column(0).to_numpy().tolist()
         dup = done.intersection(col)
         if dup:
-            raise ValueError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")
+            raise DamagedOutputError(f"'{p}' repeats records already in other part files (e.g. {min(dup)})")
         done.update(col)
     return done
 

@@ -800,11 +800,6 @@ pub fn decode_bytes(bytes: &[u8], opts: &LoadOptions) -> Failure<RgbImage> {
     })
 }
 
-/// Decode a file to RGB8 (orientation applied).
-pub fn decode_path(path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
-    decode_file(None, path, opts)
-}
-
 /// Decode `path`, beneath `root` (relative to it) or as it is: a regular
 /// file of at most `opts.file_limit()` bytes, read no further than that.
 pub fn decode_file(root: Option<&Root>, path: &Path, opts: &LoadOptions) -> Result<RgbImage> {

@@ -29,8 +29,9 @@ use serde::Deserialize;
 use crate::metadata::structure::{ChunkScan, Mark, StructScan};
 use crate::pool::pool;
 
-/// Bytes of the file read at a time (plus the unfinished entry carried over).
-pub const DEFAULT_WINDOW: usize = 16 << 20;
+/// Bytes of the file read at a time (plus the unfinished entry carried over): the
+/// window every caller uses unless a test asks for another.
+pub const DEFAULT_WINDOW: usize = 8 << 20;
 
 /// Largest vote count taken here (an integer parsed as float64 is exact below it).
 const EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0; // 2**53

@@ -971,11 +971,6 @@ pub fn clear_cache() {
     cache().files.clear();
 }
 
-/// Files in the cache now.
-pub fn cached_files() -> usize {
-    cache().files.len()
-}
-
 // ---------------------------------------------------------------------------
 // Requests
 

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::py::errors::{OPTION, USAGE};
 use numpy::ndarray::{Array3, ArrayView4};
 use numpy::{Element, IntoPyArray, PyArray1, PyArray3, PyArray4, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::Error;
@@ -247,19 +247,16 @@ fn with_out_slice<T: Element, R>(
     layout: &str,
     f: impl FnOnce(&mut [T]) -> R,
 ) -> PyResult<R> {
-    let array = out.cast::<PyArray4<T>>().map_err(|_| {
-        PyTypeError::new_err(format!("out must be a 4-D numpy {dtype} array {layout}, not {}", describe(out)))
-    })?;
+    let array = out
+        .cast::<PyArray4<T>>()
+        .map_err(|_| USAGE.err(format!("out must be a 4-D numpy {dtype} array {layout}, not {}", describe(out))))?;
     if array.shape() != shape {
-        return Err(PyValueError::new_err(format!(
-            "out has shape {:?}, this batch needs {shape:?} {layout}",
-            array.shape()
-        )));
+        return Err(OPTION.err(format!("out has shape {:?}, this batch needs {shape:?} {layout}", array.shape())));
     }
     if !array.is_c_contiguous() {
-        return Err(PyValueError::new_err("out must be C-contiguous"));
+        return Err(OPTION.err("out must be C-contiguous"));
     }
-    let out_err = |e: &dyn std::fmt::Display| PyValueError::new_err(format!("out: {e}"));
+    let out_err = |e: &dyn std::fmt::Display| OPTION.err(format!("out: {e}"));
     let mut view = array.try_readwrite().map_err(|e| out_err(&e))?;
     Ok(f(view.as_slice_mut().map_err(|e| out_err(&e))?))
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::py::errors::OPTION;
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -60,7 +60,7 @@ pub fn read_metadata_columns<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = layout_of(mode, start)?;
     let part = match (part, until) {
-        (Some(_), Some(_)) => return Err(PyValueError::new_err("part and until are two ways to split: give one")),
+        (Some(_), Some(_)) => return Err(OPTION.err("part and until are two ways to split: give one")),
         (Some((k, n)), None) => Part::Modulo(k, n),
         (None, Some(until)) => Part::Bytes { until, scan: StructScan::at(depth, in_string) },
         (None, None) => Part::All,
@@ -120,7 +120,7 @@ pub fn survey_metadata<'py>(
         None => &[],
     };
     if skip.windows(2).any(|p| p[0] > p[1]) {
-        return Err(PyValueError::new_err("skip must be sorted"));
+        return Err(OPTION.err("skip must be sorted"));
     }
     let limits = probe_limits(Some(max_pixels), None);
     let found = py.detach(|| -> PyResult<Surveyed> {
@@ -206,7 +206,7 @@ fn layout_of(mode: &str, start: u64) -> PyResult<Layout> {
     match mode {
         "list" => Ok(Layout::List(start)),
         "lines" => Ok(Layout::Lines(start)),
-        other => Err(PyValueError::new_err(format!("mode must be 'list' or 'lines', not {other:?}"))),
+        other => Err(OPTION.err(format!("mode must be 'list' or 'lines', not {other:?}"))),
     }
 }
 

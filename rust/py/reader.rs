@@ -6,41 +6,24 @@ use std::path::PathBuf;
 
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::IntoPyArray;
-use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::PyTuple;
 
 use crate::parts::reader::{self, Latent, LatentData, LatentInfo, ReadError, Request};
+use crate::py::errors::{io_error, OUT_OF_RANGE, PART_FILE};
 
-/// `hpd_encode.errors.PartFileError` (a `ValueError` and an `HpdError`),
-/// looked up when raised: it is defined on the Python side.
-fn part_file_error(py: Python<'_>, msg: String) -> PyErr {
-    let class = py
-        .import("hpd_encode.errors")
-        .and_then(|m| m.getattr("PartFileError"))
-        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
-    match class {
-        Ok(class) => PyErr::from_type(class, msg),
-        Err(_) => PyValueError::new_err(msg),
-    }
-}
-
-fn to_pyerr(py: Python<'_>, e: ReadError) -> PyErr {
+fn to_pyerr(e: ReadError) -> PyErr {
     let msg = e.to_string();
     match e {
-        ReadError::Io { kind, .. } => match kind {
-            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
-            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
-            _ => PyOSError::new_err(msg),
-        },
-        ReadError::OutOfRange(_) => PyIndexError::new_err(msg),
-        ReadError::File { .. } | ReadError::Row { .. } => part_file_error(py, msg),
+        ReadError::Io { kind, .. } => io_error(&std::io::Error::from(kind), msg),
+        ReadError::OutOfRange(_) => OUT_OF_RANGE.err(msg),
+        ReadError::File { .. } | ReadError::Row { .. } => PART_FILE.err(msg),
     }
 }
 
 fn to_array<'py>(py: Python<'py>, latent: Latent) -> PyResult<Bound<'py, PyAny>> {
     let shape = IxDyn(&latent.shape);
-    let bad = |e: numpy::ndarray::ShapeError| PyValueError::new_err(format!("latent shape: {e}"));
+    let bad = |e: numpy::ndarray::ShapeError| PART_FILE.err(format!("latent shape: {e}"));
     Ok(match latent.data {
         LatentData::F32(v) => ArrayD::from_shape_vec(shape, v).map_err(bad)?.into_pyarray(py).into_any(),
         LatentData::F16(v) => {
@@ -65,7 +48,7 @@ pub fn read_pairs<'py>(
     let results = py.detach(|| reader::read_pairs(&requests, num_threads));
     let mut out = Vec::with_capacity(results.len());
     for r in results {
-        let [a, b] = r.map_err(|e| to_pyerr(py, e))?;
+        let [a, b] = r.map_err(to_pyerr)?;
         out.push(PyTuple::new(py, [to_array(py, a)?, to_array(py, b)?])?);
     }
     Ok(out)
@@ -75,7 +58,7 @@ pub fn read_pairs<'py>(
 /// whether every latent value is its own page (cheap random access).
 #[pyfunction]
 pub fn latent_layout(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<i64>, bool)> {
-    let file = py.detach(|| reader::open_cached(&path)).map_err(|e| to_pyerr(py, e))?;
+    let file = py.detach(|| reader::open_cached(&path)).map_err(to_pyerr)?;
     Ok((file.row_group_rows(), file.paged()))
 }
 
@@ -90,7 +73,7 @@ pub fn check_part_file<'py>(
     path: PathBuf,
     num_threads: Option<usize>,
 ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-    let checks = py.detach(|| reader::check_file(&path, num_threads)).map_err(|e| to_pyerr(py, e))?;
+    let checks = py.detach(|| reader::check_file(&path, num_threads)).map_err(to_pyerr)?;
     let info = |r: Result<LatentInfo, String>| -> PyResult<Bound<'py, PyAny>> {
         Ok(match r {
             Ok(i) => (i.dtype.name(), PyTuple::new(py, i.shape)?, i.nonfinite).into_pyobject(py)?.into_any(),

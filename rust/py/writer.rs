@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::PyTypeError;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PySequence, PyString, PyTuple};
 
@@ -21,7 +21,7 @@ use crate::parts::writer::{
     reference_columns, temp_path, Latent, LatentCompression, LatentDtype, PartWriter, Row, WriterOptions,
     LATENT_DOWN_FACTOR, MAX_ROW_GROUP_SIZE, PART_COLUMNS, ROW_FIELDS, TEMP_FILE_PATTERN,
 };
-use crate::py::errors::INVALID_ROW;
+use crate::py::errors::{INVALID_ROW, USAGE};
 
 /// What is wrong with one row: the field (or unknown key) and why.
 struct Bad {
@@ -190,7 +190,7 @@ fn rows_from(py: Python<'_>, rows: &Bound<'_, PyAny>, writer: &PartWriter) -> Py
         .cast::<PySequence>()
         .ok()
         .filter(|_| !rows.is_instance_of::<PyString>())
-        .ok_or_else(|| PyTypeError::new_err(format!("rows must be a list of dicts, not {}", type_name(rows))))?;
+        .ok_or_else(|| USAGE.err(format!("rows must be a list of dicts, not {}", type_name(rows))))?;
     let mut out = Vec::with_capacity(seq.len().unwrap_or(0));
     for (position, item) in seq.try_iter()?.enumerate() {
         let item = item?;

@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpd-encode {__version__}")
     common = Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors (no progress bars)"
+    )
+    common.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they only show on a terminal)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in _GROUPS:
         group.add_parsers(sub, common)

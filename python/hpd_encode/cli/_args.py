@@ -84,6 +84,12 @@ def add_latent_compression_option(p: argparse.ArgumentParser, reference_note: st
     )
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """The one rule for progress bars (they only ever show on a terminal): on, unless ``-q``,
+    ``--no-progress`` or ``--json`` (machine-readable output) says otherwise."""
+    return not (args.quiet or args.no_progress or getattr(args, "json", False))
+
+
 def add_threads_option(p: argparse.ArgumentParser, help: str) -> None:
     """``--num-threads N`` (``--workers`` is its deprecated spelling)."""
     p.add_argument("--num-threads", type=positive_int, default=None, help=help)

@@ -13,6 +13,7 @@ from hpd_encode.cli._args import (
     arg_type,
     non_negative_int,
     positive_int,
+    show_progress,
 )
 
 
@@ -48,14 +49,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             latent_compression=args.latent_compression,
             alpha=args.alpha,
             compile=args.compile,
-            progress=not args.quiet,
+            progress=show_progress(args),
             dry_run=args.dry_run,
             **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
         )
         if not opts.dry_run:
-            resolve_device(
-                opts.device
-            )  # CUDA asked for but absent: a usage error, before anything is written
+            resolve_device(opts.encoder.device)  # CUDA asked for but absent: a usage error, before any output
     except (ValueError, TypeError) as e:  # a bad option value: a usage error (a missing file stays exit 1)
         args.parser.error(str(e))
     if not opts.dry_run and args.json:
@@ -73,7 +72,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from hpd_encode import load_bucket_set, probe_images
 
-    buckets = load_bucket_set(args.buckets)
+    buckets = load_bucket_set(args.buckets)  # (a BucketSet already, from the parser)
     sizes, errors = probe_images(args.paths, num_threads=args.num_threads)
     bad = 0
     for path, size, err in zip(args.paths, sizes, errors):
@@ -93,7 +92,7 @@ def _device(value: str) -> str | None:
     return parse_device(value)
 
 
-def _batch_size(value: str) -> int | None:
+def _batch_size(value: str) -> Any:
     from hpd_encode.pipeline.options import parse_batch_size
 
     return parse_batch_size(value)
@@ -102,8 +101,14 @@ def _batch_size(value: str) -> int | None:
 def _buckets(value: str) -> Any:
     from hpd_encode.buckets import load_bucket_set
 
-    load_bucket_set(value)  # validated here, so a bad file is a usage error
-    return value
+    return load_bucket_set(value)  # read once, here: a bad file is a usage error
+
+
+def add_buckets_option(p: argparse.ArgumentParser) -> None:
+    """``--buckets hpdv3|FILE``: parsed (the file read) once, by the parser."""
+    p.add_argument(
+        "--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes"
+    )
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -155,9 +160,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="cuda, cuda:1, cpu (default: CUDA when present)",
     )
-    p.add_argument(
-        "--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes"
-    )
+    add_buckets_option(p)
     p.add_argument(
         "--batch-size",
         type=arg_type(_batch_size),
@@ -221,8 +224,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("probe", parents=[common], help="print each image's size and bucket (header only)")
     p.add_argument("paths", nargs="+", help="image files")
-    p.add_argument(
-        "--buckets", type=arg_type(_buckets), default="hpdv3", help="'hpdv3' or a JSON file of [h, w] sizes"
-    )
+    add_buckets_option(p)
     add_threads_option(p, "threads (default: all cores)")
     p.set_defaults(func=_cmd_probe)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpd_encode.check import check_dataset, image_of
-from hpd_encode.cli._args import DeprecatedAlias, add_threads_option
+from hpd_encode.cli._args import DeprecatedAlias, add_threads_option, show_progress
 from hpd_encode.errors import ArchiveError
 from hpd_encode.fetch import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, download, extract, parse_size
 from hpd_encode.fetch._common import fmt_bytes, show
@@ -61,7 +61,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             args.output_dir,
             max_member_bytes=args.max_file_size,
             max_total_bytes=args.max_total_size,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
     except ArchiveError as e:
         if args.json:
@@ -84,7 +84,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     report = check_dataset(
-        args.data_root, args.metadata, num_threads=args.num_threads, progress=not args.no_progress
+        args.data_root, args.metadata, num_threads=args.num_threads, progress=show_progress(args)
     )
     if args.report:
         report.write_csv(args.report)
@@ -174,7 +174,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="stop before writing more than this in one run (default: 4T; 'none' for no limit)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.add_argument(
         "--show", type=int, default=20, metavar="N", help="list at most N refused members (default: 20)"
     )
@@ -199,7 +198,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="write every failure (index, reason, path, detail) to this CSV file",
     )
     add_threads_option(p, "probe threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     p.add_argument("--show", type=int, default=20, metavar="N", help="print at most N failures (default: 20)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_check)

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from hpd_encode.cli._args import add_latent_compression_option, add_threads_option
+from hpd_encode.cli._args import add_latent_compression_option, add_threads_option, show_progress
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def run_verify(args: argparse.Namespace) -> int:
     report = verify(
         args.output_dir,
         allow_partial=args.allow_partial,
-        progress=not args.json,
+        progress=show_progress(args),
         num_threads=args.num_threads,
     )
     if args.json:
@@ -82,7 +82,7 @@ def run_repack(args: argparse.Namespace) -> int:
         args.src,
         args.dest,
         allow_partial=args.allow_partial,
-        progress=not args.json,
+        progress=show_progress(args),
         latent_compression=args.latent_compression,
     )
     if args.json:

@@ -19,6 +19,8 @@ from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
+from hpd_encode.errors import OptionError, UsageError
+
 CHUNK = 1 << 20  # bytes read at a time from a part or a source file
 TMP_SUFFIX = ".hpd-tmp"
 #: errnos that mean "this one path cannot be created here" rather than "the disk is in trouble".
@@ -37,7 +39,9 @@ def parse_size(text: str) -> int | None:
         return None
     m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([kmgtp]?)(?:i?b)?", s)
     if not m:
-        raise ValueError(f"cannot read size {text!r}: use bytes or a number with K, M, G, T or P (e.g. 512M)")
+        raise OptionError(
+            f"cannot read size {text!r}: use bytes or a number with K, M, G, T or P (e.g. 512M)"
+        )
     scale = 1024 ** " kmgtp".index(m.group(2) or " ")
     return int(float(m.group(1)) * scale)
 
@@ -45,11 +49,11 @@ def parse_size(text: str) -> int | None:
 def fmt_bytes(n: int) -> str:
     """``n`` bytes for people: ``512 B``, ``1.5 MiB``."""
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
             return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TiB"
 
 
 def show(name: str) -> str:
@@ -69,11 +73,11 @@ def output_dir_arg(
     the old keyword ``out=`` with a :class:`DeprecationWarning`."""
     if out is not None:
         if output_dir is not None:
-            raise TypeError(f"{func}() got both output_dir and its deprecated alias out")
+            raise UsageError(f"{func}() got both output_dir and its deprecated alias out")
         warnings.warn(f"{func}(out=...) is deprecated; use output_dir=...", DeprecationWarning, stacklevel=3)
         output_dir = out
     if output_dir is None:
-        raise TypeError(f"{func}() missing required argument: 'output_dir'")
+        raise UsageError(f"{func}() missing required argument: 'output_dir'")
     return Path(output_dir)
 
 

@@ -16,6 +16,7 @@ from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
+from hpd_encode.errors import ArchiveError, InputNotFoundError
 from hpd_encode.fetch._common import CHUNK
 
 __all__ = ["find_archive_parts", "natural_key"]
@@ -66,7 +67,7 @@ def find_archive_parts(directory: str | PathLike[str]) -> list[list[Path]]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"'{directory}' is not a directory")
+        raise InputNotFoundError(f"'{directory}' is not a directory")
     groups: dict[str, list[tuple[str, Path]]] = {}
     for entry in os.scandir(directory):
         if entry.name.startswith(".") or not entry.is_file():
@@ -89,7 +90,7 @@ def find_archive_parts(directory: str | PathLike[str]) -> list[list[Path]]:
             continue
         suffixes = [s for s, _ in members]
         if "" in suffixes and len(suffixes) > 1:
-            raise ValueError(
+            raise ArchiveError(
                 f"'{directory}' holds both '{stem}' and parts of it ({len(suffixes) - 1}); "
                 "move one away or pass the files to extract explicitly"
             )
@@ -103,20 +104,20 @@ def resolve_inputs(parts_or_dir: str | PathLike[str] | Sequence[str | PathLike[s
     part-2)."""
     items = [parts_or_dir] if isinstance(parts_or_dir, (str, PathLike)) else list(parts_or_dir)
     if not items:
-        raise ValueError("no archive parts given")
+        raise ArchiveError("no archive parts given")
     paths = [Path(p) for p in items]
     if len(paths) == 1 and paths[0].is_dir():
         groups = find_archive_parts(paths[0])
         if not groups:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no archive parts (*.tar.gz, *.tar.gz.part-*, *.tar.gz.000, *.tgz, *.tar …) in '{paths[0]}'"
             )
         return groups
     for p in paths:
         if p.is_dir():
-            raise ValueError(f"'{p}' is a directory: pass either one directory or the part files")
+            raise ArchiveError(f"'{p}' is a directory: pass either one directory or the part files")
         if not p.is_file():
-            raise FileNotFoundError(f"archive part '{p}' does not exist")
+            raise InputNotFoundError(f"archive part '{p}' does not exist")
     return [sorted(paths, key=lambda p: natural_key(p.name))]
 
 
@@ -249,8 +250,8 @@ def sniff(parts: Sequence[Path]) -> str:
             return "gzip"
         for magic, kind in ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ", "xz"), (b"BZh", "bzip2")):
             if head.startswith(magic):
-                raise ValueError(
+                raise ArchiveError(
                     f"'{p}' is {kind}-compressed; extract reads gzip-compressed or plain tar archives"
                 )
         return "tar"
-    raise ValueError(f"the archive parts are all empty (first: '{parts[0]}')")
+    raise ArchiveError(f"the archive parts are all empty (first: '{parts[0]}')")

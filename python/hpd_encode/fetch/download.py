@@ -16,6 +16,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from hpd_encode.errors import FetchError, InputNotFoundError, MissingExtraError, SourceError, UnsafePathError
 from hpd_encode.fetch._common import (
     CHUNK,
     TMP_SUFFIX,
@@ -93,11 +94,11 @@ def _is_lfs_pointer(path: Path) -> bool:
 
 def _copy_local(src: Path, out: Path, patterns: list[str] | None) -> DownloadReport:
     if not src.is_dir():
-        raise FileNotFoundError(f"local source '{src}' is not a directory")
+        raise InputNotFoundError(f"local source '{src}' is not a directory")
     src_real = os.path.realpath(src)
     out_real = os.path.realpath(out)
     if within(out_real, src_real) or within(src_real, out_real):
-        raise ValueError(
+        raise SourceError(
             f"the output directory '{out}' and the source '{src}' overlap; choose another --output-dir"
         )
     root = OutputRoot(out)
@@ -109,7 +110,7 @@ def _copy_local(src: Path, out: Path, patterns: list[str] | None) -> DownloadRep
         try:
             st = os.stat(from_path)
         except OSError as e:
-            raise OSError(f"cannot read '{from_path}' in the source: {e.strerror}") from e
+            raise FetchError(f"cannot read '{from_path}' in the source: {e.strerror}") from e
         if not stat.S_ISREG(st.st_mode):
             log.warning("skipping '%s': not a regular file", from_path)
             continue
@@ -117,9 +118,9 @@ def _copy_local(src: Path, out: Path, patterns: list[str] | None) -> DownloadRep
         try:
             directory = Path(root.ensure_dir(parts[:-1]))
         except Refused as e:
-            raise ValueError(f"cannot place '{rel}' under '{out}': {e}") from None
+            raise UnsafePathError(f"cannot place '{rel}' under '{out}': {e}") from None
         if st.st_size < 1024 and _is_lfs_pointer(from_path):
-            raise ValueError(
+            raise SourceError(
                 f"'{from_path}' is a Git LFS pointer, not the file itself: run `git lfs pull` in '{src}' first"
             )
         target = directory / parts[-1]
@@ -136,7 +137,7 @@ def _copy_local(src: Path, out: Path, patterns: list[str] | None) -> DownloadRep
                     fout.write(chunk)
                     n += len(chunk)
             if n != st.st_size:
-                raise OSError(f"'{from_path}' changed size while being copied ({st.st_size} -> {n} bytes)")
+                raise FetchError(f"'{from_path}' changed size while being copied ({st.st_size} -> {n} bytes)")
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.replace(tmp, target)
         except BaseException:
@@ -197,7 +198,7 @@ def download(
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtraError(
             "downloading from the hub needs huggingface_hub: pip install 'hpd-encode[download]' "
             "(or copy from a local directory with --from-dir)"
         ) from e
@@ -210,7 +211,7 @@ def download(
             allow_patterns=list(include) if include is not None and not isinstance(include, str) else include,
         )
     except OSError as e:
-        raise OSError(
+        raise FetchError(
             f"cannot download dataset '{repo_id}' from the hub: {e} "
             "(rerun to resume; without network, copy from a local mirror with --from-dir DIR)"
         ) from e

@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from hpd_encode.errors import IndexInputError
+from hpd_encode.errors import IndexInputError, UsageError
 
 #: The fields a filter can use, with their types.
 FILTER_FIELDS: dict[str, pl.DataType] = {
@@ -90,7 +90,7 @@ def resolve_filter(flt: IndexFilter) -> tuple[pl.Expr | None, RowFilter | None, 
     if callable(flt):
         name = getattr(flt, "__qualname__", None) or repr(flt)
         return None, flt, f"{getattr(flt, '__module__', '?')}:{name}"
-    raise TypeError(f"filter must be a polars.Expr, a SQL string or a callable, not {type(flt).__name__}")
+    raise UsageError(f"filter must be a polars.Expr, a SQL string or a callable, not {type(flt).__name__}")
 
 
 def apply_row_filter(df: pl.DataFrame, row_fn: RowFilter, desc: str | None) -> pl.DataFrame:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hpd_encode.errors import IndexInputError, OutputOverwritesInputError
+from hpd_encode.errors import IndexInputError, InputNotFoundError, OutputOverwritesInputError
 
 #: The CSV's columns, in the reference's order.
 INDEX_COLUMNS: tuple[str, ...] = (
@@ -65,7 +65,7 @@ def read_index(index: str | PathLike[str] | pl.DataFrame) -> pl.DataFrame:
         where = f"index '{os.fspath(index)}'"
         schema = {c: (pl.String if c == "parquet_path" else pl.Int64) for c in INDEX_COLUMNS}
         if not os.path.isfile(index):
-            raise FileNotFoundError(f"no index file '{os.fspath(index)}'; build it with 'hpd-encode index'")
+            raise InputNotFoundError(f"no index file '{os.fspath(index)}'; build it with 'hpd-encode index'")
         try:
             df = pl.read_csv(Path(index), schema_overrides=schema)
         except (pl.exceptions.PolarsError, OSError) as e:

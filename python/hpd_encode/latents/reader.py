@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpd_encode.errors import InputNotFoundError, OptionError, PartFileError, RowOutOfRangeError
 from hpd_encode.index.table import read_index
 from hpd_encode.schema import LATENT_DOWN_FACTOR
 
@@ -57,7 +58,7 @@ def _resolve_part(path: str, root: Path | None, index_dir: Path | None) -> str:
     where = [f"under '{root}'" if root is not None else "from the current directory"]
     if index_dir is not None:
         where.append(f"beside the index in '{index_dir}'")
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"part file '{path}' named in the index does not exist (looked {' and '.join(where)}); "
         "pass root= to say where the part files are"
     )
@@ -117,9 +118,9 @@ class LatentPairDataset:
         num_threads: int | None = None,
     ) -> None:
         if cache_row_groups < 1:
-            raise ValueError(f"cache_row_groups must be at least 1, not {cache_row_groups}")
+            raise OptionError(f"cache_row_groups must be at least 1, not {cache_row_groups}")
         if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be at least 1, not {num_threads}")
+            raise OptionError(f"num_threads must be at least 1, not {num_threads}")
         df = read_index(index)
         index_dir = None if isinstance(index, pl.DataFrame) else Path(index).resolve().parent
         root_dir = None if root is None else Path(root)
@@ -190,13 +191,13 @@ class LatentPairDataset:
             wanted += list(_TYPED_VOTES) if all(c in names for c in _TYPED_VOTES) else ["detailed_results"]
             missing = [c for c in [*wanted, "latent1", "latent2"] if c not in names]
             if missing:
-                raise ValueError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
+                raise PartFileError(f"part file '{self._paths[file_idx]}' lacks the column(s) {missing}")
             self._columns[file_idx] = wanted
         return pf
 
     def _check_group(self, pf: pq.ParquetFile, file_idx: int, group: int) -> None:
         if not 0 <= group < pf.num_row_groups:
-            raise IndexError(
+            raise RowOutOfRangeError(
                 f"'{self._paths[file_idx]}' has {pf.num_row_groups} row groups, the index asks for "
                 f"row group {group}: the index is stale; rebuild it"
             )
@@ -255,7 +256,7 @@ class LatentPairDataset:
     def _position(self, i: int) -> int:
         n = len(self)
         if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a dataset of {n} rows")
+            raise RowOutOfRangeError(f"index {i} out of range for a dataset of {n} rows")
         return int(i) % n
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -288,7 +289,7 @@ class LatentPairDataset:
             where = f"'{self._paths[f]}' row group {g} row {r}"
             rg = self._small_of(f, g) if k in latents else self._row_group_of(f, g)
             if not 0 <= r < rg.num_rows:
-                raise IndexError(
+                raise RowOutOfRangeError(
                     f"{where} does not exist (the row group has {rg.num_rows} rows): rebuild the index"
                 )
             cols = rg.columns
@@ -305,7 +306,7 @@ class LatentPairDataset:
                     or arr.shape[-2] * LATENT_DOWN_FACTOR != height
                     or arr.shape[-1] * LATENT_DOWN_FACTOR != width
                 ):
-                    raise ValueError(
+                    raise PartFileError(
                         f"{where}: {name} has shape {arr.shape}, the index says {height}x{width}: "
                         "rebuild the index"
                     )
@@ -335,7 +336,7 @@ class LatentPairDataset:
 def _load_npy(data: bytes | None, where: str, name: str) -> np.ndarray:
     """An old-layout latent's ``.npy`` bytes as an array."""
     if data is None:
-        raise ValueError(f"{where}: {name} is null")
+        raise PartFileError(f"{where}: {name} is null")
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
@@ -344,9 +345,9 @@ def _parse_votes(raw: str | None, where: str) -> dict[str, Any]:
     try:
         d = ast.literal_eval(raw) if raw is not None else None
     except (ValueError, SyntaxError) as e:
-        raise ValueError(f"{where}: cannot parse detailed_results {raw!r}: {e}") from e
+        raise PartFileError(f"{where}: cannot parse detailed_results {raw!r}: {e}") from e
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: detailed_results is not a dict: {raw!r}")
+        raise PartFileError(f"{where}: detailed_results is not a dict: {raw!r}")
     return {k: d.get(k) for k in _TYPED_VOTES}
 
 
@@ -387,13 +388,13 @@ class BucketBatchSampler:
         rank: int = 0,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise OptionError(f"batch_size must be at least 1, not {batch_size}")
         if num_replicas < 1:
-            raise ValueError(f"num_replicas must be at least 1, not {num_replicas}")
+            raise OptionError(f"num_replicas must be at least 1, not {num_replicas}")
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), not {rank}")
+            raise OptionError(f"rank must be in [0, {num_replicas}), not {rank}")
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, not {seed}")
+            raise OptionError(f"seed must be non-negative, not {seed}")
         ids = _bucket_ids(index)
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpd_encode.errors import InputNotFoundError, OptionError
 from hpd_encode.output_dir import (
     FAILURES,
     MANIFEST,
@@ -68,7 +69,7 @@ def paged_write_options(schema: pa.Schema, latent_compression: str = "none") -> 
     readers and ``verify`` at disk speed. ``"zstd"`` suits storage-bound setups.
     """
     if latent_compression not in LATENT_CODECS:
-        raise ValueError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
+        raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
     names = schema.names
     return {
         "compression": {n: latent_compression if n in LATENT_COLUMNS else "zstd" for n in names},
@@ -107,12 +108,12 @@ class RepackReport:
 
 def _check_dirs(src: Path, dest: Path) -> None:
     if not src.is_dir():
-        raise FileNotFoundError(f"source directory '{src}' does not exist")
+        raise InputNotFoundError(f"source directory '{src}' does not exist")
     s, d = src.resolve(), dest.resolve()
     if d == s:
-        raise ValueError(f"destination '{dest}' is the source directory; repack into a new directory")
+        raise OptionError(f"destination '{dest}' is the source directory; repack into a new directory")
     if s in d.parents:
-        raise ValueError(
+        raise OptionError(
             f"destination '{dest}' is inside the source directory '{src}'; choose one outside it"
         )
 
@@ -191,14 +192,14 @@ def repack(
     reference; see :func:`paged_write_options`).
     """
     if latent_compression not in LATENT_CODECS:
-        raise ValueError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
+        raise OptionError(f"latent_compression must be one of {LATENT_CODECS}, not {latent_compression!r}")
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)
     manifest = require_complete(src, allow_partial, "repack")
     _refuse_if_busy(src, allow_partial, "repack")
     parts = list_part_files(src)
     if not parts:
-        raise FileNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
+        raise InputNotFoundError(f"'{src}' holds no part files (part_rankNN*.parquet)")
     report = RepackReport(src_dir=str(src), dest_dir=str(dest))
     t0 = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Any, TypeAlias
 
 import pyarrow.parquet as pq
 
-from hpd_encode.errors import OutputBusyError
+from hpd_encode.errors import InputNotFoundError, OutputBusyError
 from hpd_encode.output_dir import LOCK_FILE, list_part_files, read_lock_holder, require_complete
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def verify(
     """
     out = Path(output_dir)
     if not out.is_dir():
-        raise FileNotFoundError(f"output directory '{out}' does not exist")
+        raise InputNotFoundError(f"output directory '{out}' does not exist")
     manifest = require_complete(out, allow_partial, "verify")
     holder = lock_holder_if_busy(out)
     if holder is not None:

@@ -45,7 +45,15 @@ from hpd_encode.output_dir import (
     write_json_atomic,
 )
 from hpd_encode.pipeline.encoder import Encoder, Progress, RankResult
-from hpd_encode.pipeline.options import EncodeOptions, resolve_device, vae_is_object
+from hpd_encode.pipeline.options import (
+    EncodeOptions,
+    EncoderOptions,
+    OutputOptions,
+    PlanOptions,
+    SurveyOptions,
+    resolve_device,
+    vae_is_object,
+)
 from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_and_batch, partition
 from hpd_encode.pipeline.shared import plan_shared
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
@@ -56,6 +64,10 @@ log = logging.getLogger("hpd_encode.encode")
 
 __all__ = [
     "EncodeOptions",
+    "EncoderOptions",
+    "OutputOptions",
+    "PlanOptions",
+    "SurveyOptions",
     "EncodeSummary",
     "Encoder",
     "PlanReport",
@@ -105,8 +117,8 @@ def run(opts: EncodeOptions) -> EncodeSummary | PlanReport:
     """Run an encode (or a dry run) with validated options."""
     dist = init_dist(opts.dist_timeout_s)
     # Decode threads: all cores, shared among this node's ranks, unless set.
-    opts = replace(
-        opts, num_threads=opts.num_threads or max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    opts = opts.with_threads(
+        opts.survey.num_threads or max(1, (os.cpu_count() or 1) // dist.local_world_size)
     )
     try:
         result: EncodeSummary | PlanReport = dry_run(opts, dist) if opts.dry_run else _encode(opts, dist)
@@ -126,7 +138,8 @@ class _Plan:
 
     def __init__(
         self,
-        opts: EncodeOptions,
+        survey_opts: SurveyOptions,
+        plan_opts: PlanOptions,
         dist: Dist,
         done: set[int],
         device: str,
@@ -139,10 +152,11 @@ class _Plan:
         if dist.world_size > 1:
             # Each rank its share (see pipeline/shared.py); one process plans every row here.
             self.survey, self.kept, self.split, self.rank_plan = plan_shared(
-                opts,
+                survey_opts,
+                plan_opts,
                 dist,
                 done,
-                opts.batch_size_for(device),
+                device,
                 with_costs=with_costs,
                 with_records=with_records,
             )
@@ -152,12 +166,12 @@ class _Plan:
             self.stages_cpu = {"plan": cpu_seconds() - cpu, **self.survey.cpu_timings}
             return
         self.survey = survey(
-            opts.data_root,
-            opts.metadata,
-            limit=opts.limit,
+            survey_opts.data_root,
+            survey_opts.metadata,
+            limit=survey_opts.limit,
             done=done,
-            num_threads=opts.num_threads,
-            max_pixels=opts.max_pixels,
+            num_threads=survey_opts.num_threads,
+            max_pixels=survey_opts.max_pixels,
             narrow=True,
         )
         step = Steps()
@@ -170,10 +184,10 @@ class _Plan:
             **{f"survey.{k}": v for k, v in self.survey.cpu_timings.items()},
         }
         # Rows without their paths while planning (with_record_columns gives them back).
-        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), opts.buckets, keep_paths=False)
+        self.kept = apply_pair_rules(self.survey.pairable_for_planning(), plan_opts.buckets, keep_paths=False)
         self.rows_planned = self.kept.rows.height
         step("pair_rules")
-        self.rank_plan = order_and_batch(self.kept.rows, opts.share, opts.batch_size_for(device))
+        self.rank_plan = order_and_batch(self.kept.rows, plan_opts.share, plan_opts.batch_size, device)
         # One rank: every row is its own, and its plan has every job (what partition would count).
         rp = self.rank_plan
         self.split = Split(
@@ -240,13 +254,10 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     """Everything up to the first VAE batch, then a report. Loads no VAE and
     creates or changes nothing in the output directory."""
     t0, cpu0 = time.monotonic(), cpu_seconds()
-    out = opts.output_dir if str(opts.output_dir) else None
+    out = opts.output.output_dir if str(opts.output.output_dir) else None
     done = done_records(out) if out is not None and read_manifest(out) is not None else set()
-    if vae_is_object(opts.vae):
-        device = opts.vae.device
-    else:
-        device = opts.device or ("cuda" if opts.batch_size is None and _cuda_available() else "cpu")
-    plan = _Plan(opts, dist, done, device, with_costs=True, with_records=False)
+    device = resolve_device(opts.encoder.device, import_torch=False, encoder=_encoder_object(opts.encoder))
+    plan = _Plan(opts.survey, opts.plan, dist, done, device, with_costs=True, with_records=False)
     rp = plan.rank_plan
     costs, jobs_all = plan.split.cost_per_rank or [0], plan.split.jobs or 0
     mean = sum(costs) / len(costs)
@@ -275,10 +286,9 @@ def dry_run(opts: EncodeOptions, dist: Dist) -> PlanReport:
     )
 
 
-def _cuda_available() -> bool:
-    """Whether an NVIDIA driver is loaded, without importing torch (seconds and
-    hundreds of MB): a dry run only needs it to size the auto batches."""
-    return os.path.exists("/proc/driver/nvidia/version")
+def _encoder_object(e: EncoderOptions) -> Any:
+    """The encoder object the options name, or None for a folder or hub id."""
+    return e.vae if vae_is_object(e.vae) else None
 
 
 def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict[str, Any]:
@@ -289,36 +299,36 @@ def _settings(opts: EncodeOptions, device: str, found: VaeFolder | None) -> dict
     for an encoder object its ``identity`` as given."""
     from hpd_encode.vae import resolve_dtype
 
-    if vae_is_object(opts.vae):
-        vae, identity, dtype = type(opts.vae).__qualname__, opts.vae.identity, opts.vae.dtype
+    e = opts.encoder
+    if found is None:
+        vae, identity, dtype = type(e.vae).__qualname__, e.vae.identity, e.vae.dtype
     else:
-        assert found is not None
-        vae, identity, dtype = vae_identity(opts.vae), found.identity, resolve_dtype(opts.dtype, device)
+        vae, identity, dtype = vae_identity(e.vae), found.identity, resolve_dtype(e.dtype, device)
     return {
         "vae": vae,
         "vae_identity": identity,
-        "vae_subfolder": opts.vae_subfolder,
+        "vae_subfolder": e.vae_subfolder,
         "dtype": str(dtype).replace("torch.", ""),
-        "latent": opts.latent,
-        "seed": opts.seed,
-        "store_dtype": opts.store_dtype,
-        "buckets": bucket_set_spec(opts.buckets),
-        "alpha": opts.alpha,
-        "metadata_sha256": file_sha256(opts.metadata),
-        "limit": opts.limit,
+        "latent": e.latent,
+        "seed": e.seed,
+        "store_dtype": e.store_dtype,
+        "buckets": bucket_set_spec(opts.plan.buckets),
+        "alpha": e.alpha,
+        "metadata_sha256": file_sha256(opts.survey.metadata),
+        "limit": opts.survey.limit,
     }
 
 
-def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
+def _take_output_dir(out: OutputOptions, dist: Dist, settings: dict[str, Any]) -> OutputLock | None:
     """Rank 0 locks the output directory and prepares it; every rank learns the
     outcome, and the others check that the lock is this run's."""
     lock = None
     status: Any = None
     if dist.rank == 0:
         try:
-            lock = OutputLock(opts.output_dir, purpose="encode").acquire()
+            lock = OutputLock(out.output_dir, purpose="encode").acquire()
             try:
-                prepare_output(opts.output_dir, settings, opts.overwrite, f"hpd-encode {_core.__version__}")
+                prepare_output(out.output_dir, settings, out.overwrite, f"hpd-encode {_core.__version__}")
             except BaseException:
                 lock.release()
                 raise
@@ -329,10 +339,10 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
     if isinstance(status, Exception):
         raise status
     if dist.rank != 0:
-        holder = read_lock_holder(opts.output_dir) or {}
+        holder = read_lock_holder(out.output_dir) or {}
         if holder.get("run_id") != status[1]:
             raise OutputBusyError(
-                f"'{opts.output_dir}' is locked by another run ({holder or 'no holder'}), "
+                f"'{out.output_dir}' is locked by another run ({holder or 'no holder'}), "
                 "not by rank 0 of this one"
             )
     dist.barrier()
@@ -341,22 +351,23 @@ def _take_output_dir(opts: EncodeOptions, dist: Dist, settings: dict[str, Any]) 
 
 def _encode(opts: EncodeOptions, dist: Dist) -> EncodeSummary:
     t0 = time.monotonic()
-    if vae_is_object(opts.vae):
-        device, found = opts.vae.device, None
-    else:
-        device = resolve_device(opts.device)
-        if device == "cuda" and dist.enabled:
-            device = f"cuda:{dist.local_rank}"
-        found = find_vae(opts.vae, opts.vae_subfolder)
+    device = resolve_device(
+        opts.encoder.device,
+        local_rank=dist.local_rank if dist.enabled else None,
+        encoder=_encoder_object(opts.encoder),
+    )
+    found = (
+        None if vae_is_object(opts.encoder.vae) else find_vae(opts.encoder.vae, opts.encoder.vae_subfolder)
+    )
     if device == "cpu" and dist.local_world_size > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     settings = _settings(opts, device, found)
-    lock = _take_output_dir(opts, dist, settings)
+    lock = _take_output_dir(opts.output, dist, settings)
     try:
-        done = done_records(opts.output_dir)
-        plan = _Plan(opts, dist, done, device)
+        done = done_records(opts.output.output_dir)
+        plan = _Plan(opts.survey, opts.plan, dist, done, device)
         plan.gather_failures(dist)
         if dist.rank == 0:
             log.info(
@@ -386,8 +397,9 @@ def _encode_rank(
     device: str,
     found: VaeFolder | None,
 ) -> RankResult:
+    out = opts.output
     rotator = PartRotator(
-        opts.output_dir, dist.rank, opts.rows_per_file, latent_compression=opts.latent_compression
+        out.output_dir, dist.rank, out.rows_per_file, latent_compression=out.latent_compression
     )
     t = time.monotonic()
     if plan.n_rows == 0:
@@ -397,20 +409,11 @@ def _encode_rank(
             rotator.open()
             rotator.commit()
         return RankResult(dist.rank, {}, rotator.files, 0.0, rotator.blocked_s, [])
-    if found is None:
-        vae = opts.vae
-    else:
-        from hpd_encode.vae import load_vae
+    from hpd_encode.vae import load_vae
 
-        vae = load_vae(found, device=device, dtype=opts.dtype)
-    encoder = Encoder(
-        opts,
-        plan,
-        image_paths,
-        vae,
-        rotator,
-        rank=dist.rank,
-    )
+    enc = opts.encoder
+    vae = enc.vae if found is None else load_vae(found, device=device, dtype=enc.dtype)
+    encoder = Encoder(enc, plan, image_paths, vae, rotator, rank=dist.rank)
     progress = Progress(plan.n_rows, opts.progress, dist.rank)
     try:
         encoder.run(progress)
@@ -435,7 +438,7 @@ def finish(
     t0: float,
 ) -> EncodeSummary:
     """Rank 0: write ``failures.csv``, the complete manifest and ``summary.json``."""
-    out = opts.output_dir
+    out = opts.output.output_dir
     stats: dict[str, int] = {}
     failures = list(plan.failures)
     for res in results:

@@ -42,7 +42,7 @@ import polars as pl
 from hpd_encode import _core
 from hpd_encode.failures import Failure
 from hpd_encode.output_dir import PartRotator
-from hpd_encode.pipeline.options import EncodeOptions
+from hpd_encode.pipeline.options import EncoderOptions
 from hpd_encode.pipeline.plan import RankPlan
 from hpd_encode.vae import (
     LatentEncoder,
@@ -226,7 +226,7 @@ class _Encoded:
 class Encoder:
     """One rank's encode run over its :class:`RankPlan`."""
 
-    opts: EncodeOptions
+    opts: EncoderOptions
     plan: RankPlan
     image_paths: pl.Series  # image id -> path relative to the data root
     vae: LatentEncoder
@@ -424,7 +424,7 @@ class Encoder:
                 self.stats["vae_calls"] += len(outs)
                 return torch.cat(outs) if len(outs) > 1 else outs[0]
             except torch.cuda.OutOfMemoryError:
-                if chunk == 1 or self.opts.batch_size is not None:
+                if chunk == 1 or not self.opts.batch_size.auto:
                     raise
                 torch.cuda.empty_cache()
                 chunk = max(1, chunk // 2)

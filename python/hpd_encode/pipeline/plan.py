@@ -22,7 +22,6 @@ comparisons plan in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,8 +31,7 @@ import polars as pl
 from hpd_encode import _core
 from hpd_encode._core import BucketSet
 from hpd_encode.failures import Failure
-
-BatchSizeFor = Callable[[int, int], int]
+from hpd_encode.pipeline.options import BatchSize
 
 
 @dataclass(frozen=True)
@@ -220,9 +218,10 @@ def partition(kept: pl.DataFrame, world_size: int, share: bool, *, with_costs: b
     return Split(np.asarray(rank_of_row, dtype=np.int64), jobs, list(costs))
 
 
-def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFor) -> RankPlan:
+def order_and_batch(rows: pl.DataFrame, share: bool, batch_size: BatchSize, device: str) -> RankPlan:
     """Order one rank's rows (by size, then component, then record), number
-    their jobs and cut the jobs into same-size batches."""
+    their jobs and cut the jobs into same-size batches of ``batch_size`` images per VAE call on
+    ``device``."""
     n = rows.height
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -252,6 +251,6 @@ def order_and_batch(rows: pl.DataFrame, share: bool, batch_size_for: BatchSizeFo
     change = np.flatnonzero((job_h[1:] != job_h[:-1]) | (job_w[1:] != job_w[:-1])) + 1
     starts: list[int] = []
     for a, b in zip([0, *change.tolist()], [*change.tolist(), n_jobs]):
-        starts.extend(range(a, b, max(1, batch_size_for(int(job_h[a]), int(job_w[a])))))
+        starts.extend(range(a, b, max(1, batch_size.per_call(int(job_h[a]), int(job_w[a]), device))))
     starts.append(n_jobs)
     return RankPlan(rows, row_jobs, job_path, job_h, job_w, np.asarray(starts, dtype=np.int64))

@@ -36,10 +36,10 @@ import polars as pl
 
 from hpd_encode._core import BucketSet, image_owners
 from hpd_encode.dist import Dist
+from hpd_encode.errors import DistError
 from hpd_encode.metadata import ENTRY_COLUMNS, read_metadata, read_metadata_shared, read_records
-from hpd_encode.pipeline.options import EncodeOptions
+from hpd_encode.pipeline.options import PlanOptions, SurveyOptions
 from hpd_encode.pipeline.plan import (
-    BatchSizeFor,
     Kept,
     RankPlan,
     Split,
@@ -60,10 +60,11 @@ from hpd_encode.pipeline.survey import (
 
 
 def plan_shared(
-    opts: EncodeOptions,
+    opts: SurveyOptions,
+    plan_opts: PlanOptions,
     dist: Dist,
     done: set[int],
-    batch_size_for: BatchSizeFor,
+    device: str,
     *,
     with_costs: bool = False,
     with_records: bool = True,
@@ -109,7 +110,7 @@ def plan_shared(
     copies, bounds = copies[order], np.searchsorted(seers[order], np.arange(world + 1))
     got = np.concatenate(dist.all_to_all_arrays([copies[bounds[r] : bounds[r + 1]] for r in range(world)]))
     if len(got) != len(ids):
-        raise RuntimeError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
+        raise DistError(f"image sizes: {len(got)} received for the {len(ids)} images of this rank")
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.uint8)
     idx = got["image"]
@@ -136,15 +137,15 @@ def plan_shared(
         timings=timings,
         cpu_timings=step.cpu,
     )
-    kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets, keep_paths=False)
+    kept_here = apply_pair_rules(survey.pairable_for_planning(), plan_opts.buckets, keep_paths=False)
     rows_here = kept_here.rows
     step("pair_rules")
     # What the split needs, from every rank (the rest goes, after it, only to the rank that encodes
     # each pair).
     key_layout = _split_layout(n)
-    kept_rows = _unpack(dist.all_gather_array(_pack(rows_here, key_layout)), key_layout, opts.buckets)
+    kept_rows = _unpack(dist.all_gather_array(_pack(rows_here, key_layout)), key_layout, plan_opts.buckets)
     step("gather_kept")
-    split = partition(kept_rows, world, opts.share, with_costs=with_costs)
+    split = partition(kept_rows, world, plan_opts.share, with_costs=with_costs)
     step("partition")
     ranks_here = split.rank_of_row[
         np.searchsorted(kept_rows["record_index"].to_numpy(), rows_here["record_index"].to_numpy())
@@ -158,10 +159,10 @@ def plan_shared(
     del rows_here, rest
     own = kept_rows.filter(pl.Series(split.rank_of_row == rank))
     if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
-        raise RuntimeError("rank plan: the pairs received are not those the split gave this rank")
+        raise DistError("rank plan: the pairs received are not those the split gave this rank")
     own = own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
     step("exchange_rows")
-    rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), opts.share, batch_size_for)
+    rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), plan_opts.share, plan_opts.batch_size, device)
     step("order_and_batch")
     images = pl.DataFrame({"path": pl.Series("path", [None] * n, dtype=pl.String)}).with_row_index("image_id")
     if with_records:
@@ -250,7 +251,7 @@ def _unpack(parts: list[np.ndarray], layout: np.dtype, buckets: BucketSet) -> pl
     return pl.DataFrame(columns).cast({k: v for k, v in _KEPT_SCHEMA.items() if k in columns})
 
 
-def _with_records(opts: EncodeOptions, rows: pl.DataFrame) -> pl.DataFrame:
+def _with_records(opts: SurveyOptions, rows: pl.DataFrame) -> pl.DataFrame:
     """This rank's planned rows with their records' columns, read again from the metadata file (only
     those entries), in the order of a one-process plan."""
     records = read_records(

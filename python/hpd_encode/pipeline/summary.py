@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hpd_encode.errors import UnknownKeyError
+
 
 @dataclass(frozen=True)
 class EncodeSummary:
@@ -44,7 +46,7 @@ class EncodeSummary:
         try:
             return getattr(self, key)
         except AttributeError:
-            raise KeyError(key) from None
+            raise UnknownKeyError(key) from None
 
     def lines(self) -> list[str]:
         """A short human-readable account of the run."""
