@@ -56,6 +56,9 @@ from hpd_encode.vae import (
 
 log = logging.getLogger("hpd_encode.encode")
 
+#: The interpreter's thread switch interval during a run (Python's default is 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+
 #: The row fields handed to the writer, besides the latents (metadata column -> writer field).
 _ROW_FIELDS = {
     "prompt": "prompt",
@@ -292,6 +295,9 @@ class Encoder:
                 a, b = int(self.plan.batch_start[k]), int(self.plan.batch_start[k + 1])
                 size = (int(self.plan.job_height[a]), int(self.plan.job_width[a]))
                 rels = self.image_paths.gather(self.plan.job_path[a:b]).to_list()
+                seeds = [item_seed(self.opts.seed, f"{rel}@{size[0]}x{size[1]}") for rel in rels]
+                # The noise is drawn while the batch is decoded (a failed image's too: failures are rare).
+                noise = self._noise.submit(self._draw_noise, seeds, size) if self._noise else None
                 staging = None if self.normalize else self.io.host_empty((b - a, *size, 3), torch.uint8)
                 # Opened beneath the data root (race-free: a symlink swapped in since the survey is refused).
                 arr, errs = _core.load_batch(
@@ -308,30 +314,40 @@ class Encoder:
                 pixels = None
                 if ok:
                     pixels = self.io.to_device(torch.from_numpy(arr) if staging is None else staging)
-                seeds = self._seeds(rels, ok, size)
-                if not self._hand_over(_Decoded(a, b, size, rels, errs, ok, pixels, seeds)):
+                decoded = _Decoded(a, b, size, rels, errs, ok, pixels, self._seeds(seeds, ok, noise, size))
+                if not self._hand_over(decoded):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._hand_over(e)
             return
         self._hand_over(None)
 
-    def _seeds(self, rels: list[str], ok: list[int], size: tuple[int, int]) -> Seeds:
-        """The decoded images' seeds (per image and size); in sample mode their noise is drawn on the
-        noise thread, and moved to the device, while earlier batches run."""
-        h, w = size
-        seeds = Seeds([item_seed(self.opts.seed, f"{rels[i]}@{h}x{w}") for i in ok])
-        if self._noise is not None and ok:
-            f = self.vae.down_factor
-            shape = (self.vae.latent_channels, h // f, w // f)
-            drawn = self._noise.submit(self._draw_noise, list(seeds), shape)
-            seeds.ahead = NoiseAhead(shape, lambda: self.io.arrived(drawn.result()))
-        return seeds
-
-    def _draw_noise(self, seeds: list[int], shape: tuple[int, ...]) -> _Moving:
+    def _seeds(self, seeds: list[int], ok: list[int], noise: Any, size: tuple[int, int]) -> Seeds:
+        """The decoded images' seeds (per image and size), with the noise the noise thread draws
+        for them (sample mode), moved to the device, while earlier batches run."""
         import torch
 
-        return self.io.to_device(fill_noise(self.io.host_empty((len(seeds), *shape), torch.float32), seeds))
+        kept = Seeds([seeds[i] for i in ok])
+        if noise is not None and ok:
+            io = self.io
+            if len(ok) == len(seeds):
+                kept.ahead = NoiseAhead(self._noise_shape(size), lambda: io.arrived(noise.result()))
+            else:
+                rows = torch.tensor(ok)
+                kept.ahead = NoiseAhead(
+                    self._noise_shape(size), lambda: io.arrived(noise.result())[rows.to(io.device)]
+                )
+        return kept
+
+    def _noise_shape(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        f = self.vae.down_factor
+        return (self.vae.latent_channels, size[0] // f, size[1] // f)
+
+    def _draw_noise(self, seeds: list[int], size: tuple[int, int]) -> _Moving:
+        import torch
+
+        host = self.io.host_empty((len(seeds), *self._noise_shape(size)), torch.float32)
+        return self.io.to_device(fill_noise(host, seeds))
 
     # -- the main thread: the encoder --------------------------------------
 
@@ -340,6 +356,11 @@ class Encoder:
         import torch
 
         self._progress = progress
+        # The main thread takes the GIL back after every torch call (each kernel launch on a GPU) while
+        # the other threads run Python: a shorter switch interval keeps it from waiting up to 5 ms
+        # each time. Restored when the run ends.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         if self.opts.latent == "sample":
             self._noise = ThreadPoolExecutor(1, thread_name_prefix="hpd-encode-noise")
         decode = threading.Thread(target=self._produce, name="hpd-encode-decode", daemon=True)
@@ -362,6 +383,7 @@ class Encoder:
             finish.join()
             if self._noise is not None:
                 self._noise.shutdown(wait=True, cancel_futures=True)
+            sys.setswitchinterval(switch)
 
     def _encode(self, batch: _Decoded) -> _Encoded:
         """Queue batch ``batch``'s work on the device: input, encoder, finite check, copy back."""
