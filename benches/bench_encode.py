@@ -13,8 +13,15 @@
    Python thread that ticks every 0.5 ms).
 
 Run: ``.venv/bin/python benches/bench_encode.py [--prompts 10] [--device cpu|cuda]``.
-On a GPU machine pass ``--full-vae`` to use an SD3.5-shaped VAE (random
-weights, real architecture) and compare bf16 bucket-batched vs fp32 batch-1.
+
+``--full-vae --device cuda``: the GPU benchmark (one script, a few minutes on
+an H100; see :func:`full_vae`). The SD3.5 VAE's architecture built from its
+config with random weights (no hub), images/s at 1024x1024 for the
+reference way (fp32, batch 1), ours in bf16 with the automatic batch size,
+and ours with ``torch.compile``; each VAE-only (pixels already on the device)
+and end to end (JPEG files to Parquet) on the same images.
+``--full-vae --device cpu --quick`` runs the same script small (256x256, a
+few images, ``torch.compile`` with the ``eager`` backend) to check it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,12 +54,14 @@ from hpd_encode.vae import make_tiny_vae
 SIZES = [(1024, 1024), (768, 1024), (1248, 832), (512, 512), (832, 1152)]
 
 
-def make_dataset(root: Path, prompts: int) -> Path:
+def make_dataset(root: Path, prompts: int, sizes: list[tuple[int, int]] = SIZES) -> Path:
+    """Prompts of 3-4 real photos (JPEG, PNG, WebP) at one size each, cycling through ``sizes``,
+    and all their pairwise comparisons."""
     ph = demo_photos()
     fmts = [("jpg", {"quality": 90}), ("png", {}), ("webp", {"quality": 85})]
     records = []
     for p in range(prompts):
-        h, w = SIZES[p % len(SIZES)]
+        h, w = sizes[p % len(sizes)]
         names = []
         for k in range(3 + p % 2):
             ext, opts = fmts[(p + k) % 3]
@@ -152,24 +162,183 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
+def make_square_dataset(root: Path, images: int, side: int) -> Path:
+    """Prompts of 4 real photos (JPEG q90) at ``side`` x ``side``, all 6 comparisons of each."""
+    ph = demo_photos()
+    records = []
+    for p in range(images // 4):
+        names = []
+        for k in range(4):
+            rel = f"sq/{p:04d}/{k}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(ph[(p + k) % len(ph)]).resize((side, side), Image.BICUBIC)
+            # A different crop of the photo for every image, so no two files are alike.
+            img = img.rotate(90 * ((p + k) % 4)).transpose(
+                Image.FLIP_LEFT_RIGHT if p % 2 else Image.FLIP_TOP_BOTTOM
+            )
+            img.save(root / rel, quality=90)
+            names.append(rel)
+        for a, b in itertools.combinations(names, 2):
+            records.append(
+                {"prompt": f"p{p}", "path1": a, "path2": b, "choice_dist": [2, 1], "confidence": 0.5}
+            )
+    meta = root / "square.json"
+    meta.write_text(json.dumps(records))
+    return meta
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def vae_only_reference(vae_dir: Path, x: torch.Tensor, device: str) -> float:
+    """The reference's VAE step: diffusers fp32, one image per call, ``sample()``, to the host. Images/s."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, subfolder="vae", low_cpu_mem_usage=False).to(device).eval()
+    shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
+    x = x.to(device, torch.float32)
+    torch.backends.cudnn.benchmark = False  # torch's default, which the reference keeps
+
+    def step(i: int) -> None:
+        with torch.no_grad():
+            z = (vae.encode(x[i : i + 1]).latent_dist.sample() - shift) * scale
+        z.float().cpu()
+
+    step(0)  # warm-up (cuDNN's choice of kernels)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(x.shape[0]):
+        step(i)
+    _sync(device)
+    return x.shape[0] / (time.perf_counter() - t)
+
+
+def vae_only_ours(vae: Any, x: torch.Tensor, batch: int) -> float:
+    """Our VAE step: ``DiffusersVae.encode`` on device-resident batches (its noise drawn beforehand, as
+    the encode loop does off the main thread), latents to the host. Images/s."""
+    from hpd_encode.vae import NoiseAhead, Seeds, fill_noise
+
+    n, _, h, w = x.shape
+    x = x.to(vae.device, vae.dtype)
+    shape = (vae.latent_channels, h // vae.down_factor, w // vae.down_factor)
+    seeds = list(range(n))
+    noise = fill_noise(torch.empty((n, *shape)), seeds).to(vae.device)
+    ahead = Seeds(seeds, NoiseAhead(shape, lambda: noise))
+    torch.backends.cudnn.benchmark = True  # as the encode loop sets it on CUDA
+
+    def step(i: int) -> None:
+        vae.encode(x[i : i + batch], mode="sample", seeds=ahead[i : i + batch]).float().cpu()
+
+    step(0)  # warm-up (cuDNN's choice, or compilation)
+    _sync(vae.device)
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        step(i)
+    _sync(vae.device)
+    return n / (time.perf_counter() - t)
+
+
+def full_vae(args: argparse.Namespace, tmp: Path) -> None:
+    """The GPU benchmark: SD3.5's VAE architecture (random weights), images/s for the reference way,
+    ours in bf16 (auto batch size) and ours with torch.compile, VAE-only and end to end."""
+    from hpd_encode.pipeline.options import AUTO_BATCH_PIXELS
+    from hpd_encode.vae import load_vae
+
+    t_start = time.perf_counter()
+    side = 256 if args.quick else 1024
+    n_images = args.images or (4 if args.quick else 256)
+    n_ref = args.ref_images or (2 if args.quick else 48)
+    backend = args.compile_backend or ("eager" if args.quick else "inductor")
+    device = args.device
+    root = tmp / "data"
+    meta = make_square_dataset(root, n_images, side)
+    n_images = 4 * (n_images // 4)
+    vae_dir = make_tiny_vae(tmp / "vae", kind="sd35")
+    batch = max(1, AUTO_BATCH_PIXELS["cuda" if device.startswith("cuda") else "cpu"] // (side * side))
+    print(f"machine: {machine()}")
+    print(
+        f"SD3.5 VAE architecture (random weights), {n_images} JPEG photos at {side}x{side}, device {device}, "
+        f"auto batch {batch}, torch.compile backend {backend!r}; set-up {time.perf_counter() - t_start:.0f} s\n"
+    )
+    paths = [str(root / f"sq/{p:04d}/{k}.jpg") for p in range(n_images // 4) for k in range(4)]
+    pixels, errors = hpd_encode.load_batch(paths, (side, side), normalize=True)
+    assert not any(errors), errors
+    x = torch.from_numpy(pixels)
+    rows: list[tuple[str, float, float]] = []
+
+    ref_vae = vae_only_reference(vae_dir, x[:n_ref], device)
+    ref_meta = root / "ref.json"
+    ref_meta.write_text(json.dumps(json.loads(meta.read_text())[: max(1, n_ref // 2)]))
+    t = time.perf_counter()
+    ref_rows = reference_loop(root, ref_meta, vae_dir, tmp / "ref.parquet", device)
+    ref_e2e = 2 * ref_rows / (time.perf_counter() - t)
+    rows.append(("reference: fp32, batch 1 (PIL, per comparison)", ref_vae, ref_e2e))
+    print(f"reference done at {time.perf_counter() - t_start:.0f} s", flush=True)
+
+    vae = load_vae(str(vae_dir), device=device, dtype="auto")
+    for label, compile_ in (
+        (f"hpd-encode {str(vae.dtype).replace('torch.', '')}, batch {batch}", False),
+        (
+            f"hpd-encode {str(vae.dtype).replace('torch.', '')}, batch {batch}, torch.compile ({backend})",
+            True,
+        ),
+    ):
+        if compile_:
+            t = time.perf_counter()
+            vae.compile(backend=backend)
+            vae_rate = vae_only_ours(vae, x, batch)  # its warm-up call compiles
+            print(f"compiled in {time.perf_counter() - t:.0f} s (with the VAE-only run)", flush=True)
+        else:
+            vae_rate = vae_only_ours(vae, x, batch)
+        e2e = 0.0
+        for _ in range(args.repeat or (1 if args.quick else 2)):  # the first run also warms the page cache
+            out = tmp / "ours"
+            shutil.rmtree(out, ignore_errors=True)
+            s = encode(root, meta, out, vae, progress=False, compile=compile_ and backend)
+            e2e = max(e2e, s.images_per_second or 0.0)
+        rows.append((label, vae_rate, e2e))
+        print(f"{label} done at {time.perf_counter() - t_start:.0f} s", flush=True)
+
+    print(
+        "\n| method | VAE-only images/s | end-to-end images/s | end-to-end / VAE-only | VAE-only x reference |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for label, v, e in rows:
+        print(f"| {label} | {v:.1f} | {e:.1f} | {e / v:.2f} | {v / ref_vae:.2f} |")
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", default=None, help="keep the work folder here")
-    ap.add_argument("--full-vae", action="store_true", help="SD3.5-shaped VAE (random weights); for a GPU")
+    ap.add_argument("--full-vae", action="store_true", help="the GPU benchmark: SD3.5's VAE architecture")
+    ap.add_argument("--quick", action="store_true", help="with --full-vae: small, to check the script")
+    ap.add_argument("--images", type=int, default=None, help="with --full-vae: images (256; quick 4)")
+    ap.add_argument("--ref-images", type=int, default=None, help="with --full-vae: reference images (48)")
+    ap.add_argument("--compile-backend", default=None, help="with --full-vae: inductor (quick: eager)")
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="with --full-vae: end-to-end runs, best kept (2)"
+    )
     args = ap.parse_args()
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="hpd-bench-encode-"))
     tmp.mkdir(parents=True, exist_ok=True)
+    if args.full_vae:
+        full_vae(args, tmp)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     root = tmp / "data"
     meta = make_dataset(root, args.prompts)
-    vae_dir = make_tiny_vae(tmp / "vae", kind="sd35" if args.full_vae else "kl")
+    vae_dir = make_tiny_vae(tmp / "vae", kind="kl")
     n_records = len(json.loads(meta.read_text()))
     print(f"machine: {machine()}")
     print(
-        f"dataset: {args.prompts} prompts, {n_records} comparisons at HPDv3 sizes; "
-        f"{'SD3.5-shaped' if args.full_vae else 'tiny'} random AutoencoderKL; "
-        f"device {args.device}\n"
+        f"dataset: {args.prompts} prompts, {n_records} comparisons at HPDv3 sizes; tiny random "
+        f"AutoencoderKL; device {args.device}\n"
     )
 
     t = time.perf_counter()

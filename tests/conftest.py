@@ -321,3 +321,25 @@ def indexed_part(base: Path, records: Sequence[PartRecord], buckets: Path) -> Pa
     index = base / "index.csv"
     write_index(build_index(parts, buckets=buckets, max_per_prompt=None), index)
     return index
+
+
+# ---------------------------------------------------------------------------
+# The encoder protocol and the encode loop (tests/test_encoder_protocol.py, tests/test_encode_loop.py)
+
+
+@pytest.fixture(scope="module")
+def encode_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, metadata): 4 prompts of 3-4 real image files each and all their pairs, plus bad records."""
+    from test_encode import build_dataset
+
+    root = tmp_path_factory.mktemp("ds") / "root"
+    root.mkdir()
+    return root, build_dataset(root, n_prompts=4)
+
+
+@pytest.fixture(scope="module")
+def kl_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD3.5-shaped AutoencoderKL saved as a diffusers folder."""
+    from hpd_encode.vae import make_tiny_vae
+
+    return make_tiny_vae(tmp_path_factory.mktemp("vae"))

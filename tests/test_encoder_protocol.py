@@ -17,20 +17,7 @@ import torch
 import hpd_encode
 from hpd_encode.errors import ResumeMismatchError, VaeError
 from hpd_encode.pipeline import encode, list_part_files
-from hpd_encode.vae import LatentEncoder, gaussian_noise, load_vae, make_tiny_vae
-from test_encode import build_dataset
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("ds") / "root"
-    root.mkdir()
-    return root, build_dataset(root, n_prompts=3)
-
-
-@pytest.fixture(scope="module")
-def kl_vae(tmp_path_factory) -> Path:
-    return make_tiny_vae(tmp_path_factory.mktemp("vae"))
+from hpd_encode.vae import LatentEncoder, folder_identity, gaussian_noise, load_vae, make_tiny_vae
 
 
 def latents_by_record(out: Path) -> dict[int, tuple[bytes, bytes]]:
@@ -94,6 +81,7 @@ def test_diffusers_vaes_implement_the_protocol(tmp_path, kind):
     assert len(ident["config_sha256"]) == 64
     # Canonical text: the same folder named another way has the same identity.
     assert load_vae(str(folder) + "/", device="cpu").identity == vae.identity
+    assert folder_identity(folder / "vae") == vae.identity  # what an encoder object can record
     # The protocol's encode: float NCHW in [-1, 1] -> N x C x H/f x W/f.
     x = torch.rand(2, 3, 64, 96) * 2 - 1
     z = vae.encode(x, mode="sample", seeds=[1, 2])
@@ -104,8 +92,8 @@ def test_diffusers_vaes_implement_the_protocol(tmp_path, kind):
         vae.encode(x, mode="sample", seeds=[1])
 
 
-def test_resume_is_refused_after_the_weights_in_the_same_folder_change(dataset, tmp_path):
-    root, meta = dataset
+def test_resume_is_refused_after_the_weights_in_the_same_folder_change(encode_dataset, tmp_path):
+    root, meta = encode_dataset
     folder = make_tiny_vae(tmp_path / "vae", seed=0)
     out = tmp_path / "out"
     s = encode(root, meta, out, folder, latent="mean", progress=False, limit=3)
@@ -126,8 +114,8 @@ def test_resume_is_refused_after_the_weights_in_the_same_folder_change(dataset, 
 
 
 @pytest.mark.parametrize("latent", ["mean", "sample"])
-def test_an_encoder_object_writes_what_the_folder_does(dataset, kl_vae, tmp_path, latent):
-    root, meta = dataset
+def test_an_encoder_object_writes_what_the_folder_does(encode_dataset, kl_vae, tmp_path, latent):
+    root, meta = encode_dataset
     by_folder = encode(root, meta, tmp_path / "folder", kl_vae, latent=latent, progress=False, seed=3)
     enc = WrappedKL(kl_vae)
     by_object = encode(root, meta, tmp_path / "object", enc, latent=latent, progress=False, seed=3)
@@ -147,8 +135,10 @@ def test_an_encoder_object_writes_what_the_folder_does(dataset, kl_vae, tmp_path
         )
 
 
-def test_an_object_that_is_not_an_encoder_is_refused_before_anything_is_written(dataset, kl_vae, tmp_path):
-    root, meta = dataset
+def test_an_object_that_is_not_an_encoder_is_refused_before_anything_is_written(
+    encode_dataset, kl_vae, tmp_path
+):
+    root, meta = encode_dataset
 
     class Half:
         device, dtype, down_factor = "cpu", torch.float32, 8
@@ -169,8 +159,8 @@ def test_an_object_that_is_not_an_encoder_is_refused_before_anything_is_written(
     assert not (tmp_path / "o").exists()
 
 
-def test_latents_of_the_wrong_shape_are_an_error_naming_the_encoder(dataset, kl_vae, tmp_path):
-    root, meta = dataset
+def test_latents_of_the_wrong_shape_are_an_error_naming_the_encoder(encode_dataset, kl_vae, tmp_path):
+    root, meta = encode_dataset
     enc = WrappedKL(kl_vae)
     enc.down_factor = 16  # the model gives H/8: not what the object says
     with pytest.raises(

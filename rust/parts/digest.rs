@@ -58,6 +58,10 @@ impl<W> Hashing<W> {
         Self { inner, state: XxHash3_128::new() }
     }
 
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }

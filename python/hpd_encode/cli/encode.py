@@ -48,6 +48,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             rows_per_file=args.rows_per_file,
             latent_compression=args.latent_compression,
             alpha=args.alpha,
+            compile=args.compile,
             progress=show_progress(args),
             dry_run=args.dry_run,
             **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
@@ -196,6 +197,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add_latent_compression_option(p)
     p.add_argument("--alpha", default="drop", choices=["drop", "white", "black"], help="alpha handling")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="run the VAE encoder through torch.compile (backend: inductor unless named); "
+        "falls back, with a warning, when compilation fails",
+    )
     p.add_argument(
         "--max-pixels",
         type=positive_int,

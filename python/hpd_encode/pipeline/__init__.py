@@ -58,7 +58,7 @@ from hpd_encode.pipeline.plan import RankPlan, Split, apply_pair_rules, order_an
 from hpd_encode.pipeline.summary import EncodeSummary, PlanReport
 from hpd_encode.pipeline.survey import Survey, cpu_seconds, survey
 from hpd_encode.provenance import encode_provenance, footer_entries
-from hpd_encode.vae import VaeFolder, find_vae
+from hpd_encode.vae import LatentEncoder, VaeFolder, find_vae
 
 log = logging.getLogger("hpd_encode.encode")
 
@@ -88,7 +88,7 @@ def encode(
     data_root: str | PathLike[str],
     metadata: str | PathLike[str],
     output_dir: str | PathLike[str] | None,
-    vae: str | PathLike[str] | None,
+    vae: str | PathLike[str] | LatentEncoder | None,
     **options: Any,
 ) -> EncodeSummary | PlanReport:
     """Encode an HPDv3-style dataset into Parquet part files in ``output_dir``.
@@ -97,8 +97,11 @@ def encode(
     ``dtype``, ``device``, ``buckets``, ``batch_size``, ``latent``,
     ``store_dtype``, ``seed``, ``limit``, ``overwrite``, ``num_threads``,
     ``share``, ``rows_per_file``, ``latent_compression``, ``prefetch``, ``alpha``, ``max_pixels``,
-    ``progress``, ``dist_timeout_s``, ``dry_run``), validated before anything
+    ``compile``, ``progress``, ``dist_timeout_s``, ``dry_run``), validated before anything
     is read or written.
+
+    ``vae`` is a local diffusers folder, a hub id, or any object implementing
+    :class:`hpd_encode.LatentEncoder` (its ``device`` and ``dtype`` are then the run's).
 
     Returns the run's :class:`EncodeSummary` (also written to
     ``output_dir/summary.json``). Rerunning the same call resumes: rows

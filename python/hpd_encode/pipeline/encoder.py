@@ -1,9 +1,27 @@
-"""The encode stage: decode batches in the background (Rust), run the VAE
+"""The encode stage: decode batches in the background (Rust), run the encoder
 (torch), and hand finished rows to the part-file writer (Rust).
 
-An :class:`Encoder` holds one rank's run: its plan, the VAE, the rotator that
-commits part files, and the bookkeeping that releases a latent as soon as
-every row needing it has been written. Its state is its fields.
+An :class:`Encoder` holds one rank's run: its plan, the encoder (any
+:class:`~hpd_encode.vae.LatentEncoder`), the rotator that commits part files,
+and the bookkeeping that releases a latent as soon as every row needing it
+has been written. Its state is its fields.
+
+One loop for every device, in three threads, so that while the device
+encodes batch k the host prepares k+1 and finishes k-1:
+
+* the decode thread decodes batch k+1 (Rust, GIL released) into a staging
+  buffer (pinned memory on CUDA) and queues its copy to the device on a side
+  stream; a noise thread draws its images' seeded noise (``latent="sample"``)
+  and moves it the same way;
+* the main thread turns batch k's pixels into the encoder's input on the
+  device, calls the encoder (halving the batch on CUDA out-of-memory), checks
+  the latents for NaN/Inf on the device and queues their copy back into
+  pinned memory, recording an event; nothing here waits for the device;
+* the finishing thread waits for batch k-1's event, keeps its latents,
+  assembles the rows whose two latents exist and hands them to the writer.
+
+On the CPU the copies are no-ops and there are no events: the same loop
+simply has nothing to overlap but the decoding and the finishing.
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +44,20 @@ from hpd_encode.failures import Failure
 from hpd_encode.output_dir import PartRotator
 from hpd_encode.pipeline.options import EncoderOptions
 from hpd_encode.pipeline.plan import RankPlan
-from hpd_encode.vae import LatentEncoder, encode_pixels, job_seed, latents_to_numpy
+from hpd_encode.vae import (
+    LatentEncoder,
+    NoiseAhead,
+    Seeds,
+    fill_noise,
+    job_seed,
+    to_encoder_input,
+    torch_dtype_of,
+)
 
 log = logging.getLogger("hpd_encode.encode")
+
+#: The interpreter's thread switch interval during a run (Python's default is 5 ms).
+SWITCH_INTERVAL_S = 0.0005
 
 #: The row fields handed to the writer, besides the latents (planned-row column -> writer field).
 _ROW_FIELDS = record.ROW_NAMES
@@ -83,6 +113,102 @@ class RankResult:
 
 
 @dataclass
+class _Moving:
+    """A tensor on its way to the device: ``event`` (CUDA) marks the copy's end on the side stream."""
+
+    tensor: Any
+    event: Any = None
+
+
+class DeviceIO:
+    """Copies between host and device for the encode loop.
+
+    CUDA: staging buffers in pinned memory, host-to-device copies on a side
+    stream (from any thread), device-to-host copies into pinned memory with
+    an event to wait on. Elsewhere plain memory, synchronous copies, no
+    events; on the CPU every "copy" returns the tensor itself.
+    """
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        if self.cuda:
+            # Bucket shapes repeat: let cuDNN pick its fastest kernels once per shape.
+            torch.backends.cudnn.benchmark = True
+
+    def host_empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A host tensor to stage a copy in (pinned on CUDA)."""
+        import torch
+
+        return torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+
+    def to_device(self, host: Any) -> _Moving:
+        """Start moving ``host`` to the device (from any thread)."""
+        import torch
+
+        if not self.cuda:
+            return _Moving(host.to(self.device))
+        with torch.cuda.stream(self.copy_stream):
+            tensor = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        return _Moving(tensor, event)
+
+    def arrived(self, moving: _Moving) -> Any:
+        """The moved tensor, safe to use on the calling thread's current stream."""
+        import torch
+
+        if moving.event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(moving.event)
+            moving.tensor.record_stream(stream)
+        return moving.tensor
+
+    def to_host(self, *tensors: Any) -> tuple[list[Any], Any]:
+        """Queue copies of device tensors into host memory; returns the host
+        tensors and the event to wait on before reading them (None: ready)."""
+        import torch
+
+        if not self.cuda:
+            return [t.to("cpu") for t in tensors], None
+        tensors = tuple(t.contiguous() for t in tensors)  # (a channels_last latent: made plain on the device)
+        hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        for h, t in zip(hosts, tensors):
+            h.copy_(t, non_blocking=True)
+        # A blocking event: the finishing thread's wait sleeps instead of spinning on a core.
+        event = torch.cuda.Event(blocking=True)
+        event.record()
+        return hosts, event
+
+
+@dataclass
+class _Decoded:
+    """A decoded batch, from the decode thread to the main thread."""
+
+    a: int  # jobs a..b
+    b: int
+    size: tuple[int, int]
+    rels: list[str]
+    errs: list[str | None]
+    ok: list[int]  # positions decoded
+    pixels: _Moving | None  # the whole batch (uint8 NHWC, or float NCHW on the CPU); None: nothing decoded
+    seeds: Seeds  # one per decoded image, with its noise being drawn ahead in sample mode
+
+
+@dataclass
+class _Encoded:
+    """A batch's latents on their way to the host, from the main thread to the finishing thread."""
+
+    batch: _Decoded
+    latents: Any = None  # host tensor in the store dtype (pinned on CUDA), one per decoded image
+    finite: Any = None  # host bool tensor: the latent has no NaN/Inf
+    ready: Any = None  # CUDA event to wait on before reading them; None: ready
+
+
+@dataclass
 class Encoder:
     """One rank's encode run over its :class:`RankPlan`."""
 
@@ -106,10 +232,29 @@ class Encoder:
         self.row_data = self.plan.rows.select(list(_ROW_FIELDS)).rename(_ROW_FIELDS)
         self._stop = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.opts.prefetch)
+        # At most one batch waits for the finishing thread while it finishes another.
+        self._done: queue.Queue[_Encoded | None] = queue.Queue(maxsize=1)
+        self._finish_error: BaseException | None = None
+        self._noise: ThreadPoolExecutor | None = None
+        self.io = DeviceIO(self.vae.device)
         # On the CPU the decode threads also normalize (float32 NCHW in [-1, 1],
         # bit-identical to torch's `/ 127.5 - 1`), in parallel, per image; an
         # accelerator gets uint8 (4x less to copy) and normalizes it itself.
-        self.normalize = self.vae.device.startswith("cpu")
+        self.normalize = self.io.device.type == "cpu"
+        if self.opts.compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """``torch.compile`` the encoder through its ``compile(backend=...)`` method (the diffusers
+        VAEs fall back with a warning when compilation fails)."""
+        backend = "inductor" if self.opts.compile is True else str(self.opts.compile)
+        method = getattr(self.vae, "compile", None)
+        if not callable(method):
+            log.warning(
+                "--compile: %s has no compile() method; encoding without it", type(self.vae).__qualname__
+            )
+            return
+        method(backend=backend)
 
     # -- the decode thread -------------------------------------------------
 
@@ -124,6 +269,8 @@ class Encoder:
         return False
 
     def _produce(self) -> None:
+        import torch
+
         try:
             for k in range(self.plan.n_batches):
                 if self._stop.is_set():
@@ -131,6 +278,10 @@ class Encoder:
                 a, b = int(self.plan.batch_start[k]), int(self.plan.batch_start[k + 1])
                 size = (int(self.plan.job_height[a]), int(self.plan.job_width[a]))
                 rels = self.image_paths.gather(self.plan.job_path[a:b]).to_list()
+                seeds = [job_seed(self.opts.seed, rel, size) for rel in rels]
+                # The noise is drawn while the batch is decoded (a failed image's too: failures are rare).
+                noise = self._noise.submit(self._draw_noise, seeds, size) if self._noise else None
+                staging = None if self.normalize else self.io.host_empty((b - a, *size, 3), torch.uint8)
                 # Opened beneath the data root (race-free: a symlink swapped in since the survey is refused).
                 arr, errs = _core.load_batch(
                     rels,
@@ -140,64 +291,109 @@ class Encoder:
                     alpha=self.opts.alpha,
                     max_pixels=self.opts.max_pixels,
                     normalize=self.normalize,
+                    out=None if staging is None else staging.numpy(),
                 )
-                if not self._hand_over((a, b, size, rels, arr, errs)):
+                ok = [i for i, e in enumerate(errs) if e is None]
+                pixels = None
+                if ok:
+                    pixels = self.io.to_device(torch.from_numpy(arr) if staging is None else staging)
+                decoded = _Decoded(a, b, size, rels, errs, ok, pixels, self._seeds(seeds, ok, noise, size))
+                if not self._hand_over(decoded):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._hand_over(e)
             return
         self._hand_over(None)
 
-    # -- the VAE loop ------------------------------------------------------
+    def _seeds(self, seeds: list[int], ok: list[int], noise: Any, size: tuple[int, int]) -> Seeds:
+        """The decoded images' seeds (per image and size), with the noise the noise thread draws
+        for them (sample mode), moved to the device, while earlier batches run."""
+        import torch
+
+        kept = Seeds([seeds[i] for i in ok])
+        if noise is not None and ok:
+            io = self.io
+            if len(ok) == len(seeds):
+                kept.ahead = NoiseAhead(self._noise_shape(size), lambda: io.arrived(noise.result()))
+            else:
+                rows = torch.tensor(ok)
+                kept.ahead = NoiseAhead(
+                    self._noise_shape(size), lambda: io.arrived(noise.result())[rows.to(io.device)]
+                )
+        return kept
+
+    def _noise_shape(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        f = self.vae.down_factor
+        return (self.vae.latent_channels, size[0] // f, size[1] // f)
+
+    def _draw_noise(self, seeds: list[int], size: tuple[int, int]) -> _Moving:
+        import torch
+
+        host = self.io.host_empty((len(seeds), *self._noise_shape(size)), torch.float32)
+        return self.io.to_device(fill_noise(host, seeds))
+
+    # -- the main thread: the encoder --------------------------------------
 
     def run(self, progress: Progress) -> None:
         """Encode every batch; rows go to the rotator as soon as both latents exist."""
-        thread = threading.Thread(target=self._produce, name="hpd-encode-decode", daemon=True)
-        thread.start()
-        try:
-            while (item := self._queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                written = self._encode_batch(*item)
-                progress.update(written)
-                self.stats["max_pending_latents"] = max(self.stats["max_pending_latents"], len(self.latents))
-        finally:
-            self._stop.set()
-            thread.join(timeout=30)
-
-    def _encode_batch(
-        self, a: int, b: int, size: tuple[int, int], rels: list[str], arr: np.ndarray, errs: list[str | None]
-    ) -> int:
         import torch
 
-        self.stats["images_decoded"] += b - a
-        ok = [i for i, e in enumerate(errs) if e is None]
-        for i, e in enumerate(errs):
-            if e is not None:
-                self.job_error[a + i] = f"decode_error: {e}"
-                self.stats["images_failed"] += 1
-        if ok:
-            x = torch.from_numpy(arr if len(ok) == len(errs) else arr[ok])
-            seeds = [job_seed(self.opts.seed, rels[i], size) for i in ok]
-            z = self._vae_chunked(x, seeds, size)
-            self._check_latents(z, len(ok), size)
-            finite = torch.isfinite(z).flatten(1).all(dim=1).tolist()
-            z_np = latents_to_numpy(z, self.opts.store_dtype)
-            for pos, i in enumerate(ok):
-                if finite[pos] and np.isfinite(z_np[pos]).all():
-                    self.latents[a + i] = z_np[pos]
-                else:
-                    self.job_error[a + i] = (
-                        f"nonfinite_latent: '{rels[i]}' at {size[0]}x{size[1]} gave NaN/Inf"
-                    )
-            self.stats["images_encoded"] += len(ok)
-        ready: list[int] = []
-        for j in range(a, b):
-            for r in self.job_row_idx[self.job_row_ptr[j] : self.job_row_ptr[j + 1]].tolist():
-                self.jobs_left_per_row[r] -= 1
-                if self.jobs_left_per_row[r] == 0:
-                    ready.append(r)
-        return self._finish_rows(ready)
+        self._progress = progress
+        # The main thread takes the GIL back after every torch call (each kernel launch on a GPU) while
+        # the other threads run Python: a shorter switch interval keeps it from waiting up to 5 ms
+        # each time. Restored when the run ends.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+        if self.opts.latent == "sample":
+            self._noise = ThreadPoolExecutor(1, thread_name_prefix="hpd-encode-noise")
+        decode = threading.Thread(target=self._produce, name="hpd-encode-decode", daemon=True)
+        finish = threading.Thread(target=self._finish_loop, name="hpd-encode-finish", daemon=True)
+        decode.start()
+        finish.start()
+        try:
+            with torch.inference_mode():
+                while (item := self._queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    self._to_finisher(self._encode(item))
+            self._to_finisher(None)
+            finish.join()
+            if self._finish_error is not None:
+                raise self._finish_error
+        finally:
+            self._stop.set()
+            decode.join(timeout=30)
+            finish.join()
+            if self._noise is not None:
+                self._noise.shutdown(wait=True, cancel_futures=True)
+            sys.setswitchinterval(switch)
+
+    def _encode(self, batch: _Decoded) -> _Encoded:
+        """Queue batch ``batch``'s work on the device: input, encoder, finite check, copy back."""
+        import torch
+
+        if batch.pixels is None:
+            return _Encoded(batch)
+        x = self.io.arrived(batch.pixels)
+        if len(batch.ok) < len(batch.errs):
+            x = x[torch.tensor(batch.ok, device=x.device)]
+        z = self._vae_chunked(x, batch.seeds, batch.size)
+        self._check_latents(z, len(batch.ok), batch.size)
+        z = z.to(torch_dtype_of(self.opts.store_dtype))
+        # Checked in the stored dtype: a float32 latent beyond float16's range is not finite either.
+        finite = torch.isfinite(z).flatten(1).all(dim=1)
+        (latents, finite), ready = self.io.to_host(z, finite)
+        return _Encoded(batch, latents, finite, ready)
+
+    def _to_finisher(self, item: _Encoded | None) -> None:
+        while True:
+            if self._finish_error is not None:
+                raise self._finish_error
+            try:
+                self._done.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _check_latents(self, z: Any, n: int, size: tuple[int, int]) -> None:
         """The encoder gave ``n x latent_channels x H/f x W/f`` floats, or a VaeError naming it."""
@@ -212,17 +408,21 @@ class Encoder:
                 f"(latent_channels={c}, down_factor={f})"
             )
 
-    def _vae_chunked(self, x: Any, seeds: list[int], size: tuple[int, int]) -> Any:
-        """Run the VAE on ``x`` in chunks; on CUDA OOM halve the chunk (auto batch size only)."""
+    def _vae_chunked(self, x: Any, seeds: Seeds, size: tuple[int, int]) -> Any:
+        """Run the encoder on the decoded pixels ``x`` (on the device) in chunks, each turned into the
+        encoder's input on the device; on CUDA OOM halve the chunk (auto batch size only)."""
         import torch
 
         n = x.shape[0]
         chunk = self.max_chunk.get(size, n)
+        device, dtype = self.vae.device, self.vae.dtype
         while True:
             try:
                 outs = [
-                    encode_pixels(
-                        self.vae, x[i : i + chunk], mode=self.opts.latent, seeds=seeds[i : i + chunk]
+                    self.vae.encode(
+                        to_encoder_input(x[i : i + chunk], device, dtype),
+                        mode=self.opts.latent,
+                        seeds=seeds[i : i + chunk],
                     )
                     for i in range(0, n, chunk)
                 ]
@@ -235,6 +435,52 @@ class Encoder:
                 chunk = max(1, chunk // 2)
                 self.max_chunk[size] = chunk
                 log.warning("CUDA out of memory at %dx%d: retrying with %d images per VAE call", *size, chunk)
+
+    # -- the finishing thread ----------------------------------------------
+
+    def _finish_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._done.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                self._finish(item)
+        except BaseException as e:  # noqa: BLE001 - raised again by the main thread
+            self._finish_error = e
+
+    def _finish(self, enc: _Encoded) -> None:
+        """Keep a batch's latents (or record its failures), then write the rows it completes."""
+        batch = enc.batch
+        a, b, size, rels = batch.a, batch.b, batch.size, batch.rels
+        self.stats["images_decoded"] += b - a
+        for i, e in enumerate(batch.errs):
+            if e is not None:
+                self.job_error[a + i] = f"decode_error: {e}"
+                self.stats["images_failed"] += 1
+        if batch.ok:
+            if enc.ready is not None:
+                enc.ready.synchronize()
+            z_np = np.ascontiguousarray(enc.latents.numpy())
+            finite = enc.finite.tolist()
+            for pos, i in enumerate(batch.ok):
+                if finite[pos]:
+                    self.latents[a + i] = z_np[pos]
+                else:
+                    self.job_error[a + i] = (
+                        f"nonfinite_latent: '{rels[i]}' at {size[0]}x{size[1]} gave NaN/Inf"
+                    )
+            self.stats["images_encoded"] += len(batch.ok)
+        ready: list[int] = []
+        for j in range(a, b):
+            for r in self.job_row_idx[self.job_row_ptr[j] : self.job_row_ptr[j + 1]].tolist():
+                self.jobs_left_per_row[r] -= 1
+                if self.jobs_left_per_row[r] == 0:
+                    ready.append(r)
+        self._progress.update(self._finish_rows(ready))
+        self.stats["max_pending_latents"] = max(self.stats["max_pending_latents"], len(self.latents))
 
     def _finish_rows(self, ready: list[int]) -> int:
         """Write (or record as failed) the rows whose two jobs are done; free latents no row needs."""

@@ -237,6 +237,7 @@ class EncoderOptions:
     num_threads: int | None = None
     prefetch: int = 2
     batch_size: BatchSize = field(default_factory=BatchSize)
+    compile: bool | str = False  # torch.compile the encoder: True (inductor) or a backend name
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ OPTION_STAGES: dict[str, str] = {
     "seed": "encoder",
     "alpha": "encoder",
     "prefetch": "encoder",
+    "compile": "encoder",
     "overwrite": "output",
     "rows_per_file": "output",
     "latent_compression": "output",
@@ -362,6 +364,10 @@ class EncodeOptions:
         _int("rows_per_file", o.rows_per_file, 0)
         _int("prefetch", e.prefetch, 1)
         _int("max_pixels", s.max_pixels, 1)
+        if not isinstance(e.compile, (bool, str)) or e.compile == "":
+            raise OptionError(
+                f"compile must be True, False or a torch.compile backend name, not {e.compile!r}"
+            )
         if not self.dist_timeout_s > 0:
             raise OptionError(f"dist_timeout_s must be > 0, not {self.dist_timeout_s}")
 

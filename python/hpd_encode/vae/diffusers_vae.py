@@ -211,6 +211,7 @@ class DiffusersVae:
     latent_channels: int = field(init=False)
     normalization: dict[str, Any] = field(init=False)
     _compiled: Any = field(default=None, init=False, repr=False)
+    _compiled_backend: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -250,8 +251,11 @@ class DiffusersVae:
         without it. Returns whether compilation was set up."""
         import torch
 
+        if self._compiled is not None and self._compiled_backend == backend:
+            return True
         try:
             self._compiled = torch.compile(self._moments, backend=backend, dynamic=False)
+            self._compiled_backend = backend
         except Exception as e:  # noqa: BLE001 - any compile failure falls back
             log.warning("torch.compile(backend=%r) is not available (%s); encoding without it", backend, e)
             self._compiled = None
@@ -280,12 +284,13 @@ class DiffusersVae:
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - any compile failure falls back
+                detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
                 log.warning(
                     "torch.compile of the %s encoder failed at %s (%s: %s); encoding without it",
                     self.class_name,
                     "x".join(str(d) for d in x.shape),
                     type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
+                    detail[:300],
                 )
                 self._compiled = None
         return self.model.encode(x).latent_dist

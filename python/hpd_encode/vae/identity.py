@@ -61,10 +61,25 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob(f"{WEIGHT_PREFIX}*") if p.is_file())
 
 
-def folder_identity(folder: Path, class_name: str, config: dict[str, Any]) -> str:
-    """The identity text of the diffusers model in ``folder`` (see the module docstring)."""
+def folder_identity(
+    folder: str | os.PathLike[str], class_name: str | None = None, config: dict[str, Any] | None = None
+) -> str:
+    """The identity text of the diffusers model saved in ``folder`` (see the module docstring);
+    ``class_name`` and ``config`` default to what its ``config.json`` says. Usable for any
+    diffusers model class, e.g. by an encoder object wrapping one."""
     from hpd_encode.errors import VaeError
 
+    folder = Path(folder)
+    if config is None:
+        path = folder / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise VaeError(f"cannot read '{path}': {e}; pass a diffusers model folder") from e
+        if not isinstance(config, dict):
+            raise VaeError(f"'{path}' is not a JSON object; pass a diffusers model folder")
+    if class_name is None:
+        class_name = str(config.get("_class_name", ""))
     files = weight_files(folder)
     if not files:
         raise VaeError(
