@@ -87,11 +87,8 @@ impl<W: Write> Write for Hashing<W> {
 /// The digest ([`FILE_DIGEST`], hex) of the file at `path`, read front to back in 8 MiB reads.
 pub fn file_digest(path: &Path) -> Result<String> {
     let shown = path.display().to_string();
-    let mut file = File::open(path).map_err(|e| Error::io(&shown, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(&shown, e))?;
-    if !meta.is_file() {
-        return Err(Error::InvalidArgument(format!("'{shown}' is not a regular file; only files have a digest")));
-    }
+    // Never blocks: a FIFO or device named like a part file is refused, saying what it is.
+    let (mut file, _) = crate::image::safe_open::open_regular(path)?;
     let mut state = XxHash3_128::new();
     let mut buf = vec![0u8; 8 << 20];
     loop {

@@ -81,10 +81,8 @@ fn with_checksums(schema: &SchemaRef) -> std::result::Result<(SchemaRef, bool), 
 pub fn rewrite_file(src: &Path, dest: &Path, opts: &WriterOptions) -> Result<Rewritten> {
     let shown = src.display().to_string();
     let part_error = |message: String| Error::PartFile { path: shown.clone(), message };
-    let file = File::open(src).map_err(|e| Error::io(&shown, e))?;
-    if !file.metadata().map_err(|e| Error::io(&shown, e))?.is_file() {
-        return Err(part_error("not a regular file; nothing was written".into()));
-    }
+    // Never blocks: a FIFO or device named like a part file is refused, saying what it is.
+    let (file, _) = crate::image::safe_open::open_regular(src)?;
     let meta = catch_unwind(AssertUnwindSafe(|| ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())))
         .map_err(|p| part_error(format!("the Parquet reader crashed (caught panic: {})", panic_message(p))))?
         .map_err(|e| part_error(format!("cannot read its footer: {e}")))?;

@@ -1074,9 +1074,15 @@ pub fn crc64_hex(value: u64) -> String {
     format!("{value:016x}")
 }
 
+/// A local file to upload or checksum, opened without blocking: a FIFO or device is refused
+/// ([`crate::image::safe_open::open_regular`]) as an I/O error saying what it is.
+fn open_local(path: &Path) -> std::io::Result<File> {
+    crate::image::safe_open::open_regular(path).map(|(f, _)| f).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// CRC-64/NVME of the file at `path` (read in 8 MiB blocks).
 pub fn file_crc64(path: &Path) -> std::io::Result<u64> {
-    let mut file = File::open(path)?;
+    let mut file = open_local(path)?;
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
     let mut buf = vec![0u8; 8 << 20];
     loop {
@@ -1121,7 +1127,7 @@ pub fn upload_file(
     let t = Target::of(url)?;
     let s = try_settings()?;
     let io = |e: std::io::Error| t.local(format!("cannot read '{}' (uploading to {}): {e}", path.display(), t.shown));
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = open_local(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let mut read_block = |n: usize| -> Result<Vec<u8>, StoreError> {
         let mut buf = vec![0u8; n];
