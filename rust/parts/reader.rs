@@ -22,7 +22,7 @@
 //! opts out); anything else, a damaged page or a damaged footer, is an error
 //! naming the file, row group and row.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -806,6 +806,18 @@ impl PartFile {
         Some(l.offset as u64..l.offset as u64 + l.compressed_page_size as u64)
     }
 
+    /// The bytes of `row_group`'s checksum column chunks (side by side: one range), when the file
+    /// has them and they are not cached yet (what a checked read will fetch).
+    fn checksum_range(&self, row_group: usize) -> Option<std::ops::Range<u64>> {
+        let leaves = self.checksum_leaves?;
+        if self.stored.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&row_group) {
+            return None;
+        }
+        let rg = self.meta.metadata().row_groups().get(row_group)?;
+        let (a, b) = (rg.column(leaves[0]).byte_range(), rg.column(leaves[1]).byte_range());
+        Some(a.0.min(b.0)..(a.0 + a.1).max(b.0 + b.1))
+    }
+
     /// This file, its reads served from `buffers` (`(start, bytes)`) where they cover them.
     pub(crate) fn with_buffers(&self, buffers: Vec<(u64, Bytes)>) -> PartFile {
         let file = match &self.file {
@@ -1190,7 +1202,7 @@ pub fn read_pairs(requests: &[Request], num_threads: Option<usize>, verify: bool
         groups.entry((path, r.row_group, is_paged.then_some(r.row))).or_default().push(i);
     }
     let keys: Vec<(&Path, usize, Option<usize>)> = groups.keys().copied().collect();
-    prefetch_pages(&mut files, &keys);
+    prefetch_pages(&mut files, &keys, verify);
     let groups: Vec<_> = groups.into_iter().collect();
     let served: Vec<Vec<(usize, Result<Pair>)>> = pool.install(|| {
         groups.par_iter().map(|((path, rg, _), idx)| read_group(&files[path], *rg, idx, requests, verify)).collect()
@@ -1205,10 +1217,17 @@ pub fn read_pairs(requests: &[Request], num_threads: Option<usize>, verify: bool
 /// The pages that the row requests `(path, row group, Some(row))` of paged
 /// objects will read, fetched ahead: every range of every object at once
 /// (bounded by the store's permits), a latent page per GET (or pages that
-/// touch merged). Each such file in `files` is replaced by a view whose
-/// reads are served from those buffers, or by the store error.
-fn prefetch_pages<'a>(files: &mut HashMap<&'a Path, Result<Arc<PartFile>>>, keys: &[(&'a Path, usize, Option<usize>)]) {
+/// touch merged), with `verify` each row group's checksum column chunks not
+/// cached yet (one more range per row group). Each such file in `files` is
+/// replaced by a view whose reads are served from those buffers, or by the
+/// store error.
+fn prefetch_pages<'a>(
+    files: &mut HashMap<&'a Path, Result<Arc<PartFile>>>,
+    keys: &[(&'a Path, usize, Option<usize>)],
+    verify: bool,
+) {
     let mut wanted: HashMap<&Path, Vec<std::ops::Range<u64>>> = HashMap::new();
+    let mut groups: HashSet<(&Path, usize)> = HashSet::new();
     for &(path, rg, row) in keys {
         let (Some(row), Some(Ok(file))) = (row, files.get(path)) else { continue };
         if file.file.remote().is_none() || file.check_request(rg, row).is_err() {
@@ -1216,6 +1235,9 @@ fn prefetch_pages<'a>(files: &mut HashMap<&'a Path, Result<Arc<PartFile>>>, keys
         }
         let ranges = wanted.entry(path).or_default();
         ranges.extend((0..2).filter_map(|k| file.page_range(rg, row, k)));
+        if verify && groups.insert((path, rg)) {
+            ranges.extend(file.checksum_range(rg));
+        }
     }
     let mut jobs = Vec::with_capacity(wanted.len());
     let mut order = Vec::with_capacity(wanted.len());
