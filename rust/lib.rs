@@ -94,6 +94,7 @@ fn _core(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     m.add_class::<py::metadata::PySurveyed>()?;
     m.add_class::<py::metadata::PyPathIds>()?;
     m.add_class::<py::metadata::PyCounter>()?;
+    m.add_class::<py::metadata::PyShare>()?;
     m.add("METADATA_WINDOW", metadata::read::DEFAULT_WINDOW)?;
     m.add("default_num_threads", pool::default_threads())?;
     Ok(())

@@ -92,6 +92,7 @@ __all__ = [
     "RecordField",
     "metadata_file_kind",
     "read_metadata_columns",
+    "MetadataShare",
     "metadata_range_summary",
     "read_metadata_entries",
     "survey_metadata",
@@ -648,6 +649,26 @@ class MetadataColumns:
 #: Bytes of a metadata file the reader holds at a time (``metadata._WINDOW``).
 METADATA_WINDOW: int
 
+@final
+class MetadataShare:
+    """Which entries of a metadata file a read takes (one rank's share).
+    ``part=(k, n)``: only the entries numbered ``k`` modulo ``n`` (the others
+    are counted). ``until``: one byte range instead, from the read's
+    ``start`` to ``until``: the lines that start in it, or the list elements
+    whose separator is in it, the list scanned from ``start`` at ``depth``,
+    inside a string or not (entries and lines are numbered from the range's
+    start, see :meth:`MetadataColumns.shift`; a list's ``list_end`` only when
+    its bracket is in the range). Neither: every entry."""
+
+    def __new__(
+        cls,
+        *,
+        part: tuple[int, int] | None = None,
+        until: int | None = None,
+        depth: int = 0,
+        in_string: bool = False,
+    ) -> MetadataShare: ...
+
 def read_metadata_columns(
     path: str,
     mode: str,
@@ -656,23 +677,14 @@ def read_metadata_columns(
     limit: int | None = None,
     window: int = ...,
     num_threads: int | None = None,
-    part: tuple[int, int] | None = None,
-    until: int | None = None,
-    depth: int = 0,
-    in_string: bool = False,
+    share: MetadataShare | None = None,
     text: bool = True,
 ) -> MetadataColumns:
     """The entries of a JSON list (``mode="list"``, its ``[`` at byte
     ``start``) or JSON Lines (``mode="lines"``, from byte ``start``) judged:
     the good records as columns (one per field of :func:`record_fields` read
-    from the entries), the bad ones as failures with their reasons.
-    ``part=(k, n)`` judges only the entries numbered ``k`` modulo ``n`` (one
-    rank's share; the others are counted). ``until``: one byte range instead,
-    from ``start`` to ``until``: the lines that start in it, or the list
-    elements whose separator is in it, the list scanned from ``start`` at
-    ``depth``, inside a string or not (entries and lines are numbered from the
-    range's start, see :meth:`MetadataColumns.shift`; a list's ``list_end``
-    only when its bracket is in the range). Without ``text`` the text fields
+    from the entries), the bad ones as failures with their reasons; only the
+    entries of ``share`` when given. Without ``text`` the text fields
     are checked but returned as empty strings (the paths are kept). Reads
     ``window`` bytes at a time (``METADATA_WINDOW``), the entries of a window
     judged in parallel, GIL released."""
@@ -732,14 +744,10 @@ def survey_metadata(
     skip: npt.NDArray[np.int64] | None = None,
     counter: Counter | None = None,
     text: bool = True,
-    part: tuple[int, int] | None = None,
-    until: int | None = None,
-    depth: int = 0,
-    in_string: bool = False,
+    share: MetadataShare | None = None,
     probe: bool = True,
 ) -> SurveyedMetadata:
-    """:func:`read_metadata_columns` (the same share: ``part``, or the byte
-    range to ``until``), and meanwhile the distinct image paths of the good
+    """:func:`read_metadata_columns` (the same ``share``), and meanwhile the distinct image paths of the good
     records numbered (in order of first appearance, a record's ``path1``
     then its ``path2``, each with its 64-bit hash) and, with ``probe``,
     probed beneath ``root`` as :func:`probe_paths` does, each window's new

@@ -329,11 +329,11 @@ def read_metadata(
         kw: dict[str, Any] = {"limit": limit, "window": _WINDOW, "num_threads": num_threads, "text": text}
         lo = origin
         if by_bytes:
-            lo, kw["until"] = (_cut(file, origin, k, world, is_list) for k in (rank, rank + 1))
-            if is_list:
-                kw.update(_range_state(path, lo, kw["until"], share))
+            lo, until = (_cut(file, origin, k, world, is_list) for k in (rank, rank + 1))
+            state = _range_state(path, lo, until, share) if is_list else {}
+            kw["share"] = _core.MetadataShare(until=until, **state)
         elif world > 1:
-            kw["part"] = (rank, world)
+            kw["share"] = _core.MetadataShare(part=(rank, world))
         mode = "list" if is_list else "lines"
         found: _core.SurveyedMetadata | None = None
         if images is None:

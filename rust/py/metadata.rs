@@ -211,15 +211,36 @@ impl PyMetaColumns {
     }
 }
 
+/// `MetadataShare(*, part=None, until=None, depth=0, in_string=False)`: which entries of the
+/// file a read takes (both readers take one): `part=(k, n)`, the entries numbered `k` modulo
+/// `n`; `until`, one byte range from the read's `start` (a list: scanned from there at `depth`,
+/// inside a string or not) to `until`; neither, every entry.
+#[pyclass(name = "MetadataShare", module = "hpd_encode._core", frozen)]
+pub struct PyShare {
+    part: Part,
+}
+
+#[pymethods]
+impl PyShare {
+    #[new]
+    #[pyo3(signature = (*, part=None, until=None, depth=0, in_string=false))]
+    fn new(part: Option<(u64, u64)>, until: Option<u64>, depth: i64, in_string: bool) -> PyResult<Self> {
+        Ok(Self { part: part_of(part, until, depth, in_string)? })
+    }
+}
+
+/// The share of a read: `share`, or every entry.
+fn share_of(share: Option<PyRef<'_, PyShare>>) -> Part {
+    share.map_or(Part::All, |s| s.part.clone())
+}
+
 /// `read_metadata_columns(path, mode, start, *, limit=None, window=..., num_threads=None,
-/// part=None, until=None, depth=0, in_string=False, text=True) -> MetadataColumns`: the entries
-/// of a JSON list (`mode="list"`, its `[` at `start`) or JSON Lines (`mode="lines"`, from
-/// `start`) judged: the good records as columns, the bad ones as failures. `part=(k, n)`: only
-/// the entries numbered `k` modulo `n`. `until`: one byte range, from `start` (a list: scanned
-/// from there at `depth`, inside a string or not) to `until`. Without `text` the text fields are
-/// checked but returned empty (the paths are kept).
+/// share=None, text=True) -> MetadataColumns`: the entries of a JSON list (`mode="list"`, its
+/// `[` at `start`) or JSON Lines (`mode="lines"`, from `start`) judged: the good records as
+/// columns, the bad ones as failures; only those of `share` (a [`PyShare`]) when given. Without
+/// `text` the text fields are checked but returned empty (the paths are kept).
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, part=None, until=None, depth=0, in_string=false, text=true))]
+#[pyo3(signature = (path, mode, start, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, share=None, text=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn read_metadata_columns(
     py: Python<'_>,
@@ -229,14 +250,11 @@ pub fn read_metadata_columns(
     limit: Option<u64>,
     window: usize,
     num_threads: Option<usize>,
-    part: Option<(u64, u64)>,
-    until: Option<u64>,
-    depth: i64,
-    in_string: bool,
+    share: Option<PyRef<'_, PyShare>>,
     text: bool,
 ) -> PyResult<PyMetaColumns> {
     let layout = layout_of(mode, start)?;
-    let part = part_of(part, until, depth, in_string)?;
+    let part = share_of(share);
     let m = py
         .detach(|| read_part(&path, layout, limit, window, num_threads, part, text))
         .map_err(|e| io_error(&path, e))?;
@@ -281,14 +299,13 @@ pub struct PySurveyed {
 }
 
 /// `survey_metadata(path, mode, start, root, *, limit=None, window=..., num_threads=None,
-/// max_pixels=..., skip=None, counter=None, text=True, part=None, until=None, depth=0,
-/// in_string=False, probe=True) -> SurveyedMetadata`: [`read_metadata_columns`] (the same share:
-/// `part`, or the byte range to `until`), and meanwhile the distinct image paths of the good
+/// max_pixels=..., skip=None, counter=None, text=True, share=None, probe=True) ->
+/// SurveyedMetadata`: [`read_metadata_columns`] (the same `share`), and meanwhile the distinct image paths of the good
 /// records numbered (see `survey.rs`, each with its hash) and, with `probe`, probed beneath
 /// `root`, except the records in `skip` (a sorted int64 array), which get ids -1. `counter`
 /// counts the images probed so far.
 #[pyfunction]
-#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true, part=None, until=None, depth=0, in_string=false, probe=true))]
+#[pyo3(signature = (path, mode, start, root, *, limit=None, window=DEFAULT_WINDOW, num_threads=None, max_pixels=DEFAULT_MAX_PIXELS, skip=None, counter=None, text=true, share=None, probe=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn survey_metadata<'py>(
     py: Python<'py>,
@@ -303,14 +320,11 @@ pub fn survey_metadata<'py>(
     skip: Option<PyReadonlyArray1<'py, i64>>,
     counter: Option<PyRef<'py, PyCounter>>,
     text: bool,
-    part: Option<(u64, u64)>,
-    until: Option<u64>,
-    depth: i64,
-    in_string: bool,
+    share: Option<PyRef<'py, PyShare>>,
     probe: bool,
 ) -> PyResult<PySurveyed> {
     let layout = layout_of(mode, start)?;
-    let part = part_of(part, until, depth, in_string)?;
+    let part = share_of(share);
     let counter = counter.map(|c| c.n.clone());
     let skip = match &skip {
         Some(a) => a.as_slice()?,
