@@ -760,7 +760,7 @@ def test_outputs_never_overwrite_part_files(
         assert target.read_bytes() == before and other.read_bytes() == before
         assert not any(p.exists() for opt, p in outputs.items() if opt != option)  # nothing written
     # The API refuses it too.
-    with pytest.raises(HpdError, match="refusing to write the index over the Parquet file"):
+    with pytest.raises(HpdError, match="is an existing Parquet file; refusing to overwrite it"):
         write_index(build_index(parts, buckets=small_buckets_json), other)
     assert other.read_bytes() == before
 
