@@ -65,6 +65,8 @@ bench: build
 	$(PY) benches/bench_encode.py
 	$(PY) benches/bench_writer.py
 	$(PY) benches/bench_reader.py
+	$(PY) benches/bench_verify.py
+	$(PY) benches/bench_overlap.py
 	$(PY) benches/bench_index.py
 	$(PY) benches/bench_metadata.py
 	$(PY) benches/bench_plan.py --skip-old
