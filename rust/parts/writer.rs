@@ -1417,7 +1417,7 @@ pub(crate) mod tests {
                 "latent2_shape"
             ]
         );
-        // The extras are the record's other fields, in declaration order.
+        // The extras are the record's other fields, in declaration order, then the checksums.
         assert_eq!(
             PART_COLUMNS[REFERENCE_COLUMN_COUNT..].iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             [
@@ -1431,7 +1431,9 @@ pub(crate) mod tests {
                 "orig_chosen_height",
                 "orig_chosen_width",
                 "orig_rejected_height",
-                "orig_rejected_width"
+                "orig_rejected_width",
+                "latent1_xxh3",
+                "latent2_xxh3"
             ]
         );
         assert_eq!(schema.field_with_name("bucket_id").unwrap().data_type(), &DataType::Int32);
