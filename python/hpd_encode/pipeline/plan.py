@@ -295,29 +295,28 @@ def plan(
     rank's pixels (a dry run's report). ``with_records``: give the rows planned their records'
     columns, read again from the metadata by byte offset (what the encoder writes)."""
     comm = comm or Dist()
-    rank, world = comm.rank, comm.world_size
+    world = comm.world_size
     step = Steps()
     kept_here = apply_pair_rules(survey.pairable_for_planning(), opts.buckets, keep_paths=False)
-    rows_here = kept_here.rows
+    rows_here, dropped = kept_here.rows, kept_here.dropped_rows
+    del kept_here
     step("pair_rules")
-    layout = _split_layout(survey.n_images)
-    kept = _unpack(comm.all_gather_array(_pack(rows_here, layout)), layout, opts.buckets)
-    step("gather_kept")
-    split = partition(kept, world, opts.share, with_costs=with_costs and world > 1)
-    step("partition")
-    # The rest of each pair goes only to the rank that encodes it.
-    ranks_here = split.rank_of_row[
-        np.searchsorted(kept["record_index"].to_numpy(), rows_here["record_index"].to_numpy())
-    ]
-    rest = _pack(rows_here, _REST_LAYOUT)
-    got = np.concatenate(comm.all_to_all_arrays([rest[ranks_here == r] for r in range(world)]))
-    if np.any(got["record_index"][1:] < got["record_index"][:-1]):
-        got = got[np.argsort(got["record_index"], kind="stable")]
-    own = kept.filter(pl.Series(split.rank_of_row == rank))
-    if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
-        raise DistError("rank plan: the pairs received are not those the split gave this rank")
-    own = own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
-    del rows_here, rest, got
+    if world == 1:
+        # A world of one sends nothing: its kept pairs are all of them, already in record order.
+        own = rows_here.select(pl.col(name).cast(dtype) for name, dtype in _KEPT_SCHEMA.items())
+        kept = own.select(*_SPLIT_COLUMNS, "height", "width")
+        del rows_here
+        step("gather_kept")
+        split = partition(kept, world, opts.share)
+        step("partition")
+    else:
+        layout = _split_layout(survey.n_images)
+        kept = _unpack(comm.all_gather_array(_pack(rows_here, layout)), layout, opts.buckets)
+        step("gather_kept")
+        split = partition(kept, world, opts.share, with_costs=with_costs)
+        step("partition")
+        own = _exchange(rows_here, kept, split, comm)
+        del rows_here
     step("exchange_rows")
     rank_plan = order_and_batch(own.select(*_KEPT_SCHEMA), opts.share, opts.batch_size, device)
     if with_costs and world == 1:  # every job is this rank's: the costs are the plan's
@@ -333,7 +332,7 @@ def plan(
             ids = np.concatenate([rows["id1"].to_numpy(), rows["id2"].to_numpy()])
             paths = paths.scatter(ids, pl.concat([rows["path1"], rows["path2"]]))
         step("records")
-    return Plan(Kept(kept, kept_here.dropped_rows), split, rank_plan, paths, step.seconds, step.cpu)
+    return Plan(Kept(kept, dropped), split, rank_plan, paths, step.seconds, step.cpu)
 
 
 #: A kept pair's columns, in the order of the planning rows.
@@ -362,6 +361,23 @@ _REST_LAYOUT = np.dtype(
     + [(c, np.uint32) for c in ("h1", "w1", "h2", "w2")]
     + [(c, np.int64) for c in ENTRY_COLUMNS]
 )
+
+
+def _exchange(rows_here: pl.DataFrame, kept: pl.DataFrame, split: Split, comm: Dist) -> pl.DataFrame:
+    """This rank's rows of the split, whole: the rest of each pair (image sizes, byte range) goes
+    only to the rank that encodes it."""
+    rank, world = comm.rank, comm.world_size
+    ranks_here = split.rank_of_row[
+        np.searchsorted(kept["record_index"].to_numpy(), rows_here["record_index"].to_numpy())
+    ]
+    rest = _pack(rows_here, _REST_LAYOUT)
+    got = np.concatenate(comm.all_to_all_arrays([rest[ranks_here == r] for r in range(world)]))
+    if np.any(got["record_index"][1:] < got["record_index"][:-1]):
+        got = got[np.argsort(got["record_index"], kind="stable")]
+    own = kept.filter(pl.Series(split.rank_of_row == rank))
+    if not np.array_equal(own["record_index"].to_numpy(), got["record_index"]):
+        raise DistError("rank plan: the pairs received are not those the split gave this rank")
+    return own.with_columns(pl.Series(name, got[name]).cast(_KEPT_SCHEMA[name]) for name in _REST_COLUMNS)
 
 
 def _split_layout(n_images: int) -> np.dtype:

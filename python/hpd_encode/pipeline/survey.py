@@ -81,13 +81,18 @@ class Survey:
     image's probe outcome code by id (0 for the images of other ranks' records), ``errors`` the
     reasons of the images that did not probe ok. ``failures`` are the share's bad records and,
     for each record whose image is refused or unreadable, one failure (as ``failures.csv`` has
-    it). ``images`` has one row per distinct image of this rank's records (all of them for one
-    process), by id: ``image_id``, ``path``, ``height``, ``width`` (0 when not probed ok), ``kind``
-    and ``error``.
+    it). :attr:`images` has one row per distinct image of this rank's records (all of them for
+    one process), by id: ``image_id``, ``path``, ``height``, ``width`` (0 when not probed ok),
+    ``kind`` and ``error``; built when asked for, from ``paths`` (this rank's distinct image
+    paths by local id), ``image_ids`` (each one's image id) and ``heights``/``widths`` (by image
+    id), which is all a survey keeps of them.
     """
 
     records: pl.DataFrame
-    images: pl.DataFrame
+    paths: pl.Series
+    image_ids: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
     failures: list[Failure]
     n_entries: int  # entries in the metadata (every rank's)
     n_done: int  # records of this share already done
@@ -100,6 +105,21 @@ class Survey:
     cpu_timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def images(self) -> pl.DataFrame:
+        order = np.argsort(self.image_ids, kind="stable")
+        ids = self.image_ids[order]
+        return pl.DataFrame(
+            {
+                "image_id": ids,
+                "path": self.paths.gather(order),
+                "height": self.heights[ids],
+                "width": self.widths[ids],
+                "kind": self.kinds[ids],
+                "error": _by_id(ids, self.errors),
+            }
+        )
+
+    @property
     def pairable(self) -> pl.DataFrame:
         return self.records.filter(pl.col("pairable")).drop("pairable")
 
@@ -108,7 +128,8 @@ class Survey:
 
     def pairable_for_planning(self) -> pl.DataFrame:
         """:attr:`pairable` narrowed to :attr:`PLAN_COLUMNS`."""
-        return self.records.filter(pl.col("pairable")).select(*self.PLAN_COLUMNS)
+        # Narrowed before it is filtered: a filter copies every column it is given.
+        return self.records.select(*self.PLAN_COLUMNS, "pairable").filter(pl.col("pairable")).drop("pairable")
 
 
 def survey(
@@ -158,6 +179,7 @@ def survey(
     global_id = np.empty(len(hashes), dtype=np.int64)
     global_id[order] = ids
     paths = path_column(local.ids)
+    del hashes, seen
     step("image_ids")
 
     height, width = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
@@ -185,22 +207,16 @@ def survey(
         pl.Series("id1", np.where(id1 >= 0, global_id[np.maximum(id1, 0)], -1)),
         pl.Series("id2", np.where(id2 >= 0, global_id[np.maximum(id2, 0)], -1)),
     )
+    del id1, id2, local  # (views of the local ids, and the probes: copied above)
     table = with_sizes(table, height, width, kinds)
     failures += _record_failures(table.filter(~pl.col("pairable")), kinds, errors)
-    images = pl.DataFrame(
-        {
-            "image_id": ids,
-            "path": paths.gather(order),
-            "height": height[ids],
-            "width": width[ids],
-            "kind": kinds[ids],
-            "error": _by_id(ids, errors),
-        }
-    )
     step("sizes")
     return Survey(
         records=table,
-        images=images,
+        paths=paths,
+        image_ids=global_id,
+        heights=height,
+        widths=width,
         failures=failures,
         n_entries=n_entries,
         n_done=n_done,
