@@ -13,7 +13,6 @@
 //! bit-flip tests sample instead. Both are standard: `xxhash.xxh3_64` and
 //! `xxhash.xxh3_128` give the same values in Python.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -106,6 +105,7 @@ pub fn file_digest(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn xxh3_reference_values_and_flipped_bits() {

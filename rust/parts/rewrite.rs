@@ -12,7 +12,6 @@
 //! the key-value metadata the caller gives (the source's, plus where it came
 //! from). The file is written under its temporary name, fsynced and renamed.
 
-use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
@@ -165,6 +164,7 @@ mod tests {
     use arrow_array::types::UInt64Type;
     use arrow_array::RecordBatch;
     use parquet::arrow::ArrowWriter;
+    use std::fs::File;
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("hpd-rewrite-{tag}-{}", std::process::id()));
