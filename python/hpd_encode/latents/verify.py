@@ -121,7 +121,13 @@ class VerifyReport:
                 else ""
             )
             + f"; whole-file digests: {self.files_digest_checked} of {self.files} files checked"
-            + ("" if self.files_digest_checked == self.files else " (the others have none in manifest.json)")
+            + (
+                ""
+                if self.files_digest_checked == self.files
+                else " (objects in a bucket are not digested: push checked each one's CRC-64/NVME)"
+                if self.output_dir.startswith("s3://")
+                else " (the others have none in manifest.json)"
+            )
         )
         if self.ok:
             lines.append("OK: no problems found")
