@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from hpd_encode import __version__
 from hpd_encode.cli import encode, fetch, index, latents
-from hpd_encode.cli._args import Parser
+from hpd_encode.cli._args import Parser, say_error
 from hpd_encode.errors import HpdError
 
 _GROUPS = (encode, fetch, index, latents)
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError, HpdError) as e:
-        print(f"hpd-encode {args.command}: error: {e}", file=sys.stderr)
+        say_error(f"hpd-encode {args.command}: error: {e}")
         return 1
 
 

@@ -12,6 +12,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 
+def say_error(line: str) -> None:
+    """Write one line to stderr in one call: ``print`` writes the text and its newline apart, so
+    the lines of several processes sharing stderr (torchrun's ranks) could run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with usage errors in one line (``prog: error: message``, exit 2)."""
 

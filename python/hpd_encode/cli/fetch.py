@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from hpd_encode.check import check_dataset, image_of
-from hpd_encode.cli._args import DeprecatedAlias, add_threads_option, show_progress
+from hpd_encode.cli._args import DeprecatedAlias, add_threads_option, say_error, show_progress
 from hpd_encode.errors import ArchiveError
 from hpd_encode.fetch import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, download, extract, parse_size
 from hpd_encode.fetch._common import fmt_bytes, show
@@ -41,7 +40,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
             args.repo_id, args.output_dir, revision=args.revision, include=args.include, source=args.from_dir
         )
     except ImportError as e:
-        print(f"hpd-encode download: error: {e}", file=sys.stderr)
+        say_error(f"hpd-encode download: error: {e}")
         return 1
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -67,7 +66,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     except ArchiveError as e:
         if args.json:
             print(json.dumps({**e.report.to_dict(), "error": str(e)}))
-        print(f"hpd-encode extract: error: {e}", file=sys.stderr)
+        say_error(f"hpd-encode extract: error: {e}")
         return 1
     if args.json:
         print(json.dumps(report.to_dict()))
