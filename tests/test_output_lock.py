@@ -88,3 +88,16 @@ def test_a_second_encode_is_refused_after_the_lock_file_is_deleted(held, tmp_pat
     assert done.returncode == 1 and len(err) == 1, done.stderr
     assert "is in use" in err[0] and str(out) in err[0]
     assert not list(out.glob("part_rank*.parquet")) and not (out / "manifest.json").exists()
+
+
+def test_push_holds_the_directory_so_no_run_starts_writing_it(tmp_path: Path) -> None:
+    """``push``'s shared lock is on the directory itself, the lock a run takes: while it is held a
+    run is refused, and once it is released a run gets in."""
+    from hpd_encode.output_dir import shared_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("")  # an earlier run's lock file: it locks nothing by itself
+    with shared_lock(out, allow_partial=False, what="push"):
+        assert _try(out).startswith("busy:")
+    assert _try(out) == "acquired"

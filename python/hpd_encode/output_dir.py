@@ -27,7 +27,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,37 @@ def holder_if_busy(directory: str | PathLike[str]) -> str | None:
         return describe_holder(directory)
     os.close(fd)
     return None
+
+
+def refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> bool:
+    """Refuse ``directory`` when a run holds its lock (an encode or repack writing it), with
+    :class:`OutputBusyError`; with ``allow_partial``, warn and go on. True when it is busy."""
+    holder = holder_if_busy(directory)
+    if holder is None:
+        return False
+    msg = f"'{directory}' is in use: {holder}"
+    if not allow_partial:
+        raise OutputBusyError(
+            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
+        )
+    log.warning("%s; going on with what is committed so far (--allow-partial)", msg)
+    return True
+
+
+@contextlib.contextmanager
+def shared_lock(directory: Path, allow_partial: bool, what: str) -> Iterator[None]:
+    """:func:`refuse_if_busy`, then, when nobody holds ``directory``, a shared lock on it while the
+    body runs, so that no run starts writing it meanwhile (``push`` reading it)."""
+    fd = None
+    if not refuse_if_busy(directory, allow_partial, what):
+        fd = lock_directory(directory, exclusive=False)
+        if fd is None and not allow_partial:  # taken in between: as busy
+            raise OutputBusyError(f"'{directory}' is in use by another run; wait for it to finish")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def describe_holder(directory: str | PathLike[str]) -> str:

@@ -20,15 +20,11 @@ source is pulled, the destination pushed, repack's own loop is unchanged.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from os import PathLike
@@ -38,18 +34,17 @@ from typing import Any
 from hpd_encode import store
 from hpd_encode.errors import (
     ObjectStoreConfigError,
-    OutputBusyError,
     PartFilesNotFoundError,
     UploadCheckError,
 )
 from hpd_encode.output_dir import (
     FAILURES,
-    LOCK_FILE,
     MANIFEST,
     SUMMARY,
     list_part_files,
     list_part_urls,
     require_complete,
+    shared_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -105,33 +100,6 @@ def _require_url(url: str, what: str) -> str:
     if not store.is_remote(url):
         raise ObjectStoreConfigError(f"{what} must be an s3://bucket/prefix URL, not '{url}'")
     return str(url).rstrip("/")
-
-
-@contextlib.contextmanager
-def _shared_lock(directory: Path, allow_partial: bool) -> Iterator[None]:
-    """Refuse ``directory`` when a run holds its lock (unless ``allow_partial``),
-    and hold a shared lock meanwhile so that no encode starts writing it."""
-    from hpd_encode.latents.verify import refuse_if_busy
-
-    fd = None
-    if not refuse_if_busy(directory, allow_partial, "push"):
-        with contextlib.suppress(OSError):
-            fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as e:  # taken in between: as busy
-                os.close(fd)
-                fd = None
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or not allow_partial:
-                    raise OutputBusyError(
-                        f"'{directory}' is in use by another run; wait for it to finish"
-                    ) from e
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _same_object(path: Path, url: str, size: int) -> bool:
@@ -194,7 +162,7 @@ def push(
     report = PushReport(output_dir=str(out), url=prefix)
     report.manifest_status = None if manifest is None else manifest.get("status")
     t0 = time.monotonic()
-    with _shared_lock(out, allow_partial):
+    with shared_lock(out, allow_partial, "push"):
         parts = list_part_files(out)
         if not parts:
             raise PartFilesNotFoundError(f"'{out}' holds no part files (part_rankNN*.parquet)")

@@ -48,6 +48,7 @@ from hpd_encode.output_dir import (
     OutputLock,
     list_part_files,
     read_manifest,
+    refuse_if_busy,
     require_complete,
     write_json_atomic,
 )
@@ -266,8 +267,6 @@ def repack(
     src, dest = Path(src_dir), Path(dest_dir)
     _check_dirs(src, dest)
     manifest = require_complete(src, allow_partial, "repack")
-    from hpd_encode.latents.verify import refuse_if_busy
-
     refuse_if_busy(src, allow_partial, "repack")
     parts = list_part_files(src)
     if not parts:

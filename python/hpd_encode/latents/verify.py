@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from hpd_encode import store
-from hpd_encode.errors import OutputBusyError
 from hpd_encode.files import open_parquet, require_directory
 from hpd_encode.output_dir import (
-    holder_if_busy,
     list_part_files,
     list_part_urls,
+    refuse_if_busy,
     require_complete,
 )
 from hpd_encode.schema import FILE_DIGEST
@@ -138,27 +137,6 @@ class VerifyReport:
             if len(self.problems) > max_problems:
                 lines.append(f"  ... and {len(self.problems) - max_problems} more (--json lists them all)")
         return "\n".join(lines)
-
-
-def lock_holder_if_busy(directory: str | PathLike[str]) -> str | None:
-    """Who holds ``directory``'s output lock (an encode or repack writing it), or None when nobody does
-    (:func:`hpd_encode.output_dir.holder_if_busy`: tests the lock, takes nothing)."""
-    return holder_if_busy(directory)
-
-
-def refuse_if_busy(directory: Path, allow_partial: bool, what: str) -> bool:
-    """Refuse ``directory`` when a run holds its lock (an encode or repack writing it), with
-    :class:`OutputBusyError`; with ``allow_partial``, warn and go on. True when it is busy."""
-    holder = lock_holder_if_busy(directory)
-    if holder is None:
-        return False
-    msg = f"'{directory}' is in use: {holder}"
-    if not allow_partial:
-        raise OutputBusyError(
-            f"{msg}; wait for it to finish, or pass --allow-partial to {what} what is committed"
-        )
-    log.warning("%s; going on with what is committed so far (--allow-partial)", msg)
-    return True
 
 
 def _shape_of(value: Any) -> tuple[int, ...] | None:
