@@ -2,7 +2,9 @@
 //!
 //! Rows go through a bounded lock-free channel (crossbeam's array queue) to a
 //! dedicated thread that builds the `detailed_results` strings and the Arrow
-//! batches, and writes Parquet with small row groups: zstd for every column
+//! columns, encodes each arriving row into the open row group's pages at once
+//! (so a full row group only has its pages appended; the bytes do not depend
+//! on how the rows arrived), and writes Parquet with small row groups: zstd for every column
 //! but the latents, which are stored uncompressed by default (zstd saves ~8 %
 //! on float latents and costs more CPU than the read itself; see
 //! [`LatentCompression`]). Every value of `latent1`/`latent2` is its own data
@@ -40,9 +42,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, BinaryViewArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
-use parquet::arrow::arrow_writer::{
-    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
-};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -769,27 +769,30 @@ impl Spares {
 }
 
 /// The writer thread's side: owns the Parquet writer and the temporary file.
-/// Each row group's columns are encoded in parallel (the two latent columns,
-/// which are nearly all the bytes and the zstd work, each on its own thread),
-/// then appended in schema order. The page layout of every file hpd-encode
-/// writes comes from here (and [`properties`]): the part writer's rows, and
-/// the row groups `repack` copies ([`crate::parts::rewrite`]).
+/// Rows are encoded into the open row group's column writers as they arrive
+/// (the two latent columns, which are nearly all the bytes and the zstd work,
+/// each on its own thread), so a full row group, or the last one at
+/// [`Sink::finish`], only has its encoded pages appended in schema order. The
+/// page layout of every file hpd-encode writes comes from here (and
+/// [`properties`]): the part writer's rows, and the row groups `repack`
+/// copies ([`crate::parts::rewrite`]).
 pub(crate) struct Sink {
     schema: SchemaRef,
     writer: SerializedFileWriter<BufWriter<Hashing<File>>>,
     columns: ArrowRowGroupWriterFactory,
-    pending: Vec<Row>,
+    /// The row group being encoded: its column writers (schema order) and its rows so far.
+    open: Option<(Vec<ArrowColumnWriter>, usize)>,
     row_group_size: usize,
     rows: u64,
     row_groups: usize,
     spares: Arc<Spares>,
 }
 
-fn encode_column(mut writer: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Result<ArrowColumnChunk> {
+fn encode_leaves(writer: &mut ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Result<()> {
     for leaf in &leaves {
         writer.write(leaf).map_err(|e| Error::Writer(format!("encoding a column: {e}")))?;
     }
-    writer.close().map_err(|e| Error::Writer(format!("encoding a column: {e}")))
+    Ok(())
 }
 
 impl Sink {
@@ -803,7 +806,7 @@ impl Sink {
             schema,
             writer,
             columns,
-            pending: Vec::new(),
+            open: None,
             row_group_size: opts.row_group_size,
             rows: 0,
             row_groups: 0,
@@ -811,38 +814,55 @@ impl Sink {
         })
     }
 
-    fn write_pending(&mut self, all: bool) -> Result<()> {
-        while self.pending.len() >= self.row_group_size || (all && !self.pending.is_empty()) {
-            let n = self.pending.len().min(self.row_group_size);
-            let chunk: Vec<Row> = self.pending.drain(..n).collect();
-            let (columns, latents) = row_group_columns(chunk)?;
-            self.write_row_group(columns)?;
-            // The columns are written and dropped: their buffers go back for reuse.
+    /// Encode `rows` into the open row group, closing each row group that fills.
+    fn push(&mut self, mut rows: Vec<Row>) -> Result<()> {
+        while !rows.is_empty() {
+            let room = self.row_group_size - self.open.as_ref().map_or(0, |(_, n)| *n);
+            let rest = if rows.len() > room { rows.split_off(room) } else { Vec::new() };
+            let n = rows.len();
+            let (columns, latents) = row_group_columns(rows)?;
+            self.encode(&columns, n)?;
+            drop(columns);
+            // The latents are encoded and dropped: their buffers go back for reuse.
             for array in latents {
                 self.spares.recycle(array);
             }
             self.rows += n as u64;
+            if self.open.as_ref().is_some_and(|(_, k)| *k >= self.row_group_size) {
+                self.close_row_group()?;
+            }
+            rows = rest;
         }
         Ok(())
     }
 
     /// Write `columns` (in schema order, equal lengths) as one row group.
     pub(crate) fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
+        let n = columns.first().map_or(0, |c| c.len());
+        self.encode(&columns, n)?;
+        self.close_row_group()
+    }
+
+    /// Encode `n` rows of `columns` into the open row group (opened if none is).
+    fn encode(&mut self, columns: &[ArrayRef], n: usize) -> Result<()> {
         let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
-        let writers = self.columns.create_column_writers(self.row_groups).map_err(err)?;
+        if self.open.is_none() {
+            self.open = Some((self.columns.create_column_writers(self.row_groups).map_err(err)?, 0));
+        }
+        let Some((writers, rows)) = self.open.as_mut() else { unreachable!("opened above") };
         let mut jobs = Vec::with_capacity(writers.len());
-        for ((writer, field), array) in writers.into_iter().zip(self.schema.fields()).zip(&columns) {
+        for ((writer, field), array) in writers.iter_mut().zip(self.schema.fields()).zip(columns) {
             let leaves = compute_leaves(field, array).map_err(err)?;
             jobs.push((LATENT_COLUMNS.contains(&field.name().as_str()), writer, leaves));
         }
-        let chunks: Vec<Result<ArrowColumnChunk>> = std::thread::scope(|s| {
+        let done: Vec<Result<()>> = std::thread::scope(|s| {
             let started: Vec<_> = jobs
                 .into_iter()
                 .map(|(heavy, writer, leaves)| {
                     if heavy {
-                        Err(s.spawn(move || encode_column(writer, leaves)))
+                        Err(s.spawn(move || encode_leaves(writer, leaves)))
                     } else {
-                        Ok(encode_column(writer, leaves))
+                        Ok(encode_leaves(writer, leaves))
                     }
                 })
                 .collect();
@@ -856,9 +876,18 @@ impl Sink {
                 })
                 .collect()
         });
+        done.into_iter().collect::<Result<Vec<()>>>()?;
+        *rows += n;
+        Ok(())
+    }
+
+    /// Append the open row group's encoded pages to the file.
+    fn close_row_group(&mut self) -> Result<()> {
+        let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
+        let Some((writers, _)) = self.open.take() else { return Ok(()) };
         let mut group = self.writer.next_row_group().map_err(err)?;
-        for chunk in chunks {
-            chunk?.append_to_row_group(&mut group).map_err(err)?;
+        for writer in writers {
+            writer.close().map_err(err)?.append_to_row_group(&mut group).map_err(err)?;
         }
         group.close().map_err(err)?;
         self.row_groups += 1;
@@ -866,8 +895,9 @@ impl Sink {
         Ok(())
     }
 
-    /// Write the footer, flush and fsync the file: its row groups and digest.
+    /// Write the last row group and the footer, flush and fsync the file: its row groups and digest.
     pub(crate) fn finish(mut self) -> Result<(u64, String)> {
+        self.close_row_group()?;
         let meta = self.writer.finish().map_err(|e| Error::Writer(format!("writing the footer: {e}")))?;
         let buffered = self.writer.inner_mut();
         buffered.flush().map_err(|e| Error::Writer(format!("flushing the file: {e}")))?;
@@ -1112,8 +1142,7 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Sink
         let n = rows.len() as u64;
         if !shared.failed.load(Ordering::Acquire) {
             // (aborted or failed: keep draining so senders never block)
-            sink.pending.extend(rows);
-            if let Err(e) = sink.write_pending(false) {
+            if let Err(e) = sink.push(rows) {
                 fail(&e);
             }
         }
@@ -1124,7 +1153,6 @@ fn run_sink(mut sink: Sink, rx: Receiver<Vec<Row>>, shared: Arc<Shared>) -> Sink
         return Err(Error::Writer(msg.unwrap_or_else(|| "aborted".into())));
     }
     let finish = (|| -> SinkResult {
-        sink.write_pending(true)?;
         let rows = sink.rows;
         let (row_groups, digest) = sink.finish()?;
         Ok((rows, row_groups, digest))
@@ -1184,6 +1212,31 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn the_bytes_do_not_depend_on_how_rows_arrive() {
+        // Rows are encoded into the open row group as they arrive: one submit
+        // per row, uneven submits across row-group boundaries and one submit of
+        // everything give the same file, byte for byte.
+        let dir = temp_dir("arrival");
+        let write = |name: &str, sizes: &[usize]| {
+            let path = dir.join(name);
+            let w =
+                PartWriter::create(&path, WriterOptions { row_group_size: 10, ..WriterOptions::default() }).unwrap();
+            let mut next = 0i64;
+            for &k in sizes {
+                w.submit((next..next + k as i64).map(row).collect(), || Ok(())).unwrap();
+                next += k as i64;
+            }
+            let stats = w.close().unwrap();
+            assert_eq!((stats.rows, stats.row_groups), (25, 3));
+            (std::fs::read(&path).unwrap(), stats.digest)
+        };
+        let whole = write("whole.parquet", &[25]);
+        assert_eq!(write("ones.parquet", &[1; 25]), whole);
+        assert_eq!(write("uneven.parquet", &[3, 9, 1, 11, 1]), whole);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
