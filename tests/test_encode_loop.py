@@ -170,3 +170,24 @@ def test_cuda_loop_gives_the_cpu_latents(encode_dataset, kl_vae, tmp_path):
                 np.load(io.BytesIO(a[k][side])), np.load(io.BytesIO(b[k][side])), rtol=0, atol=2e-3
             )
     assert no_loop_threads()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_rows_agrees_with_isfinite_all(dtype):
+    """The loop's finite check (a sum of ``z * 0`` per latent) flags exactly the latents
+    holding a NaN or an Inf, also when finite values are large enough that their sum
+    would overflow the dtype."""
+    from hpd_encode.pipeline.encoder import finite_rows
+
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(8, 4, 6, 5, generator=g).to(dtype)
+    z[1] = torch.finfo(dtype).max  # finite, though any sum of it overflows
+    z[2, 3, 5, 4] = float("nan")
+    z[3, 0, 0, 0] = float("inf")
+    z[4, 1, 2, 3] = float("-inf")
+    z[5, 2] = -torch.finfo(dtype).max
+    z[6, 0, 0, 0], z[6, 1, 0, 0] = float("inf"), float("-inf")
+    got = finite_rows(z)
+    assert got.dtype == torch.bool and got.shape == (8,)
+    assert got.tolist() == torch.isfinite(z).flatten(1).all(dim=1).tolist()
+    assert got.tolist() == [True, True, False, False, False, True, False, True]

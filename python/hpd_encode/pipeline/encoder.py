@@ -14,10 +14,11 @@ encodes batch k the host prepares k+1 and finishes k-1:
   stream; a noise thread draws its images' seeded noise (``latent="sample"``)
   and moves it the same way;
 * the main thread turns batch k's pixels into the encoder's input on the
-  device, calls the encoder (halving the batch on CUDA out-of-memory), checks
-  the latents for NaN/Inf on the device and queues their copy back into
-  pinned memory, recording an event; nothing here waits for the device;
-* the finishing thread waits for batch k-1's event, keeps its latents,
+  device and calls the encoder (halving the batch on CUDA out-of-memory),
+  nothing more: between two encoder calls it only takes the next batch;
+* the finishing thread takes batch k-1's latents, checks their shape, casts
+  them to the stored dtype, checks them for NaN/Inf on the device and copies
+  them back into pinned memory, waiting on an event; then it keeps them,
   assembles the rows whose two latents exist and hands them to the writer.
 
 On the CPU the copies are no-ops and there are no events: the same loop
@@ -26,6 +27,7 @@ simply has nothing to overlap but the decoding and the finishing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -100,6 +102,21 @@ class Progress:
             self.bar.close()
 
 
+def finite_rows(z: Any) -> Any:
+    """One bool per latent of the batch ``z``: it holds no NaN or Inf.
+
+    Computed as ``isfinite(sum(z * 0))`` per latent, which is exact (a finite
+    value times zero is a zero, an Inf or NaN times zero is NaN, and a sum of
+    zeros cannot overflow) and on the CPU 5-9x faster than
+    ``isfinite(z).flatten(1).all(dim=1)``, whose boolean reduction along a
+    dimension costs about 1.5 ms per batch of HPDv3-sized latents on the
+    encode loop's main thread. On a GPU both are a couple of queued kernels.
+    """
+    import torch
+
+    return torch.isfinite(z.flatten(1).mul(0).sum(dim=1))
+
+
 @dataclass
 class RankResult:
     """What one rank did, gathered by rank 0 for the summary."""
@@ -134,6 +151,9 @@ class DeviceIO:
 
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:
+            # Each thread has its own current device: name this one's for the loop's other threads.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         if self.cuda:
             # Bucket shapes repeat: let cuDNN pick its fastest kernels once per shape.
@@ -180,8 +200,19 @@ class DeviceIO:
             h.copy_(t, non_blocking=True)
         # A blocking event: the finishing thread's wait sleeps instead of spinning on a core.
         event = torch.cuda.Event(blocking=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return hosts, event
+
+    def thread_context(self) -> contextlib.ExitStack:
+        """What a thread that runs torch work of the loop enters: inference mode and,
+        on CUDA, this device as its current one (each thread has its own)."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.cuda:
+            stack.enter_context(torch.cuda.device(self.device))
+        return stack
 
 
 @dataclass
@@ -200,12 +231,10 @@ class _Decoded:
 
 @dataclass
 class _Encoded:
-    """A batch's latents on their way to the host, from the main thread to the finishing thread."""
+    """A batch's latents, from the main thread to the finishing thread."""
 
     batch: _Decoded
-    latents: Any = None  # host tensor in the store dtype (pinned on CUDA), one per decoded image
-    finite: Any = None  # host bool tensor: the latent has no NaN/Inf
-    ready: Any = None  # CUDA event to wait on before reading them; None: ready
+    z: Any = None  # the encoder's output on the device, one latent per decoded image (None: none decoded)
 
 
 @dataclass
@@ -336,8 +365,6 @@ class Encoder:
 
     def run(self, progress: Progress) -> None:
         """Encode every batch; rows go to the rotator as soon as both latents exist."""
-        import torch
-
         self._progress = progress
         # The main thread takes the GIL back after every torch call (each kernel launch on a GPU) while
         # the other threads run Python: a shorter switch interval keeps it from waiting up to 5 ms
@@ -351,7 +378,7 @@ class Encoder:
         decode.start()
         finish.start()
         try:
-            with torch.inference_mode():
+            with self.io.thread_context():
                 while (item := self._queue.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
@@ -369,7 +396,8 @@ class Encoder:
             sys.setswitchinterval(switch)
 
     def _encode(self, batch: _Decoded) -> _Encoded:
-        """Queue batch ``batch``'s work on the device: input, encoder, finite check, copy back."""
+        """Run the encoder on batch ``batch`` (on a GPU: queue its work); everything
+        after the encoder call is the finishing thread's (:meth:`_landed`)."""
         import torch
 
         if batch.pixels is None:
@@ -377,13 +405,7 @@ class Encoder:
         x = self.io.arrived(batch.pixels)
         if len(batch.ok) < len(batch.errs):
             x = x[torch.tensor(batch.ok, device=x.device)]
-        z = self._vae_chunked(x, batch.seeds, batch.size)
-        self._check_latents(z, len(batch.ok), batch.size)
-        z = z.to(torch_dtype_of(self.opts.store_dtype))
-        # Checked in the stored dtype: a float32 latent beyond float16's range is not finite either.
-        finite = torch.isfinite(z).flatten(1).all(dim=1)
-        (latents, finite), ready = self.io.to_host(z, finite)
-        return _Encoded(batch, latents, finite, ready)
+        return _Encoded(batch, self._vae_chunked(x, batch.seeds, batch.size))
 
     def _to_finisher(self, item: _Encoded | None) -> None:
         while True:
@@ -440,16 +462,28 @@ class Encoder:
 
     def _finish_loop(self) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    item = self._done.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    return
-                self._finish(item)
+            with self.io.thread_context():
+                while not self._stop.is_set():
+                    try:
+                        item = self._done.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    if item is None:
+                        return
+                    self._finish(item)
         except BaseException as e:  # noqa: BLE001 - raised again by the main thread
             self._finish_error = e
+
+    def _landed(self, z: Any, n: int, size: tuple[int, int]) -> tuple[np.ndarray, list[bool]]:
+        """A batch's latents on the host in the stored dtype, and which are finite: the shape
+        checked, the cast and the NaN/Inf check done on the device, the copy back waited for."""
+        self._check_latents(z, n, size)
+        z = z.to(torch_dtype_of(self.opts.store_dtype))
+        # Checked in the stored dtype: a float32 latent beyond float16's range is not finite either.
+        (latents, finite), ready = self.io.to_host(z, finite_rows(z))
+        if ready is not None:
+            ready.synchronize()
+        return np.ascontiguousarray(latents.numpy()), finite.tolist()
 
     def _finish(self, enc: _Encoded) -> None:
         """Keep a batch's latents (or record its failures), then write the rows it completes."""
@@ -461,10 +495,7 @@ class Encoder:
                 self.job_error[a + i] = f"decode_error: {e}"
                 self.stats["images_failed"] += 1
         if batch.ok:
-            if enc.ready is not None:
-                enc.ready.synchronize()
-            z_np = np.ascontiguousarray(enc.latents.numpy())
-            finite = enc.finite.tolist()
+            z_np, finite = self._landed(enc.z, len(batch.ok), size)
             for pos, i in enumerate(batch.ok):
                 if finite[pos]:
                     self.latents[a + i] = z_np[pos]
