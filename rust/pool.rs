@@ -9,7 +9,8 @@ use rayon::ThreadPool;
 
 struct Pools {
     pid: u32,
-    by_threads: HashMap<usize, Arc<ThreadPool>>,
+    /// (thread name prefix, threads) -> pool.
+    by_threads: HashMap<(&'static str, usize), Arc<ThreadPool>>,
 }
 
 /// Upper bound on a pool's size.
@@ -26,7 +27,17 @@ pub fn default_threads() -> usize {
 pub fn pool(num_threads: Option<usize>) -> Arc<ThreadPool> {
     // More threads than a few per core only adds contention (and a typo like
     // 1000 would start 1000 threads): cap it.
-    let n = num_threads.filter(|&n| n > 0).unwrap_or_else(default_threads).min(MAX_THREADS);
+    named_pool("hpd-encode", num_threads.filter(|&n| n > 0).unwrap_or_else(default_threads).min(MAX_THREADS))
+}
+
+/// The part writers' pool: two threads that encode the two latent columns of
+/// the rows a writer receives side by side. Apart from [`pool`], so that a
+/// writer never waits behind the decode work queued there.
+pub fn writer_pool() -> Arc<ThreadPool> {
+    named_pool("hpd-encode-writer", 2)
+}
+
+fn named_pool(name: &'static str, n: usize) -> Arc<ThreadPool> {
     let pools = POOLS.get_or_init(|| Mutex::new(Pools { pid: std::process::id(), by_threads: HashMap::new() }));
     let mut guard = pools.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
@@ -39,12 +50,12 @@ pub fn pool(num_threads: Option<usize>) -> Arc<ThreadPool> {
     }
     guard
         .by_threads
-        .entry(n)
+        .entry((name, n))
         .or_insert_with(|| {
             Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
-                    .thread_name(|i| format!("hpd-encode-{i}"))
+                    .thread_name(move |i| format!("{name}-{i}"))
                     .build()
                     .expect("cannot start the rayon thread pool"),
             )
