@@ -62,14 +62,22 @@ class StandIn:
         self.identity = f"stand-in/{seconds_per_mp:.6f}"
         self.busy_s = 0.0
         self.images = 0
+        self.zeros: dict[tuple[int, ...], torch.Tensor] = {}
         self.lock = threading.Lock()
 
     def encode(self, pixels: torch.Tensor, *, mode: str, seeds: Any) -> torch.Tensor:
         n, _, h, w = pixels.shape
         shape = (self.latent_channels, h // 8, w // 8)
         # Latents as a GPU's would arrive: no host work. In sample mode the seeded noise itself (drawn
-        # ahead by the loop's noise thread; waiting for it counts as host time, not busy), else zeros.
-        z = gaussian_noise(seeds, shape) if mode == "sample" else torch.zeros(n, *shape)
+        # ahead by the loop's noise thread; waiting for it counts as host time, not busy), else zeros
+        # made once per shape (the loop only reads latents; filling fresh ones here would be the
+        # stand-in's own host work, counted against the loop).
+        if mode == "sample":
+            z = gaussian_noise(seeds, shape)
+        else:
+            z = self.zeros.get((n, *shape))
+            if z is None:
+                z = self.zeros[(n, *shape)] = torch.zeros(n, *shape)
         t = time.perf_counter()
         time.sleep(self.seconds_per_mp * n * h * w / 1e6)
         with self.lock:
