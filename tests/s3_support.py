@@ -100,6 +100,8 @@ class SeaweedServer:
         p = self.ports
         args = [
             weed,
+            # glog would otherwise leave its files in the system temporary folder on every start.
+            "-logtostderr",
             "mini",
             f"-dir={self.data_dir}",
             "-ip=127.0.0.1",

@@ -688,10 +688,32 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn file(name: &str, text: &[u8]) -> std::path::PathBuf {
+    /// A file of the system temporary folder, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempFile {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn file(name: &str, text: &[u8]) -> TempFile {
         let p = std::env::temp_dir().join(format!("hpd-meta-{}-{name}", std::process::id()));
         std::fs::File::create(&p).unwrap().write_all(text).unwrap();
-        p
+        TempFile(p)
     }
 
     const GOOD: &str =
