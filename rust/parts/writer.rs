@@ -790,6 +790,10 @@ pub(crate) struct Sink {
     spares: Arc<Spares>,
 }
 
+fn row_group_error(e: parquet::errors::ParquetError) -> Error {
+    Error::Writer(format!("writing a row group: {e}"))
+}
+
 fn encode_leaves(writer: &mut ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Result<()> {
     for leaf in &leaves {
         writer.write(leaf).map_err(|e| Error::Writer(format!("encoding a column: {e}")))?;
@@ -823,7 +827,7 @@ impl Sink {
             let rest = if rows.len() > room { rows.split_off(room) } else { Vec::new() };
             let n = rows.len();
             let (columns, latents) = row_group_columns(rows)?;
-            self.encode(&columns, n)?;
+            self.encode(&columns)?;
             drop(columns);
             // The latents are encoded and dropped: their buffers go back for reuse.
             for array in latents {
@@ -840,21 +844,20 @@ impl Sink {
 
     /// Write `columns` (in schema order, equal lengths) as one row group.
     pub(crate) fn write_row_group(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
-        let n = columns.first().map_or(0, |c| c.len());
-        self.encode(&columns, n)?;
+        self.encode(&columns)?;
         self.close_row_group()
     }
 
-    /// Encode `n` rows of `columns` into the open row group (opened if none is).
-    fn encode(&mut self, columns: &[ArrayRef], n: usize) -> Result<()> {
-        let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
+    /// Encode the rows of `columns` (in schema order, equal lengths) into the open row group
+    /// (opened if none is).
+    fn encode(&mut self, columns: &[ArrayRef]) -> Result<()> {
         if self.open.is_none() {
-            self.open = Some((self.columns.create_column_writers(self.row_groups).map_err(err)?, 0));
+            self.open = Some((self.columns.create_column_writers(self.row_groups).map_err(row_group_error)?, 0));
         }
         let Some((writers, rows)) = self.open.as_mut() else { unreachable!("opened above") };
         let mut latents = Vec::with_capacity(LATENT_COLUMNS.len());
         for ((writer, field), array) in writers.iter_mut().zip(self.schema.fields()).zip(columns) {
-            let leaves = compute_leaves(field, array).map_err(err)?;
+            let leaves = compute_leaves(field, array).map_err(row_group_error)?;
             if LATENT_COLUMNS.contains(&field.name().as_str()) {
                 latents.push((writer, leaves));
             } else {
@@ -868,19 +871,18 @@ impl Sink {
             }
             Err(rest) => rest.into_iter().try_for_each(|(w, l)| encode_leaves(w, l))?,
         }
-        *rows += n;
+        *rows += columns.first().map_or(0, |c| c.len());
         Ok(())
     }
 
     /// Append the open row group's encoded pages to the file.
     fn close_row_group(&mut self) -> Result<()> {
-        let err = |e: parquet::errors::ParquetError| Error::Writer(format!("writing a row group: {e}"));
         let Some((writers, _)) = self.open.take() else { return Ok(()) };
-        let mut group = self.writer.next_row_group().map_err(err)?;
+        let mut group = self.writer.next_row_group().map_err(row_group_error)?;
         for writer in writers {
-            writer.close().map_err(err)?.append_to_row_group(&mut group).map_err(err)?;
+            writer.close().map_err(row_group_error)?.append_to_row_group(&mut group).map_err(row_group_error)?;
         }
-        group.close().map_err(err)?;
+        group.close().map_err(row_group_error)?;
         self.row_groups += 1;
         self.start_writeback();
         Ok(())
